@@ -1,0 +1,3 @@
+"""runapi-mcp: an MCP server for RunAPI image models."""
+
+__version__ = "0.1.0"
