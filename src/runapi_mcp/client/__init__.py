@@ -1,0 +1,66 @@
+"""The RunAPI HTTP client: a small typed async API over RunAPI's image task endpoints.
+
+It knows nothing of MCP::
+
+    async with RunAPIClient(api_key) as client:
+        task = await client.create_task("/api/v1/gpt_image_2/text_to_image", body, idempotency_key=key)
+        task = await client.get_task("/api/v1/gpt_image_2/text_to_image", task.id)
+"""
+
+from runapi_mcp.client.client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_RETRY_POLICY,
+    NO_API_KEY_MESSAGE,
+    RetryPolicy,
+    RunAPIClient,
+)
+from runapi_mcp.client.errors import (
+    AuthenticationError,
+    ConflictError,
+    InsufficientCreditsError,
+    NetworkError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProtocolError,
+    RateLimitedError,
+    RunAPIError,
+    RunAPITimeoutError,
+    ServerError,
+    ValidationError,
+)
+from runapi_mcp.client.models import (
+    Balance,
+    DownloadResult,
+    RemoteImage,
+    TaskInfo,
+    TaskStatus,
+    UploadedFile,
+    normalize_status,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_RETRY_POLICY",
+    "NO_API_KEY_MESSAGE",
+    "AuthenticationError",
+    "Balance",
+    "ConflictError",
+    "DownloadResult",
+    "InsufficientCreditsError",
+    "NetworkError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "RateLimitedError",
+    "RemoteImage",
+    "RetryPolicy",
+    "RunAPIClient",
+    "RunAPIError",
+    "RunAPITimeoutError",
+    "ServerError",
+    "TaskInfo",
+    "TaskStatus",
+    "UploadedFile",
+    "ValidationError",
+    "normalize_status",
+]

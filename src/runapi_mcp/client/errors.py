@@ -1,0 +1,204 @@
+"""One hierarchy for everything that can go wrong talking to RunAPI.
+
+Every error carries ``status_code``, ``code``, ``request_id`` and ``message``; ``str(err)`` is a sentence
+a user can read, e.g.
+``RunAPI rejected the request (422 validation_error): prompt is required [request id abc]``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from runapi_mcp.client._text import scrub, truncate
+
+__all__ = [
+    "AuthenticationError",
+    "ConflictError",
+    "InsufficientCreditsError",
+    "NetworkError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "RateLimitedError",
+    "RunAPIError",
+    "RunAPITimeoutError",
+    "ServerError",
+    "ValidationError",
+]
+
+
+class RunAPIError(Exception):
+    """Base class: RunAPI (or the way to it) did not give a usable answer."""
+
+    default_summary: ClassVar[str] = "The RunAPI request failed"
+
+    status_code: int | None
+    code: str | None
+    request_id: str | None
+    message: str
+    summary: str
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        summary: str | None = None,
+    ) -> None:
+        """``summary`` replaces the class's opening words; ``""`` when ``message`` is a whole sentence."""
+        self.message = truncate(scrub(message))
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.summary = self.default_summary if summary is None else summary
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        label = " ".join(str(part) for part in (self.status_code, self.code) if part is not None)
+        head = f"{self.summary} ({label})" if self.summary and label else self.summary
+        text = f"{head}: {self.message}" if head and self.message else (head or self.message)
+        text += self._detail()
+        return f"{text} [request id {self.request_id}]" if self.request_id else text
+
+    def _detail(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status_code={self.status_code!r}, code={self.code!r}, "
+            f"request_id={self.request_id!r}, message={self.message!r})"
+        )
+
+
+class AuthenticationError(RunAPIError):
+    """401/403, or no API key configured at all."""
+
+    default_summary = "RunAPI rejected the API key"
+
+
+class ValidationError(RunAPIError):
+    """400/422: RunAPI refused the request's content."""
+
+    default_summary = "RunAPI rejected the request"
+
+
+class InsufficientCreditsError(RunAPIError):
+    """402: the account cannot pay for the request."""
+
+    default_summary = "The RunAPI account does not have enough credits"
+
+
+class NotFoundError(RunAPIError):
+    """404 (and 410): no such task, file or route; for downloads, the image URL has expired."""
+
+    default_summary = "RunAPI could not find it"
+
+
+class ConflictError(RunAPIError):
+    """409: the idempotency key was already used with a different body."""
+
+    default_summary = "RunAPI refused a reused idempotency key"
+
+
+class PayloadTooLargeError(RunAPIError):
+    """413, or a download larger than allowed."""
+
+    default_summary = "RunAPI refused the request as too large"
+
+
+class RateLimitedError(RunAPIError):
+    """429: too many requests; ``retry_after`` is how long RunAPI asked to wait, in seconds."""
+
+    default_summary = "RunAPI is rate limiting requests"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        summary: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, code=code, request_id=request_id, summary=summary)
+        self.retry_after = retry_after
+
+    def _detail(self) -> str:
+        return f"; retry after {self.retry_after:g} s" if self.retry_after is not None else ""
+
+
+class ServerError(RunAPIError):
+    """5xx: RunAPI failed on its side."""
+
+    default_summary = "RunAPI had a server error"
+
+
+class NetworkError(RunAPIError):
+    """The request never got an HTTP answer: connection refused, reset, DNS failure, ..."""
+
+    default_summary = "Could not reach RunAPI"
+
+
+class RunAPITimeoutError(RunAPIError):
+    """The request timed out."""
+
+    default_summary = "RunAPI did not answer in time"
+
+
+class ProtocolError(RunAPIError):
+    """A success status with a body that cannot be used: malformed JSON, no task id, ..."""
+
+    default_summary = "RunAPI sent an answer that could not be understood"
+
+
+_BY_STATUS: dict[int, type[RunAPIError]] = {
+    400: ValidationError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: NotFoundError,
+    413: PayloadTooLargeError,
+    422: ValidationError,
+    429: RateLimitedError,
+}
+_SUMMARY_BY_STATUS: dict[int, str] = {
+    403: "RunAPI refused access with this API key",
+    410: "RunAPI no longer has it",
+    503: "RunAPI is temporarily unavailable",
+}
+
+
+def error_class_for_status(status_code: int) -> type[RunAPIError]:
+    """The error class for an HTTP status (``RunAPIError`` itself for unlisted 4xx codes)."""
+    if status_code >= 500:
+        return ServerError
+    return _BY_STATUS.get(status_code, RunAPIError)
+
+
+def error_for_status(
+    status_code: int,
+    message: str,
+    *,
+    code: str | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    summary: str | None = None,
+) -> RunAPIError:
+    """Build the right error for an HTTP error status."""
+    cls = error_class_for_status(status_code)
+    summary = summary if summary is not None else _SUMMARY_BY_STATUS.get(status_code)
+    if cls is RateLimitedError:
+        return RateLimitedError(
+            message,
+            status_code=status_code,
+            code=code,
+            request_id=request_id,
+            summary=summary,
+            retry_after=retry_after,
+        )
+    return cls(message, status_code=status_code, code=code, request_id=request_id, summary=summary)

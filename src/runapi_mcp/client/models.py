@@ -1,0 +1,333 @@
+"""Wire models: tolerant readers of RunAPI's answers (unknown fields are kept, never rejected)."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runapi_mcp.client.errors import ProtocolError
+
+__all__ = [
+    "Balance",
+    "DownloadResult",
+    "RemoteImage",
+    "TaskInfo",
+    "TaskStatus",
+    "UploadedFile",
+    "normalize_status",
+]
+
+TaskStatus = Literal["pending", "processing", "completed", "failed"]
+
+NO_IMAGES_ERROR = "RunAPI reported the task completed but returned no images"
+
+_COMPLETED = frozenset({"completed", "complete", "success", "succeeded", "successful", "done", "finished"})
+_FAILED = frozenset(
+    {
+        "failed",
+        "failure",
+        "error",
+        "errored",
+        "generate_failed",
+        "create_task_failed",
+        "cancelled",
+        "canceled",
+    }
+)
+_PENDING = frozenset({"pending", "queued", "created", "submitted", "waiting"})
+
+_ID_KEYS = ("id", "task_id", "taskId")
+_STATUS_KEYS = ("status", "state", "task_status")
+_IMAGE_KEYS = (
+    "images",
+    "image_urls",
+    "output",
+    "outputs",
+    "result_urls",
+    "urls",
+    "image_url",
+    "result",
+    "results",
+)
+_URL_KEYS = ("url", "image_url", "uri", "href")
+_ORIGIN_KEYS = ("origin_url", "original_url", "originUrl")
+_ERROR_KEYS = ("error", "error_message", "errorMessage", "fail_reason", "failure_reason", "failMsg")
+_PROGRESS_KEYS = ("progress", "percent", "percentage")
+
+
+def normalize_status(raw: str | None) -> TaskStatus:
+    """Map RunAPI's many status spellings onto four; anything unknown counts as still running."""
+    value = (raw or "").strip().lower()
+    if value in _COMPLETED:
+        return "completed"
+    if value in _FAILED:
+        return "failed"
+    if value in _PENDING:
+        return "pending"
+    return "processing"
+
+
+def _envelope(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The object that describes the thing: ``body`` itself, or ``body["data"]`` when it is wrapped."""
+    data = body.get("data")
+    if isinstance(data, Mapping) and not any(_present(body.get(key)) for key in _ID_KEYS):
+        return data
+    return body
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != "" and not isinstance(value, bool)
+
+
+def _lookup(key: str, *sources: Mapping[str, Any]) -> Any:
+    for source in sources:
+        value = source.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _string(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int):
+        text = str(value).strip()
+        return text or None
+    return None
+
+
+def _image_of(item: Any) -> RemoteImage | None:
+    if isinstance(item, str):
+        url = item.strip()
+        return RemoteImage(url=url) if url else None
+    if isinstance(item, Mapping):
+        found = next((u for key in _URL_KEYS if (u := _string(item.get(key)))), None)
+        if found is None:
+            return None
+        origin = next((o for key in _ORIGIN_KEYS if (o := _string(item.get(key)))), None)
+        return RemoteImage.model_validate({**item, "url": found, "origin_url": origin})
+    return None
+
+
+def _images_of(value: Any, depth: int = 0) -> list[RemoteImage]:
+    if isinstance(value, str | Mapping):
+        image = _image_of(value)
+        if image is not None:
+            return [image]
+        if isinstance(value, Mapping) and depth < 2:
+            return _images_in(value, depth + 1)
+        return []
+    if isinstance(value, list):
+        images: list[RemoteImage] = []
+        for item in value:
+            image = _image_of(item)
+            if image is not None and all(image.url != seen.url for seen in images):
+                images.append(image)
+        return images
+    return []
+
+
+def _images_in(source: Mapping[str, Any], depth: int = 0) -> list[RemoteImage]:
+    for key in _IMAGE_KEYS:
+        images = _images_of(source.get(key), depth)
+        if images:
+            return images
+    return []
+
+
+def _error_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, Mapping):
+        for key in ("message", "detail", "msg", "reason"):
+            text = _error_of(value.get(key))
+            if text:
+                return text
+    return None
+
+
+def _progress_of(value: Any) -> float | None:
+    """0..1 from ``0.45``, ``45``, ``"45"`` or ``"45%"``; ``None`` when it is not a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    percent = False
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            percent, text = True, text[:-1].strip()
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+    elif isinstance(value, int | float):
+        number = float(value)
+    else:
+        return None
+    if math.isnan(number) or math.isinf(number):
+        return None
+    if percent or number > 1:
+        number /= 100
+    return min(1.0, max(0.0, number))
+
+
+class RemoteImage(BaseModel):
+    """An output image RunAPI keeps for about 7 days."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    origin_url: str | None = None
+
+
+class TaskInfo(BaseModel):
+    """What RunAPI says about a task, whatever shape the answer had."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    status: TaskStatus
+    raw_status: str | None = None
+    images: list[RemoteImage] = Field(default_factory=list)
+    error: str | None = None
+    progress: float | None = None
+    model: str | None = None
+    retry_after: float | None = None
+    raw: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("completed", "failed")
+
+    @classmethod
+    def from_response(cls, body: Any, *, retry_after: float | None = None) -> Self:
+        """Read a create or status answer: ``{"id"}``, ``{"task_id"}`` or ``{"data": {...}}``."""
+        if not isinstance(body, Mapping):
+            raise ProtocolError(f"expected a JSON object describing a task, got {type(body).__name__}")
+        payload = _envelope(body)
+        sources = (payload, body) if payload is not body else (body,)
+        task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None)
+        if task_id is None:
+            raise ProtocolError("the answer has no task id")
+        raw_status = next((s for key in _STATUS_KEYS if (s := _string(_lookup(key, *sources)))), None)
+        status = normalize_status(raw_status)
+        images = _images_in(payload) or (_images_in(body) if payload is not body else [])
+        error = next((e for key in _ERROR_KEYS if (e := _error_of(_lookup(key, *sources)))), None)
+        if status == "completed" and not images:
+            status, error = "failed", error or NO_IMAGES_ERROR
+        elif status == "failed" and error is None:
+            error = f"RunAPI reported the task as {raw_status or 'failed'} without giving a reason"
+        progress = next(
+            (p for key in _PROGRESS_KEYS if (p := _progress_of(_lookup(key, *sources))) is not None), None
+        )
+        if status == "completed":
+            progress = 1.0
+        model = _lookup("model", *sources)
+        return cls(
+            id=task_id,
+            status=status,
+            raw_status=raw_status,
+            images=images,
+            error=error,
+            progress=progress,
+            model=model if isinstance(model, str) else None,
+            retry_after=retry_after,
+            raw=dict(body),
+        )
+
+
+def _optional_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else round(value)
+    if isinstance(value, str):
+        try:
+            return _optional_int(float(value.strip()))
+        except ValueError:
+            return None
+    return None
+
+
+class UploadedFile(BaseModel):
+    """A file uploaded to RunAPI; put ``url`` into ``source_image_urls``. Temporary, like outputs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    url: str
+    file_name: str | None = None
+    size_bytes: int | None = None
+    mime_type: str | None = None
+    expires_at: str | None = None
+
+    @field_validator("size_bytes", mode="before")
+    @classmethod
+    def _coerce_int(cls, value: Any) -> int | None:
+        return _optional_int(value)
+
+    @classmethod
+    def from_response(cls, body: Any) -> Self:
+        if not isinstance(body, Mapping):
+            raise ProtocolError(f"expected a JSON object describing the upload, got {type(body).__name__}")
+        payload: Mapping[str, Any] = body
+        for key in ("data", "file"):
+            inner = payload.get(key)
+            if "url" not in payload and isinstance(inner, Mapping):
+                payload = inner
+        url = _string(payload.get("url")) or _string(payload.get("file_url"))
+        if url is None:
+            raise ProtocolError("the upload answer has no file url")
+        fields = dict(payload)
+        fields["url"] = url
+        for key in ("file_name", "mime_type", "expires_at"):
+            fields[key] = _string(fields.get(key)) if key in fields else None
+        return cls.model_validate(fields)
+
+
+class Balance(BaseModel):
+    """The account balance, in cents. Every field is optional: RunAPI may leave any out."""
+
+    model_config = ConfigDict(extra="allow")
+
+    balance_cents: int | None = None
+    paid_balance_cents: int | None = None
+    bonus_balance_cents: int | None = None
+    spent_cents_today: int | None = None
+    spent_cents_total: int | None = None
+
+    @field_validator(
+        "balance_cents",
+        "paid_balance_cents",
+        "bonus_balance_cents",
+        "spent_cents_today",
+        "spent_cents_total",
+        mode="before",
+    )
+    @classmethod
+    def _coerce_int(cls, value: Any) -> int | None:
+        return _optional_int(value)
+
+    @classmethod
+    def from_response(cls, body: Any) -> Self:
+        if not isinstance(body, Mapping):
+            raise ProtocolError(f"expected a JSON object describing the balance, got {type(body).__name__}")
+        payload = body
+        inner = body.get("data")
+        if "balance_cents" not in body and isinstance(inner, Mapping):
+            payload = inner
+        return cls.model_validate(dict(payload))
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadResult:
+    """Where a downloaded image landed."""
+
+    path: pathlib.Path
+    bytes_written: int
+    content_type: str | None
