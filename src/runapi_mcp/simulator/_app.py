@@ -1,0 +1,779 @@
+"""The simulator's HTTP surface: a Starlette app following the RunAPI contract, plus ``/_sim/`` control."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message
+
+from runapi_mcp.simulator._models import Fault, LoggedRequest
+from runapi_mcp.simulator._state import Outcome, SimState, Task, UploadedFile, fingerprint, iso
+from runapi_mcp.simulator._tasks import ApiError, plan_task, validate_body
+
+logger = logging.getLogger("runapi_mcp.simulator")
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+MAX_JSON_BODY = 1024 * 1024
+MAX_IDEMPOTENCY_KEY = 512
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    402: "insufficient_credits",
+    403: "forbidden",
+    404: "not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    502: "bad_gateway",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_EXPIRED_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
+    "<Expires>{expires}</Expires><ServerTime>{now}</ServerTime><RequestId>{rid}</RequestId></Error>"
+)
+_NOT_FOUND_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>"
+    "<Key>{key}</Key><RequestId>{rid}</RequestId></Error>"
+)
+_HTML_PAGE = (
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{message}</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+@dataclass
+class _Ctx:
+    request_id: str
+    authorized: bool
+    sent_auth: bool
+    idempotency_key: str | None
+    json: dict[str, Any] | None = None
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _seconds(value: float) -> str:
+    """A Retry-After value: whole seconds as an integer, else a decimal (the client must parse both)."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def base_url(request: Request) -> str:
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _local_ref(url: str, request: Request) -> tuple[Literal["file", "image"], str, int] | None:
+    """Whether ``url`` points at this simulator (its /files/ or /images/ space), and what it names."""
+    try:
+        parts = urlsplit(url)
+        url_port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https"):
+        return None
+    host = (parts.hostname or "").lower()
+    server = request.scope.get("server")
+    own_port = request.url.port or (server[1] if server else None)
+    own_hosts = {"127.0.0.1", "localhost", "::1", (request.url.hostname or "").lower()}
+    if server and server[0]:
+        own_hosts.add(str(server[0]).lower())
+    port = url_port or (443 if parts.scheme == "https" else 80)
+    if host not in own_hosts or port != own_port:
+        return None
+    path = unquote(parts.path)
+    m = re.fullmatch(r"/files/([^/]+)", path)
+    if m:
+        return "file", m.group(1), 0
+    m = re.fullmatch(r"/images/([^/]+)/(\d+)\.(?:png|jpg)", path)
+    if m:
+        return "image", m.group(1), int(m.group(2))
+    return "file", path, 0  # ours, but nothing lives there: the task fails with a 404
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "payload_too_large", f"Request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, "payload_too_large", f"Request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"Request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "Request body must be a JSON object")
+    return body
+
+
+class SimulatorApp:
+    """Request handling; ``app`` is the Starlette application."""
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+        self._background: set[asyncio.Task[None]] = set()
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"/api/v1/files/?"), self.upload),
+            ("GET", re.compile(r"/api/v1/me/balance"), self.balance),
+            ("GET", re.compile(r"/api/v1/me"), self.me),
+            ("GET", re.compile(r"/api/v1/price_schedules"), self.price_schedules),
+            ("POST", re.compile(r"/api/v1/price_quotes"), self.price_quote),
+            ("POST", re.compile(r"/api/v1/(?P<service>[^/]+)/(?P<endpoint>[^/]+)"), self.create),
+            (
+                "GET",
+                re.compile(r"/api/v1/(?P<service>[^/]+)/(?P<endpoint>[^/]+)/(?P<task_id>[^/]+)"),
+                self.status,
+            ),
+            ("GET", re.compile(r"/api/v1/(?P<service>[^/]+)/(?P<task_id>[^/]+)"), self.status),
+            ("GET", re.compile(r"/v1/models"), self.models),
+            ("GET", re.compile(r"/images/(?P<task_id>[^/]+)/(?P<name>[^/]+)"), self.image),
+            ("GET", re.compile(r"/files/(?P<name>[^/]+)"), self.file),
+            ("GET", re.compile(r"/"), self.index),
+        ]
+        self.app = Starlette(routes=[Route("/{path:path}", self.dispatch, methods=ALL_METHODS)])
+
+    # -- the front door --------------------------------------------------------------------------
+    async def dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        if path == "/_sim" or path.startswith("/_sim/"):
+            try:
+                return await self.control(request)
+            except ApiError as err:
+                return error_response(err)
+        arrived = time.monotonic()
+        header = request.headers.get("authorization")
+        ctx = _Ctx(
+            request_id="req_" + uuid.uuid4().hex[:24],
+            authorized=self._key_ok(header),
+            sent_auth=header is not None,
+            idempotency_key=request.headers.get("idempotency-key"),
+        )
+        fault = self.state.take_fault(request.method, path)
+        response: Response | None = None
+        if fault is not None:
+            if fault.kind == "slow":
+                await anyio.sleep(fault.delay)
+            elif fault.kind in ("status", "html", "text", "expired_url"):
+                response = self._fault_response(fault, ctx)
+        if response is None:
+            response = await self._handle(request, ctx)
+            if fault is not None and fault.kind == "lose_response":
+                response = error_response(
+                    ApiError(
+                        fault.http_status,
+                        _ERROR_CODES.get(fault.http_status, "error"),
+                        fault.message or "upstream connection reset before the response was sent",
+                    )
+                )
+            elif fault is not None and fault.kind == "malformed_json":
+                response = self._malformed(response)
+        response.headers["x-request-id"] = ctx.request_id
+        self.state.record(
+            LoggedRequest(
+                method=request.method,
+                path=path,
+                status=response.status_code,
+                idempotency_key=ctx.idempotency_key,
+                authorized=ctx.authorized,
+                json=ctx.json,
+                time=arrived,
+                sent_auth=ctx.sent_auth,
+                fault=fault.kind if fault is not None else None,
+                request_id=ctx.request_id,
+                query=request.url.query,
+            )
+        )
+        return response
+
+    def _key_ok(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return False
+        expected = self.state.config.api_key
+        if expected is None:
+            return True
+        return hmac.compare_digest(token.encode("utf-8"), expected.encode("utf-8"))
+
+    async def _handle(self, request: Request, ctx: _Ctx) -> Response:
+        path = request.url.path
+        method = "GET" if request.method == "HEAD" else request.method
+        try:
+            if path.startswith("/api/") and not ctx.authorized:
+                raise ApiError(401, "unauthorized", "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
+            allowed: list[str] = []
+            for route_method, pattern, handler in self._routes:
+                match = pattern.fullmatch(path)
+                if match is None:
+                    continue
+                if route_method != method:
+                    allowed.append(route_method)
+                    continue
+                return await handler(request, ctx, **match.groupdict())
+            if allowed:
+                raise ApiError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed on {path}",
+                    headers={"Allow": ", ".join(sorted(set(allowed)))},
+                )
+            raise ApiError(404, "not_found", f"No route for {request.method} {path}")
+        except ApiError as err:
+            return error_response(err)
+        except Exception:
+            logger.exception("simulator error on %s %s", request.method, path)
+            return error_response(ApiError(500, "internal_error", "Internal server error"))
+
+    def _fault_response(self, fault: Fault, ctx: _Ctx) -> Response:
+        status = fault.http_status
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            if fault.retry_after_date:
+                headers["Retry-After"] = formatdate(time.time() + math.ceil(fault.retry_after), usegmt=True)
+            else:
+                headers["Retry-After"] = _seconds(fault.retry_after)
+        reason = _REASONS.get(status, "Error")
+        if fault.kind == "html":
+            body = _HTML_PAGE.format(status=status, reason=reason, message=fault.message or "nginx")
+            return Response(body, status_code=status, media_type="text/html", headers=headers)
+        if fault.kind == "text":
+            text = fault.message or (
+                "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+            )
+            return Response(text, status_code=status, media_type="text/plain", headers=headers)
+        if fault.kind == "expired_url":
+            now = time.time()
+            body = _EXPIRED_XML.format(
+                expires=formatdate(now - 3600, usegmt=True),
+                now=formatdate(now, usegmt=True),
+                rid=ctx.request_id,
+            )
+            return Response(body, status_code=status, media_type="application/xml", headers=headers)
+        message = fault.message or {
+            429: "Rate limit exceeded, please retry later",
+            503: "Service temporarily unavailable",
+        }.get(status, reason)
+        err = ApiError(status, _ERROR_CODES.get(status, "error"), message, headers=headers)
+        return error_response(err)
+
+    @staticmethod
+    def _malformed(response: Response) -> Response:
+        body = getattr(response, "body", b"")
+        if not isinstance(body, bytes) or len(body) < 4 or not body.lstrip().startswith(b"{"):
+            body = b'{"id": "'
+        truncated = body[: max(2, len(body) // 2)]
+        return Response(truncated, status_code=200, media_type="application/json")
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def create(self, request: Request, ctx: _Ctx, service: str, endpoint: str) -> Response:
+        action = self.state.catalog.find_route(service, endpoint)
+        if action is None:
+            raise ApiError(404, "not_found", f"No such action: POST /api/v1/{service}/{endpoint}")
+        raw = await _read_capped(request, MAX_JSON_BODY)
+        body = _parse_json(raw)
+        ctx.json = body
+        key = ctx.idempotency_key
+        if key is not None and not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY:
+            raise ApiError(
+                400,
+                "invalid_idempotency_key",
+                f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters",
+                field="Idempotency-Key",
+            )
+        fp = fingerprint("POST", action.path, body)
+        # Nothing below awaits until the task exists: the check, validation and creation are atomic.
+        if key is not None:
+            existing = self.state.replay(key, fp)
+            if existing is not None:
+                return self._created(existing, replayed=True)
+        spec = validate_body(action, body)
+        plan = plan_task(
+            action,
+            spec,
+            body,
+            resolve_local=lambda url: _local_ref(url, request),
+            size_of=self.state.source_size,
+        )
+        task, replayed = self.state.create_task(
+            service=action.service,
+            endpoint=action.endpoint,
+            model=spec.slug,
+            path=action.path,
+            body=body,
+            plan=plan,
+            idempotency_key=key,
+            fp=fp,
+        )
+        if not replayed and isinstance(body.get("callback_url"), str):
+            self._schedule_callback(task, body["callback_url"], base_url(request))
+        return self._created(task, replayed=replayed)
+
+    def _created(self, task: Task, *, replayed: bool) -> Response:
+        inner: dict[str, Any] = {"status": "pending", "model": task.model, "created_at": iso(task.created_at)}
+        style = self.state.config.id_style
+        if style == "task_id":
+            answer: dict[str, Any] = {"task_id": task.id, **inner}
+        elif style == "data":
+            answer = {"data": {"id": task.id, **inner}}
+        else:
+            answer = {"id": task.id, **inner}
+        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        return JSONResponse(answer, headers=headers)
+
+    def status_answer(self, task: Task, base: str, now: float | None = None) -> tuple[dict[str, Any], bool]:
+        """A task's status answer, and whether it is still running."""
+        phase, progress = task.phase(time.monotonic() if now is None else now)
+        running = phase in ("pending", "processing")
+        status: str = phase
+        if not running and task.outcome is not None and task.outcome.status_text:
+            status = task.outcome.status_text
+        answer: dict[str, Any] = {"id": task.id}
+        if self.state.config.id_style == "task_id":
+            answer["task_id"] = task.id
+        answer.update({"status": status, "model": task.model, "created_at": iso(task.created_at)})
+        if self.state.config.report_progress or task.model == "gpt-4o-image":
+            answer["progress"] = progress
+        if phase == "completed":
+            answer["images"] = [
+                {
+                    "url": f"{base}/images/{task.id}/{out.filename}",
+                    "origin_url": f"{base}/images/{task.id}/{out.filename}?origin=1",
+                    "width": out.width,
+                    "height": out.height,
+                    "content_type": out.media_type,
+                }
+                for out in task.visible_outputs
+            ]
+        elif phase == "failed":
+            answer["error"] = task.error
+        return answer, running
+
+    async def status(
+        self, request: Request, ctx: _Ctx, service: str, task_id: str, endpoint: str | None = None
+    ) -> Response:
+        task = self.state.get_task(task_id)
+        if task is None or task.service != service or (endpoint is not None and task.endpoint != endpoint):
+            raise ApiError(404, "not_found", f"Task {task_id} not found")
+        answer, running = self.status_answer(task, base_url(request))
+        headers: dict[str, str] = {}
+        retry_after = self.state.config.status_retry_after
+        if running and retry_after is not None:
+            headers["Retry-After"] = _seconds(retry_after)
+        return JSONResponse(answer, headers=headers)
+
+    def _schedule_callback(self, task: Task, url: str, base: str) -> None:
+        try:
+            host = (urlsplit(url).hostname or "").lower()
+        except ValueError:
+            return
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            logger.info("not calling back %s: the simulator only calls loopback URLs", url)
+            return
+        job = asyncio.get_running_loop().create_task(self._callback(task, url, base))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _callback(self, task: Task, url: str, base: str) -> None:
+        while True:
+            answer, running = self.status_answer(task, base)
+            if not running:
+                break
+            at = task.terminal_at()
+            wait = 0.25 if at is None else max(0.005, min(0.25, at - time.monotonic()))
+            await anyio.sleep(wait)
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                await client.post(url, json=answer)
+        except httpx.HTTPError as exc:
+            logger.info("callback to %s failed: %s", url, exc)
+
+    # -- downloads -------------------------------------------------------------------------------
+    def _not_found_xml(self, key: str, ctx: _Ctx) -> Response:
+        return Response(
+            _NOT_FOUND_XML.format(key=key, rid=ctx.request_id), status_code=404, media_type="application/xml"
+        )
+
+    async def image(self, request: Request, ctx: _Ctx, task_id: str, name: str) -> Response:
+        task = self.state.get_task(task_id)
+        outputs = task.visible_outputs if task is not None else []
+        out = next((o for o in outputs if o.filename == name), None)
+        if task is None or out is None or task.phase(time.monotonic())[0] != "completed":
+            return self._not_found_xml(f"{task_id}/{name}", ctx)
+        path = await anyio.to_thread.run_sync(self.state.render_path, task.id, out.index)
+        return FileResponse(
+            path, media_type=out.media_type, headers={"Cache-Control": "private, max-age=604800"}
+        )
+
+    async def file(self, request: Request, ctx: _Ctx, name: str) -> Response:
+        upload = self.state.get_file(unquote(name))
+        if upload is None or not upload.path.exists():
+            return self._not_found_xml(name, ctx)
+        return FileResponse(upload.path, media_type=upload.mime_type)
+
+    # -- uploads ---------------------------------------------------------------------------------
+    async def upload(self, request: Request, ctx: _Ctx) -> Response:
+        limit = self.state.config.max_upload_bytes
+        too_big = ApiError(413, "payload_too_large", f"File is larger than the {limit} byte upload limit")
+        try:
+            raw = await _read_capped(request, limit * 4 // 3 + 1024 * 1024)
+        except ApiError:
+            raise too_big from None
+        content_type = request.headers.get("content-type", "").lower()
+        filename: str | None
+        mime: str | None = None
+        if content_type.startswith("multipart/form-data"):
+            data, filename, mime = await self._multipart(request, raw)
+        elif content_type.startswith("application/json") or raw.lstrip().startswith(b"{"):
+            body = _parse_json(raw)
+            ctx.json = _redacted(body)
+            data, mime = await self._json_source(request, body)
+            name_value = body.get("file_name")
+            filename = name_value if isinstance(name_value, str) else None
+        else:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "Upload as multipart/form-data (part 'file') or as JSON 'source'",
+            )
+        if len(data) > limit:
+            raise too_big
+        if not data:
+            raise ApiError(422, "validation_error", "'file' is empty", field="file")
+        upload = await anyio.to_thread.run_sync(self.state.store_file, data, filename, mime)
+        return JSONResponse(self._file_answer(upload, base_url(request)))
+
+    @staticmethod
+    async def _multipart(request: Request, raw: bytes) -> tuple[bytes, str | None, str | None]:
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        replay = Request(request.scope, receive)
+        try:
+            form = await replay.form()
+        except Exception as exc:  # multipart errors come in several types
+            raise ApiError(400, "bad_request", f"Malformed multipart body: {exc}") from None
+        try:
+            part = form.get("file")
+            if not isinstance(part, UploadFile):
+                raise ApiError(
+                    422, "validation_error", "'file' part (with a filename) is required", field="file"
+                )
+            data = await part.read()
+            given = form.get("file_name")
+            filename = given if isinstance(given, str) and given.strip() else part.filename
+            return data, filename, part.content_type
+        finally:
+            await form.close()
+
+    async def _json_source(self, request: Request, body: dict[str, Any]) -> tuple[bytes, str | None]:
+        source = body.get("source")
+        if not isinstance(source, dict):
+            raise ApiError(
+                422,
+                "validation_error",
+                "'source' must be an object with 'type' (base64 or url)",
+                field="source",
+            )
+        kind = source.get("type")
+        if kind == "base64":
+            data = source.get("data")
+            if not isinstance(data, str) or not data.strip():
+                raise ApiError(
+                    422, "validation_error", "'source.data' must be base64 text", field="source.data"
+                )
+            mime: str | None = None
+            match = re.match(r"^data:([\w/+.-]+)?(?:;[\w=-]+)*;base64,", data)
+            if match:
+                mime = match.group(1)
+                data = data[match.end() :]
+            try:
+                return base64.b64decode("".join(data.split()), validate=True), mime
+            except (binascii.Error, ValueError):
+                raise ApiError(
+                    422, "validation_error", "'source.data' is not valid base64", field="source.data"
+                ) from None
+        if kind == "url":
+            url = source.get("url")
+            if not isinstance(url, str) or not url.strip():
+                raise ApiError(422, "validation_error", "'source.url' must be a URL", field="source.url")
+            local = _local_ref(url, request)
+            if local is None:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    "'source.url' could not be fetched: the simulator only fetches its own "
+                    "/files/ and /images/ URLs",
+                    field="source.url",
+                )
+            fetched = await self._fetch_local(local)
+            if fetched is None:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    "'source.url' could not be downloaded (404 Not Found)",
+                    field="source.url",
+                )
+            return fetched
+        raise ApiError(
+            422, "validation_error", "'source.type' must be 'base64' or 'url'", field="source.type"
+        )
+
+    async def _fetch_local(
+        self, local: tuple[Literal["file", "image"], str, int]
+    ) -> tuple[bytes, str] | None:
+        kind, name, index = local
+        if kind == "file":
+            upload = self.state.get_file(name)
+            if upload is None:
+                return None
+            return await anyio.to_thread.run_sync(upload.path.read_bytes), upload.mime_type
+        task = self.state.get_task(name)
+        if (
+            task is None
+            or task.phase(time.monotonic())[0] != "completed"
+            or index >= len(task.visible_outputs)
+        ):
+            return None
+        out = task.visible_outputs[index]
+        path = await anyio.to_thread.run_sync(self.state.render_path, task.id, index)
+        return await anyio.to_thread.run_sync(path.read_bytes), out.media_type
+
+    @staticmethod
+    def _file_answer(upload: UploadedFile, base: str) -> dict[str, Any]:
+        return {
+            "file_name": upload.name,
+            "url": f"{base}/files/{upload.name}",
+            "size_bytes": upload.size,
+            "mime_type": upload.mime_type,
+            "created_at": iso(upload.created_at),
+            "expires_at": iso(upload.expires_at),
+        }
+
+    # -- account and catalog ---------------------------------------------------------------------
+    def _balance(self) -> dict[str, Any]:
+        state = self.state
+        with state.lock:
+            return {
+                "balance_cents": state.balance_cents,
+                "paid_balance_cents": state.balance_cents,
+                "bonus_balance_cents": 0,
+                "spent_cents_today": state.spent_cents_today,
+                "spent_cents_total": state.spent_cents_total,
+                "currency": "USD",
+            }
+
+    async def balance(self, request: Request, ctx: _Ctx) -> Response:
+        return JSONResponse(self._balance())
+
+    async def me(self, request: Request, ctx: _Ctx) -> Response:
+        return JSONResponse(
+            {
+                "id": "usr_simulator",
+                "name": "RunAPI Simulator",
+                "email": "simulator@runapi.invalid",
+                "balance": self._balance(),
+            }
+        )
+
+    async def price_schedules(self, request: Request, ctx: _Ctx) -> Response:
+        rows: list[dict[str, Any]] = []
+        for action in self.state.catalog.actions:
+            for slug, spec in action.models.items():
+                by_res = "output_resolution" in spec.fields or "size" in spec.fields
+                rows.append(
+                    {
+                        "service": action.service,
+                        "action": action.endpoint,
+                        "model": slug,
+                        "unit": "image",
+                        "currency": "USD",
+                        "price_cents": {"1k": 3, "2k": 6, "4k": 12} if by_res else {"default": 4},
+                    }
+                )
+        return JSONResponse({"price_schedules": rows})
+
+    async def price_quote(self, request: Request, ctx: _Ctx) -> Response:
+        body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
+        ctx.json = body
+        service = str(body.get("service", "")).replace("-", "_")
+        endpoint = str(body.get("action", "")).replace("-", "_")
+        action = self.state.catalog.find_route(service, endpoint)
+        if action is None:
+            raise ApiError(422, "validation_error", f"No action {service}/{endpoint}", field="action")
+        fields = {k: v for k, v in body.items() if k not in ("service", "action")}
+        spec = validate_body(action, fields)
+        plan = plan_task(action, spec, fields, resolve_local=lambda url: None, size_of=lambda ref: ref.size)
+        return JSONResponse(
+            {
+                "price_quote": {
+                    "reservation_amount_cents": plan.price_cents,
+                    "currency": "USD",
+                    "service": action.service,
+                    "action": action.endpoint,
+                    "model": spec.slug,
+                    "image_count": len(plan.outputs),
+                }
+            }
+        )
+
+    async def models(self, request: Request, ctx: _Ctx) -> Response:
+        catalog = self.state.catalog
+        data = [
+            {
+                "id": slug,
+                "object": "model",
+                "owned_by": "runapi",
+                "routes": [a.path for a in catalog.actions if slug in a.models],
+            }
+            for slug in catalog.model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def index(self, request: Request, ctx: _Ctx) -> Response:
+        return JSONResponse(
+            {
+                "name": "RunAPI simulator",
+                "base_url": base_url(request),
+                "models": f"{base_url(request)}/v1/models",
+                "control": f"{base_url(request)}/_sim/state",
+            }
+        )
+
+    # -- control API (not authenticated, not logged) ---------------------------------------------
+    async def control(self, request: Request) -> Response:
+        state = self.state
+        path = request.url.path.rstrip("/")
+        method = request.method
+        if path == "/_sim/faults":
+            if method == "GET":
+                return JSONResponse({"faults": [f.to_dict() for f in state.faults()]})
+            if method == "DELETE":
+                state.clear_faults()
+                return JSONResponse({"faults": []})
+            if method == "POST":
+                body = _parse_json(await request.body())
+                items = body["faults"] if isinstance(body.get("faults"), list) else [body]
+                try:
+                    faults = [Fault.from_dict(item) for item in items]
+                except (TypeError, ValueError) as exc:
+                    raise ApiError(422, "validation_error", str(exc)) from None
+                for fault in faults:
+                    state.inject(fault)
+                return JSONResponse({"faults": [f.to_dict() for f in state.faults()]}, status_code=201)
+        elif path == "/_sim/requests":
+            if method == "GET":
+                return JSONResponse({"requests": [r.to_dict() for r in state.requests()]})
+            if method == "DELETE":
+                state.clear_log()
+                return JSONResponse({"requests": []})
+        elif path == "/_sim/state" and method == "GET":
+            with state.lock:
+                return JSONResponse(
+                    {
+                        "tasks_created": state.tasks_created,
+                        "balance_cents": state.balance_cents,
+                        "spent_cents_total": state.spent_cents_total,
+                        "tasks": len(state.tasks),
+                        "files": len(state.files),
+                        "faults": len(state.faults()),
+                        "requests": len(state.requests()),
+                    }
+                )
+        elif path == "/_sim/balance" and method == "POST":
+            body = _parse_json(await request.body())
+            cents = body.get("balance_cents")
+            if not isinstance(cents, int) or isinstance(cents, bool):
+                raise ApiError(
+                    422, "validation_error", "'balance_cents' must be an integer", field="balance_cents"
+                )
+            state.set_balance(cents)
+            return JSONResponse(self._balance())
+        elif path == "/_sim/outcome" and method == "POST":
+            body = _parse_json(await request.body())
+            task_id = body.get("task_id")
+            status = body.get("status", "completed")
+            if status not in ("completed", "failed", "running"):
+                raise ApiError(
+                    422, "validation_error", "'status' must be completed, failed or running", field="status"
+                )
+            images = body.get("images")
+            outcome = Outcome(
+                status=status,
+                error=body.get("error"),
+                status_text=body.get("status_text"),
+                images=images if isinstance(images, int) else None,
+            )
+            try:
+                state.set_outcome(task_id if isinstance(task_id, str) else None, outcome)
+            except KeyError:
+                raise ApiError(404, "not_found", f"Task {task_id} not found") from None
+            return JSONResponse({"ok": True})
+        raise ApiError(404, "not_found", f"No control route {method} {request.url.path}")
+
+
+def _redacted(body: dict[str, Any]) -> dict[str, Any]:
+    """The upload body for the log, without megabytes of base64."""
+    source = body.get("source")
+    if isinstance(source, dict) and isinstance(source.get("data"), str):
+        return {**body, "source": {**source, "data": f"<{len(source['data'])} base64 chars>"}}
+    return body

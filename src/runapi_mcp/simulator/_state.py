@@ -1,0 +1,414 @@
+"""The simulator's state: tasks, uploads, idempotency records, balance, faults and the request log.
+
+Every method is thread-safe: the HTTP handlers run on the server's event loop thread while tests call
+``Simulator`` methods from theirs. Nothing here awaits; rendering (``render_path``) blocks and is run
+in a worker thread by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import mimetypes
+import random
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from PIL import Image
+
+from runapi_mcp.catalog import Catalog, get_catalog
+from runapi_mcp.simulator import _render
+from runapi_mcp.simulator._models import (
+    DEFAULT_FAIL_REASON,
+    Fault,
+    LoggedRequest,
+    SimulatorConfig,
+    TaskOutcome,
+)
+from runapi_mcp.simulator._tasks import ApiError, OutputSpec, SourceRef, TaskPlan
+
+Phase = Literal["pending", "processing", "completed", "failed"]
+FAIL_MARKER = "[sim:fail]"
+MAX_LOG = 100_000
+FILE_TTL = timedelta(hours=24)
+PENDING_FRACTION = 0.1
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """A forced end for a task (see ``Simulator.set_task_outcome``)."""
+
+    status: TaskOutcome
+    error: str | None = None
+    status_text: str | None = None
+    images: int | None = None
+
+
+@dataclass
+class Task:
+    id: str
+    service: str
+    endpoint: str
+    model: str
+    path: str
+    body: dict[str, Any]
+    plan: TaskPlan
+    created: float
+    created_at: datetime
+    duration: float
+    fail_reason: str | None
+    outcome: Outcome | None = None
+    outcome_at: float | None = None
+
+    def phase(self, now: float) -> tuple[Phase, float]:
+        """The task's state and progress (0..1) at monotonic time ``now``."""
+        elapsed = max(0.0, now - self.created)
+        fraction = min(1.0, elapsed / self.duration) if self.duration > 0 else 1.0
+        forced = self.outcome.status if self.outcome is not None else None
+        if forced == "completed":
+            return "completed", 1.0
+        if forced == "failed":
+            return "failed", round(fraction, 3)
+        if forced != "running" and fraction >= 1.0:
+            return ("failed" if self.fail_reason else "completed"), 1.0
+        running: Phase = "pending" if fraction < PENDING_FRACTION else "processing"
+        return running, round(min(fraction, 0.99), 3)
+
+    @property
+    def error(self) -> str:
+        if self.outcome is not None and self.outcome.status == "failed":
+            return self.outcome.error or self.fail_reason or DEFAULT_FAIL_REASON
+        return self.fail_reason or DEFAULT_FAIL_REASON
+
+    @property
+    def visible_outputs(self) -> list[OutputSpec]:
+        outputs = self.plan.outputs
+        if self.outcome is not None and self.outcome.images is not None:
+            return outputs[: max(0, self.outcome.images)]
+        return outputs
+
+    def terminal_at(self) -> float | None:
+        """Monotonic time it becomes terminal, or None while that is not known (forced running)."""
+        if self.outcome is not None:
+            if self.outcome.status == "running":
+                return None
+            return self.outcome_at
+        return self.created + self.duration
+
+
+@dataclass
+class UploadedFile:
+    name: str
+    path: Path
+    size: int
+    mime_type: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass
+class IdempotencyRecord:
+    fingerprint: str
+    task_id: str
+
+
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_mime(data: bytes, declared: str | None, filename: str | None) -> str:
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if declared and declared != "application/octet-stream":
+        return declared.split(";")[0].strip()
+    if filename:
+        guessed, _ = mimetypes.guess_type(filename)
+        if guessed:
+            return guessed
+    return "application/octet-stream"
+
+
+def safe_name(name: str | None, mime: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", (name or "").strip().split("/")[-1]).strip("._")[:96]
+    if not stem:
+        ext = mimetypes.guess_extension(mime) or ".bin"
+        stem = "upload" + (".jpg" if ext in (".jpe", ".jpeg") else ext)
+    return f"{uuid.uuid4().hex[:16]}_{stem}"
+
+
+class SimState:
+    def __init__(self, config: SimulatorConfig, data_dir: Path, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self.catalog = catalog or get_catalog()
+        self.lock = threading.RLock()
+        self._rng = random.Random(config.seed)
+        self.files_dir = data_dir / "files"
+        self.images_dir = data_dir / "images"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks: dict[str, Task] = {}
+        self.files: dict[str, UploadedFile] = {}
+        self._idempotency: dict[str, IdempotencyRecord] = {}
+        self._faults: list[Fault] = []
+        self._log: list[LoggedRequest] = []
+        self._next_outcomes: list[Outcome] = []
+        self._render_locks: dict[tuple[str, int], threading.Lock] = {}
+        self.balance_cents = config.initial_balance_cents
+        self.spent_cents_total = 0
+        self.spent_cents_today = 0
+        self.tasks_created = 0
+
+    # -- faults ----------------------------------------------------------------------------------
+    def inject(self, fault: Fault) -> None:
+        with self.lock:
+            self._faults.append(dataclasses.replace(fault))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
+    def faults(self) -> list[Fault]:
+        with self.lock:
+            return [dataclasses.replace(f) for f in self._faults]
+
+    def take_fault(self, method: str, path: str, *, fail_task: bool = False) -> Fault | None:
+        """Use up the first fault that matches (request faults, or ``fail_task`` ones)."""
+        with self.lock:
+            for i, fault in enumerate(self._faults):
+                if (fault.kind == "fail_task") != fail_task or not fault.matches(method, path):
+                    continue
+                used = dataclasses.replace(fault)
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        del self._faults[i]
+                return used
+            return None
+
+    # -- request log -----------------------------------------------------------------------------
+    def record(self, entry: LoggedRequest) -> None:
+        with self.lock:
+            self._log.append(entry)
+            if len(self._log) > MAX_LOG:
+                del self._log[: len(self._log) - MAX_LOG]
+
+    def requests(self) -> list[LoggedRequest]:
+        with self.lock:
+            return list(self._log)
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self._log.clear()
+
+    # -- tasks -----------------------------------------------------------------------------------
+    def get_task(self, task_id: str) -> Task | None:
+        with self.lock:
+            return self.tasks.get(task_id)
+
+    def replay(self, key: str, fp: str) -> Task | None:
+        """The task an Idempotency-Key already created (same body), or None; 409 on a different body."""
+        with self.lock:
+            record = self._idempotency.get(key)
+            if record is None:
+                return None
+            if record.fingerprint != fp:
+                raise ApiError(
+                    409,
+                    "idempotency_conflict",
+                    "Idempotency-Key was already used with a different request body",
+                    field="Idempotency-Key",
+                )
+            return self.tasks[record.task_id]
+
+    def _duration(self, model: str, key: str) -> float:
+        cfg = self.config
+        base = cfg.model_durations.get(model)
+        if base is None:
+            base = cfg.durations.get(key, cfg.durations.get("1k", 12.0))
+        jitter = self._rng.uniform(-cfg.duration_jitter, cfg.duration_jitter) if cfg.duration_jitter else 0.0
+        return max(0.0, base * (1.0 + jitter) * cfg.time_scale)
+
+    def create_task(
+        self,
+        *,
+        service: str,
+        endpoint: str,
+        model: str,
+        path: str,
+        body: dict[str, Any],
+        plan: TaskPlan,
+        idempotency_key: str | None,
+        fp: str,
+    ) -> tuple[Task, bool]:
+        """Create and charge a task; returns ``(task, replayed)``. Raises 402 / 409 as ApiError."""
+        with self.lock:
+            if idempotency_key is not None:
+                existing = self.replay(idempotency_key, fp)
+                if existing is not None:
+                    return existing, True
+            if self.balance_cents < plan.price_cents:
+                raise ApiError(
+                    402,
+                    "insufficient_credits",
+                    f"Insufficient credits: this task costs {plan.price_cents} cents, "
+                    f"the balance is {self.balance_cents} cents",
+                )
+            fail_reason = plan.fail_reason
+            fault = self.take_fault("POST", path, fail_task=True)
+            if fail_reason is None and fault is not None:
+                fail_reason = fault.reason
+            if fail_reason is None and FAIL_MARKER in plan.prompt.lower():
+                fail_reason = DEFAULT_FAIL_REASON
+            now = time.monotonic()
+            task = Task(
+                id=str(uuid.uuid4()),
+                service=service,
+                endpoint=endpoint,
+                model=model,
+                path=path,
+                body=body,
+                plan=plan,
+                created=now,
+                created_at=datetime.now(UTC),
+                duration=self._duration(model, plan.duration_key),
+                fail_reason=fail_reason,
+            )
+            if self._next_outcomes:
+                task.outcome = self._next_outcomes.pop(0)
+                task.outcome_at = now
+            self.tasks[task.id] = task
+            self.balance_cents -= plan.price_cents
+            self.spent_cents_total += plan.price_cents
+            self.spent_cents_today += plan.price_cents
+            self.tasks_created += 1
+            if idempotency_key is not None:
+                self._idempotency[idempotency_key] = IdempotencyRecord(fp, task.id)
+            return task, False
+
+    def set_outcome(self, task_id: str | None, outcome: Outcome) -> None:
+        with self.lock:
+            if task_id is None:
+                self._next_outcomes.append(outcome)
+                return
+            task = self.tasks.get(task_id)
+            if task is None:
+                raise KeyError(f"no task {task_id!r}")
+            task.outcome = outcome
+            task.outcome_at = time.monotonic()
+
+    def set_balance(self, cents: int) -> None:
+        with self.lock:
+            self.balance_cents = cents
+
+    # -- sources ---------------------------------------------------------------------------------
+    def source_size(self, ref: SourceRef) -> tuple[int, int] | str:
+        """The size of a task's input picture, or why it cannot be had (the task then fails)."""
+        with self.lock:
+            if ref.kind == "remote":
+                return ref.size
+            if ref.kind == "file":
+                upload = self.files.get(ref.name)
+                if upload is None:
+                    return f"source image could not be downloaded (404 Not Found): {ref.name}"
+                size = _render.image_size(upload.path)
+                return size if size is not None else f"source image is not a supported image: {ref.name}"
+            task = self.tasks.get(ref.name)
+            what = "source image" if ref.kind == "image" else "source task"
+            if task is None:
+                return f"{what} {ref.name} was not found"
+            phase, _ = task.phase(time.monotonic())
+            outputs = task.visible_outputs
+            if phase != "completed" or ref.index >= len(outputs):
+                return f"{what} {ref.name} has no finished image {ref.index}"
+            out = outputs[ref.index]
+            return out.width, out.height
+
+    def source_image(self, ref: SourceRef | None) -> Image.Image:
+        if ref is None:
+            return _render.placeholder_source("(none)")
+        try:
+            if ref.kind == "file":
+                with self.lock:
+                    upload = self.files.get(ref.name)
+                if upload is not None:
+                    return _render.open_image(upload.path)
+            elif ref.kind in ("image", "task"):
+                return _render.open_image(self.render_path(ref.name, ref.index))
+        except (OSError, KeyError, ValueError, Image.DecompressionBombError):
+            pass
+        return _render.placeholder_source(ref.name)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def render_path(self, task_id: str, index: int) -> Path:
+        """The rendered picture on disk, rendering it on first use (blocking: call in a thread)."""
+        with self.lock:
+            task = self.tasks[task_id]
+            out = task.plan.outputs[index]
+            lock = self._render_locks.setdefault((task_id, index), threading.Lock())
+        path = self.images_dir / f"{task_id}_{out.filename}"
+        if path.exists():
+            return path
+        with lock:
+            if path.exists():
+                return path
+            img = self._render(task, out)
+            tmp = path.with_name(path.name + ".part")
+            _render.save(img, tmp, out.fmt)
+            tmp.replace(path)
+        return path
+
+    def _render(self, task: Task, out: OutputSpec) -> Image.Image:
+        w, h = out.width, out.height
+        caption = f"RunAPI simulator · {task.model} · {w}x{h} · task {task.id[:8]}"
+        seed = f"{task.id}:{out.index}"
+        if out.role == "generate":
+            return _render.render_generated(w, h, task.plan.prompt, seed, caption)
+        source = self.source_image(task.plan.source)
+        if out.role == "edit":
+            return _render.render_edit(source, w, h, task.plan.prompt, seed, caption)
+        if out.role == "upscale":
+            return _render.render_upscale(source, w, h, caption)
+        if out.role == "layer_background":
+            return _render.render_layer_background(source, w, h)
+        return _render.render_cutout(source, w, h, variant=0)
+
+    # -- uploads ---------------------------------------------------------------------------------
+    def store_file(self, data: bytes, filename: str | None, declared_mime: str | None) -> UploadedFile:
+        """Keep an upload on disk (blocking: call in a thread)."""
+        mime = sniff_mime(data, declared_mime, filename)
+        name = safe_name(filename, mime)
+        path = self.files_dir / name
+        path.write_bytes(data)
+        now = datetime.now(UTC)
+        upload = UploadedFile(name, path, len(data), mime, now, now + FILE_TTL)
+        with self.lock:
+            self.files[name] = upload
+        return upload
+
+    def get_file(self, name: str) -> UploadedFile | None:
+        with self.lock:
+            return self.files.get(name)

@@ -1,0 +1,435 @@
+"""The RunAPI simulator, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from runapi_mcp.simulator import Fault, Simulator, SimulatorConfig
+
+KEY = "sk-sim-test-key"
+T2I = "/api/v1/gpt_image_2/text_to_image"
+EDIT = "/api/v1/gpt_image_2/edit_image"
+
+
+def _config(**overrides: Any) -> SimulatorConfig:
+    values: dict[str, Any] = {"api_key": KEY, "time_scale": 0.005}
+    values.update(overrides)
+    return SimulatorConfig(**values)
+
+
+def _client(base_url: str = "", **kwargs: Any) -> httpx.Client:
+    """A client with no TLS set-up (loopback HTTP only): cheap to make."""
+    return httpx.Client(base_url=base_url, verify=False, timeout=10, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def anon() -> Iterator[httpx.Client]:
+    """No key, no base URL: downloads and unauthenticated calls."""
+    with _client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[Simulator]:
+    with Simulator(_config()) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+def client(sim: Simulator) -> Iterator[httpx.Client]:
+    sim.clear_faults()
+    sim.clear_log()
+    with _client(sim.base_url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        yield c
+
+
+def _body(prompt: str = "a red fox in the snow", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-image-2", "prompt": prompt, **extra}
+
+
+def _wait(client: httpx.Client, path: str, timeout: float = 5.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        answer: dict[str, Any] = client.get(path).json()
+        if answer["status"] not in ("pending", "processing"):
+            return answer
+        assert time.monotonic() < deadline, f"task did not finish: {answer}"
+        time.sleep(0.02)
+
+
+def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+# -- the task lifecycle ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("resolution", "size"), [("1k", (1024, 576)), ("2k", (2048, 1152))])
+def test_lifecycle_to_completed_with_sized_png(
+    client: httpx.Client, resolution: str, size: tuple[int, int], anon: httpx.Client
+) -> None:
+    created = client.post(T2I, json=_body(aspect_ratio="16:9", output_resolution=resolution))
+    assert created.status_code == 200
+    assert created.headers["x-request-id"]
+    task = created.json()
+    assert task["status"] == "pending" and task["model"] == "gpt-image-2"
+    statuses = []
+    while True:
+        answer = client.get(f"{T2I}/{task['id']}").json()
+        statuses.append(answer["status"])
+        if answer["status"] == "completed":
+            break
+        assert answer["status"] in ("pending", "processing")
+        assert len(statuses) < 500
+        time.sleep(0.01)
+    assert "processing" in statuses
+    # The short status path answers the same.
+    assert client.get(f"/api/v1/gpt_image_2/{task['id']}").json()["status"] == "completed"
+    url = answer["images"][0]["url"]
+    assert url.startswith(client.base_url.join("/images/").__str__())
+    download = anon.get(url)
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "image/png"
+    assert int(download.headers["content-length"]) == len(download.content)
+    assert Image.open(io.BytesIO(download.content)).size == size
+
+
+def test_status_of_unknown_task_is_404(client: httpx.Client) -> None:
+    answer = client.get(f"{T2I}/00000000-0000-0000-0000-000000000000")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "not_found"
+    assert client.post("/api/v1/nope/text_to_image", json=_body()).status_code == 404
+
+
+def test_gpt_4o_image_reports_monotonic_progress_and_output_count(client: httpx.Client) -> None:
+    task = client.post(
+        "/api/v1/gpt_4o_image/text_to_image",
+        json={"model": "gpt-4o-image", "prompt": "two cats", "aspect_ratio": "3:2", "output_count": 2},
+    ).json()
+    seen: list[float] = []
+    while True:
+        answer = client.get(f"/api/v1/gpt_4o_image/text_to_image/{task['id']}").json()
+        seen.append(answer["progress"])
+        if answer["status"] == "completed":
+            break
+        time.sleep(0.01)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0 <= seen[0] < 1
+    assert [(i["width"], i["height"]) for i in answer["images"]] == [(1024, 683), (1024, 683)]
+
+
+# -- idempotency, billing, auth, validation ------------------------------------------------------
+def test_idempotency_same_body_same_task_charged_once(sim: Simulator, client: httpx.Client) -> None:
+    before_tasks, before_balance = sim.tasks_created, sim.balance_cents
+    headers = {"Idempotency-Key": "idem-same-1"}
+    first = client.post(T2I, json=_body(output_resolution="2k"), headers=headers)
+    second = client.post(T2I, json=_body(output_resolution="2k"), headers=headers)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["id"] == second.json()["id"]
+    assert sim.tasks_created == before_tasks + 1
+    assert sim.balance_cents == before_balance - 6
+    conflict = client.post(T2I, json=_body("another prompt"), headers=headers)
+    assert conflict.status_code == 409
+    assert conflict.json()["error"]["code"] == "idempotency_conflict"
+    assert sim.tasks_created == before_tasks + 1
+    balance = client.get("/api/v1/me/balance").json()
+    assert balance["balance_cents"] == sim.balance_cents
+    assert balance["spent_cents_total"] >= 6
+    assert set(balance) >= {"paid_balance_cents", "bonus_balance_cents", "spent_cents_today"}
+
+
+def test_insufficient_balance_is_402() -> None:
+    with Simulator(_config(initial_balance_cents=5)) as sim, _client(sim.base_url) as c:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert c.post(T2I, json=_body(), headers=headers).status_code == 200  # 3 cents
+        refused = c.post(T2I, json=_body(), headers=headers)
+        assert refused.status_code == 402
+        assert refused.json()["error"]["code"] == "insufficient_credits"
+        assert sim.tasks_created == 1 and sim.balance_cents == 2
+
+
+def test_auth_401_and_key_never_logged(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"Authorization": "Basic abc"}):
+        answer = anon.post(sim.base_url + T2I, json=_body(), headers=headers)
+        assert answer.status_code == 401
+        assert answer.json() == {"error": {"message": "Invalid API key", "code": "unauthorized"}}
+        assert "sk-wrong" not in answer.text
+    assert anon.get(sim.base_url + "/api/v1/me", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert anon.get(sim.base_url + "/v1/models").status_code == 200  # no key needed
+    assert client.get("/api/v1/me").status_code == 200
+    logged = sim.requests
+    assert [r.authorized for r in logged][:3] == [False, False, False]
+    assert logged[1].sent_auth and logged[-1].authorized
+    assert KEY not in repr(logged) and "sk-wrong" not in repr(logged)
+    assert KEY not in client.get(sim.base_url + "/_sim/requests").text
+
+
+def test_any_bearer_key_when_no_key_configured(anon: httpx.Client) -> None:
+    with Simulator(_config(api_key=None)) as sim:
+        assert anon.get(sim.base_url + "/api/v1/me", headers={"Authorization": "Bearer whatever"}).is_success
+        assert anon.get(sim.base_url + "/api/v1/me").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (_body(aspect_ratio="7:3"), "aspect_ratio"),
+        (_body(output_resolution="8k"), "output_resolution"),
+        ({"model": "gpt-image-2"}, "prompt"),
+        (_body(colour="blue"), "colour"),
+        (_body() | {"model": "dall-e-9"}, "model"),
+    ],
+)
+def test_validation_422_names_the_field(
+    sim: Simulator, client: httpx.Client, body: dict[str, Any], field: str
+) -> None:
+    before = sim.tasks_created
+    answer = client.post(T2I, json=body)
+    assert answer.status_code == 422
+    error = answer.json()["error"]
+    assert error["code"] == "validation_error" and error["field"] == field
+    assert field in error["message"]
+    assert sim.tasks_created == before
+
+
+def test_docs_alias_and_id_styles() -> None:
+    picks: dict[str, Callable[[dict[str, Any]], str]] = {
+        "task_id": lambda a: a["task_id"],
+        "data": lambda a: a["data"]["id"],
+    }
+    for style, pick in picks.items():
+        with Simulator(_config(id_style=style)) as sim, _client(sim.base_url) as c:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            created = c.post(T2I, json=_body() | {"model": "gpt-image-2-text-to-image"}, headers=headers)
+            assert created.status_code == 200
+            task_id = pick(created.json())
+            assert c.get(f"{T2I}/{task_id}", headers=headers).json()["id"] == task_id
+
+
+def test_status_retry_after_header_while_running() -> None:
+    with Simulator(_config(status_retry_after=0.25, time_scale=0.05)) as sim, _client(sim.base_url) as c:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        task = c.post(T2I, json=_body(), headers=headers).json()
+        assert c.get(f"{T2I}/{task['id']}", headers=headers).headers["retry-after"] == "0.25"
+        sim.set_task_outcome(task["id"], "completed")
+        assert "retry-after" not in c.get(f"{T2I}/{task['id']}", headers=headers).headers
+
+
+def test_set_task_outcome(sim: Simulator, client: httpx.Client) -> None:
+    stuck = client.post(T2I, json=_body()).json()["id"]
+    sim.set_task_outcome(stuck, "running")
+    time.sleep(0.3)
+    assert client.get(f"{T2I}/{stuck}").json()["status"] == "processing"
+    sim.set_task_outcome(stuck, "failed", error="boom", status_text="generate_failed")
+    answer = client.get(f"{T2I}/{stuck}").json()
+    assert (answer["status"], answer["error"]) == ("generate_failed", "boom")
+    sim.set_task_outcome(None, "completed", images=0)  # the next task: done at once, without images
+    empty = client.post(T2I, json=_body()).json()["id"]
+    assert client.get(f"{T2I}/{empty}").json()["images"] == []
+
+
+# -- uploads and edits ---------------------------------------------------------------------------
+def test_upload_then_edit_is_derived_from_the_source(
+    sim: Simulator, client: httpx.Client, anon: httpx.Client
+) -> None:
+    source = _png((230, 20, 20), (600, 400))
+    up = client.post(
+        "/api/v1/files", files={"file": ("red.png", source, "image/png")}, data={"file_name": "red.png"}
+    )
+    assert up.status_code == 200
+    info = up.json()
+    assert set(info) == {"file_name", "url", "size_bytes", "mime_type", "created_at", "expires_at"}
+    assert info["size_bytes"] == len(source) and info["mime_type"] == "image/png"
+    assert anon.get(info["url"]).content == source
+    before = sim.tasks_created
+    task = client.post(EDIT, json=_body("give it a blue hat", source_image_urls=[info["url"]])).json()
+    assert sim.tasks_created == before + 1
+    answer = _wait(client, f"{EDIT}/{task['id']}")
+    assert answer["status"] == "completed"
+    img = Image.open(io.BytesIO(anon.get(answer["images"][0]["url"]).content)).convert("RGB")
+    assert img.size == (1024, 683)  # "auto" keeps the source's 3:2
+    r, g, b = img.getpixel((5, 5))  # type: ignore[misc]
+    assert r > 120 and r > g + 40 and r > b + 40  # still the red source, tinted
+
+
+def test_upload_json_sources_and_limits(client: httpx.Client, anon: httpx.Client) -> None:
+    data = _png((0, 128, 0), (64, 48))
+    up = client.post(
+        "/api/v1/files", json={"source": {"type": "base64", "data": base64.b64encode(data).decode()}}
+    )
+    assert up.status_code == 200 and up.json()["size_bytes"] == len(data)
+    again = client.post("/api/v1/files", json={"source": {"type": "url", "url": up.json()["url"]}})
+    assert again.status_code == 200 and anon.get(again.json()["url"]).content == data
+    foreign = client.post(
+        "/api/v1/files", json={"source": {"type": "url", "url": "https://example.com/a.png"}}
+    )
+    assert foreign.status_code == 422 and foreign.json()["error"]["field"] == "source.url"
+    bad = client.post("/api/v1/files", json={"source": {"type": "base64", "data": "%%%"}})
+    assert bad.status_code == 422
+    with Simulator(_config(max_upload_bytes=1000)) as small:
+        too_big = anon.post(
+            small.base_url + "/api/v1/files",
+            files={"file": ("big.bin", b"x" * 5000)},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert too_big.status_code == 413
+
+
+def test_edit_of_remote_and_missing_sources(client: httpx.Client) -> None:
+    remote = client.post(
+        EDIT, json=_body("paint it", source_image_urls=["https://example.com/cat.jpg"])
+    ).json()
+    answer = _wait(client, f"{EDIT}/{remote['id']}")
+    assert answer["status"] == "completed" and answer["images"][0]["width"] == 1024
+    missing_url = str(client.base_url.join("/files/nothing-here.png"))
+    missing = client.post(EDIT, json=_body("paint it", source_image_urls=[missing_url])).json()
+    failed = _wait(client, f"{EDIT}/{missing['id']}")
+    assert failed["status"] == "failed" and "404" in failed["error"]
+
+
+def test_upscale_multiplies_the_source_size(client: httpx.Client, anon: httpx.Client) -> None:
+    up = client.post(
+        "/api/v1/files", files={"file": ("s.png", _png((9, 9, 9), (300, 200)), "image/png")}
+    ).json()
+    task = client.post(
+        "/api/v1/topaz/upscale_image",
+        json={"model": "topaz-upscale-image", "source_image_url": up["url"], "upscale_factor": 4},
+    ).json()
+    answer = _wait(client, f"/api/v1/topaz/upscale_image/{task['id']}")
+    assert (answer["images"][0]["width"], answer["images"][0]["height"]) == (1200, 800)
+    img = Image.open(io.BytesIO(anon.get(answer["images"][0]["url"]).content))
+    assert img.size == (1200, 800)
+
+
+# -- faults --------------------------------------------------------------------------------------
+def test_status_fault_with_retry_after(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("status", status=429, retry_after=1.5, method="POST", path_contains="/gpt_image_2"))
+    assert client.get("/api/v1/me").status_code == 200  # does not match
+    limited = client.post(T2I, json=_body())
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "1.5" and limited.headers["x-request-id"]
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert client.post(T2I, json=_body()).status_code == 200  # times=1: used up
+    sim.inject(Fault("status", status=503, retry_after=2, retry_after_date=True, times=2))
+    first, second, third = (client.get("/api/v1/me") for _ in range(3))
+    assert first.status_code == second.status_code == 503 and third.status_code == 200
+    assert first.headers["retry-after"].endswith("GMT")
+    assert [r.fault for r in sim.requests[-3:]] == ["status", "status", None]
+
+
+def test_html_text_and_malformed_faults(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("html"))
+    page = client.get("/api/v1/me")
+    assert page.status_code == 502 and page.headers["content-type"].startswith("text/html")
+    assert "<html>" in page.text
+    sim.inject(Fault("text", status=504))
+    text = client.get("/api/v1/me")
+    assert text.status_code == 504 and text.headers["content-type"].startswith("text/plain")
+    sim.inject(Fault("malformed_json"))
+    broken = client.get("/api/v1/me")
+    assert broken.status_code == 200 and broken.headers["content-type"] == "application/json"
+    with pytest.raises(ValueError):
+        broken.json()
+
+
+def test_slow_fault_delays_then_answers(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("slow", delay=0.3))
+    started = time.monotonic()
+    assert client.get("/api/v1/me").status_code == 200
+    assert time.monotonic() - started >= 0.3
+    with pytest.raises(httpx.ReadTimeout):
+        sim.inject(Fault("slow", delay=0.5))
+        client.get("/api/v1/me", timeout=0.1)
+
+
+def test_expired_url_fault_on_downloads_only(
+    sim: Simulator, client: httpx.Client, anon: httpx.Client
+) -> None:
+    task = client.post(T2I, json=_body()).json()
+    sim.set_task_outcome(task["id"], "completed")
+    url = client.get(f"{T2I}/{task['id']}").json()["images"][0]["url"]
+    sim.inject(Fault("expired_url"))
+    assert client.get("/api/v1/me").status_code == 200  # not a download: untouched
+    expired = anon.get(url)
+    assert expired.status_code == 403
+    assert "<Code>AccessDenied</Code>" in expired.text and "Request has expired" in expired.text
+    assert anon.get(url).status_code == 200
+
+
+def test_fail_task_fault_and_prompt_marker(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("fail_task", reason="NSFW content detected"))
+    assert client.get("/api/v1/me").status_code == 200  # fail_task only hits task creation
+    failed = client.post(T2I, json=_body()).json()
+    answer = _wait(client, f"{T2I}/{failed['id']}")
+    assert (answer["status"], answer["error"]) == ("failed", "NSFW content detected")
+    ok = client.post(T2I, json=_body()).json()
+    assert _wait(client, f"{T2I}/{ok['id']}")["status"] == "completed"
+    marked = client.post(T2I, json=_body("a cat [sim:fail]")).json()
+    answer = _wait(client, f"{T2I}/{marked['id']}")
+    assert answer["status"] == "failed" and answer["error"] == "content policy violation"
+
+
+def test_lose_response_then_retry_with_same_key_gets_one_task(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("lose_response", method="POST"))
+    before_tasks, before_balance = sim.tasks_created, sim.balance_cents
+    headers = {"Idempotency-Key": "lost-1"}
+    lost = client.post(T2I, json=_body(), headers=headers)
+    assert lost.status_code == 502
+    assert sim.tasks_created == before_tasks + 1  # created and charged all the same
+    retry = client.post(T2I, json=_body(), headers=headers)
+    assert retry.status_code == 200
+    assert retry.json()["id"] == sim.task_ids[-1]
+    assert sim.tasks_created == before_tasks + 1 and sim.balance_cents == before_balance - 3
+
+
+def test_fault_validation() -> None:
+    with pytest.raises(ValueError):
+        Fault("explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Fault.from_dict({"kind": "status", "colour": 1})
+
+
+# -- control API, lifecycle ----------------------------------------------------------------------
+def test_control_api(sim: Simulator, client: httpx.Client) -> None:
+    control = _client(sim.base_url)
+    assert control.post("/_sim/faults", json={"kind": "status", "status": 500, "times": 1}).status_code == 201
+    assert control.post("/_sim/faults", json={"kind": "nope"}).status_code == 422
+    assert len(sim.faults) == 1
+    assert client.get("/api/v1/me").status_code == 500
+    control.post("/_sim/faults", json={"kind": "status", "status": 503, "times": None})
+    assert control.delete("/_sim/faults").status_code == 200
+    assert client.get("/api/v1/me").status_code == 200
+    logged = control.get("/_sim/requests").json()["requests"]
+    assert [(r["path"], r["status"]) for r in logged[-2:]] == [("/api/v1/me", 500), ("/api/v1/me", 200)]
+    assert all(not r["path"].startswith("/_sim") for r in logged)
+    state = control.get("/_sim/state").json()
+    assert state["tasks_created"] == sim.tasks_created and state["balance_cents"] == sim.balance_cents
+    task = client.post(T2I, json=_body()).json()
+    assert (
+        control.post("/_sim/outcome", json={"task_id": task["id"], "status": "completed"}).status_code == 200
+    )
+    assert client.get(f"{T2I}/{task['id']}").json()["status"] == "completed"
+    assert control.post("/_sim/outcome", json={"task_id": "nope"}).status_code == 404
+    control.close()
+
+
+def test_restart_on_the_same_port_keeps_state() -> None:
+    sim = Simulator(_config())
+    try:
+        url = sim.start()
+        headers = {"Authorization": f"Bearer {KEY}"}
+        task = httpx.post(url + T2I, json=_body(), headers=headers).json()
+        sim.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/v1/models")
+        assert sim.start(port=int(url.rsplit(":", 1)[1])) == url
+        assert httpx.get(f"{url}{T2I}/{task['id']}", headers=headers).status_code == 200
+    finally:
+        sim.close()
