@@ -12,6 +12,7 @@ from runapi_mcp.catalog._catalog import (
     CatalogError,
     FieldSpec,
     ModelSpec,
+    PreparedRequest,
     RequestKind,
     get_catalog,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "CatalogError",
     "FieldSpec",
     "ModelSpec",
+    "PreparedRequest",
     "RequestKind",
     "get_catalog",
 ]

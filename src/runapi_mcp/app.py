@@ -1,0 +1,93 @@
+"""The composition root: settings -> RunAPI client -> task manager -> MCP server, for any transport."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from runapi_mcp import __version__
+from runapi_mcp.catalog import get_catalog
+from runapi_mcp.client import RunAPIClient
+from runapi_mcp.config import Settings
+from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
+from runapi_mcp.tasks import ImageResolver, ImageStore, MemoryTaskStore, PollPolicy, TaskManager
+
+
+@dataclass
+class App:
+    settings: Settings
+    client: RunAPIClient
+    manager: TaskManager
+    server: RunAPIMCPServer
+
+
+class _RedactingFilter(logging.Filter):
+    """Cuts the API key out of every log record, whatever code wrote it."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self._settings = settings
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._settings.key():
+            message = record.getMessage()
+            redacted = self._settings.redact(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    """Logs go to stderr only: on stdio, stdout is the protocol channel."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RedactingFilter(settings))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    for noisy in ("httpx", "httpcore", "mcp"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+@asynccontextmanager
+async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> AsyncIterator[App]:
+    """Everything wired and running (poll loops live as long as the block)."""
+    client = RunAPIClient(
+        settings.key(),
+        settings.base_url,
+        user_agent=f"runapi-mcp/{__version__}",
+        max_connections=settings.max_concurrent_requests * 2,
+    )
+    images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
+    manager = TaskManager(
+        client, images, MemoryTaskStore(), policy=policy, max_concurrent_requests=settings.max_concurrent_requests
+    )
+    resolver = ImageResolver(
+        client,
+        images,
+        allowed_dirs=settings.allowed_dirs,
+        max_bytes=settings.max_input_bytes,
+        find_task=manager.find,
+    )
+    server = build_server(
+        ServerDeps(
+            manager=manager,
+            resolver=resolver,
+            catalog=get_catalog(),
+            wait_s=settings.wait_s,
+            has_key=client.has_key,
+            redact=settings.redact,
+        )
+    )
+    async with client, manager.running():
+        yield App(settings=settings, client=client, manager=manager, server=server)
+
+
+async def serve_stdio(settings: Settings) -> None:
+    async with open_app(settings) as app:
+        await app.server.run_stdio_async()

@@ -1,0 +1,89 @@
+"""``runapi-mcp``: serve over stdio (default), run the RunAPI simulator, or run the offline demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from runapi_mcp import __version__
+from runapi_mcp.config import ConfigError, load_settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    group.add_argument("--api-key", dest="api_key", help="RunAPI key (RUNAPI_API_KEY; prefer the environment)")
+    group.add_argument("--base-url", dest="base_url", help="RunAPI base URL (RUNAPI_BASE_URL)")
+    group.add_argument("--home", dest="home", help="Image library and state directory (RUNAPI_MCP_HOME)")
+    group.add_argument(
+        "--allowed-dirs",
+        dest="allowed_dirs",
+        help=f"'{os.pathsep}'-separated directories local images may be read from (RUNAPI_MCP_ALLOWED_DIRS)",
+    )
+    group.add_argument("--wait-s", dest="wait_s", type=float, help="Longest tool wait in seconds (RUNAPI_MCP_WAIT_S)")
+    group.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (RUNAPI_MCP_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runapi-mcp", description="MCP server for RunAPI image models (GPT Image 2 and friends)."
+    )
+    parser.add_argument("--version", action="version", version=f"runapi-mcp {__version__}")
+    _add_settings_flags(parser)
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="Serve MCP over stdio (the default command)")
+    _add_settings_flags(serve)
+
+    sim = sub.add_parser("simulate", help="Run the RunAPI simulator (offline stand-in for RunAPI) on loopback")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--api-key", dest="sim_key", default=None, help="Key the simulator accepts (default: any)")
+    sim.add_argument("--time-scale", type=float, default=1.0, help="Multiply task durations (e.g. 0.1)")
+
+    demo = sub.add_parser("demo", help="Offline demo: simulator + server + MCP client, generates one image")
+    demo.add_argument("prompt", nargs="?", default=None, help="What to draw")
+    demo.add_argument("--home", dest="home", help="Where to save the image (RUNAPI_MCP_HOME)")
+    demo.add_argument("--aspect-ratio", default="16:9")
+    demo.add_argument("--output-resolution", default="1k")
+    return parser
+
+
+def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("api_key", "base_url", "home", "allowed_dirs", "wait_s", "log_level")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "simulate":
+        from runapi_mcp.simulator import SimulatorConfig, serve
+
+        serve(args.host, args.port, SimulatorConfig(api_key=args.sim_key, time_scale=args.time_scale))
+        return 0
+    if command == "demo":
+        from runapi_mcp.demo import run_demo
+
+        return anyio.run(run_demo, args.prompt, args.home, args.aspect_ratio, args.output_resolution)
+    try:
+        settings = load_settings(_settings_overrides(args))
+    except ConfigError as exc:
+        print(f"runapi-mcp: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    from runapi_mcp.app import configure_logging, serve_stdio
+
+    configure_logging(settings)
+    try:
+        anyio.run(serve_stdio, settings)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Settings: environment first, then ``~/.config/runapi/config.json``, then defaults.
+
+Each setting is also a CLI flag (see ``cli.py``); a flag wins over the environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+DEFAULT_BASE_URL = "https://runapi.ai"
+DEFAULT_WAIT_S = 50.0
+RUNAPI_CONFIG_FILE = Path("~/.config/runapi/config.json")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot use; the message names the setting."""
+
+
+class Settings(BaseModel):
+    """Everything the server needs to know, validated once at start."""
+
+    model_config = ConfigDict(frozen=True)
+
+    api_key: SecretStr | None = None
+    base_url: str = DEFAULT_BASE_URL
+    home: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("runapi-mcp", appauthor=False)))
+    allowed_dirs: tuple[Path, ...] = Field(default_factory=lambda: (Path.home(),))
+    wait_s: float = DEFAULT_WAIT_S
+    max_input_bytes: int = 20 * 1024 * 1024
+    max_output_bytes: int = 200 * 1024 * 1024
+    max_concurrent_requests: int = 8
+    log_level: str = "INFO"
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"RUNAPI_BASE_URL must start with http:// or https://, got {value!r}")
+        return value
+
+    @field_validator("wait_s")
+    @classmethod
+    def _check_wait(cls, value: float) -> float:
+        if not 0 <= value <= 3600:
+            raise ValueError(f"RUNAPI_MCP_WAIT_S must be between 0 and 3600 seconds, got {value}")
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _resolve_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("allowed_dirs")
+    @classmethod
+    def _resolve_dirs(cls, value: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(Path(p).expanduser().resolve() for p in value)
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key cut out, for anything that may reach a user or a log."""
+        key = self.key()
+        return text.replace(key, "***") if key and len(key) >= 4 else text
+
+
+_ENV = {
+    "api_key": "RUNAPI_API_KEY",
+    "base_url": "RUNAPI_BASE_URL",
+    "home": "RUNAPI_MCP_HOME",
+    "allowed_dirs": "RUNAPI_MCP_ALLOWED_DIRS",
+    "wait_s": "RUNAPI_MCP_WAIT_S",
+    "log_level": "RUNAPI_MCP_LOG_LEVEL",
+}
+
+
+def _read_runapi_config(path: Path) -> dict[str, Any]:
+    """RunAPI's own tools keep ``apiKey``/``baseUrl`` here; a missing or broken file is no error."""
+    try:
+        raw = json.loads(path.expanduser().read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for ours, names in (("api_key", ("apiKey", "api_key")), ("base_url", ("baseUrl", "base_url"))):
+        for name in names:
+            if isinstance(raw.get(name), str) and raw[name].strip():
+                out[ours] = raw[name].strip()
+                break
+    return out
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path = RUNAPI_CONFIG_FILE,
+) -> Settings:
+    """Build :class:`Settings` from flags (``overrides``), the environment and RunAPI's config file.
+
+    Raises :class:`ConfigError` naming the setting when a value is unusable.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file_values = _read_runapi_config(config_file)
+    for name, var in _ENV.items():
+        raw = env.get(var, "").strip()
+        if raw:
+            values[name] = raw
+        elif name in file_values:
+            values[name] = file_values[name]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    if isinstance(values.get("allowed_dirs"), str):
+        values["allowed_dirs"] = tuple(p for p in values["allowed_dirs"].split(os.pathsep) if p.strip())
+    if isinstance(values.get("wait_s"), str):
+        try:
+            values["wait_s"] = float(values["wait_s"])
+        except ValueError:
+            raise ConfigError(f"RUNAPI_MCP_WAIT_S must be a number of seconds, got {values['wait_s']!r}") from None
+    level = str(values.get("log_level", "INFO")).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"RUNAPI_MCP_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got {level!r}")
+    values["log_level"] = level
+    try:
+        return Settings(**values)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            parts = []
+            for err in errors():
+                loc = ".".join(str(x) for x in err.get("loc", ())) or "settings"
+                parts.append(f"{_ENV.get(loc, loc)}: {err.get('msg', '')}".replace("Value error, ", ""))
+            raise ConfigError("; ".join(parts)) from None
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,89 @@
+"""The offline demo: simulator + ``runapi-mcp`` over stdio + a real MCP client, one picture, no key."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from typing import Any, TextIO
+
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters
+
+from runapi_mcp.simulator import Simulator, SimulatorConfig
+
+DEFAULT_PROMPT = "A lighthouse on a cliff at sunset, painted in watercolor, with the words 'runapi-mcp'"
+BAR_WIDTH = 30
+
+
+class ProgressBar:
+    """A one-line terminal progress bar on ``out`` (the demo's own terminal, not an MCP channel)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.last_message = ""
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        fraction = min(1.0, progress / total) if total else 0.0
+        filled = int(fraction * BAR_WIDTH)
+        line = f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction * 100:5.1f}%  {message or ''}"
+        if self.tty:
+            self.out.write("\r" + line.ljust(78))
+        elif message != self.last_message:
+            self.out.write(line + "\n")
+        self.last_message = message or ""
+        self.out.flush()
+
+    def done(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+async def run_demo(
+    prompt: str | None = None,
+    home: str | None = None,
+    aspect_ratio: str = "16:9",
+    output_resolution: str = "1k",
+) -> int:
+    out = sys.stdout
+    key = "sk-demo-" + secrets.token_hex(8)  # the simulator's own key; never a real one
+    config = SimulatorConfig(api_key=key, durations={"1k": 6.0, "2k": 9.0, "4k": 12.0}, duration_jitter=0.1)
+    with Simulator(config) as sim:
+        base_url = sim.base_url
+        env = {
+            "RUNAPI_API_KEY": key,
+            "RUNAPI_BASE_URL": base_url,
+            "RUNAPI_MCP_LOG_LEVEL": "WARNING",
+        }
+        if home:
+            env["RUNAPI_MCP_HOME"] = os.path.abspath(home)
+        elif os.environ.get("RUNAPI_MCP_HOME"):
+            env["RUNAPI_MCP_HOME"] = os.environ["RUNAPI_MCP_HOME"]
+        params = StdioServerParameters(command=sys.executable, args=["-m", "runapi_mcp", "serve"], env=env)
+        out.write(f"RunAPI simulator on {base_url} (offline; no key or network needed)\n")
+        out.write("Starting runapi-mcp over stdio and connecting an MCP client...\n")
+        async with Client(params, mode="legacy") as client:
+            tools = await client.list_tools()
+            out.write(f"Tools: {', '.join(t.name for t in tools.tools)}\n")
+            text = prompt or DEFAULT_PROMPT
+            out.write(f"generate_image: {text!r} ({aspect_ratio}, {output_resolution})\n")
+            bar = ProgressBar(out)
+            started = time.monotonic()
+            args: dict[str, Any] = {
+                "prompt": text, "aspect_ratio": aspect_ratio, "output_resolution": output_resolution,
+            }
+            result = await client.call_tool("generate_image", args, progress_callback=bar)
+            bar.done()
+            data = result.structured_content or {}
+            if result.is_error or data.get("status") != "completed":
+                message = " ".join(getattr(c, "text", "") for c in result.content)
+                out.write(f"The demo did not get an image: {message}\n")
+                return 1
+            out.write(f"Done in {time.monotonic() - started:.1f}s: task {data['task_id']}\n")
+            for image in data["images"]:
+                out.write(f"  {image['width']}x{image['height']} {image['mime_type']}  {image['uri']}\n")
+                out.write(f"Saved image: {image['path']}\n")
+    return 0

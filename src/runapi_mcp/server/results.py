@@ -1,0 +1,131 @@
+"""How a task looks to an MCP client: the structured result schema and the content blocks."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+from typing import Literal
+
+from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
+from pydantic import BaseModel, Field
+
+from runapi_mcp.tasks import ImageRecord, Preview, TaskRecord
+
+# Everything inline together stays well under Claude Desktop's 1 MiB result cap (base64 adds a third).
+PREVIEW_BUDGET_BYTES = 600_000
+PREVIEW_MAX_EDGE = 1024
+
+
+class ImageOut(BaseModel):
+    uri: str = Field(description="runapi://images/{id}: read it as an MCP resource")
+    path: str | None = Field(description="Absolute path of the full-size file in the local library")
+    url: str | None = Field(description="RunAPI's URL for the image (expires after about 7 days)")
+    width: int | None
+    height: int | None
+    mime_type: str | None
+    bytes: int | None
+
+
+class TaskResult(BaseModel):
+    """The state of one RunAPI image task."""
+
+    task_id: str
+    status: Literal["pending", "processing", "completed", "failed"]
+    model: str
+    service: str
+    action: str
+    prompt: str | None
+    images: list[ImageOut]
+    error: str | None
+    progress: float | None = Field(description="0..1 where known")
+    elapsed_s: float
+    created_at: str
+    updated_at: str
+    completed_at: str | None
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds") if ts is not None else None
+
+
+def image_out(image: ImageRecord) -> ImageOut:
+    return ImageOut(
+        uri=image.uri, path=image.path, url=image.url, width=image.width, height=image.height,
+        mime_type=image.mime_type, bytes=image.bytes,
+    )
+
+
+def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult:
+    end = record.completed_at or time.time()
+    return TaskResult(
+        task_id=record.task_id,
+        status=record.status,
+        model=record.model,
+        service=record.service,
+        action=record.action,
+        prompt=record.prompt,
+        images=[image_out(i) for i in record.images],
+        error=record.error,
+        progress=1.0 if record.status == "completed" else (record.progress if progress is None else progress),
+        elapsed_s=round(max(0.0, end - record.created_at), 2),
+        created_at=_iso(record.created_at) or "",
+        updated_at=_iso(record.updated_at) or "",
+        completed_at=_iso(record.completed_at),
+    )
+
+
+def summary_text(record: TaskRecord, *, waited_out: bool = False) -> str:
+    elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
+    head = f"Task {record.task_id} ({record.model}, {record.action})"
+    if record.status == "completed":
+        saved = [i for i in record.images if i.path]
+        lines = [f"{head} completed in {elapsed:.0f}s: {len(record.images)} image(s)."]
+        for image in record.images:
+            if image.path:
+                lines.append(f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}")
+            else:
+                lines.append(f"- {image.uri}: not downloaded; RunAPI URL {image.url}")
+        if record.error:
+            lines.append(f"Note: {record.error}")
+        if saved:
+            lines.append("Pass a runapi://images/... URI or this task_id to edit_image to keep working on it.")
+        return "\n".join(lines)
+    if record.status == "failed":
+        return f"{head} failed after {elapsed:.0f}s: {record.error or 'no reason given'}"
+    text = f"{head} is {record.status} ({elapsed:.0f}s so far)."
+    if record.error:
+        text += f" Last polling problem: {record.error}."
+    if waited_out:
+        text += f" Call get_task with task_id='{record.task_id}' and wait=true to keep waiting; the task keeps running."
+    else:
+        text += f" Call get_task with task_id='{record.task_id}' and wait=true to wait for the image."
+    return text
+
+
+def tool_result(
+    record: TaskRecord, previews: list[Preview | None], *, waited_out: bool = False, progress: float | None = None
+) -> CallToolResult:
+    content: list[ContentBlock] = [TextContent(type="text", text=summary_text(record, waited_out=waited_out))]
+    for image, preview in zip(record.images, previews, strict=True):
+        if preview is not None:
+            content.append(
+                ImageContent(type="image", data=base64.b64encode(preview.data).decode(), mime_type=preview.mime_type)
+            )
+        if image.path:
+            content.append(
+                ResourceLink(
+                    type="resource_link",
+                    uri=image.uri,
+                    name=image.id,
+                    title=f"{record.model} image {image.index + 1}",
+                    description=f"{image.width}x{image.height}, saved to {image.path}",
+                    mime_type=image.mime_type,
+                    size=image.bytes,
+                )
+            )
+    return CallToolResult(
+        content=content,
+        structured_content=task_result(record, progress).model_dump(mode="json"),
+        is_error=record.status == "failed",
+    )

@@ -1,0 +1,196 @@
+"""Turn what a user calls an image (URL, path, data URI, library URI, task id) into a URL RunAPI can fetch.
+
+Every entry is checked before anything is uploaded, so one bad entry sends nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import anyio
+
+from runapi_mcp.client import RunAPIClient
+from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, inspect_image
+from runapi_mcp.tasks.records import ImageRecord, TaskRecord
+
+FORMS = (
+    "an http(s) URL, an absolute local path or file:// URI inside the allowed directories, "
+    "a data: URI, a runapi://images/{id} URI, or the task id of an earlier task"
+)
+# RunAPI output URLs live about 7 days; reuse one for a day, upload the local copy after that.
+_REUSE_REMOTE_URL_S = 24 * 3600
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
+
+
+class ImageReferenceError(ValueError):
+    """An ``images`` entry that cannot be used; the message says which one and why."""
+
+    def __init__(self, message: str, *, field: str = "images") -> None:
+        self.field = field
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class _Upload:
+    data: bytes
+    filename: str
+    mime_type: str
+
+
+@dataclass(frozen=True)
+class _Ready:
+    url: str
+
+
+TaskLookup = Callable[[str], Awaitable[TaskRecord | None]]
+
+
+class ImageResolver:
+    """Resolves ``images`` entries; uploads local bytes once per content (cached by SHA-256)."""
+
+    def __init__(
+        self,
+        client: RunAPIClient,
+        images: ImageStore,
+        *,
+        allowed_dirs: Sequence[Path],
+        max_bytes: int,
+        find_task: TaskLookup,
+    ) -> None:
+        self._client = client
+        self._images = images
+        self._allowed = [Path(p).resolve() for p in allowed_dirs]
+        self._max_bytes = max_bytes
+        self._find_task = find_task
+        self._uploaded: dict[str, tuple[str, float]] = {}
+
+    async def resolve(self, entries: Sequence[str]) -> list[str]:
+        """All entries as fetchable URLs. Validates every entry first; uploads only then."""
+        if not entries:
+            raise ImageReferenceError(f"'images' needs at least one image: {FORMS}")
+        plans = [await self._plan(i, entry) for i, entry in enumerate(entries)]
+        urls: list[str] = []
+        for plan in plans:
+            urls.append(plan.url if isinstance(plan, _Ready) else await self._upload(plan))
+        return urls
+
+    async def _plan(self, index: int, entry: str) -> _Ready | _Upload:
+        where = f"'images[{index}]'"
+        if not isinstance(entry, str) or not entry.strip():
+            raise ImageReferenceError(f"{where} is empty; give {FORMS}")
+        value = entry.strip()
+        lower = value.lower()
+        if lower.startswith(("http://", "https://")):
+            if not urlparse(value).netloc:
+                raise ImageReferenceError(f"{where} is not a valid URL: {value[:100]!r}")
+            return _Ready(value)
+        if lower.startswith("data:"):
+            return self._plan_data_uri(where, value)
+        if lower.startswith(IMAGE_URI_PREFIX):
+            image = self._images.find(value[len(IMAGE_URI_PREFIX):])
+            if image is None:
+                raise ImageReferenceError(f"{where}: no image {value!r} in the library")
+            return await self._plan_library_image(where, image)
+        if lower.startswith("file://"):
+            parsed = urlparse(value)
+            if parsed.netloc not in ("", "localhost"):
+                raise ImageReferenceError(f"{where}: file:// URIs must name a local file, got host {parsed.netloc!r}")
+            return await self._plan_path(where, Path(unquote(parsed.path)))
+        if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+            return await self._plan_path(where, Path(value).expanduser())
+        record = await self._find_task(value)
+        if record is not None:
+            if record.status != "completed" or not record.images:
+                raise ImageReferenceError(
+                    f"{where}: task {value!r} has no image yet (status {record.status}); "
+                    "wait for it with get_task(wait=true)"
+                )
+            return await self._plan_library_image(where, record.images[0])
+        raise ImageReferenceError(f"{where} is not a usable image reference: {value[:100]!r}. Give {FORMS}")
+
+    def _plan_data_uri(self, where: str, value: str) -> _Upload:
+        match = _DATA_URI.match(value)
+        if match is None or ";base64" not in (match.group("params") or ""):
+            raise ImageReferenceError(f"{where}: a data: URI must be base64, like data:image/png;base64,...")
+        payload = match.group("data")
+        if len(payload) * 3 // 4 > self._max_bytes:
+            raise ImageReferenceError(f"{where} is larger than the {self._max_bytes // (1024 * 1024)} MiB limit")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageReferenceError(f"{where}: the data: URI is not valid base64") from None
+        return self._checked_upload(where, data, "image")
+
+    async def _plan_path(self, where: str, path: Path) -> _Upload:
+        if not path.is_absolute():
+            raise ImageReferenceError(f"{where}: local paths must be absolute, got {str(path)!r}")
+        try:
+            resolved = await anyio.Path(path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: no such file") from None
+        real = Path(resolved)
+        if not any(real == d or real.is_relative_to(d) for d in self._allowed):
+            raise ImageReferenceError(
+                f"{where}: {str(path)!r} is outside the allowed directories "
+                f"({', '.join(map(str, self._allowed))}); set RUNAPI_MCP_ALLOWED_DIRS to allow more"
+            )
+        if not real.is_file():
+            raise ImageReferenceError(f"{where}: {str(path)!r} is not a file")
+        try:
+            size = real.stat().st_size
+            if size > self._max_bytes:
+                raise ImageReferenceError(
+                    f"{where}: {str(path)!r} is {size / 1048576:.1f} MiB; the limit is "
+                    f"{self._max_bytes / 1048576:.0f} MiB"
+                )
+            data = await anyio.Path(real).read_bytes()
+        except PermissionError:
+            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: permission denied") from None
+        except OSError as exc:
+            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
+        return self._checked_upload(where, data, real.stem)
+
+    async def _plan_library_image(self, where: str, image: ImageRecord) -> _Ready | _Upload:
+        if image.url and time.time() - image.created_at < _REUSE_REMOTE_URL_S:
+            return _Ready(image.url)
+        if image.path is None:
+            raise ImageReferenceError(f"{where}: image {image.id} was never downloaded")
+        return await self._plan_path_unchecked(where, Path(image.path), image.id)
+
+    async def _plan_path_unchecked(self, where: str, path: Path, stem: str) -> _Upload:
+        try:
+            data = await anyio.Path(path).read_bytes()
+        except OSError:
+            raise ImageReferenceError(f"{where}: the library file {str(path)!r} is gone") from None
+        return self._checked_upload(where, data, stem)
+
+    def _checked_upload(self, where: str, data: bytes, stem: str) -> _Upload:
+        if len(data) > self._max_bytes:
+            raise ImageReferenceError(
+                f"{where} is {len(data) / 1048576:.1f} MiB; the limit is {self._max_bytes / 1048576:.0f} MiB"
+            )
+        try:
+            info = inspect_image(data)
+        except ImageFileError as exc:
+            raise ImageReferenceError(f"{where} is {exc}") from None
+        return _Upload(data=data, filename=f"{stem}{info.extension}", mime_type=info.mime_type)
+
+    async def _upload(self, plan: _Upload) -> str:
+        digest = hashlib.sha256(plan.data).hexdigest()
+        cached = self._uploaded.get(digest)
+        if cached and cached[1] > time.time():
+            return cached[0]
+        uploaded = await self._client.upload_file(
+            plan.data, filename=plan.filename, mime_type=plan.mime_type, idempotency_key=f"upload-{digest[:48]}"
+        )
+        # Uploaded files are temporary too; reuse the URL for at most an hour.
+        self._uploaded[digest] = (uploaded.url, time.time() + 3600)
+        return uploaded.url

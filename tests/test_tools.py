@@ -1,0 +1,389 @@
+"""End to end: a real MCP client -> the server in-process -> the simulator over loopback HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp.client import Client
+from PIL import Image
+
+from runapi_mcp.app import open_app
+from runapi_mcp.simulator import Fault
+from tests.conftest import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
+
+pytestmark = pytest.mark.anyio
+
+
+def png_bytes(size: tuple[int, int] = (64, 48), color: str = "teal") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def test_generate_image_returns_the_picture(harness: Harness) -> None:
+    result = await harness.call(
+        "generate_image", {"prompt": "a red fox in snow", "aspect_ratio": "16:9", "output_resolution": "1k"}
+    )
+    assert not result.is_error, text_of(result)
+    data = result.structured_content
+    assert data["status"] == "completed"
+    assert (data["model"], data["service"], data["action"]) == ("gpt-image-2", "gpt_image_2", "text_to_image")
+    assert data["prompt"] == "a red fox in snow"
+    assert data["completed_at"] and data["created_at"]
+    [image] = data["images"]
+    assert image["uri"].startswith("runapi://images/")
+    assert (image["width"], image["height"]) == (1024, 576)
+    assert image["mime_type"] == "image/png"
+    path = Path(image["path"])
+    assert path.is_absolute() and path.is_file() and path.stat().st_size == image["bytes"]
+    with Image.open(path) as img:
+        assert img.size == (1024, 576)
+    assert image["url"].startswith(harness.sim.base_url)
+    kinds = [block.type for block in result.content]
+    assert kinds == ["text", "image", "resource_link"]
+    preview = base64.b64decode(result.content[1].data)
+    assert len(preview) < 1_000_000
+    with Image.open(io.BytesIO(preview)) as img:
+        assert max(img.size) <= 1024
+    assert result.content[2].uri == image["uri"]
+    assert str(path) in text_of(result)
+    # The request sent upstream is what the catalog built.
+    [create] = upstream_creates(harness.sim)
+    assert create.path == "/api/v1/gpt_image_2/text_to_image"
+    assert create.json == {
+        "model": "gpt-image-2", "prompt": "a red fox in snow", "aspect_ratio": "16:9", "output_resolution": "1k",
+    }
+    assert create.idempotency_key
+
+
+async def test_image_and_task_resources(harness: Harness) -> None:
+    result = await harness.call("generate_image", {"prompt": "a blue teapot"})
+    data = result.structured_content
+    image = data["images"][0]
+    read = await harness.client.read_resource(image["uri"])
+    [blob] = read.contents
+    assert blob.mime_type == "image/png"
+    assert base64.b64decode(blob.blob) == Path(image["path"]).read_bytes()
+    task = await harness.client.read_resource(f"runapi://tasks/{data['task_id']}")
+    payload = json.loads(task.contents[0].text)
+    assert payload["status"] == "completed" and payload["images"][0]["uri"] == image["uri"]
+    models = await harness.client.read_resource("runapi://models")
+    assert any(m["model"] == "gpt-image-2" for m in json.loads(models.contents[0].text))
+    templates = await harness.client.list_resource_templates()
+    assert {t.uri_template for t in templates.resource_templates} == {
+        "runapi://tasks/{task_id}", "runapi://images/{image_id}",
+    }
+
+
+async def test_progress_notifications_never_decrease(harness: Harness) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    result = await harness.call(
+        "generate_image", {"prompt": "slow one", "output_resolution": "4k"}, progress_callback=on_progress
+    )
+    assert result.structured_content["status"] == "completed"
+    assert len(seen) >= 2
+    values = [p for p, _, _ in seen]
+    assert values == sorted(values)
+    assert values[-1] == 100
+    assert all(total == 100 for _, total, _ in seen)
+    assert any(m and ("pending" in m or "processing" in m) and "elapsed" in m for _, _, m in seen)
+
+
+async def test_no_wait_then_get_task(harness: Harness) -> None:
+    result = await harness.call("generate_image", {"prompt": "a lighthouse", "wait": False})
+    data = result.structured_content
+    assert not result.is_error
+    assert data["status"] in ("pending", "processing")
+    assert data["images"] == []
+    assert "get_task" in text_of(result)
+    done = await harness.call("get_task", {"task_id": data["task_id"], "wait": True})
+    assert done.structured_content["status"] == "completed"
+    assert Path(done.structured_content["images"][0]["path"]).is_file()
+    again = await harness.call("get_task", {"task_id": data["task_id"]})
+    assert again.structured_content["images"] == done.structured_content["images"]
+    assert len(upstream_creates(harness.sim)) == 1
+
+
+async def test_wait_deadline_is_not_an_error(harness: Harness) -> None:
+    result = await harness.call("generate_image", {"prompt": "patience", "output_resolution": "4k", "timeout_s": 0.05})
+    assert not result.is_error
+    data = result.structured_content
+    assert data["status"] in ("pending", "processing")
+    assert "get_task" in text_of(result) and "wait=true" in text_of(result)
+    done = await harness.call("get_task", {"task_id": data["task_id"], "wait": True, "timeout_s": 20})
+    assert done.structured_content["status"] == "completed"
+
+
+async def test_waiters_share_one_poll_loop(harness: Harness) -> None:
+    created = await harness.call("generate_image", {"prompt": "shared", "output_resolution": "4k", "wait": False})
+    task_id = created.structured_content["task_id"]
+    results: list[Any] = []
+
+    async def waiter() -> None:
+        results.append(await harness.call("get_task", {"task_id": task_id, "wait": True}))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(waiter)
+    assert all(r.structured_content["status"] == "completed" for r in results)
+    polls = [r for r in harness.sim.requests if r.method == "GET" and r.path.startswith("/api/v1/") and task_id in r.path]
+    assert polls and len(polls) == harness.app.manager.stats(task_id)["polls"]
+
+
+async def test_cancelled_call_stops_the_wait_not_the_task(harness: Harness) -> None:
+    with anyio.move_on_after(0.1):
+        await harness.call("generate_image", {"prompt": "cancel me", "output_resolution": "4k"})
+    [create] = upstream_creates(harness.sim)
+    task_id = None
+    for _ in range(100):
+        tasks = await harness.app.manager.store.list()
+        if tasks:
+            task_id = tasks[0].task_id
+            break
+        await anyio.sleep(0.01)
+    assert task_id is not None and create
+    done = await harness.call("get_task", {"task_id": task_id, "wait": True})
+    assert done.structured_content["status"] == "completed"
+    assert len(upstream_creates(harness.sim)) == 1
+
+
+async def test_failed_task_is_an_error_with_the_reason(harness: Harness) -> None:
+    harness.sim.inject(Fault(kind="fail_task", reason="content policy violation"))
+    result = await harness.call("generate_image", {"prompt": "something forbidden"})
+    assert result.is_error
+    assert "content policy violation" in text_of(result)
+    assert result.structured_content["status"] == "failed"
+    assert result.structured_content["error"] == "content policy violation"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(kind="status", status=429, retry_after=0.05, method="POST", path_contains="/gpt_image_2"),
+        Fault(kind="status", status=500, method="POST", path_contains="/gpt_image_2"),
+        Fault(kind="html", status=502, method="POST", path_contains="/gpt_image_2"),
+        Fault(kind="lose_response", method="POST", path_contains="/gpt_image_2"),
+        Fault(kind="status", status=503, method="GET", path_contains="/gpt_image_2", times=2),
+        Fault(kind="html", status=502, method="GET", path_contains="/gpt_image_2"),
+        Fault(kind="malformed_json", method="GET", path_contains="/gpt_image_2"),
+    ],
+    ids=lambda f: f"{f.kind}-{f.status}-{f.method}",
+)
+async def test_faults_recover_with_exactly_one_task(harness: Harness, fault: Fault) -> None:
+    before = harness.sim.tasks_created
+    harness.sim.inject(fault)
+    result = await harness.call("generate_image", {"prompt": "resilient"})
+    assert not result.is_error, text_of(result)
+    assert result.structured_content["status"] == "completed"
+    assert harness.sim.tasks_created - before == 1
+    keys = {r.idempotency_key for r in upstream_creates(harness.sim)}
+    assert len(keys) == 1
+
+
+async def test_expired_output_url_is_reported(harness: Harness) -> None:
+    harness.sim.inject(Fault(kind="expired_url", times=None))
+    result = await harness.call("generate_image", {"prompt": "gone"})
+    harness.sim.clear_faults()
+    data = result.structured_content
+    assert data["status"] == "completed"
+    assert data["images"][0]["path"] is None and data["images"][0]["url"]
+    assert "expired" in (data["error"] or "").lower()
+    assert "<Error>" not in text_of(result)
+
+
+# -- edits: every image reference form ---------------------------------------------------------
+
+
+async def _first_image(harness: Harness) -> dict[str, Any]:
+    result = await harness.call("generate_image", {"prompt": "source picture", "aspect_ratio": "1:1"})
+    assert result.structured_content["status"] == "completed"
+    return dict(result.structured_content)
+
+
+async def test_edit_with_every_reference_form(harness: Harness, inputs: Path) -> None:
+    source = await _first_image(harness)
+    local = inputs / "cat photo.png"
+    local.write_bytes(png_bytes((300, 200)))
+    other = inputs / "dog.png"
+    other.write_bytes(png_bytes((200, 200), "navy"))
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes((40, 40), "orange")).decode()
+    forms = {
+        "url": source["images"][0]["url"],
+        "path": str(local),
+        "file_uri": other.as_uri(),
+        "data_uri": data_uri,
+        "library_uri": source["images"][0]["uri"],
+        "task_id": source["task_id"],
+    }
+    for name, ref in forms.items():
+        harness.sim.clear_log()
+        result = await harness.call("edit_image", {"prompt": f"make it purple ({name})", "images": [ref]})
+        assert not result.is_error, (name, text_of(result))
+        data = result.structured_content
+        assert data["status"] == "completed" and data["action"] == "edit_image", name
+        [create] = upstream_creates(harness.sim)
+        assert create.path == "/api/v1/gpt_image_2/edit_image"
+        [url] = create.json["source_image_urls"]
+        assert url.startswith(("http://", "https://")), name
+        uploads = [r for r in harness.sim.requests if r.path == "/api/v1/files"]
+        assert bool(uploads) == (name in ("path", "file_uri", "data_uri")), name
+        if name == "path":
+            with Image.open(data["images"][0]["path"]) as img:
+                assert img.size == (1024, 683)  # the edit keeps the 3:2 source's shape
+
+
+async def test_edit_alias_and_other_model(harness: Harness) -> None:
+    source = await _first_image(harness)
+    result = await harness.call(
+        "edit_image",
+        {"prompt": "upscale", "images": [source["task_id"]], "model": "topaz-upscale-image",
+         "params": {"upscale_factor": 2}},
+    )
+    assert not result.is_error, text_of(result)
+    create = upstream_creates(harness.sim)[-1]
+    assert create.path == "/api/v1/topaz/upscale_image"
+    assert create.json["upscale_factor"] == 2 and "source_image_url" in create.json
+    assert "aspect_ratio" not in create.json
+    alias = await harness.call(
+        "generate_image", {"prompt": "alias works", "model": "gpt-image-2-text-to-image", "wait": False}
+    )
+    assert alias.structured_content["model"] == "gpt-image-2"
+
+
+# -- bad input: clear errors, nothing sent upstream ----------------------------------------------
+
+
+BAD_CALLS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("generate_image", {"prompt": "x", "aspect_ratio": "7:3"}, ["aspect_ratio", "16:9", "auto"]),
+    ("generate_image", {"prompt": "x", "output_resolution": "8k"}, ["output_resolution", "1k", "2k", "4k"]),
+    ("generate_image", {"prompt": "x", "model": "dall-e-9"}, ["model", "gpt-image-2"]),
+    ("generate_image", {"prompt": "   "}, ["prompt", "required"]),
+    ("generate_image", {}, ["prompt"]),
+    ("generate_image", {"prompt": "x", "params": {"seed": 3}}, ["seed", "aspect_ratio", "output_resolution"]),
+    ("generate_image", {"prompt": "x", "params": {"callback_url": "not a url"}}, ["callback_url", "URL"]),
+    ("generate_image", {"prompt": "x", "timeout_s": -1}, ["timeout_s"]),
+    ("generate_image", {"prompt": "x", "wait": "perhaps"}, ["wait"]),
+    ("generate_image", {"prompt": "x", "model": "gpt-4o-image"}, ["aspect_ratio", "1:1", "3:2", "2:3"]),
+    ("generate_image", {"prompt": "x", "model": "topaz-upscale-image"}, ["model", "edit_image"]),
+    ("edit_image", {"prompt": "x", "images": []}, ["images"]),
+    ("edit_image", {"prompt": "x"}, ["images"]),
+    ("edit_image", {"prompt": "x", "images": ["/etc/hostname"]}, ["images[0]", "outside the allowed"]),
+    ("edit_image", {"prompt": "x", "images": ["/nonexistent/file.png"]}, ["images[0]", "no such file"]),
+    ("edit_image", {"prompt": "x", "images": ["no-such-task-id"]}, ["images[0]", "task id"]),
+    ("edit_image", {"prompt": "x", "images": ["runapi://images/nope-0"]}, ["images[0]", "no image"]),
+    ("edit_image", {"prompt": "x", "images": ["data:image/png;base64,!!!"]}, ["images[0]", "base64"]),
+    ("edit_image", {"prompt": "x", "images": ["ftp://host/x.png"]}, ["images[0]", "http(s) URL"]),
+    ("edit_image", {"prompt": "x", "images": ["https://a/b.png"], "model": "topaz-upscale-image"},
+     ["upscale_factor", "1, 2, 4, 8"]),
+    ("edit_image", {"prompt": "x", "images": ["https://a/1.png", "https://a/2.png"], "model": "flux-kontext-pro"},
+     ["images", "exactly one"]),
+    ("get_task", {"task_id": "does-not-exist"}, ["task_id", "does-not-exist"]),
+    ("get_task", {"task_id": "does-not-exist", "wait": True}, ["task_id"]),
+    ("list_models", {"action": "paint_house"}, ["action", "edit_image", "text_to_image"]),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "needles"), BAD_CALLS, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)])
+async def test_bad_input_is_refused_before_anything_is_sent(
+    harness: Harness, tool: str, args: dict[str, Any], needles: list[str]
+) -> None:
+    result = await harness.call(tool, args)
+    assert result.is_error
+    message = text_of(result)
+    for needle in needles:
+        assert needle in message, (needle, message)
+    assert harness.sim.requests == [], [r.path for r in harness.sim.requests]
+
+
+async def test_local_file_limits(harness: Harness, inputs: Path, home: Path) -> None:
+    not_image = inputs / "notes.txt"
+    not_image.write_text("hello")
+    big = inputs / "big.png"
+    big.write_bytes(b"\x89PNG" + b"\0" * (21 * 1024 * 1024))
+    link = inputs / "escape.png"
+    link.symlink_to(home)
+    for path, needle in ((not_image, "not a readable image"), (big, "limit"), (link, "outside the allowed")):
+        result = await harness.call("edit_image", {"prompt": "x", "images": [str(path)]})
+        assert result.is_error and needle in text_of(result), text_of(result)
+    assert harness.sim.requests == []
+
+
+async def test_upload_happens_only_when_every_entry_is_valid(harness: Harness, inputs: Path) -> None:
+    good = inputs / "good.png"
+    good.write_bytes(png_bytes())
+    result = await harness.call("edit_image", {"prompt": "x", "images": [str(good), "/nope/missing.png"]})
+    assert result.is_error and "images[1]" in text_of(result)
+    assert harness.sim.requests == []
+
+
+# -- catalog and account tools ---------------------------------------------------------------------
+
+
+async def test_list_models_and_balance(harness: Harness) -> None:
+    every = await harness.call("list_models")
+    models = every.structured_content["models"]
+    assert {m["model"] for m in models} >= {"gpt-image-2", "gpt-4o-image", "flux-kontext-pro", "topaz-upscale-image"}
+    assert every.structured_content["aliases"]["gpt-image-2-image-to-image"].startswith("gpt-image-2")
+    edits = await harness.call("list_models", {"action": "edit_image"})
+    assert {m["action"] for m in edits.structured_content["models"]} == {"edit_image"}
+    gpt = next(m for m in models if m["model"] == "gpt-image-2" and m["action"] == "text_to_image")
+    assert "16:9" in gpt["fields"]["aspect_ratio"]["spec"]
+    before = (await harness.call("check_balance")).structured_content["balance_cents"]
+    await harness.call("generate_image", {"prompt": "costs money"})
+    after = (await harness.call("check_balance")).structured_content["balance_cents"]
+    assert after < before
+
+
+async def test_tool_annotations_and_instructions(harness: Harness) -> None:
+    tools = {t.name: t for t in (await harness.client.list_tools()).tools}
+    assert set(tools) == {"generate_image", "edit_image", "get_task", "list_models", "check_balance"}
+    for name in ("get_task", "list_models", "check_balance"):
+        assert tools[name].annotations.read_only_hint is True
+        assert tools[name].annotations.idempotent_hint is True
+    for name in ("generate_image", "edit_image"):
+        assert tools[name].annotations.read_only_hint is False
+        assert tools[name].annotations.open_world_hint is True
+        assert tools[name].output_schema["properties"]["images"]
+    schema = tools["generate_image"].input_schema["properties"]
+    assert schema["model"]["default"] == "gpt-image-2" and schema["aspect_ratio"]["default"] == "auto"
+    assert schema["output_resolution"]["default"] == "1k" and schema["wait"]["default"] is True
+
+
+async def test_without_a_key_catalog_works_and_task_tools_explain(sim: Any, home: Path, inputs: Path) -> None:
+    settings = make_settings(sim, home, inputs, api_key=None)
+    async with open_app(settings, policy=FAST_POLICY) as app, Client(app.server, mode="legacy") as client:
+        listed = await client.call_tool("list_models", {})
+        assert not listed.is_error
+        for tool, args in (("generate_image", {"prompt": "x"}), ("check_balance", {}),
+                           ("edit_image", {"prompt": "x", "images": ["https://a/b.png"]})):
+            result = await client.call_tool(tool, args)
+            assert result.is_error and "RUNAPI_API_KEY" in text_of(result)
+    assert sim.requests == []
+
+
+async def test_the_key_appears_nowhere(harness: Harness, home: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    results = [
+        await harness.call("generate_image", {"prompt": "secret keeper"}),
+        await harness.call("check_balance"),
+        await harness.call("generate_image", {"prompt": "x", "aspect_ratio": "bad"}),
+    ]
+    harness.sim.inject(Fault(kind="status", status=401, method="POST"))
+    results.append(await harness.call("generate_image", {"prompt": "unauthorised"}))
+    assert "401" in text_of(results[-1]) or "key" in text_of(results[-1]).lower()
+    for result in results:
+        assert SIM_KEY not in result.model_dump_json()
+    assert SIM_KEY not in caplog.text
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert SIM_KEY.encode() not in path.read_bytes(), path
