@@ -159,13 +159,15 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
             nonlocal last
             last = max(last, round(manager.estimated_progress(current) * 100, 1))
             waited = time.monotonic() - started
-            note = f" ({current.progress * 100:.0f}% by the model)" if current.progress is not None else ""
+            note = ""
+            if current.progress is not None and not current.terminal:
+                note = f" ({current.progress * 100:.0f}% by the model)"
             await ctx.report_progress(last, 100, f"{current.status}{note}, {waited:.0f}s elapsed")
 
         await report(record)
         final = await manager.wait(record.task_id, timeout_s, on_tick=report, tick_s=TICK_S)
-        if final.terminal:
-            await ctx.report_progress(100, 100, f"{final.status}, {time.monotonic() - started:.0f}s elapsed")
+        if final.terminal and last < 100:
+            await report(final)
         return await finish(final, waited_out=not final.terminal)
 
     async def run_task(

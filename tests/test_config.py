@@ -1,0 +1,73 @@
+"""Settings: flags over environment over RunAPI's config file over defaults; bad values are named."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from runapi_mcp.config import DEFAULT_BASE_URL, ConfigError, load_settings
+
+
+def test_defaults_without_anything(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, config_file=tmp_path / "missing.json")
+    assert settings.api_key is None and settings.key() is None
+    assert settings.base_url == DEFAULT_BASE_URL
+    assert settings.wait_s == 50
+    assert settings.allowed_dirs == (Path.home().resolve(),)
+    assert settings.home.is_absolute()
+
+
+@pytest.mark.parametrize("names", [("apiKey", "baseUrl"), ("api_key", "base_url")])
+def test_runapi_config_file_is_the_fallback(tmp_path: Path, names: tuple[str, str]) -> None:
+    file = tmp_path / "config.json"
+    file.write_text(json.dumps({names[0]: "sk-from-file", names[1]: "http://127.0.0.1:9/"}))
+    settings = load_settings(environ={}, config_file=file)
+    assert settings.key() == "sk-from-file" and settings.base_url == "http://127.0.0.1:9"
+    env_wins = load_settings(environ={"RUNAPI_API_KEY": "sk-env"}, config_file=file)
+    assert env_wins.key() == "sk-env" and env_wins.base_url == "http://127.0.0.1:9"
+    flag_wins = load_settings({"api_key": "sk-flag"}, environ={"RUNAPI_API_KEY": "sk-env"}, config_file=file)
+    assert flag_wins.key() == "sk-flag"
+
+
+def test_broken_config_file_is_ignored(tmp_path: Path) -> None:
+    file = tmp_path / "config.json"
+    file.write_text("{not json")
+    assert load_settings(environ={}, config_file=file).api_key is None
+
+
+def test_environment_values(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = {
+        "RUNAPI_MCP_HOME": str(tmp_path / "home"),
+        "RUNAPI_MCP_ALLOWED_DIRS": f"{a}{os.pathsep}{b}",
+        "RUNAPI_MCP_WAIT_S": "12.5",
+        "RUNAPI_MCP_LOG_LEVEL": "debug",
+    }
+    settings = load_settings(environ=env, config_file=tmp_path / "none")
+    assert settings.home == (tmp_path / "home").resolve()
+    assert settings.images_dir == settings.home / "images"
+    assert settings.allowed_dirs == (a.resolve(), b.resolve())
+    assert settings.wait_s == 12.5 and settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"RUNAPI_MCP_WAIT_S": "soon"}, "RUNAPI_MCP_WAIT_S"),
+        ({"RUNAPI_MCP_WAIT_S": "-3"}, "RUNAPI_MCP_WAIT_S"),
+        ({"RUNAPI_BASE_URL": "runapi.ai"}, "RUNAPI_BASE_URL"),
+        ({"RUNAPI_MCP_LOG_LEVEL": "LOUD"}, "RUNAPI_MCP_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_setting(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(environ=env, config_file=tmp_path / "none")
+
+
+def test_key_is_secret_and_redacted(tmp_path: Path) -> None:
+    settings = load_settings(environ={"RUNAPI_API_KEY": "sk-very-secret-123"}, config_file=tmp_path / "none")
+    assert "sk-very-secret-123" not in repr(settings) and "sk-very-secret-123" not in str(settings)
+    assert settings.redact("Bearer sk-very-secret-123 failed") == "Bearer *** failed"
