@@ -94,4 +94,6 @@ def text_of(result: Any) -> str:
 
 def upstream_creates(sim: Simulator) -> list[Any]:
     """Requests that could have created (and charged) an upstream task."""
-    return [r for r in sim.requests if r.method == "POST" and r.path.startswith("/api/v1/") and r.path != "/api/v1/files"]
+    return [
+        r for r in sim.requests if r.method == "POST" and r.path.startswith("/api/v1/") and r.path != "/api/v1/files"
+    ]

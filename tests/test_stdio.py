@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
+from tests.conftest import SIM_KEY, text_of
 
 from runapi_mcp.simulator import Simulator
-from tests.conftest import SIM_KEY, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -56,18 +56,36 @@ def test_stdout_carries_only_protocol_and_the_key_stays_secret(sim: Simulator, h
     """Raw JSON-RPC over the pipes: every stdout line is a JSON-RPC message; stderr has logs but no key."""
     env = {**os.environ, **server_env(sim, home, inputs)}
     messages = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "raw-test", "version": "0"}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-test", "version": "0"},
+            },
+        },
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-            "name": "generate_image", "arguments": {"prompt": "raw pipes"}, "_meta": {"progressToken": "p1"}}},
-        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
-            "name": "check_balance", "arguments": {}}},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {
+                "name": "generate_image",
+                "arguments": {"prompt": "raw pipes"},
+                "_meta": {"progressToken": "p1"},
+            },
+        },
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "check_balance", "arguments": {}}},
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runapi_mcp", "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, env=env, text=True,
+        [sys.executable, "-m", "runapi_mcp", "serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
     )
     assert proc.stdin and proc.stdout
     seen: dict[int, dict[str, Any]] = {}
@@ -111,11 +129,23 @@ def test_stdout_carries_only_protocol_and_the_key_stays_secret(sim: Simulator, h
 
 def test_bad_configuration_is_named(tmp_path: Path) -> None:
     env = {**os.environ, "RUNAPI_MCP_WAIT_S": "soon", "RUNAPI_API_KEY": SIM_KEY}
-    proc = subprocess.run([sys.executable, "-m", "runapi_mcp", "serve"], env=env, capture_output=True, text=True,
-                          timeout=30, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runapi_mcp", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2
     assert "RUNAPI_MCP_WAIT_S" in proc.stderr and proc.stdout == ""
     env = {**os.environ, "RUNAPI_BASE_URL": "ftp://nope", "RUNAPI_API_KEY": SIM_KEY}
-    proc = subprocess.run([sys.executable, "-m", "runapi_mcp", "serve"], env=env, capture_output=True, text=True,
-                          timeout=30, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runapi_mcp", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 2 and "RUNAPI_BASE_URL" in proc.stderr and SIM_KEY not in proc.stderr

@@ -12,10 +12,10 @@ import anyio
 import pytest
 from mcp.client import Client
 from PIL import Image
+from tests.conftest import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault
-from tests.conftest import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +57,10 @@ async def test_generate_image_returns_the_picture(harness: Harness) -> None:
     [create] = upstream_creates(harness.sim)
     assert create.path == "/api/v1/gpt_image_2/text_to_image"
     assert create.json == {
-        "model": "gpt-image-2", "prompt": "a red fox in snow", "aspect_ratio": "16:9", "output_resolution": "1k",
+        "model": "gpt-image-2",
+        "prompt": "a red fox in snow",
+        "aspect_ratio": "16:9",
+        "output_resolution": "1k",
     }
     assert create.idempotency_key
 
@@ -77,7 +80,8 @@ async def test_image_and_task_resources(harness: Harness) -> None:
     assert any(m["model"] == "gpt-image-2" for m in json.loads(models.contents[0].text))
     templates = await harness.client.list_resource_templates()
     assert {t.uri_template for t in templates.resource_templates} == {
-        "runapi://tasks/{task_id}", "runapi://images/{image_id}",
+        "runapi://tasks/{task_id}",
+        "runapi://images/{image_id}",
     }
 
 
@@ -136,7 +140,9 @@ async def test_waiters_share_one_poll_loop(harness: Harness) -> None:
         for _ in range(4):
             tg.start_soon(waiter)
     assert all(r.structured_content["status"] == "completed" for r in results)
-    polls = [r for r in harness.sim.requests if r.method == "GET" and r.path.startswith("/api/v1/") and task_id in r.path]
+    polls = [
+        r for r in harness.sim.requests if r.method == "GET" and r.path.startswith("/api/v1/") and task_id in r.path
+    ]
     assert polls and len(polls) == harness.app.manager.stats(task_id)["polls"]
 
 
@@ -246,8 +252,12 @@ async def test_edit_alias_and_other_model(harness: Harness) -> None:
     source = await _first_image(harness)
     result = await harness.call(
         "edit_image",
-        {"prompt": "upscale", "images": [source["task_id"]], "model": "topaz-upscale-image",
-         "params": {"upscale_factor": 2}},
+        {
+            "prompt": "upscale",
+            "images": [source["task_id"]],
+            "model": "topaz-upscale-image",
+            "params": {"upscale_factor": 2},
+        },
     )
     assert not result.is_error, text_of(result)
     create = upstream_creates(harness.sim)[-1]
@@ -283,17 +293,25 @@ BAD_CALLS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("edit_image", {"prompt": "x", "images": ["runapi://images/nope-0"]}, ["images[0]", "no image"]),
     ("edit_image", {"prompt": "x", "images": ["data:image/png;base64,!!!"]}, ["images[0]", "base64"]),
     ("edit_image", {"prompt": "x", "images": ["ftp://host/x.png"]}, ["images[0]", "http(s) URL"]),
-    ("edit_image", {"prompt": "x", "images": ["https://a/b.png"], "model": "topaz-upscale-image"},
-     ["upscale_factor", "1, 2, 4, 8"]),
-    ("edit_image", {"prompt": "x", "images": ["https://a/1.png", "https://a/2.png"], "model": "flux-kontext-pro"},
-     ["images", "exactly one"]),
+    (
+        "edit_image",
+        {"prompt": "x", "images": ["https://a/b.png"], "model": "topaz-upscale-image"},
+        ["upscale_factor", "1, 2, 4, 8"],
+    ),
+    (
+        "edit_image",
+        {"prompt": "x", "images": ["https://a/1.png", "https://a/2.png"], "model": "flux-kontext-pro"},
+        ["images", "exactly one"],
+    ),
     ("get_task", {"task_id": "does-not-exist"}, ["task_id", "does-not-exist"]),
     ("get_task", {"task_id": "does-not-exist", "wait": True}, ["task_id"]),
     ("list_models", {"action": "paint_house"}, ["action", "edit_image", "text_to_image"]),
 ]
 
 
-@pytest.mark.parametrize(("tool", "args", "needles"), BAD_CALLS, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)])
+@pytest.mark.parametrize(
+    ("tool", "args", "needles"), BAD_CALLS, ids=[f"{t}-{i}" for i, (t, _, _) in enumerate(BAD_CALLS)]
+)
 async def test_bad_input_is_refused_before_anything_is_sent(
     harness: Harness, tool: str, args: dict[str, Any], needles: list[str]
 ) -> None:
@@ -364,8 +382,11 @@ async def test_without_a_key_catalog_works_and_task_tools_explain(sim: Any, home
     async with open_app(settings, policy=FAST_POLICY) as app, Client(app.server, mode="legacy") as client:
         listed = await client.call_tool("list_models", {})
         assert not listed.is_error
-        for tool, args in (("generate_image", {"prompt": "x"}), ("check_balance", {}),
-                           ("edit_image", {"prompt": "x", "images": ["https://a/b.png"]})):
+        for tool, args in (
+            ("generate_image", {"prompt": "x"}),
+            ("check_balance", {}),
+            ("edit_image", {"prompt": "x", "images": ["https://a/b.png"]}),
+        ):
             result = await client.call_tool(tool, args)
             assert result.is_error and "RUNAPI_API_KEY" in text_of(result)
     assert sim.requests == []

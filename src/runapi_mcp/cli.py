@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -69,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "demo":
         from runapi_mcp.demo import run_demo
 
-        return anyio.run(run_demo, args.prompt, args.home, args.aspect_ratio, args.output_resolution)
+        home = os.path.abspath(args.home) if args.home else None
+        return anyio.run(run_demo, args.prompt, home, args.aspect_ratio, args.output_resolution)
     try:
         settings = load_settings(_settings_overrides(args))
     except ConfigError as exc:
@@ -78,10 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runapi_mcp.app import configure_logging, serve_stdio
 
     configure_logging(settings)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve_stdio, settings)
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

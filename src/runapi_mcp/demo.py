@@ -59,7 +59,7 @@ async def run_demo(
             "RUNAPI_MCP_LOG_LEVEL": "WARNING",
         }
         if home:
-            env["RUNAPI_MCP_HOME"] = os.path.abspath(home)
+            env["RUNAPI_MCP_HOME"] = home
         elif os.environ.get("RUNAPI_MCP_HOME"):
             env["RUNAPI_MCP_HOME"] = os.environ["RUNAPI_MCP_HOME"]
         params = StdioServerParameters(command=sys.executable, args=["-m", "runapi_mcp", "serve"], env=env)
@@ -73,7 +73,9 @@ async def run_demo(
             bar = ProgressBar(out)
             started = time.monotonic()
             args: dict[str, Any] = {
-                "prompt": text, "aspect_ratio": aspect_ratio, "output_resolution": output_resolution,
+                "prompt": text,
+                "aspect_ratio": aspect_ratio,
+                "output_resolution": output_resolution,
             }
             result = await client.call_tool("generate_image", args, progress_callback=bar)
             bar.done()

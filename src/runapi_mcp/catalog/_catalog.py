@@ -81,7 +81,7 @@ class FieldSpec(BaseModel):
 
     def describe(self) -> str:
         """A one-line human description: type, allowed values, limits."""
-        parts = [self.type]
+        parts: list[str] = [self.type]
         if self.enum is not None:
             parts.append("one of " + ", ".join(map(str, self.enum)))
         for label, value in (
@@ -343,7 +343,7 @@ class Catalog:
         image_field = spec.image_field
         if image_field is not None:
             reserved.add(image_field.name)
-        for key in (params or {}):
+        for key in params or {}:
             if key in reserved:
                 hint = "images" if image_field is not None and key == image_field.name else key
                 raise CatalogError(
@@ -383,9 +383,7 @@ class Catalog:
         if image_field is not None:
             urls = list(image_urls or [])
             if kind == "edit" and not urls:
-                raise CatalogError(
-                    f"'images' needs at least one image for model '{spec.slug}'", field="images"
-                )
+                raise CatalogError(f"'images' needs at least one image for model '{spec.slug}'", field="images")
             if urls:
                 if image_field.type == "array":
                     body[image_field.name] = image_field.check(urls, model=spec.slug)

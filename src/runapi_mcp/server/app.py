@@ -21,6 +21,13 @@ from pydantic import AnyUrl, BaseModel, Field
 from runapi_mcp import __version__
 from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, RequestKind
 from runapi_mcp.client import RunAPIError
+from runapi_mcp.server.results import (
+    PREVIEW_BUDGET_BYTES,
+    PREVIEW_MAX_EDGE,
+    TaskResult,
+    task_result,
+    tool_result,
+)
 from runapi_mcp.tasks import (
     IMAGE_URI_PREFIX,
     ImageReferenceError,
@@ -30,7 +37,6 @@ from runapi_mcp.tasks import (
     TaskRecord,
     UnknownTaskError,
 )
-from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, task_result, tool_result
 
 log = logging.getLogger("runapi_mcp.server")
 
@@ -57,7 +63,7 @@ _READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldH
 
 NO_KEY = (
     "No RunAPI API key is set. Set RUNAPI_API_KEY in this server's environment (in Claude Desktop: the "
-    "\"env\" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {\"apiKey\": \"...\"} "
+    '"env" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {"apiKey": "..."} '
     "in ~/.config/runapi/config.json, then restart the server."
 )
 
@@ -109,7 +115,7 @@ class RunAPIMCPServer(MCPServer[Any]):
         text = str(uri)
         if isinstance(result, InputRequiredResult) or not text.startswith(IMAGE_URI_PREFIX):
             return result
-        image = self.deps.manager.images.find(text[len(IMAGE_URI_PREFIX):])
+        image = self.deps.manager.images.find(text[len(IMAGE_URI_PREFIX) :])
         mime = image.mime_type if image and image.mime_type else "application/octet-stream"
         return [ReadResourceContents(content=item.content, mime_type=mime, meta=item.meta) for item in result]
 
@@ -183,22 +189,34 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
         timeout_s: float | None,
     ) -> CallToolResult:
         timeout = check_timeout(timeout_s)
-        soft, explicit = {}, {}
-        for name, value, default in (("aspect_ratio", aspect_ratio, "auto"), ("output_resolution", output_resolution, "1k")):
+        soft: dict[str, str] = {}
+        explicit: dict[str, str] = {}
+        for name, value, default in (
+            ("aspect_ratio", aspect_ratio, "auto"),
+            ("output_resolution", output_resolution, "1k"),
+        ):
             (soft if value == default else explicit)[name] = value
         try:
             if kind == "edit":
                 # Validate everything that is not an upload first, with a stand-in URL per image.
                 placeholders = [f"https://placeholder.invalid/{i}.png" for i in range(len(images or []))]
-                catalog.prepare(kind, model, prompt=prompt, image_urls=placeholders or None,
-                                options=explicit, soft_options=soft, params=params)
+                catalog.prepare(
+                    kind,
+                    model,
+                    prompt=prompt,
+                    image_urls=placeholders or None,
+                    options=explicit,
+                    soft_options=soft,
+                    params=params,
+                )
                 if not deps.has_key:
                     raise fail(NO_KEY)
                 urls = await deps.resolver.resolve(images or [])
             else:
                 urls = None
-            prepared = catalog.prepare(kind, model, prompt=prompt, image_urls=urls, options=explicit,
-                                       soft_options=soft, params=params)
+            prepared = catalog.prepare(
+                kind, model, prompt=prompt, image_urls=urls, options=explicit, soft_options=soft, params=params
+            )
             if not deps.has_key:
                 raise fail(NO_KEY)
             record = await manager.submit(prepared, prompt=prompt)
@@ -230,16 +248,19 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
         Waits for RunAPI to finish (about 10-30 s for gpt-image-2); if the wait runs out, the result says the
         task is still running: call get_task(task_id, wait=true). Failed tasks are never retried silently.
         """
-        return await run_task(ctx, "generate", prompt, model, aspect_ratio, output_resolution, params, None,
-                              wait, timeout_s)
+        return await run_task(
+            ctx, "generate", prompt, model, aspect_ratio, output_resolution, params, None, wait, timeout_s
+        )
 
     @mcp.tool(title="Edit an image", annotations=_WRITE)
     async def edit_image(
         prompt: Annotated[str, Field(description="The change to make, e.g. 'make the sky purple'")],
         images: Annotated[
             list[str],
-            Field(description="Source images: runapi://images/{id}, an earlier task_id, an absolute local path "
-                  "or file:// URI, an http(s) URL, or a data: URI"),
+            Field(
+                description="Source images: runapi://images/{id}, an earlier task_id, an absolute local path "
+                "or file:// URI, an http(s) URL, or a data: URI"
+            ),
         ],
         ctx: Context[Any, Any],
         model: Annotated[str, Field(description="RunAPI model; list_models shows all")] = "gpt-image-2",
@@ -258,8 +279,9 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
         Local files are uploaded for you; library images and earlier task ids are reused. Returns the new
         image like generate_image does.
         """
-        return await run_task(ctx, "edit", prompt, model, aspect_ratio, output_resolution, params, images,
-                              wait, timeout_s)
+        return await run_task(
+            ctx, "edit", prompt, model, aspect_ratio, output_resolution, params, images, wait, timeout_s
+        )
 
     @mcp.tool(title="Get a task", annotations=_READ_REMOTE)
     async def get_task(
@@ -282,8 +304,10 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
     async def list_models(
         action: Annotated[
             str | None,
-            Field(description="Filter: an action (text_to_image, edit_image, upscale_image, remix_image, ...), "
-                  "a family (flux-kontext) or a model name"),
+            Field(
+                description="Filter: an action (text_to_image, edit_image, upscale_image, remix_image, ...), "
+                "a family (flux-kontext) or a model name"
+            ),
         ] = None,
     ) -> ModelList:
         """Every RunAPI image model with its action, route and fields (types, allowed values, limits)."""
@@ -307,8 +331,12 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
             raise fail(f"Could not read the balance: {exc}") from None
         return BalanceResult.model_validate(balance.model_dump())
 
-    @mcp.resource("runapi://tasks/{task_id}", name="task", mime_type="application/json",
-                  description="A task's state as JSON (the same fields as the task tools' results)")
+    @mcp.resource(
+        "runapi://tasks/{task_id}",
+        name="task",
+        mime_type="application/json",
+        description="A task's state as JSON (the same fields as the task tools' results)",
+    )
     async def task_resource(task_id: str) -> str:
         try:
             record = await manager.get(task_id)
@@ -316,16 +344,24 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
             raise ResourceNotFoundError(str(exc)) from None
         return task_result(record, manager.estimated_progress(record)).model_dump_json(indent=2)
 
-    @mcp.resource(IMAGE_URI_PREFIX + "{image_id}", name="image", mime_type="image/png",
-                  description="A picture from the local library, full size")
+    @mcp.resource(
+        IMAGE_URI_PREFIX + "{image_id}",
+        name="image",
+        mime_type="image/png",
+        description="A picture from the local library, full size",
+    )
     async def image_resource(image_id: str) -> bytes:
         image = manager.images.find(image_id)
         if image is None or image.path is None:
             raise ResourceNotFoundError(f"no image {image_id!r} in the library")
         return await anyio.Path(image.path).read_bytes()
 
-    @mcp.resource("runapi://models", name="models", mime_type="application/json",
-                  description="The catalog of RunAPI image models and their fields")
+    @mcp.resource(
+        "runapi://models",
+        name="models",
+        mime_type="application/json",
+        description="The catalog of RunAPI image models and their fields",
+    )
     def models_resource() -> str:
         return json.dumps(catalog.describe(), indent=1)
 

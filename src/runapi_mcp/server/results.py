@@ -51,8 +51,13 @@ def _iso(ts: float | None) -> str | None:
 
 def image_out(image: ImageRecord) -> ImageOut:
     return ImageOut(
-        uri=image.uri, path=image.path, url=image.url, width=image.width, height=image.height,
-        mime_type=image.mime_type, bytes=image.bytes,
+        uri=image.uri,
+        path=image.path,
+        url=image.url,
+        width=image.width,
+        height=image.height,
+        mime_type=image.mime_type,
+        bytes=image.bytes,
     )
 
 

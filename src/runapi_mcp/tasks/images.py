@@ -17,8 +17,14 @@ from runapi_mcp.client import RunAPIClient
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 
 IMAGE_URI_PREFIX = "runapi://images/"
-_FORMATS = {"PNG": ("image/png", ".png"), "JPEG": ("image/jpeg", ".jpg"), "WEBP": ("image/webp", ".webp"),
-            "GIF": ("image/gif", ".gif"), "BMP": ("image/bmp", ".bmp"), "TIFF": ("image/tiff", ".tiff")}
+_FORMATS = {
+    "PNG": ("image/png", ".png"),
+    "JPEG": ("image/jpeg", ".jpg"),
+    "WEBP": ("image/webp", ".webp"),
+    "GIF": ("image/gif", ".gif"),
+    "BMP": ("image/bmp", ".bmp"),
+    "TIFF": ("image/tiff", ".tiff"),
+}
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")
 # Pillow refuses images above ~179 MP by default; 8x upscales of 4K stay below this.
 Image.MAX_IMAGE_PIXELS = 300_000_000
@@ -134,8 +140,8 @@ class ImageStore:
             for suffix, mime in ((".jpg", "image/jpeg"), (".png", "image/png")):
                 hit = cache.with_suffix(suffix)
                 if hit.is_file():
-                    with Image.open(hit) as img:
-                        return Preview(hit.read_bytes(), mime, img.width, img.height)
+                    with Image.open(hit) as cached:
+                        return Preview(hit.read_bytes(), mime, cached.width, cached.height)
         with Image.open(image.path) as src:
             has_alpha = src.mode in ("RGBA", "LA") or (src.mode == "P" and "transparency" in src.info)
             img = src.convert("RGBA" if has_alpha else "RGB")

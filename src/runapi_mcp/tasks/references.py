@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -28,6 +29,11 @@ FORMS = (
 # RunAPI output URLs live about 7 days; reuse one for a day, upload the local copy after that.
 _REUSE_REMOTE_URL_S = 24 * 3600
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
+
+
+def _expand_user(value: str) -> Path:
+    """``~`` expanded: reads only the environment, never the disk."""
+    return Path(os.path.expanduser(value))
 
 
 class ImageReferenceError(ValueError):
@@ -95,7 +101,7 @@ class ImageResolver:
         if lower.startswith("data:"):
             return self._plan_data_uri(where, value)
         if lower.startswith(IMAGE_URI_PREFIX):
-            image = self._images.find(value[len(IMAGE_URI_PREFIX):])
+            image = self._images.find(value[len(IMAGE_URI_PREFIX) :])
             if image is None:
                 raise ImageReferenceError(f"{where}: no image {value!r} in the library")
             return await self._plan_library_image(where, image)
@@ -105,7 +111,7 @@ class ImageResolver:
                 raise ImageReferenceError(f"{where}: file:// URIs must name a local file, got host {parsed.netloc!r}")
             return await self._plan_path(where, Path(unquote(parsed.path)))
         if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
-            return await self._plan_path(where, Path(value).expanduser())
+            return await self._plan_path(where, _expand_user(value))
         record = await self._find_task(value)
         if record is not None:
             if record.status != "completed" or not record.images:
@@ -136,22 +142,22 @@ class ImageResolver:
             resolved = await anyio.Path(path).resolve(strict=True)
         except (OSError, RuntimeError):
             raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: no such file") from None
-        real = Path(resolved)
+        real = Path(resolved)  # pure path operations only from here; I/O goes through anyio.Path
         if not any(real == d or real.is_relative_to(d) for d in self._allowed):
             raise ImageReferenceError(
                 f"{where}: {str(path)!r} is outside the allowed directories "
                 f"({', '.join(map(str, self._allowed))}); set RUNAPI_MCP_ALLOWED_DIRS to allow more"
             )
-        if not real.is_file():
+        if not await resolved.is_file():
             raise ImageReferenceError(f"{where}: {str(path)!r} is not a file")
         try:
-            size = real.stat().st_size
+            size = (await resolved.stat()).st_size
             if size > self._max_bytes:
                 raise ImageReferenceError(
                     f"{where}: {str(path)!r} is {size / 1048576:.1f} MiB; the limit is "
                     f"{self._max_bytes / 1048576:.0f} MiB"
                 )
-            data = await anyio.Path(real).read_bytes()
+            data = await resolved.read_bytes()
         except PermissionError:
             raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: permission denied") from None
         except OSError as exc:
