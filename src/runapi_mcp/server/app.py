@@ -57,6 +57,14 @@ GPT_IMAGE_2_RATIOS = "auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 
 MAX_TIMEOUT_S = 3600.0
 TICK_S = 1.0  # progress notifications at least this often while waiting (the brief asks for <= 2 s)
 
+# Arguments generate_image and edit_image share.
+ModelArg = Annotated[str, Field(description="RunAPI model; list_models shows all")]
+AspectRatioArg = Annotated[str, Field(description=f"For gpt-image-2: {GPT_IMAGE_2_RATIOS}")]
+ResolutionArg = Annotated[str, Field(description="For gpt-image-2: 1k, 2k or 4k")]
+ParamsArg = Annotated[dict[str, Any] | None, Field(description="Extra model fields (list_models shows each model's)")]
+WaitArg = Annotated[bool, Field(description="Wait for the image (true) or return the task id at once")]
+TimeoutArg = Annotated[float | None, Field(description="Longest wait in seconds before returning 'still running'")]
+
 _WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
 _READ_REMOTE = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
 _READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
@@ -232,16 +240,12 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
     async def generate_image(
         prompt: Annotated[str, Field(description="What to draw. Be specific: subject, style, text to render.")],
         ctx: Context[Any, Any],
-        model: Annotated[str, Field(description="RunAPI model; list_models shows all")] = "gpt-image-2",
-        aspect_ratio: Annotated[str, Field(description=f"For gpt-image-2: {GPT_IMAGE_2_RATIOS}")] = "auto",
-        output_resolution: Annotated[str, Field(description="For gpt-image-2: 1k, 2k or 4k")] = "1k",
-        params: Annotated[
-            dict[str, Any] | None, Field(description="Extra model fields (list_models shows each model's)")
-        ] = None,
-        wait: Annotated[bool, Field(description="Wait for the image (true) or return the task id at once")] = True,
-        timeout_s: Annotated[
-            float | None, Field(description="Longest wait in seconds before returning 'still running'")
-        ] = None,
+        model: ModelArg = "gpt-image-2",
+        aspect_ratio: AspectRatioArg = "auto",
+        output_resolution: ResolutionArg = "1k",
+        params: ParamsArg = None,
+        wait: WaitArg = True,
+        timeout_s: TimeoutArg = None,
     ) -> Annotated[CallToolResult, TaskResult]:
         """Create an image from a text prompt and return it (preview, resource link, saved file path).
 
@@ -263,16 +267,12 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
             ),
         ],
         ctx: Context[Any, Any],
-        model: Annotated[str, Field(description="RunAPI model; list_models shows all")] = "gpt-image-2",
-        aspect_ratio: Annotated[str, Field(description=f"For gpt-image-2: {GPT_IMAGE_2_RATIOS}")] = "auto",
-        output_resolution: Annotated[str, Field(description="For gpt-image-2: 1k, 2k or 4k")] = "1k",
-        params: Annotated[
-            dict[str, Any] | None, Field(description="Extra model fields (list_models shows each model's)")
-        ] = None,
-        wait: Annotated[bool, Field(description="Wait for the image (true) or return the task id at once")] = True,
-        timeout_s: Annotated[
-            float | None, Field(description="Longest wait in seconds before returning 'still running'")
-        ] = None,
+        model: ModelArg = "gpt-image-2",
+        aspect_ratio: AspectRatioArg = "auto",
+        output_resolution: ResolutionArg = "1k",
+        params: ParamsArg = None,
+        wait: WaitArg = True,
+        timeout_s: TimeoutArg = None,
     ) -> Annotated[CallToolResult, TaskResult]:
         """Edit or transform existing images with an instruction (also upscale, remix, background removal).
 
