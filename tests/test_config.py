@@ -71,3 +71,10 @@ def test_key_is_secret_and_redacted(tmp_path: Path) -> None:
     settings = load_settings(environ={"RUNAPI_API_KEY": "sk-very-secret-123"}, config_file=tmp_path / "none")
     assert "sk-very-secret-123" not in repr(settings) and "sk-very-secret-123" not in str(settings)
     assert settings.redact("Bearer sk-very-secret-123 failed") == "Bearer *** failed"
+
+
+@pytest.mark.parametrize("argv", [["--wait-s", "5", "serve"], ["serve", "--wait-s", "5"], ["--wait-s", "5"]])
+def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
+    from runapi_mcp.cli import _settings_overrides, build_parser
+
+    assert _settings_overrides(build_parser().parse_args(argv)) == {"wait_s": 5.0}

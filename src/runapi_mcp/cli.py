@@ -15,8 +15,11 @@ from runapi_mcp import __version__
 from runapi_mcp.config import ConfigError, load_settings
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+def _add_settings_flags(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    # A subcommand's copy must not overwrite a flag given before the subcommand with None.
     group = parser.add_argument_group("settings (each also an environment variable)")
+    if sub:
+        group.argument_default = argparse.SUPPRESS
     group.add_argument("--api-key", dest="api_key", help="RunAPI key (RUNAPI_API_KEY; prefer the environment)")
     group.add_argument("--base-url", dest="base_url", help="RunAPI base URL (RUNAPI_BASE_URL)")
     group.add_argument("--home", dest="home", help="Image library and state directory (RUNAPI_MCP_HOME)")
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     serve = sub.add_parser("serve", help="Serve MCP over stdio (the default command)")
-    _add_settings_flags(serve)
+    _add_settings_flags(serve, sub=True)
 
     sim = sub.add_parser("simulate", help="Run the RunAPI simulator (offline stand-in for RunAPI) on loopback")
     sim.add_argument("--host", default="127.0.0.1")

@@ -130,6 +130,7 @@ class _Tracked:
     polls: int = 0
     last_poll: float = 0.0
     prev_poll: float = 0.0
+    loop_started: float = 0.0  # when the current poll loop began (give-up is measured from here)
     upstream_requests: int = 0
 
 
@@ -257,7 +258,7 @@ class TaskManager:
             raise UnknownTaskError(str(task_id))
         tracked = self._tracked.get(task_id.strip())
         if tracked is not None:
-            return tracked
+            return self._track(tracked.record)  # restarts a poll loop that gave up or stopped
         record = await self.store.get(task_id.strip())
         if record is None:
             raise UnknownTaskError(task_id)
@@ -271,6 +272,7 @@ class TaskManager:
             self._tracked[record.task_id] = tracked
         if not tracked.record.terminal and not tracked.polling and self._tg is not None:
             tracked.polling = True
+            tracked.loop_started = time.monotonic()
             self._tg.start_soon(self._poll_loop, tracked)
         return tracked
 
@@ -310,7 +312,7 @@ class TaskManager:
             while not tracked.record.terminal:
                 await anyio.sleep(self._next_delay(tracked, retry_after))
                 retry_after = None
-                if time.monotonic() - tracked.started > self.policy.give_up_s:
+                if time.monotonic() - tracked.loop_started > self.policy.give_up_s:
                     await self._update(tracked, error="RunAPI has not finished this task within "
                                        f"{self.policy.give_up_s / 60:.0f} min; call get_task again later")
                     return
