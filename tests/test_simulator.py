@@ -433,3 +433,41 @@ def test_restart_on_the_same_port_keeps_state() -> None:
         assert httpx.get(f"{url}{T2I}/{task['id']}", headers=headers).status_code == 200
     finally:
         sim.close()
+
+
+# -- timing and pre-rendering (benchmarks) -----------------------------------------------------------
+def test_completed_at_is_the_moment_the_status_turns_completed(sim: Simulator, client: httpx.Client) -> None:
+    before = time.monotonic()
+    task_id = client.post(T2I, json=_body()).json()["id"]
+    after = time.monotonic()
+    done_at = sim.completed_at(task_id)
+    assert done_at is not None
+    # 1k tasks take 12 s, scaled by 0.005: 60 ms after creation.
+    assert before + 0.06 - 1e-6 <= done_at <= after + 0.06 + 1e-6
+    answer = _wait(client, f"{T2I}/{task_id}")
+    assert answer["status"] == "completed" and time.monotonic() >= done_at
+    sim.set_task_outcome(None, "running")
+    held = client.post(T2I, json=_body()).json()["id"]
+    assert sim.completed_at(held) is None
+    sim.set_task_outcome(held, "completed")
+    forced = sim.completed_at(held)
+    assert forced is not None and forced <= time.monotonic()
+    failing = client.post(T2I, json=_body("[sim:fail] a cat")).json()["id"]
+    assert sim.completed_at(failing) is None
+    with pytest.raises(KeyError):
+        sim.completed_at("no-such-task")
+
+
+def test_prerender_renders_outputs_before_they_are_downloaded(anon: httpx.Client) -> None:
+    with Simulator(_config(prerender=True, time_scale=1.0)) as sim, _client(sim.base_url) as c:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        task_id = c.post(T2I, json=_body(output_resolution="1k"), headers=headers).json()["id"]
+        images = sim._data_dir / "images"
+        deadline = time.monotonic() + 10
+        while not list(images.glob(f"{task_id}_*.png")):
+            assert time.monotonic() < deadline, "the picture was not rendered in the background"
+            time.sleep(0.02)
+        assert c.get(f"{T2I}/{task_id}", headers=headers).json()["status"] in ("pending", "processing")
+        sim.set_task_outcome(task_id, "completed")
+        url = c.get(f"{T2I}/{task_id}", headers=headers).json()["images"][0]["url"]
+        assert Image.open(io.BytesIO(anon.get(url).content)).size == (1024, 1024)

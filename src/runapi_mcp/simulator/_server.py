@@ -132,6 +132,7 @@ class Simulator:
     def close(self) -> None:
         """Stop and delete the simulator's temporary files (rendered pictures, uploads)."""
         self.stop()
+        self._state.shutdown()
         self._cleanup()
 
     def __enter__(self) -> Simulator:
@@ -180,6 +181,16 @@ class Simulator:
             raise KeyError(f"no task {task_id!r}")
         answer, _ = self._http.status_answer(task, self._base_url or "http://simulator")
         return answer
+
+    def completed_at(self, task_id: str) -> float | None:
+        """The ``time.monotonic()`` moment the task completes (its status turns ``completed`` and its
+        images become downloadable); it may lie in the future. ``None`` when the task fails or is held
+        running. Raises KeyError for an unknown task id."""
+        with self._state.lock:
+            task = self._state.tasks.get(task_id)
+            if task is None:
+                raise KeyError(f"no task {task_id!r}")
+            return task.completed_at()
 
     def task_request(self, task_id: str) -> dict[str, Any]:
         """The JSON body the task was created with."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import mimetypes
 import random
 import re
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +35,8 @@ from runapi_mcp.simulator._models import (
     TaskOutcome,
 )
 from runapi_mcp.simulator._tasks import ApiError, OutputSpec, SourceRef, TaskPlan
+
+logger = logging.getLogger("runapi_mcp.simulator")
 
 Phase = Literal["pending", "processing", "completed", "failed"]
 FAIL_MARKER = "[sim:fail]"
@@ -102,6 +106,12 @@ class Task:
         if self.outcome is not None and self.outcome.images is not None:
             return outputs[: max(0, self.outcome.images)]
         return outputs
+
+    def completed_at(self) -> float | None:
+        """Monotonic time its images become available, or None when it fails or is held running."""
+        if self.outcome is not None:
+            return self.outcome_at if self.outcome.status == "completed" else None
+        return None if self.fail_reason else self.created + self.duration
 
     def terminal_at(self) -> float | None:
         """Monotonic time it becomes terminal, or None while that is not known (forced running)."""
@@ -177,6 +187,7 @@ class SimState:
         self._log: list[LoggedRequest] = []
         self._next_outcomes: list[Outcome] = []
         self._render_locks: dict[tuple[str, int], threading.Lock] = {}
+        self._prerender: ThreadPoolExecutor | None = None
         self.balance_cents = config.initial_balance_cents
         self.spent_cents_total = 0
         self.spent_cents_today = 0
@@ -307,6 +318,8 @@ class SimState:
             self.tasks_created += 1
             if idempotency_key is not None:
                 self._idempotency[idempotency_key] = IdempotencyRecord(fp, task.id)
+            if self.config.prerender and not fail_reason:
+                self._schedule_render(task)
             return task, False
 
     def set_outcome(self, task_id: str | None, outcome: Outcome) -> None:
@@ -380,6 +393,26 @@ class SimState:
             _render.save(img, tmp, out.fmt)
             tmp.replace(path)
         return path
+
+    def _schedule_render(self, task: Task) -> None:
+        """Render a new task's outputs in the background (``prerender``); call with the lock held."""
+        if self._prerender is None:
+            self._prerender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runapi-sim-render")
+        for out in task.plan.outputs:
+            self._prerender.submit(self._render_quietly, task.id, out.index)
+
+    def _render_quietly(self, task_id: str, index: int) -> None:
+        try:
+            self.render_path(task_id, index)
+        except Exception:  # the download renders it again (and reports any error) when asked for
+            logger.debug("pre-rendering %s image %d failed", task_id, index, exc_info=True)
+
+    def shutdown(self) -> None:
+        """Stop background rendering (pending renders are dropped, a running one finishes)."""
+        with self.lock:
+            executor, self._prerender = self._prerender, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _render(self, task: Task, out: OutputSpec) -> Image.Image:
         w, h = out.width, out.height

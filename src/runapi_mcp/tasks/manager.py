@@ -65,7 +65,7 @@ class PollPolicy:
     """When to look at a running task. Times are seconds; the benchmark scales them with the clock."""
 
     early_check_s: float = 1.5
-    fine_interval_s: float = 0.8
+    fine_interval_s: float = 0.7
     coarse_max_s: float = 5.0
     backoff_factor: float = 1.5
     window_sigmas: float = 2.0
@@ -119,6 +119,18 @@ class DurationModel:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {k: {"mean_s": m, "spread_s": d, "samples": n} for k, (m, d, n) in self._stats.items()}
+
+
+def _expected_within(mean: float, spread: float, lo: float, hi: float) -> float:
+    """The mean of a normal(mean, spread) duration known to lie in ``(lo, hi]``."""
+    if spread <= 0:
+        return min(max(mean, lo), hi)
+    a, b = (lo - mean) / spread, (hi - mean) / spread
+    mass = 0.5 * (math.erf(b / math.sqrt(2)) - math.erf(a / math.sqrt(2)))
+    if mass < 1e-9:  # the gap lies far out in a tail: its nearer end is the better guess
+        return min(max(mean, lo), hi)
+    density = (math.exp(-a * a / 2) - math.exp(-b * b / 2)) / math.sqrt(2 * math.pi)
+    return min(max(mean + spread * density / mass, lo), hi)
 
 
 @dataclass
@@ -291,9 +303,13 @@ class TaskManager:
             target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
         elif elapsed + policy.fine_interval_s < window_start:
             # Jump to the window once this kind of task has been timed; until then the prior may be
-            # far off, so close in on it geometrically.
-            learned = self.durations.learned(record.kind_key)
-            target = window_start if learned else min(window_start, max(elapsed * 2, elapsed + policy.fine_interval_s))
+            # far off, so close in on it geometrically. The jump lands one fine interval past the
+            # earliest likely finish: a task done before it waits no longer than between two fine
+            # polls, and the poll that would have found nothing is saved.
+            if self.durations.learned(record.kind_key):
+                target = window_start + policy.fine_interval_s
+            else:
+                target = min(window_start, max(elapsed * 2, elapsed + policy.fine_interval_s))
         elif elapsed <= window_end:
             target = elapsed + policy.fine_interval_s
         else:
@@ -360,10 +376,7 @@ class TaskManager:
 
     async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
-        # Completion happened between the previous look and this one: learn the middle.
-        seen = tracked.last_poll or time.monotonic()
-        before = tracked.prev_poll or tracked.started
-        self.durations.observe(record.kind_key, (before + seen) / 2 - tracked.started)
+        self._learn(tracked)
         urls = [img.url for img in info.images]
         images: list[ImageRecord] = []
         errors: list[str] = []
@@ -390,6 +403,23 @@ class TaskManager:
             tracked, status="completed", progress=1.0, images=images, remote_urls=urls, error=error,
             completed_at=time.time(),
         )
+
+    def _learn(self, tracked: _Tracked) -> None:
+        """Learn the task's duration: it completed between the previous look and this one."""
+        record = tracked.record
+        seen = (tracked.last_poll or time.monotonic()) - tracked.started
+        before = (tracked.prev_poll or tracked.started) - tracked.started
+        if seen - before > 2 * self.policy.fine_interval_s and self.durations.learned(record.kind_key):
+            mean, spread = self.durations.estimate(record.kind_key, record.model, record.resolution)
+            if before < mean:
+                # A wide gap reaching back before the expected finish (the jump into the window
+                # found the task done): its middle, near the early check, would be far too short,
+                # and ``seen`` itself (an upper bound) would shrink the learned spread round after
+                # round. What the learned spread expects within the gap is the unbiased guess.
+                self.durations.observe(record.kind_key, _expected_within(mean, spread, before, seen))
+                return
+            # Later than expected (a back-off gap): the middle, so that a slower service is learned fast.
+        self.durations.observe(record.kind_key, (before + seen) / 2)
 
     async def _download(self, tracked: _Tracked, index: int, url: str) -> ImageRecord:
         attempts = self.policy.download_attempts
