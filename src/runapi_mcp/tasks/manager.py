@@ -2,8 +2,9 @@
 
 Each task gets one poll loop, however many tool calls wait on it; every status change is
 fanned out to all waiters and listeners. Polls are scheduled from a learned estimate of how
-long tasks of that model and resolution take: an early look (instant failures), a jump to
-just before the expected finish, dense polls through the likely window, then a back-off.
+long tasks of that model and resolution take: an early look (instant failures; skipped once a
+kind of task has been timed, unless tasks of that kind have failed early), a jump to just
+before the expected finish, dense polls through the likely window, then a back-off.
 """
 
 from __future__ import annotations
@@ -64,8 +65,14 @@ class UnknownTaskError(KeyError):
 class PollPolicy:
     """When to look at a running task. Times are seconds; the benchmark scales them with the clock."""
 
-    early_check_s: float = 1.5
-    fine_interval_s: float = 0.7
+    early_check_s: float = 1.5  # the early look, while a kind of task is untimed or has failed early
+    # Spacing of polls through the likely finish window: latency is about uniform on 0..fine_interval_s
+    # plus the download (p50 ~0.3 s, p95 ~0.6 s + download: the targets are 0.5 s and 1.0 s), while the
+    # polls per task stay below a plain 5-s loop's for 10-30 s tasks (bench/latency.py measures both).
+    fine_interval_s: float = 0.6
+    # An untimed kind's window (the prior's, +-70 %) is polled every spread x this instead (at least
+    # fine_interval_s): fine polls across it would cost ~25 polls a task before anything is learned.
+    untimed_window_step: float = 0.25
     coarse_max_s: float = 5.0
     backoff_factor: float = 1.5
     window_sigmas: float = 2.0
@@ -165,6 +172,7 @@ class TaskManager:
         self.durations = DurationModel(prior_scale=self.policy.prior_scale)
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
         self._tracked: dict[str, _Tracked] = {}
+        self._fails_early: set[str] = set()  # kinds of task seen failing before their finish window
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
 
@@ -299,19 +307,23 @@ class TaskManager:
         spread = max(spread, policy.fine_interval_s / 2)
         window_start = mean - policy.window_sigmas * spread
         window_end = mean + policy.window_sigmas * spread
-        if tracked.polls == 0:
+        learned = self.durations.learned(record.kind_key)
+        if tracked.polls == 0 and (not learned or record.kind_key in self._fails_early):
             target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
         elif elapsed + policy.fine_interval_s < window_start:
             # Jump to the window once this kind of task has been timed; until then the prior may be
             # far off, so close in on it geometrically. The jump lands one fine interval past the
             # earliest likely finish: a task done before it waits no longer than between two fine
             # polls, and the poll that would have found nothing is saved.
-            if self.durations.learned(record.kind_key):
+            if learned:
                 target = window_start + policy.fine_interval_s
             else:
                 target = min(window_start, max(elapsed * 2, elapsed + policy.fine_interval_s))
         elif elapsed <= window_end:
-            target = elapsed + policy.fine_interval_s
+            step = policy.fine_interval_s
+            if not learned:
+                step = max(step, spread * policy.untimed_window_step)
+            target = elapsed + step
         else:
             overtime = (elapsed - window_end) / max(mean, 1e-3)
             step = policy.fine_interval_s * policy.backoff_factor ** (1 + 4 * overtime)
@@ -365,6 +377,7 @@ class TaskManager:
                 await self._complete(tracked, info)
             return
         if info.status == "failed":
+            self._note_failure(tracked)
             await self._update(tracked, status="failed", error=info.error or "RunAPI reported the task failed")
             return
         changed_status = info.status if info.status != record.status else None
@@ -403,6 +416,18 @@ class TaskManager:
             tracked, status="completed", progress=1.0, images=images, remote_urls=urls, error=error,
             completed_at=time.time(),
         )
+
+    def _note_failure(self, tracked: _Tracked) -> None:
+        """A task failed: if it failed before its kind's finish window, look early at that kind again."""
+        record = tracked.record
+        if record.kind_key in self._fails_early:
+            return
+        elapsed = (tracked.last_poll or time.monotonic()) - tracked.started
+        mean, spread = self.durations.estimate(record.kind_key, record.model, record.resolution)
+        first_look = mean - self.policy.window_sigmas * spread + self.policy.fine_interval_s
+        if tracked.polls <= 1 or elapsed <= first_look:
+            log.info("tasks of kind %s fail early: looking early at them again", record.kind_key)
+            self._fails_early.add(record.kind_key)
 
     def _learn(self, tracked: _Tracked) -> None:
         """Learn the task's duration: it completed between the previous look and this one."""

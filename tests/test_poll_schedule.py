@@ -1,0 +1,91 @@
+"""The task manager's poll schedule and duration learning, on a fake clock (no HTTP)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+
+import pytest
+
+from runapi_mcp.client import RunAPIClient
+from runapi_mcp.tasks import ImageStore, PollPolicy, TaskManager, TaskRecord
+from runapi_mcp.tasks.manager import _expected_within, _Tracked
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    return now
+
+
+def _manager(tmp_path: Path) -> TaskManager:
+    return TaskManager(RunAPIClient("sk-test", "http://127.0.0.1:9"), ImageStore(tmp_path), policy=PollPolicy())
+
+
+def _tracked(started: float, resolution: str = "1k") -> _Tracked:
+    record = TaskRecord(
+        task_id=f"t-{started}", idempotency_key="k", model="gpt-image-2", service="gpt_image_2",
+        action="text_to_image", route="/api/v1/gpt_image_2/text_to_image", resolution=resolution,
+    )
+    return _Tracked(record=record, started=started)
+
+
+def _teach(manager: TaskManager, kind: str, mean: float) -> None:
+    """Finished tasks of ``kind`` that took ``mean`` seconds +- 5 %."""
+    for factor in (0.95, 1.05, 0.97, 1.03, 1.0, 0.96, 1.04, 1.0):
+        manager.durations.observe(kind, mean * factor)
+
+
+def _schedule(manager: TaskManager, tracked: _Tracked, clock: list[float], until: float) -> list[float]:
+    """Poll times (seconds after start) the manager picks until ``until`` seconds, no task finishing."""
+    times: list[float] = []
+    while True:
+        clock[0] += manager._next_delay(tracked, None)
+        elapsed = clock[0] - tracked.started
+        if elapsed > until:
+            return times
+        times.append(round(elapsed, 3))
+        tracked.polls += 1
+        tracked.prev_poll, tracked.last_poll = tracked.last_poll, clock[0]
+
+
+def test_learned_kinds_skip_the_early_look_until_one_fails_early(tmp_path: Path, clock: list[float]) -> None:
+    manager = _manager(tmp_path)
+    cold = _schedule(manager, _tracked(clock[0]), clock, 12)
+    assert cold[0] == PollPolicy().early_check_s
+    _teach(manager, "gpt-image-2@1k", 12.0)
+    warm = _schedule(manager, _tracked(clock[0]), clock, 14)
+    mean, spread = manager.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")
+    # The first look lands one fine interval past the earliest likely finish, then fine polls follow.
+    assert spread > 0.3 and warm[0] == pytest.approx(mean - 2 * spread + 0.6, abs=1e-3)
+    assert [round(b - a, 3) for a, b in itertools.pairwise(warm)] == [0.6] * (len(warm) - 1)
+    assert len(cold) > len(warm)
+    # A task of that kind fails at its first look: early looks come back for that kind.
+    failed = _tracked(clock[0])
+    clock[0] += 11.0
+    failed.polls, failed.last_poll = 1, clock[0]
+    manager._note_failure(failed)
+    assert _schedule(manager, _tracked(clock[0]), clock, 2)[0] == PollPolicy().early_check_s
+
+
+def test_a_task_found_done_at_the_jump_teaches_its_likely_duration(tmp_path: Path, clock: list[float]) -> None:
+    manager = _manager(tmp_path)
+    _teach(manager, "gpt-image-2@4k", 27.0)
+    mean, spread = manager.durations.estimate("gpt-image-2@4k", "gpt-image-2", "4k")
+    jump = round(mean - spread, 3)  # found done at a first look this late: it took at most that long
+    tracked = _tracked(clock[0], "4k")
+    tracked.polls, tracked.prev_poll, tracked.last_poll = 2, clock[0] + 1.5, clock[0] + jump
+    manager._learn(tracked)
+    learned, _ = manager.durations.estimate("gpt-image-2@4k", "gpt-image-2", "4k")
+    # Not the middle of 1.5 s .. jump (which would drag the mean towards 13 s): what the spread
+    # expects below the jump, so the mean moves down a little.
+    assert mean - 0.3 * (mean - (jump - spread)) < learned < mean - 0.3 * (mean - jump)
+
+
+def test_expected_within_a_gap() -> None:
+    assert _expected_within(10, 1, 9.9, 10.1) == pytest.approx(10, abs=1e-3)
+    assert _expected_within(10, 1, 0, 10) == pytest.approx(10 - 0.798, abs=1e-3)  # half-normal mean
+    assert _expected_within(10, 1, 20, 21) == 20  # far out in the tail: the nearer end
+    assert _expected_within(10, 0, 0, 8) == 8
