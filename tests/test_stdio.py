@@ -127,25 +127,20 @@ def test_stdout_carries_only_protocol_and_the_key_stays_secret(sim: Simulator, h
     assert "created task" in stderr  # logs do go to stderr
 
 
-def test_bad_configuration_is_named(tmp_path: Path) -> None:
-    env = {**os.environ, "RUNAPI_MCP_WAIT_S": "soon", "RUNAPI_API_KEY": SIM_KEY}
-    proc = subprocess.run(
+def _serve_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "runapi_mcp", "serve"],
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=30,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_bad_configuration_is_named(tmp_path: Path) -> None:
+    proc = _serve_with({"RUNAPI_MCP_WAIT_S": "soon", "RUNAPI_API_KEY": SIM_KEY})
     assert proc.returncode == 2
     assert "RUNAPI_MCP_WAIT_S" in proc.stderr and proc.stdout == ""
-    env = {**os.environ, "RUNAPI_BASE_URL": "ftp://nope", "RUNAPI_API_KEY": SIM_KEY}
-    proc = subprocess.run(
-        [sys.executable, "-m", "runapi_mcp", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = _serve_with({"RUNAPI_BASE_URL": "ftp://nope", "RUNAPI_API_KEY": SIM_KEY})
     assert proc.returncode == 2 and "RUNAPI_BASE_URL" in proc.stderr and SIM_KEY not in proc.stderr

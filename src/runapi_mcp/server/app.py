@@ -19,7 +19,7 @@ from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import AnyUrl, BaseModel, Field
 
 from runapi_mcp import __version__
-from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, RequestKind
+from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, PreparedRequest, RequestKind
 from runapi_mcp.client import RunAPIError
 from runapi_mcp.server.results import (
     PREVIEW_BUDGET_BYTES,
@@ -204,29 +204,18 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
             ("output_resolution", output_resolution, "1k"),
         ):
             (soft if value == default else explicit)[name] = value
-        try:
-            if kind == "edit":
-                # Validate everything that is not an upload first, with a stand-in URL per image.
-                placeholders = [f"https://placeholder.invalid/{i}.png" for i in range(len(images or []))]
-                catalog.prepare(
-                    kind,
-                    model,
-                    prompt=prompt,
-                    image_urls=placeholders or None,
-                    options=explicit,
-                    soft_options=soft,
-                    params=params,
-                )
-                if not deps.has_key:
-                    raise fail(NO_KEY)
-                urls = await deps.resolver.resolve(images or [])
-            else:
-                urls = None
-            prepared = catalog.prepare(
-                kind, model, prompt=prompt, image_urls=urls, options=explicit, soft_options=soft, params=params
+        def prepare(image_urls: list[str] | None) -> PreparedRequest:
+            return catalog.prepare(
+                kind, model, prompt=prompt, image_urls=image_urls, options=explicit, soft_options=soft, params=params
             )
+
+        try:
+            # Every field is checked before anything is uploaded or created: images stand in as placeholders.
+            prepared = prepare([f"https://placeholder.invalid/{i}.png" for i in range(len(images))] if images else None)
             if not deps.has_key:
                 raise fail(NO_KEY)
+            if kind == "edit":
+                prepared = prepare(await deps.resolver.resolve(images or []))
             record = await manager.submit(prepared, prompt=prompt)
         except (CatalogError, ImageReferenceError) as exc:
             raise fail(str(exc)) from None

@@ -50,15 +50,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 def image_out(image: ImageRecord) -> ImageOut:
-    return ImageOut(
-        uri=image.uri,
-        path=image.path,
-        url=image.url,
-        width=image.width,
-        height=image.height,
-        mime_type=image.mime_type,
-        bytes=image.bytes,
-    )
+    return ImageOut.model_validate(image, from_attributes=True)
 
 
 def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult:

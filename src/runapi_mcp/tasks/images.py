@@ -89,20 +89,23 @@ class ImageStore:
         info = await anyio.to_thread.run_sync(inspect_image, partial)
         final = self.root / f"{image_id}{info.extension}"
         await anyio.Path(partial).rename(final)
-        image = ImageRecord(
-            id=image_id,
-            task_id=record.task_id,
-            index=index,
-            uri=IMAGE_URI_PREFIX + image_id,
-            path=str(final),
-            url=url,
-            width=info.width,
-            height=info.height,
-            mime_type=info.mime_type,
-            bytes=result.bytes_written,
+        image = self.undownloaded(record.task_id, index, url).model_copy(
+            update={
+                "path": str(final),
+                "width": info.width,
+                "height": info.height,
+                "mime_type": info.mime_type,
+                "bytes": result.bytes_written,
+            }
         )
         await self._write_sidecar(final, record, image)
         return image
+
+    @staticmethod
+    def undownloaded(task_id: str, index: int, url: str) -> ImageRecord:
+        """The record of an output known only by its RunAPI URL (not, or not yet, in the library)."""
+        image_id = image_id_for(task_id, index)
+        return ImageRecord(id=image_id, task_id=task_id, index=index, uri=IMAGE_URI_PREFIX + image_id, url=url)
 
     async def _write_sidecar(self, final: Path, record: TaskRecord, image: ImageRecord) -> None:
         meta: dict[str, Any] = {

@@ -30,7 +30,7 @@ from runapi_mcp.client import (
     RunAPIError,
     TaskInfo,
 )
-from runapi_mcp.tasks.images import ImageStore, image_id_for
+from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -391,21 +391,17 @@ class TaskManager:
         record = tracked.record
         self._learn(tracked)
         urls = [img.url for img in info.images]
-        images: list[ImageRecord] = []
         errors: list[str] = []
+        results: dict[int, ImageRecord] = {}
+
+        async def fetch(i: int, url: str) -> None:
+            try:
+                results[i] = await self._download(tracked, i, url)
+            except RunAPIError as exc:
+                errors.append(f"image {i}: {exc}")
+                results[i] = self.images.undownloaded(record.task_id, i, url)
+
         async with anyio.create_task_group() as tg:
-            results: dict[int, ImageRecord] = {}
-
-            async def fetch(i: int, url: str) -> None:
-                try:
-                    results[i] = await self._download(tracked, i, url)
-                except RunAPIError as exc:
-                    errors.append(f"image {i}: {exc}")
-                    results[i] = ImageRecord(
-                        id=image_id_for(record.task_id, i), task_id=record.task_id, index=i,
-                        uri=f"runapi://images/{image_id_for(record.task_id, i)}", url=url,
-                    )
-
             for i, url in enumerate(urls):
                 tg.start_soon(fetch, i, url)
         images = [results[i] for i in sorted(results)]
