@@ -51,23 +51,18 @@ def _schedule(manager: TaskManager, tracked: _Tracked, clock: list[float], until
         tracked.prev_poll, tracked.last_poll = tracked.last_poll, clock[0]
 
 
-def test_learned_kinds_skip_the_early_look_until_one_fails_early(tmp_path: Path, clock: list[float]) -> None:
+def test_every_task_looks_early_then_learned_kinds_jump_to_their_window(tmp_path: Path, clock: list[float]) -> None:
     manager = _manager(tmp_path)
     cold = _schedule(manager, _tracked(clock[0]), clock, 12)
     assert cold[0] == PollPolicy().early_check_s
     _teach(manager, "gpt-image-2@1k", 12.0)
     warm = _schedule(manager, _tracked(clock[0]), clock, 14)
     mean, spread = manager.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")
-    # The first look lands one fine interval past the earliest likely finish, then fine polls follow.
-    assert spread > 0.3 and warm[0] == pytest.approx(mean - 2 * spread + 0.6, abs=1e-3)
-    assert [round(b - a, 3) for a, b in itertools.pairwise(warm)] == [0.6] * (len(warm) - 1)
+    # The early look, then one look a fine interval past the earliest likely finish, then fine polls.
+    assert warm[0] == PollPolicy().early_check_s
+    assert spread > 0.3 and warm[1] == pytest.approx(mean - 2 * spread + 0.6, abs=1e-3)
+    assert [round(b - a, 3) for a, b in itertools.pairwise(warm[1:])] == [0.6] * (len(warm) - 2)
     assert len(cold) > len(warm)
-    # A task of that kind fails at its first look: early looks come back for that kind.
-    failed = _tracked(clock[0])
-    clock[0] += 11.0
-    failed.polls, failed.last_poll = 1, clock[0]
-    manager._note_failure(failed)
-    assert _schedule(manager, _tracked(clock[0]), clock, 2)[0] == PollPolicy().early_check_s
 
 
 def test_a_task_found_done_at_the_jump_teaches_its_likely_duration(tmp_path: Path, clock: list[float]) -> None:

@@ -30,6 +30,7 @@ from runapi_mcp.server.results import (
 )
 from runapi_mcp.tasks import (
     IMAGE_URI_PREFIX,
+    ImageRecord,
     ImageReferenceError,
     ImageResolver,
     Preview,
@@ -149,16 +150,18 @@ def build_server(deps: ServerDeps) -> RunAPIMCPServer:
     async def previews_for(record: TaskRecord) -> list[Preview | None]:
         saved = [i for i in record.images if i.path]
         budget = PREVIEW_BUDGET_BYTES // max(1, len(saved))
-        out: list[Preview | None] = []
-        for image in record.images:
-            if image.path is None:
-                out.append(None)
-                continue
+        out: list[Preview | None] = [None] * len(record.images)
+
+        async def make(n: int, image: ImageRecord) -> None:
             try:
-                out.append(await anyio.to_thread.run_sync(manager.images.preview, image, PREVIEW_MAX_EDGE, budget))
+                out[n] = await anyio.to_thread.run_sync(manager.images.preview, image, PREVIEW_MAX_EDGE, budget)
             except OSError:
                 log.warning("could not make a preview of %s", image.id)
-                out.append(None)
+
+        async with anyio.create_task_group() as tg:  # several outputs: decode them side by side
+            for n, image in enumerate(record.images):
+                if image.path is not None:
+                    tg.start_soon(make, n, image)
         return out
 
     async def finish(record: TaskRecord, *, waited_out: bool) -> CallToolResult:

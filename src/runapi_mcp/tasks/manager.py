@@ -65,7 +65,7 @@ class UnknownTaskError(KeyError):
 class PollPolicy:
     """When to look at a running task. Times are seconds; the benchmark scales them with the clock."""
 
-    early_check_s: float = 1.5  # the early look, while a kind of task is untimed or has failed early
+    early_check_s: float = 1.5  # the early look every task gets (instant failures, quick models)
     # Spacing of polls through the likely finish window: latency is about uniform on 0..fine_interval_s
     # plus the download (p50 ~0.3 s, p95 ~0.6 s + download: the targets are 0.5 s and 1.0 s), while the
     # polls per task stay below a plain 5-s loop's for 10-30 s tasks (bench/latency.py measures both).
@@ -172,7 +172,6 @@ class TaskManager:
         self.durations = DurationModel(prior_scale=self.policy.prior_scale)
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
         self._tracked: dict[str, _Tracked] = {}
-        self._fails_early: set[str] = set()  # kinds of task seen failing before their finish window
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
 
@@ -308,7 +307,8 @@ class TaskManager:
         window_start = mean - policy.window_sigmas * spread
         window_end = mean + policy.window_sigmas * spread
         learned = self.durations.learned(record.kind_key)
-        if tracked.polls == 0 and (not learned or record.kind_key in self._fails_early):
+        if tracked.polls == 0:
+            # Every task gets an early look: a refused or instantly failed task is reported in seconds.
             target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
         elif elapsed + policy.fine_interval_s < window_start:
             # Jump to the window once this kind of task has been timed; until then the prior may be
@@ -377,7 +377,6 @@ class TaskManager:
                 await self._complete(tracked, info)
             return
         if info.status == "failed":
-            self._note_failure(tracked)
             await self._update(tracked, status="failed", error=info.error or "RunAPI reported the task failed")
             return
         changed_status = info.status if info.status != record.status else None
@@ -412,18 +411,6 @@ class TaskManager:
             tracked, status="completed", progress=1.0, images=images, remote_urls=urls, error=error,
             completed_at=time.time(),
         )
-
-    def _note_failure(self, tracked: _Tracked) -> None:
-        """A task failed: if it failed before its kind's finish window, look early at that kind again."""
-        record = tracked.record
-        if record.kind_key in self._fails_early:
-            return
-        elapsed = (tracked.last_poll or time.monotonic()) - tracked.started
-        mean, spread = self.durations.estimate(record.kind_key, record.model, record.resolution)
-        first_look = mean - self.policy.window_sigmas * spread + self.policy.fine_interval_s
-        if tracked.polls <= 1 or elapsed <= first_look:
-            log.info("tasks of kind %s fail early: looking early at them again", record.kind_key)
-            self._fails_early.add(record.kind_key)
 
     def _learn(self, tracked: _Tracked) -> None:
         """Learn the task's duration: it completed between the previous look and this one."""
