@@ -10,7 +10,7 @@ import pytest
 
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.tasks import ImageStore, PollPolicy, TaskManager, TaskRecord
-from runapi_mcp.tasks.manager import _expected_within, _Tracked
+from runapi_mcp.tasks.manager import DurationModel, _Tracked
 
 
 @pytest.fixture
@@ -57,30 +57,39 @@ def test_every_task_looks_early_then_learned_kinds_jump_to_their_window(tmp_path
     assert cold[0] == PollPolicy().early_check_s
     _teach(manager, "gpt-image-2@1k", 12.0)
     warm = _schedule(manager, _tracked(clock[0]), clock, 14)
-    mean, spread = manager.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")
+    window = manager.durations.finish_window("gpt-image-2@1k", 2.0)
+    assert window is not None
     # The early look, then one look a fine interval past the earliest likely finish, then fine polls.
     assert warm[0] == PollPolicy().early_check_s
-    assert spread > 0.3 and warm[1] == pytest.approx(mean - 2 * spread + 0.6, abs=1e-3)
-    assert [round(b - a, 3) for a, b in itertools.pairwise(warm[1:])] == [0.6] * (len(warm) - 2)
+    fine = PollPolicy().fine_interval_s
+    assert window[0] < 12 * 0.95 and warm[1] == pytest.approx(window[0] + fine, abs=1e-3)
+    assert [round(b - a, 3) for a, b in itertools.pairwise(warm[1:])] == [fine] * (len(warm) - 2)
     assert len(cold) > len(warm)
 
 
-def test_a_task_found_done_at_the_jump_teaches_its_likely_duration(tmp_path: Path, clock: list[float]) -> None:
+def test_a_task_found_done_at_the_jump_is_learned_at_the_window_start(tmp_path: Path, clock: list[float]) -> None:
     manager = _manager(tmp_path)
     _teach(manager, "gpt-image-2@4k", 27.0)
-    mean, spread = manager.durations.estimate("gpt-image-2@4k", "gpt-image-2", "4k")
-    jump = round(mean - spread, 3)  # found done at a first look this late: it took at most that long
+    window = manager.durations.finish_window("gpt-image-2@4k", 2.0)
+    assert window is not None
+    jump = window[0] + PollPolicy().fine_interval_s
     tracked = _tracked(clock[0], "4k")
     tracked.polls, tracked.prev_poll, tracked.last_poll = 2, clock[0] + 1.5, clock[0] + jump
     manager._learn(tracked)
-    learned, _ = manager.durations.estimate("gpt-image-2@4k", "gpt-image-2", "4k")
-    # Not the middle of 1.5 s .. jump (which would drag the mean towards 13 s): what the spread
-    # expects below the jump, so the mean moves down a little.
-    assert mean - 0.3 * (mean - (jump - spread)) < learned < mean - 0.3 * (mean - jump)
+    # It finished somewhere between the early look and the jump: recording the window's start (not the
+    # middle of the gap, not the jump) lets the window open earlier next time and never creep later.
+    after = manager.durations.finish_window("gpt-image-2@4k", 2.0)
+    assert after is not None and after[0] < window[0]
 
 
-def test_expected_within_a_gap() -> None:
-    assert _expected_within(10, 1, 9.9, 10.1) == pytest.approx(10, abs=1e-3)
-    assert _expected_within(10, 1, 0, 10) == pytest.approx(10 - 0.798, abs=1e-3)  # half-normal mean
-    assert _expected_within(10, 1, 20, 21) == 20  # far out in the tail: the nearer end
-    assert _expected_within(10, 0, 0, 8) == 8
+def test_the_finish_window_is_wider_with_few_samples() -> None:
+    model = DurationModel(margin=0.5)
+    assert model.finish_window("k", 2.0) is None
+    for seconds in (10.0, 11.0, 12.0, 11.5, 10.5):
+        model.observe("k", seconds)
+    low, high = model.finish_window("k", 2.0) or (0.0, 0.0)
+    assert (low, high) == pytest.approx((10 - 2 / 4 - 0.5, 12 + 2 / 4 + 0.5))
+    for seconds in (10.0, 11.0, 12.0, 11.5, 10.5) * 6:
+        model.observe("k", seconds)
+    low30, high30 = model.finish_window("k", 2.0) or (0.0, 0.0)
+    assert low < low30 < 10 and 12 < high30 < high
