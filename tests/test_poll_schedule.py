@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import time
 from pathlib import Path
 
@@ -56,9 +58,9 @@ def test_every_task_looks_early_then_learned_kinds_jump_to_their_window(tmp_path
     cold = _schedule(manager, _tracked(clock[0]), clock, 12)
     assert cold[0] == PollPolicy().early_check_s
     _teach(manager, "gpt-image-2@1k", 12.0)
-    warm = _schedule(manager, _tracked(clock[0]), clock, 14)
     window = manager.durations.finish_window("gpt-image-2@1k", 2.0)
     assert window is not None
+    warm = _schedule(manager, _tracked(clock[0]), clock, window[1])
     # The early look, then one look a fine interval past the earliest likely finish, then fine polls.
     assert warm[0] == PollPolicy().early_check_s
     fine = PollPolicy().fine_interval_s
@@ -88,8 +90,67 @@ def test_the_finish_window_is_wider_with_few_samples() -> None:
     for seconds in (10.0, 11.0, 12.0, 11.5, 10.5):
         model.observe("k", seconds)
     low, high = model.finish_window("k", 2.0) or (0.0, 0.0)
-    assert (low, high) == pytest.approx((10 - 2 / 4 - 0.5, 12 + 2 / 4 + 0.5))
+    # Five close samples prove little: the window assumes at least +-10 % of the mean (~11 s) as its range.
+    pad = 0.2 * 11.0 / 4
+    assert (low, high) == pytest.approx((10 - pad - 0.5, 12 + pad + 0.5), abs=0.05)
     for seconds in (10.0, 11.0, 12.0, 11.5, 10.5) * 6:
         model.observe("k", seconds)
     low30, high30 = model.finish_window("k", 2.0) or (0.0, 0.0)
     assert low < low30 < 10 and 12 < high30 < high
+
+
+def _run_tasks(manager: TaskManager, clock: list[float], durations: list[float], resolution: str) -> list[int]:
+    """Run tasks one after another through the manager's schedule; the polls each one took."""
+    polls: list[int] = []
+    for duration in durations:
+        tracked = _tracked(clock[0], resolution)
+        while True:
+            clock[0] += manager._next_delay(tracked, None)
+            tracked.polls += 1
+            tracked.prev_poll, tracked.last_poll = tracked.last_poll, clock[0]
+            if clock[0] - tracked.started >= duration:
+                break
+        manager._learn(tracked)
+        polls.append(tracked.polls)
+        clock[0] += 1.0
+    return polls
+
+
+def _five_second_loop_polls(duration: float) -> int:
+    return 1 + math.ceil(duration / 5.0)  # a look right after the create, then every 5 s
+
+
+def test_the_fitted_window_finds_the_true_edges_and_beats_a_five_second_loop(
+    tmp_path: Path, clock: list[float]
+) -> None:
+    manager = _manager(tmp_path)
+    rng = random.Random(7)
+    durations = [rng.uniform(24.3, 29.7) for _ in range(80)]  # 4K gpt-image-2: 27 s +-10 %
+    polls = _run_tasks(manager, clock, durations, "4k")
+    low, high = manager.durations.finish_window("gpt-image-2@4k", 2.0) or (0.0, 0.0)
+    assert low == pytest.approx(24.3, abs=0.6) and high == pytest.approx(29.7 + 0.33, abs=0.8)
+    steady = slice(40, None)
+    ours = sum(polls[steady])
+    loop = sum(_five_second_loop_polls(d) for d in durations[steady])
+    assert ours < 0.95 * loop  # the early look included
+
+
+def test_a_faster_service_pulls_the_window_earlier(tmp_path: Path, clock: list[float]) -> None:
+    manager = _manager(tmp_path)
+    rng = random.Random(3)
+    _run_tasks(manager, clock, [rng.uniform(24.3, 29.7) for _ in range(40)], "4k")
+    before = manager.durations.finish_window("gpt-image-2@4k", 2.0) or (0.0, 0.0)
+    # Upstream got 20 % faster: most tasks are done at the first look into the window (censored).
+    _run_tasks(manager, clock, [rng.uniform(19.4, 23.8) for _ in range(32)], "4k")
+    after = manager.durations.finish_window("gpt-image-2@4k", 2.0) or (0.0, 0.0)
+    assert after[0] < before[0] - 3.0 and after[0] < 20.5
+
+
+def test_a_slower_service_pushes_the_window_later(tmp_path: Path, clock: list[float]) -> None:
+    manager = _manager(tmp_path)
+    rng = random.Random(5)
+    _run_tasks(manager, clock, [rng.uniform(10.8, 13.2) for _ in range(40)], "1k")
+    before = manager.durations.finish_window("gpt-image-2@1k", 2.0) or (0.0, 0.0)
+    _run_tasks(manager, clock, [rng.uniform(14.0, 17.2) for _ in range(32)], "1k")  # 30 % slower
+    after = manager.durations.finish_window("gpt-image-2@1k", 2.0) or (0.0, 0.0)
+    assert after[0] > before[0] + 2.0 and after[1] > 16.5

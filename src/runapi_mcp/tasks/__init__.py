@@ -1,7 +1,8 @@
 """Task manager layer: polling, the task store, the image library and image references."""
 
+from runapi_mcp.tasks.durations import DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageStore, Preview
-from runapi_mcp.tasks.manager import DurationModel, PollPolicy, TaskManager, UnknownTaskError
+from runapi_mcp.tasks.manager import PollPolicy, TaskManager, UnknownTaskError
 from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord, TaskStatus
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore

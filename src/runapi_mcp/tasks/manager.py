@@ -2,9 +2,9 @@
 
 Each task gets one poll loop, however many tool calls wait on it; every status change is
 fanned out to all waiters and listeners. Polls are scheduled from a learned estimate of how
-long tasks of that model and resolution take: an early look (instant failures; skipped once a
-kind of task has been timed, unless tasks of that kind have failed early), a jump to just
-before the expected finish, dense polls through the likely window, then a back-off.
+long tasks of that model and resolution take (``durations.DurationModel``): an early look on
+every task (refusals and instant failures show in seconds), a jump to one poll spacing past the
+earliest likely finish, dense polls through the likely window, then a back-off.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import logging
 import math
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -31,6 +30,7 @@ from runapi_mcp.client import (
     RunAPIError,
     TaskInfo,
 )
+from runapi_mcp.tasks.durations import DurationModel
 from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
@@ -39,14 +39,6 @@ log = logging.getLogger("runapi_mcp.tasks")
 
 Listener = Callable[[TaskRecord], Awaitable[None]]
 TickCallback = Callable[[TaskRecord], Awaitable[None]]
-
-# Seconds a task of a model takes, by output resolution, before anything was learned.
-# GPT Image 2 finishes in about 10-30 s depending on resolution (RunAPI's docs).
-_PRIOR_S: dict[str, dict[str, float]] = {
-    "gpt-image-2": {"1k": 12.0, "2k": 20.0, "4k": 28.0},
-}
-_DEFAULT_PRIOR_S = 20.0
-
 
 class UnknownTaskError(KeyError):
     """No task with that id was created through this server."""
@@ -68,9 +60,10 @@ class PollPolicy:
 
     early_check_s: float = 1.5  # the early look every task gets (instant failures, quick models)
     # Spacing of polls through the likely finish window. Detection lag is about uniform on 0..fine_interval_s
-    # (p50 ~0.36 s, p95 ~0.7 s before the download; targets 0.5 s and 1.0 s), while a 10-30 s task with
-    # +-10 % jitter costs ~10 % fewer polls than a plain 5-s loop (bench/latency.py measures both).
-    fine_interval_s: float = 0.7
+    # (p50 ~0.33 s, p95 ~0.62 s before the download and preview, which take up to ~0.15 s for 4K; targets
+    # 0.5 s and 1.0 s). With the fitted window a 10-30 s task with +-10 % jitter still costs ~10 % fewer
+    # requests than a plain 5-s loop, early look included (bench/latency.py measures both).
+    fine_interval_s: float = 0.65
     # An untimed kind's window (the prior's, +-70 %) is polled every spread x this instead (at least
     # fine_interval_s): fine polls across it would cost ~25 polls a task before anything is learned.
     untimed_window_step: float = 0.25
@@ -90,65 +83,6 @@ class PollPolicy:
             coarse_max_s=self.coarse_max_s * factor,
             prior_scale=self.prior_scale * factor,
         )
-
-
-class DurationModel:
-    """Learns how long tasks of each model and resolution take (EWMA of mean and spread)."""
-
-    def __init__(self, alpha: float = 0.3, prior_scale: float = 1.0, window: int = 32, margin: float = 0.0) -> None:
-        self._alpha = alpha
-        self._prior_scale = prior_scale
-        self._stats: dict[str, tuple[float, float, int]] = {}
-        self._recent: dict[str, deque[float]] = {}
-        self._window = window
-        self._margin = margin  # extra seconds at each end of the finish window
-
-    def prior(self, model: str, resolution: str | None) -> float:
-        return _PRIOR_S.get(model, {}).get(resolution or "1k", _DEFAULT_PRIOR_S) * self._prior_scale
-
-    def learned(self, key: str) -> bool:
-        return key in self._stats
-
-    def estimate(self, key: str, model: str, resolution: str | None) -> tuple[float, float]:
-        """(expected seconds, spread in seconds) for a kind of task."""
-        if key in self._stats:
-            mean, dev, _ = self._stats[key]
-            return mean, dev
-        mean = self.prior(model, resolution)
-        return mean, mean * 0.35
-
-    def finish_window(self, key: str, sigmas: float) -> tuple[float, float] | None:
-        """Where tasks of this kind finish: the range of the recent samples once there are enough of them.
-
-        The EWMA mean wanders with every sample, and a window drawn around it would start too late about
-        as often as too early; the range of the last few dozen durations is steadier at the edges.
-        """
-        recent = self._recent.get(key)
-        if recent is None or len(recent) < 5:
-            if key not in self._stats:
-                return None
-            mean, dev, _ = self._stats[key]
-            return mean - sigmas * dev, mean + sigmas * dev
-        # The sample range understates the true one by about a range/(n-1) at each end (the unbiased
-        # end points of a uniform sample): few samples, a wider window.
-        low, high = min(recent), max(recent)
-        pad = (high - low) / (len(recent) - 1) + self._margin
-        return low - pad, high + pad
-
-    def observe(self, key: str, seconds: float) -> None:
-        self._recent.setdefault(key, deque(maxlen=self._window)).append(seconds)
-        if key not in self._stats:
-            # The first sample replaces the prior; its spread starts wide and narrows with data.
-            self._stats[key] = (seconds, seconds * 0.15, 1)
-            return
-        mean, dev, n = self._stats[key]
-        a = max(self._alpha, 1.0 / (n + 1))
-        new_mean = mean + a * (seconds - mean)
-        new_dev = dev + a * (abs(seconds - mean) * math.sqrt(math.pi / 2) - dev)
-        self._stats[key] = (new_mean, max(new_dev, new_mean * 0.02), n + 1)
-
-    def snapshot(self) -> dict[str, dict[str, float]]:
-        return {k: {"mean_s": m, "spread_s": d, "samples": n} for k, (m, d, n) in self._stats.items()}
 
 
 @dataclass
@@ -180,10 +114,12 @@ class TaskManager:
         self.images = images
         self.store: TaskStore = store or MemoryTaskStore()
         self.policy = policy or PollPolicy()
-        # Half a fine interval of margin: in bench-like simulations it keeps p95 detection lag under
-        # ~0.7 s across seeds for ~0.3 extra polls a task.
+        # Observations up to two fine spacings wide count as short; half a spacing of margin past the
+        # latest likely finish keeps the fine polls going a little longer before backing off.
         self.durations = DurationModel(
-            prior_scale=self.policy.prior_scale, margin=self.policy.fine_interval_s / 2
+            prior_scale=self.policy.prior_scale,
+            margin=self.policy.fine_interval_s / 2,
+            short_interval=2 * self.policy.fine_interval_s,
         )
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
         self._tracked: dict[str, _Tracked] = {}
@@ -437,15 +373,13 @@ class TaskManager:
         record = tracked.record
         seen = (tracked.last_poll or time.monotonic()) - tracked.started
         before = (tracked.prev_poll or tracked.started) - tracked.started
+        censored = False
         if seen - before > 2 * self.policy.fine_interval_s and self.durations.learned(record.kind_key):
             window = self.durations.finish_window(record.kind_key, self.policy.window_sigmas)
-            if window is not None and before < window[0] < seen:
-                # Found done at the first look into the window: it finished after the window opened
-                # (the middle of the whole gap, near the early look, would drag the window far too early).
-                self.durations.observe(record.kind_key, window[0])
-                return
-            # Otherwise (a back-off gap past the window): the middle, so a slower service is learned fast.
-        self.durations.observe(record.kind_key, (before + seen) / 2)
+            # Done at the first look into the window: it finished before that look, how long before is
+            # not known (the gap back to the early look is no measure of it).
+            censored = window is not None and before < window[0] < seen
+        self.durations.observe(record.kind_key, before, seen, censored=censored)
 
     async def _download(self, tracked: _Tracked, index: int, url: str) -> ImageRecord:
         attempts = self.policy.download_attempts
