@@ -60,10 +60,10 @@ class PollPolicy:
 
     early_check_s: float = 1.5  # the early look every task gets (instant failures, quick models)
     # Spacing of polls through the likely finish window. Detection lag is about uniform on 0..fine_interval_s
-    # (p50 ~0.33 s, p95 ~0.62 s before the download and preview, which take up to ~0.15 s for 4K; targets
-    # 0.5 s and 1.0 s). With the fitted window a 10-30 s task with +-10 % jitter still costs ~10 % fewer
+    # (p50 ~0.3 s, p95 ~0.57 s before the download and preview, which take up to ~0.15 s for 4K; targets
+    # 0.5 s and 1.0 s). With the fitted window a 10-30 s task with +-10 % jitter still costs ~8 % fewer
     # requests than a plain 5-s loop, early look included (bench/latency.py measures both).
-    fine_interval_s: float = 0.65
+    fine_interval_s: float = 0.6
     # An untimed kind's window (the prior's, +-70 %) is polled every spread x this instead (at least
     # fine_interval_s): fine polls across it would cost ~25 polls a task before anything is learned.
     untimed_window_step: float = 0.25
