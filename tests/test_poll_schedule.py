@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
 import time
@@ -12,7 +13,8 @@ import pytest
 
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.tasks import ImageStore, PollPolicy, TaskManager, TaskRecord
-from runapi_mcp.tasks.manager import DurationModel, _Tracked
+from runapi_mcp.tasks.durations import DurationFile, DurationModel
+from runapi_mcp.tasks.manager import _Tracked
 
 
 @pytest.fixture
@@ -160,3 +162,78 @@ def test_a_slower_service_pushes_the_window_later(tmp_path: Path, clock: list[fl
     _run_tasks(manager, clock, [rng.uniform(14.0, 17.2) for _ in range(32)], "1k")  # 30 % slower
     after = manager.durations.finish_window("gpt-image-2@1k", 2.0) or (0.0, 0.0)
     assert after[0] > before[0] + 2.0 and after[1] > 16.5
+
+
+def test_learned_durations_outlive_the_process(tmp_path: Path, clock: list[float]) -> None:
+    saved = DurationFile(tmp_path / "state" / "durations.json", "https://runapi.ai")
+    client = RunAPIClient("sk-test", "http://127.0.0.1:9")
+    first = TaskManager(client, ImageStore(tmp_path / "a"), policy=PollPolicy(), durations_file=saved)
+    rng = random.Random(11)
+    _run_tasks(first, clock, [rng.uniform(24.3, 29.7) for _ in range(30)], "4k")
+    assert saved.path.is_file()
+    window = first.durations.finish_window("gpt-image-2@4k", 2.0)
+
+    # A restarted server (a new stdio session) starts where the last one stopped: no cold approach.
+    second = TaskManager(client, ImageStore(tmp_path / "b"), policy=PollPolicy(), durations_file=saved)
+    assert second.durations.finish_window("gpt-image-2@4k", 2.0) == window
+    fresh = _manager(tmp_path)
+    warm_polls = _run_tasks(second, clock, [27.0], "4k")[0]
+    cold_polls = _run_tasks(fresh, clock, [27.0], "4k")[0]
+    assert warm_polls <= 7 < cold_polls
+
+
+def test_durations_are_kept_per_upstream(tmp_path: Path, clock: list[float]) -> None:
+    path = tmp_path / "durations.json"
+    client = RunAPIClient("sk-test", "http://127.0.0.1:9")
+    runapi = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, "https://runapi.ai"))
+    _run_tasks(runapi, clock, [12.0] * 6, "1k")
+    # The demo's simulator (another upstream, a new port each run) neither sees nor clobbers RunAPI's;
+    # its runs share one section, so they do not push RunAPI's out either.
+    for port in range(9000, 9012):
+        demo = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, f"http://127.0.0.1:{port}"))
+        if port == 9000:
+            assert not demo.durations.learned("gpt-image-2@1k")
+        else:
+            assert demo.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")[0] < 5
+        _run_tasks(demo, clock, [3.0], "1k")
+    again = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, "https://runapi.ai"))
+    assert again.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")[0] == pytest.approx(12.0, abs=0.7)
+
+
+def test_the_sections_saved_longest_ago_are_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "durations.json"
+    model = DurationModel()
+    model.observe("gpt-image-2@1k", 12.0)
+    for n in range(4):
+        DurationFile(path, f"https://upstream-{n}.example", keep=3).save(model)
+    upstreams = json.loads(path.read_text())["upstreams"]
+    assert sorted(upstreams) == [f"https://upstream-{n}.example" for n in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        '{"format": 99, "upstreams": {}}',
+        '{"format": 1, "upstreams": {"https://runapi.ai": {"kinds": {"gpt-image-2@1k": '
+        '{"stats": [12, 1, 3], "points": [-5], "observations": []}}}}}',
+        '{"format": 1, "upstreams": {"https://runapi.ai": {"kinds": {"gpt-image-2@1k": {"stats": [12, 1]}}}}}',
+        '{"format": 1, "upstreams": {"https://runapi.ai": [1, 2]}}',
+        "[1, 2, 3]",
+    ],
+)
+def test_a_bad_durations_file_is_ignored_with_a_warning(
+    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "durations.json"
+    path.write_text(content)
+    file = DurationFile(path, "https://runapi.ai")
+    model = DurationModel()
+    file.load_into(model)
+    assert not model.learned("gpt-image-2@1k")
+    assert "ignoring the learned task durations" in caplog.text
+    model.observe("gpt-image-2@1k", 12.0)
+    file.save(model)  # and it is replaced by a good one
+    again = DurationModel()
+    file.load_into(again)
+    assert again.learned("gpt-image-2@1k")

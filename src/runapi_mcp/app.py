@@ -13,7 +13,7 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.tasks import ImageResolver, ImageStore, MemoryTaskStore, PollPolicy, TaskManager
+from runapi_mcp.tasks import DurationFile, ImageResolver, ImageStore, MemoryTaskStore, PollPolicy, TaskManager
 
 
 @dataclass
@@ -65,7 +65,12 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
     )
     images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
     manager = TaskManager(
-        client, images, MemoryTaskStore(), policy=policy, max_concurrent_requests=settings.max_concurrent_requests
+        client,
+        images,
+        MemoryTaskStore(),
+        policy=policy,
+        max_concurrent_requests=settings.max_concurrent_requests,
+        durations_file=DurationFile(settings.durations_file, settings.base_url),
     )
     resolver = ImageResolver(
         client,

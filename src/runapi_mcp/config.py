@@ -67,6 +67,11 @@ class Settings(BaseModel):
     def images_dir(self) -> Path:
         return self.home / "images"
 
+    @property
+    def durations_file(self) -> Path:
+        """What the poll scheduler learned about task durations, kept across restarts."""
+        return self.home / "durations.json"
+
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
 

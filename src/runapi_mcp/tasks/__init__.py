@@ -1,6 +1,6 @@
 """Task manager layer: polling, the task store, the image library and image references."""
 
-from runapi_mcp.tasks.durations import DurationModel
+from runapi_mcp.tasks.durations import DurationFile, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageStore, Preview
 from runapi_mcp.tasks.manager import PollPolicy, TaskManager, UnknownTaskError
 from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord, TaskStatus
@@ -10,6 +10,7 @@ from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 __all__ = [
     "IMAGE_URI_PREFIX",
     "TERMINAL",
+    "DurationFile",
     "DurationModel",
     "ImageRecord",
     "ImageReferenceError",

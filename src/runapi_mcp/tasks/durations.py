@@ -10,15 +10,29 @@ enough short observations, the window is the maximum-likelihood fit of a uniform
 of them, censored ones included: how many tasks beat the first look says how far below it the
 window starts. Until then, a conservative window from the sample range (padded for few samples,
 with a prior on the spread) keeps the first looks early while the data comes in.
+
+``DurationFile`` keeps the model in a small JSON file, per upstream: a stdio server restarts with
+every client session, and a cold schedule costs about twice the requests of a warm one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("runapi_mcp.tasks")
+
+_FORMAT = 1  # version of the saved file; another version is ignored (the model starts fresh)
 
 # Seconds a task of a model takes, by output resolution, before anything was learned.
 # GPT Image 2 finishes in about 10-30 s depending on resolution (RunAPI's docs).
@@ -32,7 +46,7 @@ _SETTLED = 8
 _MIN_RANGE = 0.20  # relative width the sample-range window assumes at least (+-10 %)
 _RANGE_AFTER = 5  # samples before the window comes from their range instead of mean +- sigmas
 _FIT_AFTER = 12  # short observations before the window is fitted
-_GRID = 40  # candidates per refinement step of the window's lower edge
+_GRID = 40  # candidates per refinement step when fitting an edge of the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +169,104 @@ class DurationModel:
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {k: {"mean_s": m, "spread_s": d, "samples": n} for k, (m, d, n) in self._stats.items()}
+
+    # -- persistence (DurationFile): a stdio server restarts with every client session --------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            key: {
+                "stats": list(stats),
+                "points": list(self._points.get(key, ())),
+                "observations": [[o.low, o.high, o.censored, o.short] for o in self._observations.get(key, ())],
+            }
+            for key, stats in self._stats.items()
+        }
+
+    def load_json(self, kinds: dict[str, Any]) -> None:
+        """Take over what an earlier run learned; ValueError (and nothing changed) on a malformed document."""
+        loaded: dict[str, tuple[tuple[float, float, int], list[float], list[_Observation]]] = {}
+        try:
+            for key, kind in kinds.items():
+                mean, dev, n = (float(v) for v in kind["stats"])
+                points = [float(v) for v in kind["points"]]
+                observations = [
+                    _Observation(float(lo), float(hi), bool(censored), bool(short))
+                    for lo, hi, censored, short in kind["observations"]
+                ]
+                values = (mean, dev, n, *points, *(v for o in observations for v in (o.low, o.high)))
+                if not all(math.isfinite(v) and v >= 0 for v in values):
+                    raise ValueError(f"a negative or infinite value for {key!r}")
+                loaded[str(key)] = ((mean, dev, int(n)), points, observations)
+        except (AttributeError, KeyError, TypeError) as exc:
+            raise ValueError(f"malformed entry: {exc!r}") from exc
+        for key, (stats, points, observations) in loaded.items():
+            self._stats[key] = stats
+            self._points[key] = deque(points, maxlen=self._window)
+            self._observations[key] = deque(observations, maxlen=self._window)
+            self._fitted.pop(key, None)
+
+
+class DurationFile:
+    """Learned durations on disk, one section per upstream (RunAPI, a proxy, the demo's simulator).
+
+    Durations are facts about an upstream: a simulator's must not shape the polls sent to RunAPI. A
+    loopback upstream is one section whatever its port (the simulator takes a new port every run and
+    would push the others out). The sections saved longest ago are dropped beyond ``keep``. Saving
+    reads the file again so that servers sharing a home keep each other's sections (the last writer
+    wins within a section).
+    """
+
+    def __init__(self, path: Path, upstream: str, *, keep: int = 8) -> None:
+        self.path = path
+        self.upstream = _section_name(upstream)
+        self._keep = keep
+
+    def load_into(self, model: DurationModel) -> None:
+        """Load this upstream's section; a missing, unreadable or malformed file leaves ``model`` as it is."""
+        try:
+            section = self._read().get(self.upstream)
+            if section is not None:
+                if not isinstance(section, dict):
+                    raise ValueError(f"the section for {self.upstream} is not an object")
+                model.load_json(section.get("kinds", {}))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the learned task durations in %s (%s); starting fresh", self.path, exc)
+
+    def save(self, model: DurationModel) -> None:
+        """Write this upstream's section atomically (a crash leaves the old file or the new one)."""
+        try:
+            sections = self._read()
+        except (OSError, ValueError):
+            sections = {}  # missing or unreadable: start the file again
+        sections[self.upstream] = {"saved_at": time.time(), "kinds": model.to_json()}
+        newest = sorted(sections, key=lambda u: _saved_at(sections[u]), reverse=True)[: self._keep]
+        document = {"format": _FORMAT, "upstreams": {u: sections[u] for u in newest}}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(document, separators=(",", ":")), "utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not save the learned task durations to %s: %s", self.path, exc)
+
+    def _read(self) -> dict[str, Any]:
+        data = json.loads(self.path.read_text("utf-8"))
+        if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("upstreams"), dict):
+            raise ValueError(f"not a format-{_FORMAT} duration file")
+        return dict(data["upstreams"])
+
+
+def _section_name(base_url: str) -> str:
+    url = urlsplit(base_url.rstrip("/"))
+    if url.hostname in ("127.0.0.1", "localhost", "::1"):
+        return f"{url.scheme}://{url.hostname} (any port)"
+    return base_url.rstrip("/")
+
+
+def _saved_at(section: Any) -> float:
+    value = section.get("saved_at") if isinstance(section, dict) else None
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _argmax(f: Callable[[float], float], a: float, b: float) -> float:

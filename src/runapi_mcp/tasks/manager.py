@@ -30,7 +30,7 @@ from runapi_mcp.client import (
     RunAPIError,
     TaskInfo,
 )
-from runapi_mcp.tasks.durations import DurationModel
+from runapi_mcp.tasks.durations import DurationFile, DurationModel
 from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
@@ -109,6 +109,7 @@ class TaskManager:
         *,
         policy: PollPolicy | None = None,
         max_concurrent_requests: int = 8,
+        durations_file: DurationFile | None = None,
     ) -> None:
         self.client = client
         self.images = images
@@ -121,6 +122,10 @@ class TaskManager:
             margin=self.policy.fine_interval_s / 2,
             short_interval=2 * self.policy.fine_interval_s,
         )
+        # Where learned durations outlive the process (a stdio server restarts with every client session).
+        self._durations_file = durations_file
+        if durations_file is not None:
+            durations_file.load_into(self.durations)
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
         self._tracked: dict[str, _Tracked] = {}
         self._listeners: list[Listener] = []
@@ -380,6 +385,8 @@ class TaskManager:
             # not known (the gap back to the early look is no measure of it).
             censored = window is not None and before < window[0] < seen
         self.durations.observe(record.kind_key, before, seen, censored=censored)
+        if self._durations_file is not None:
+            self._durations_file.save(self.durations)  # a few KB, once per finished task
 
     async def _download(self, tracked: _Tracked, index: int, url: str) -> ImageRecord:
         attempts = self.policy.download_attempts
