@@ -78,3 +78,19 @@ def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
     from runapi_mcp.cli import _settings_overrides, build_parser
 
     assert _settings_overrides(build_parser().parse_args(argv)) == {"wait_s": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("base_url", "kept"),
+    [
+        ("https://runapi.ai", True),
+        ("https://proxy.example:8443", True),
+        ("http://127.0.0.1:54321", False),
+        ("http://localhost:8080", False),
+        ("http://[::1]:9000", False),
+        ("http://127.0.0.2", False),
+    ],
+)
+def test_learned_durations_are_kept_for_remote_upstreams_only(tmp_path: Path, base_url: str, kept: bool) -> None:
+    settings = load_settings({"home": str(tmp_path), "base_url": base_url}, environ={}, config_file=tmp_path / "x")
+    assert (settings.durations_file == tmp_path.resolve() / "durations.json") is kept

@@ -70,7 +70,7 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
         MemoryTaskStore(),
         policy=policy,
         max_concurrent_requests=settings.max_concurrent_requests,
-        durations_file=DurationFile(settings.durations_file, settings.base_url),
+        durations_file=DurationFile(settings.durations_file, settings.base_url) if settings.durations_file else None,
     )
     resolver = ImageResolver(
         client,

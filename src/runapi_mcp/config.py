@@ -5,11 +5,13 @@ Each setting is also a CLI flag (see ``cli.py``); a flag wins over the environme
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -68,8 +70,15 @@ class Settings(BaseModel):
         return self.home / "images"
 
     @property
-    def durations_file(self) -> Path:
-        """What the poll scheduler learned about task durations, kept across restarts."""
+    def durations_file(self) -> Path | None:
+        """Where what the poll scheduler learned about task durations is kept across restarts.
+
+        None for an upstream on this machine: a simulator or test stand-in, whose timings change from
+        run to run and must not shape the next run's polls (nor a later run against RunAPI's).
+        """
+        host = urlsplit(self.base_url).hostname or ""
+        if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
+            return None
         return self.home / "durations.json"
 
     def key(self) -> str | None:
@@ -152,3 +161,10 @@ def load_settings(
                 parts.append(f"{_ENV.get(loc, loc)}: {err.get('msg', '')}".replace("Value error, ", ""))
             raise ConfigError("; ".join(parts)) from None
         raise ConfigError(str(exc)) from None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

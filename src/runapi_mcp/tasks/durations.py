@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 log = logging.getLogger("runapi_mcp.tasks")
 
@@ -54,7 +53,7 @@ class _Observation:
     low: float  # seconds after creation the task was last seen running
     high: float  # seconds after creation it was first seen finished
     censored: bool  # found finished at the first look into the window: only ``high`` says much
-    short: bool  # the interval is at most one fine poll spacing or two wide
+    short: bool  # at most ``short_interval`` wide (two poll spacings): its middle is close to the truth
 
 
 class DurationModel:
@@ -208,16 +207,14 @@ class DurationModel:
 class DurationFile:
     """Learned durations on disk, one section per upstream (RunAPI, a proxy, the demo's simulator).
 
-    Durations are facts about an upstream: a simulator's must not shape the polls sent to RunAPI. A
-    loopback upstream is one section whatever its port (the simulator takes a new port every run and
-    would push the others out). The sections saved longest ago are dropped beyond ``keep``. Saving
-    reads the file again so that servers sharing a home keep each other's sections (the last writer
-    wins within a section).
+    Durations are facts about an upstream: a proxy's must not shape the polls sent to RunAPI. The
+    sections saved longest ago are dropped beyond ``keep``. Saving reads the file again so that servers
+    sharing a home keep each other's sections (the last writer wins within a section).
     """
 
     def __init__(self, path: Path, upstream: str, *, keep: int = 8) -> None:
         self.path = path
-        self.upstream = _section_name(upstream)
+        self.upstream = upstream.rstrip("/")
         self._keep = keep
 
     def load_into(self, model: DurationModel) -> None:
@@ -255,13 +252,6 @@ class DurationFile:
         if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("upstreams"), dict):
             raise ValueError(f"not a format-{_FORMAT} duration file")
         return dict(data["upstreams"])
-
-
-def _section_name(base_url: str) -> str:
-    url = urlsplit(base_url.rstrip("/"))
-    if url.hostname in ("127.0.0.1", "localhost", "::1"):
-        return f"{url.scheme}://{url.hostname} (any port)"
-    return base_url.rstrip("/")
 
 
 def _saved_at(section: Any) -> float:
