@@ -3,7 +3,7 @@
     .venv/bin/python bench/latency.py [--scale 1] [--tasks 96] [--concurrency 16] [--seed 0]
 
 The default run is real time (about seven minutes): the targets are about real time, and the download and
-preview of a 4K picture do not shrink with a scaled clock. ``--scale 0.2`` runs in about 80 s and reports a
+preview of a 4K picture do not shrink with a scaled clock. ``--scale 0.2`` runs in about 130 s and reports a
 real-time equivalent beside the scaled figures.
 
 Both strategies run in this process against the RunAPI simulator, served over loopback HTTP from a child
