@@ -6,9 +6,9 @@ import math
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from runapi_mcp.client.errors import ProtocolError
 
@@ -72,12 +72,21 @@ def normalize_status(raw: str | None) -> TaskStatus:
     return "processing"
 
 
-def _envelope(body: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The object that describes the thing: ``body`` itself, or ``body["data"]`` when it is wrapped."""
-    data = body.get("data")
-    if isinstance(data, Mapping) and not any(_present(body.get(key)) for key in _ID_KEYS):
-        return data
-    return body
+def _envelope(
+    body: Any, what: str, own_keys: tuple[str, ...], wrappers: tuple[str, ...] = ("data",)
+) -> Mapping[str, Any]:
+    """The object that describes the thing: ``body`` itself, or what it wraps (``{"data": {...}}``).
+
+    A wrapper is opened only while the object in hand has none of ``own_keys`` of its own.
+    """
+    if not isinstance(body, Mapping):
+        raise ProtocolError(f"expected a JSON object describing {what}, got {type(body).__name__}")
+    payload: Mapping[str, Any] = body
+    for key in wrappers:
+        inner = payload.get(key)
+        if isinstance(inner, Mapping) and not any(_present(payload.get(own)) for own in own_keys):
+            payload = inner
+    return payload
 
 
 def _present(value: Any) -> bool:
@@ -206,9 +215,7 @@ class TaskInfo(BaseModel):
     @classmethod
     def from_response(cls, body: Any, *, retry_after: float | None = None) -> Self:
         """Read a create or status answer: ``{"id"}``, ``{"task_id"}`` or ``{"data": {...}}``."""
-        if not isinstance(body, Mapping):
-            raise ProtocolError(f"expected a JSON object describing a task, got {type(body).__name__}")
-        payload = _envelope(body)
+        payload = _envelope(body, "a task", _ID_KEYS)
         sources = (payload, body) if payload is not body else (body,)
         task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None)
         if task_id is None:
@@ -241,6 +248,7 @@ class TaskInfo(BaseModel):
 
 
 def _optional_int(value: Any) -> int | None:
+    """An int from a number or numeric string; ``None`` for anything else (never a validation error)."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
@@ -255,6 +263,9 @@ def _optional_int(value: Any) -> int | None:
     return None
 
 
+_OptionalInt = Annotated[int | None, BeforeValidator(_optional_int)]
+
+
 class UploadedFile(BaseModel):
     """A file uploaded to RunAPI; put ``url`` into ``source_image_urls``. Temporary, like outputs."""
 
@@ -262,24 +273,13 @@ class UploadedFile(BaseModel):
 
     url: str
     file_name: str | None = None
-    size_bytes: int | None = None
+    size_bytes: _OptionalInt = None
     mime_type: str | None = None
     expires_at: str | None = None
 
-    @field_validator("size_bytes", mode="before")
-    @classmethod
-    def _coerce_int(cls, value: Any) -> int | None:
-        return _optional_int(value)
-
     @classmethod
     def from_response(cls, body: Any) -> Self:
-        if not isinstance(body, Mapping):
-            raise ProtocolError(f"expected a JSON object describing the upload, got {type(body).__name__}")
-        payload: Mapping[str, Any] = body
-        for key in ("data", "file"):
-            inner = payload.get(key)
-            if "url" not in payload and isinstance(inner, Mapping):
-                payload = inner
+        payload = _envelope(body, "the upload", ("url",), wrappers=("data", "file"))
         url = _string(payload.get("url")) or _string(payload.get("file_url"))
         if url is None:
             raise ProtocolError("the upload answer has no file url")
@@ -295,33 +295,15 @@ class Balance(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    balance_cents: int | None = None
-    paid_balance_cents: int | None = None
-    bonus_balance_cents: int | None = None
-    spent_cents_today: int | None = None
-    spent_cents_total: int | None = None
-
-    @field_validator(
-        "balance_cents",
-        "paid_balance_cents",
-        "bonus_balance_cents",
-        "spent_cents_today",
-        "spent_cents_total",
-        mode="before",
-    )
-    @classmethod
-    def _coerce_int(cls, value: Any) -> int | None:
-        return _optional_int(value)
+    balance_cents: _OptionalInt = None
+    paid_balance_cents: _OptionalInt = None
+    bonus_balance_cents: _OptionalInt = None
+    spent_cents_today: _OptionalInt = None
+    spent_cents_total: _OptionalInt = None
 
     @classmethod
     def from_response(cls, body: Any) -> Self:
-        if not isinstance(body, Mapping):
-            raise ProtocolError(f"expected a JSON object describing the balance, got {type(body).__name__}")
-        payload = body
-        inner = body.get("data")
-        if "balance_cents" not in body and isinstance(inner, Mapping):
-            payload = inner
-        return cls.model_validate(dict(payload))
+        return cls.model_validate(dict(_envelope(body, "the balance", ("balance_cents",))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,12 +67,14 @@ class DurationModel:
         window: int = 32,
         margin: float = 0.0,
         short_interval: float = 1.4,
+        sigmas: float = 2.0,
     ) -> None:
         self._alpha = alpha
         self._prior_scale = prior_scale
         self._window = window
         self._margin = margin  # extra seconds past the latest likely finish
         self._short = short_interval
+        self._sigmas = sigmas  # the width of the mean +- sigmas window, while there are too few samples
         self._stats: dict[str, tuple[float, float, int]] = {}  # EWMA mean, spread, samples
         self._points: dict[str, deque[float]] = {}  # the values the sample-range window is drawn from
         self._observations: dict[str, deque[_Observation]] = {}
@@ -113,18 +115,18 @@ class DurationModel:
         pad = max(high - low, _MIN_RANGE * self._stats[key][0]) / (len(points) - 1)
         return low - pad - self._margin, high + pad + self._margin
 
-    def observe(self, key: str, low: float, high: float | None = None, *, censored: bool = False) -> None:
-        """A task of this kind finished after ``low`` and by ``high`` seconds (exactly ``low`` if no high).
-
-        ``censored``: it was already finished at the first look into the finish window.
-        """
+    def observe(self, key: str, low: float, high: float | None = None) -> None:
+        """A task of this kind finished after ``low`` and by ``high`` seconds (exactly ``low`` if no high)."""
         high = low if high is None else high
-        short = not censored and high - low <= self._short
-        if censored:
+        short = high - low <= self._short
+        window = None if short or key not in self._stats else self.finish_window(key, self._sigmas)
+        # Done at the first look into the window (a long gap back to the early look): it finished before
+        # that look, and how long before is not known.
+        censored = window is not None and low < window[0] < high
+        if window is not None and censored:
             # For the range window: the window's start (it finished before the look, maybe well before);
             # the window opens a little earlier next time rather than creeping later.
-            window = self.finish_window(key, 2.0)
-            point: float | None = window[0] if window else (low + high) / 2
+            point: float | None = window[0]
         elif short or key not in self._stats:
             point = (low + high) / 2
         else:

@@ -121,6 +121,7 @@ class TaskManager:
             prior_scale=self.policy.prior_scale,
             margin=self.policy.fine_interval_s / 2,
             short_interval=2 * self.policy.fine_interval_s,
+            sigmas=self.policy.window_sigmas,
         )
         # Where learned durations outlive the process (a stdio server restarts with every client session).
         self._durations_file = durations_file
@@ -378,13 +379,7 @@ class TaskManager:
         record = tracked.record
         seen = (tracked.last_poll or time.monotonic()) - tracked.started
         before = (tracked.prev_poll or tracked.started) - tracked.started
-        censored = False
-        if seen - before > 2 * self.policy.fine_interval_s and self.durations.learned(record.kind_key):
-            window = self.durations.finish_window(record.kind_key, self.policy.window_sigmas)
-            # Done at the first look into the window: it finished before that look, how long before is
-            # not known (the gap back to the early look is no measure of it).
-            censored = window is not None and before < window[0] < seen
-        self.durations.observe(record.kind_key, before, seen, censored=censored)
+        self.durations.observe(record.kind_key, before, seen)
         if self._durations_file is not None:
             self._durations_file.save(self.durations)  # a few KB, once per finished task
 
