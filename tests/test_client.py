@@ -15,22 +15,23 @@ import pytest
 
 from runapi_mcp.client import (
     AuthenticationError,
+    BadRequestError,
     Balance,
     ConflictError,
     InsufficientCreditsError,
-    NetworkError,
     NotFoundError,
     PayloadTooLargeError,
-    ProtocolError,
     RateLimitedError,
     RetryPolicy,
     RunAPIClient,
+    RunAPIConnectionError,
     RunAPIError,
+    RunAPIResponseError,
+    RunAPIStatusError,
     RunAPITimeoutError,
     ServerError,
     TaskInfo,
     UploadedFile,
-    ValidationError,
     normalize_status,
 )
 
@@ -128,7 +129,7 @@ async def test_retries_stop_after_two() -> None:
 async def test_no_retry_on_client_errors() -> None:
     recorder = Recorder(httpx.Response(422, json={"error": {"message": "prompt is required"}}))
     async with make_client(recorder) as client:
-        with pytest.raises(ValidationError):
+        with pytest.raises(BadRequestError):
             await client.create_task(CREATE, {}, idempotency_key="k")
     assert len(recorder.requests) == 1
 
@@ -237,7 +238,7 @@ async def test_get_task_returns_retry_after_header() -> None:
 async def test_connect_error_becomes_network_error_after_retries() -> None:
     recorder = Recorder(httpx.ConnectError("[Errno 111] Connection refused"))
     async with make_client(recorder) as client:
-        with pytest.raises(NetworkError) as info:
+        with pytest.raises(RunAPIConnectionError) as info:
             await client.get_balance()
     assert len(recorder.requests) == 3
     assert "Connection refused" in str(info.value)
@@ -262,7 +263,7 @@ async def test_transport_error_is_retried_on_keyed_post_only() -> None:
 
     recorder = Recorder(httpx.ReadError("reset"), httpx.Response(200, json={"url": "https://f/x"}))
     async with make_client(recorder) as client:
-        with pytest.raises(NetworkError):
+        with pytest.raises(RunAPIConnectionError):
             await client.upload_file(b"x", filename="a.png", mime_type="image/png")
     assert len(recorder.requests) == 1
 
@@ -274,7 +275,7 @@ async def test_malformed_json_is_retried_once_then_protocol_error() -> None:
     bad = httpx.Response(200, content=b"{not json", headers={"x-request-id": "req-9"})
     recorder = Recorder(bad)
     async with make_client(recorder) as client:
-        with pytest.raises(ProtocolError) as info:
+        with pytest.raises(RunAPIResponseError) as info:
             await client.get_task(CREATE, "t1")
     assert len(recorder.requests) == 2
     assert info.value.status_code == 200 and info.value.request_id == "req-9"
@@ -288,7 +289,7 @@ async def test_malformed_json_is_retried_once_then_protocol_error() -> None:
 async def test_answer_without_id_is_protocol_error() -> None:
     recorder = Recorder(httpx.Response(200, json={"status": "pending"}))
     async with make_client(recorder) as client:
-        with pytest.raises(ProtocolError, match="no task id"):
+        with pytest.raises(RunAPIResponseError, match="no task id"):
             await client.create_task(CREATE, {}, idempotency_key="k")
 
 
@@ -326,7 +327,7 @@ async def test_answer_without_id_is_protocol_error() -> None:
 async def test_error_body_shapes(body: Any, message: str, code: str | None) -> None:
     response = httpx.Response(422, json=body, headers={"x-request-id": "abc"})
     async with make_client(Recorder(response)) as client:
-        with pytest.raises(ValidationError) as info:
+        with pytest.raises(BadRequestError) as info:
             await client.create_task(CREATE, {}, idempotency_key="k")
     err = info.value
     assert (err.message, err.code, err.request_id, err.status_code) == (message, code, "abc", 422)
@@ -336,7 +337,7 @@ async def test_error_sentence_format() -> None:
     body = {"error": {"message": "prompt is required", "code": "validation_error"}}
     response = httpx.Response(422, json=body, headers={"x-request-id": "abc"})
     async with make_client(Recorder(response)) as client:
-        with pytest.raises(ValidationError) as info:
+        with pytest.raises(BadRequestError) as info:
             await client.create_task(CREATE, {}, idempotency_key="k")
     assert str(info.value) == (
         "RunAPI rejected the request (422 validation_error): prompt is required [request id abc]"
@@ -364,7 +365,7 @@ async def test_html_and_plain_text_fall_back_to_status_text(content: bytes, cont
 async def test_long_messages_are_truncated() -> None:
     response = httpx.Response(400, json={"error": "x" * 5000})
     async with make_client(Recorder(response)) as client:
-        with pytest.raises(ValidationError) as info:
+        with pytest.raises(BadRequestError) as info:
             await client.get_balance()
     assert len(info.value.message) <= 500
     assert info.value.message.endswith("…")
@@ -373,15 +374,15 @@ async def test_long_messages_are_truncated() -> None:
 @pytest.mark.parametrize(
     ("status", "cls"),
     [
-        (400, ValidationError),
+        (400, BadRequestError),
         (401, AuthenticationError),
         (402, InsufficientCreditsError),
         (403, AuthenticationError),
         (404, NotFoundError),
         (409, ConflictError),
         (413, PayloadTooLargeError),
-        (418, RunAPIError),
-        (422, ValidationError),
+        (418, RunAPIStatusError),
+        (422, BadRequestError),
         (429, RateLimitedError),
         (500, ServerError),
         (503, ServerError),
@@ -403,7 +404,7 @@ async def test_key_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
     async with client:
         with pytest.raises(AuthenticationError) as info:
             await client.get_balance()
-        with pytest.raises(NetworkError) as net:
+        with pytest.raises(RunAPIConnectionError) as net:
             recorder.script = [httpx.ConnectError(f"failed for {KEY}")]
             await client.get_balance()
     for text in (
@@ -596,7 +597,7 @@ async def test_download_enforces_max_bytes(tmp_path: pathlib.Path) -> None:
 async def test_download_rejects_non_http_urls(tmp_path: pathlib.Path) -> None:
     recorder = Recorder(httpx.Response(200, content=PNG))
     async with make_client(recorder) as client:
-        with pytest.raises(ProtocolError):
+        with pytest.raises(RunAPIResponseError):
             await client.download("file:///etc/passwd", tmp_path / "x.png")
     assert recorder.requests == []
 
@@ -711,7 +712,7 @@ def test_progress_forms(progress: Any, expected: float | None) -> None:
 def test_unknown_fields_are_kept() -> None:
     task = TaskInfo.from_response({"id": "a", "status": "processing", "eta": 12})
     assert task.raw["eta"] == 12
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RunAPIResponseError):
         TaskInfo.from_response(["not", "an", "object"])
-    with pytest.raises(ProtocolError):
+    with pytest.raises(RunAPIResponseError):
         UploadedFile.from_response({"file_name": "x"})

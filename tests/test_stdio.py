@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
-from tests.conftest import SIM_KEY, text_of
+from tests.support import SIM_KEY, text_of
 
 from runapi_mcp.simulator import Simulator
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from mcp.client import Client
 from PIL import Image
-from tests.conftest import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
+from tests.support import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault

@@ -9,12 +9,15 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from runapi_mcp.redaction import Redactor
 
 DEFAULT_BASE_URL = "https://runapi.ai"
 DEFAULT_WAIT_S = 50.0
@@ -84,10 +87,14 @@ class Settings(BaseModel):
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key else None
 
+    @cached_property
+    def redactor(self) -> Redactor:
+        """The process's one redaction (the API key in every form it may be echoed in)."""
+        return Redactor([self.key()])
+
     def redact(self, text: str) -> str:
         """``text`` with the API key cut out, for anything that may reach a user or a log."""
-        key = self.key()
-        return text.replace(key, "***") if key and len(key) >= 4 else text
+        return self.redactor(text)
 
 
 _ENV = {

@@ -26,12 +26,12 @@ from runapi_mcp.client._text import (
 )
 from runapi_mcp.client.errors import (
     AuthenticationError,
-    NetworkError,
     NotFoundError,
     PayloadTooLargeError,
-    ProtocolError,
     RateLimitedError,
+    RunAPIConnectionError,
     RunAPIError,
+    RunAPIResponseError,
     RunAPITimeoutError,
     error_for_status,
 )
@@ -249,11 +249,11 @@ class RunAPIClient:
         try:
             target = httpx.URL(url)
         except (httpx.InvalidURL, TypeError) as exc:
-            raise ProtocolError(
+            raise RunAPIResponseError(
                 f"RunAPI returned an image URL that is not valid: {exc}", summary=""
             ) from None
         if target.scheme not in ("http", "https") or not target.host:
-            raise ProtocolError("RunAPI returned an image URL that is not an http(s) URL", summary="")
+            raise RunAPIResponseError("RunAPI returned an image URL that is not an http(s) URL", summary="")
         dest = pathlib.Path(dest)
         await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
@@ -315,7 +315,7 @@ class RunAPIClient:
             if not isinstance(outcome, _Attempt):
                 return outcome
             may_retry = outcome.retryable
-            if isinstance(outcome.error, ProtocolError):
+            if isinstance(outcome.error, RunAPIResponseError):
                 may_retry, protocol_retried = may_retry and not protocol_retried, True
             if not may_retry or retry >= max_retries:
                 raise outcome.error
@@ -360,11 +360,11 @@ class RunAPIClient:
         try:
             body: Any = decode_json(response)
         except ValueError:
-            error = ProtocolError("the body is not valid JSON", status_code=status, request_id=request_id)
+            error = RunAPIResponseError("the body is not valid JSON", status_code=status, request_id=request_id)
             return _Attempt(error, retryable=True)
         try:
             return parse(response, body)
-        except ProtocolError as exc:
+        except RunAPIResponseError as exc:
             exc.message = self._scrub(exc.message)
             exc.status_code = exc.status_code or status
             exc.request_id = exc.request_id or request_id
@@ -377,12 +377,12 @@ class RunAPIClient:
             summary = None if what == "RunAPI" else f"{what[:1].upper()}{what[1:]} did not answer in time"
             return _Attempt(RunAPITimeoutError(message, summary=summary), retryable=True)
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.TooManyRedirects):
-            return _Attempt(NetworkError(detail, summary=f"Could not reach {what}"), retryable=False)
+            return _Attempt(RunAPIConnectionError(detail, summary=f"Could not reach {what}"), retryable=False)
         if isinstance(exc, httpx.DecodingError):
-            return _Attempt(ProtocolError(f"the body could not be decoded ({detail})"), retryable=True)
+            return _Attempt(RunAPIResponseError(f"the body could not be decoded ({detail})"), retryable=True)
         if detail != type(exc).__name__:
             detail = f"{detail} ({type(exc).__name__})"
-        return _Attempt(NetworkError(detail, summary=f"Could not reach {what}"), retryable=True)
+        return _Attempt(RunAPIConnectionError(detail, summary=f"Could not reach {what}"), retryable=True)
 
     async def _download_once(
         self,
@@ -418,7 +418,7 @@ class RunAPIClient:
             logger.debug("GET %s -> %s (download attempt %d)", where, type(exc).__name__, attempt)
             return self._transport_failure(exc, what=f"the image host {host}")
         if written == 0:
-            error = ProtocolError(f"The image download from {host} was empty", status_code=status, summary="")
+            error = RunAPIResponseError(f"The image download from {host} was empty", status_code=status, summary="")
             return _Attempt(error, retryable=True)
         await anyio.Path(tmp).replace(dest)
         mime = content_type.split(";", 1)[0].strip().lower() if content_type else None

@@ -1,4 +1,10 @@
-"""One hierarchy for everything that can go wrong talking to RunAPI.
+"""One hierarchy for everything that can go wrong talking to RunAPI (or an image host).
+
+Three tiers under :class:`RunAPIError`, as in httpx and the OpenAI SDK:
+
+- :class:`RunAPIStatusError`: an HTTP answer with an error status (one class per status family);
+- :class:`RunAPITransportError`: no HTTP answer at all (:class:`RunAPIConnectionError`, :class:`RunAPITimeoutError`);
+- :class:`RunAPIResponseError`: a success status whose body cannot be used (malformed JSON, no task id, not an image).
 
 Every error carries ``status_code``, ``code``, ``request_id`` and ``message``; ``str(err)`` is a sentence
 a user can read, e.g.
@@ -13,17 +19,19 @@ from runapi_mcp.client._text import scrub, truncate
 
 __all__ = [
     "AuthenticationError",
+    "BadRequestError",
     "ConflictError",
     "InsufficientCreditsError",
-    "NetworkError",
     "NotFoundError",
     "PayloadTooLargeError",
-    "ProtocolError",
     "RateLimitedError",
+    "RunAPIConnectionError",
     "RunAPIError",
+    "RunAPIResponseError",
+    "RunAPIStatusError",
     "RunAPITimeoutError",
+    "RunAPITransportError",
     "ServerError",
-    "ValidationError",
 ]
 
 
@@ -72,43 +80,51 @@ class RunAPIError(Exception):
         )
 
 
-class AuthenticationError(RunAPIError):
+class RunAPIStatusError(RunAPIError):
+    """RunAPI (or an image host) answered with an error status; ``status_code`` says which."""
+
+
+class RunAPITransportError(RunAPIError):
+    """The request never got an HTTP answer (connection refused or reset, DNS failure, timeout)."""
+
+
+class AuthenticationError(RunAPIStatusError):
     """401/403, or no API key configured at all."""
 
     default_summary = "RunAPI rejected the API key"
 
 
-class ValidationError(RunAPIError):
+class BadRequestError(RunAPIStatusError):
     """400/422: RunAPI refused the request's content."""
 
     default_summary = "RunAPI rejected the request"
 
 
-class InsufficientCreditsError(RunAPIError):
+class InsufficientCreditsError(RunAPIStatusError):
     """402: the account cannot pay for the request."""
 
     default_summary = "The RunAPI account does not have enough credits"
 
 
-class NotFoundError(RunAPIError):
+class NotFoundError(RunAPIStatusError):
     """404 (and 410): no such task, file or route; for downloads, the image URL has expired."""
 
     default_summary = "RunAPI could not find it"
 
 
-class ConflictError(RunAPIError):
+class ConflictError(RunAPIStatusError):
     """409: the idempotency key was already used with a different body."""
 
     default_summary = "RunAPI refused a reused idempotency key"
 
 
-class PayloadTooLargeError(RunAPIError):
+class PayloadTooLargeError(RunAPIStatusError):
     """413, or a download larger than allowed."""
 
     default_summary = "RunAPI refused the request as too large"
 
 
-class RateLimitedError(RunAPIError):
+class RateLimitedError(RunAPIStatusError):
     """429: too many requests; ``retry_after`` is how long RunAPI asked to wait, in seconds."""
 
     default_summary = "RunAPI is rate limiting requests"
@@ -130,32 +146,32 @@ class RateLimitedError(RunAPIError):
         return f"; retry after {self.retry_after:g} s" if self.retry_after is not None else ""
 
 
-class ServerError(RunAPIError):
+class ServerError(RunAPIStatusError):
     """5xx: RunAPI failed on its side."""
 
     default_summary = "RunAPI had a server error"
 
 
-class NetworkError(RunAPIError):
+class RunAPIConnectionError(RunAPITransportError):
     """The request never got an HTTP answer: connection refused, reset, DNS failure, ..."""
 
     default_summary = "Could not reach RunAPI"
 
 
-class RunAPITimeoutError(RunAPIError):
+class RunAPITimeoutError(RunAPITransportError):
     """The request timed out."""
 
     default_summary = "RunAPI did not answer in time"
 
 
-class ProtocolError(RunAPIError):
+class RunAPIResponseError(RunAPIError):
     """A success status with a body that cannot be used: malformed JSON, no task id, ..."""
 
     default_summary = "RunAPI sent an answer that could not be understood"
 
 
-_BY_STATUS: dict[int, type[RunAPIError]] = {
-    400: ValidationError,
+_BY_STATUS: dict[int, type[RunAPIStatusError]] = {
+    400: BadRequestError,
     401: AuthenticationError,
     402: InsufficientCreditsError,
     403: AuthenticationError,
@@ -163,7 +179,7 @@ _BY_STATUS: dict[int, type[RunAPIError]] = {
     409: ConflictError,
     410: NotFoundError,
     413: PayloadTooLargeError,
-    422: ValidationError,
+    422: BadRequestError,
     429: RateLimitedError,
 }
 _SUMMARY_BY_STATUS: dict[int, str] = {
@@ -173,11 +189,11 @@ _SUMMARY_BY_STATUS: dict[int, str] = {
 }
 
 
-def error_class_for_status(status_code: int) -> type[RunAPIError]:
-    """The error class for an HTTP status (``RunAPIError`` itself for unlisted 4xx codes)."""
+def error_class_for_status(status_code: int) -> type[RunAPIStatusError]:
+    """The error class for an HTTP status (``RunAPIStatusError`` itself for unlisted 4xx codes)."""
     if status_code >= 500:
         return ServerError
-    return _BY_STATUS.get(status_code, RunAPIError)
+    return _BY_STATUS.get(status_code, RunAPIStatusError)
 
 
 def error_for_status(
@@ -188,7 +204,7 @@ def error_for_status(
     request_id: str | None = None,
     retry_after: float | None = None,
     summary: str | None = None,
-) -> RunAPIError:
+) -> RunAPIStatusError:
     """Build the right error for an HTTP error status."""
     cls = error_class_for_status(status_code)
     summary = summary if summary is not None else _SUMMARY_BY_STATUS.get(status_code)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from runapi_mcp.client.errors import ProtocolError
+from runapi_mcp.client.errors import RunAPIResponseError
 
 __all__ = [
     "Balance",
@@ -80,7 +80,7 @@ def _envelope(
     A wrapper is opened only while the object in hand has none of ``own_keys`` of its own.
     """
     if not isinstance(body, Mapping):
-        raise ProtocolError(f"expected a JSON object describing {what}, got {type(body).__name__}")
+        raise RunAPIResponseError(f"expected a JSON object describing {what}, got {type(body).__name__}")
     payload: Mapping[str, Any] = body
     for key in wrappers:
         inner = payload.get(key)
@@ -219,7 +219,7 @@ class TaskInfo(BaseModel):
         sources = (payload, body) if payload is not body else (body,)
         task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None)
         if task_id is None:
-            raise ProtocolError("the answer has no task id")
+            raise RunAPIResponseError("the answer has no task id")
         raw_status = next((s for key in _STATUS_KEYS if (s := _string(_lookup(key, *sources)))), None)
         status = normalize_status(raw_status)
         images = _images_in(payload) or (_images_in(body) if payload is not body else [])
@@ -282,7 +282,7 @@ class UploadedFile(BaseModel):
         payload = _envelope(body, "the upload", ("url",), wrappers=("data", "file"))
         url = _string(payload.get("url")) or _string(payload.get("file_url"))
         if url is None:
-            raise ProtocolError("the upload answer has no file url")
+            raise RunAPIResponseError("the upload answer has no file url")
         fields = dict(payload)
         fields["url"] = url
         for key in ("file_name", "mime_type", "expires_at"):

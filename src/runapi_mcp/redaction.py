@@ -1,0 +1,65 @@
+"""The one redaction every outward-bound string passes: results, errors, log lines and files.
+
+RunAPI (or a proxy in front of it) may echo the API key back anywhere: in an error message, a request-id
+header, an image URL's query string, a task id. Redacting at each place a string is *used* would need every
+future place to remember; instead the client redacts every string it *receives* (see ``client._text``), and
+the MCP layer, the log filter and the library pass what they emit through the same :class:`Redactor` once
+more. A secret is matched in the forms an echo takes in practice: verbatim, percent-encoded (a URL), and
+base64 (a ``Basic`` header or a token wrapped by a proxy).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+__all__ = ["MASK", "Redactor"]
+
+MASK = "***"
+# Anything shaped like a bearer credential, whoever's it is: never worth showing.
+_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+# Shorter secrets would mask ordinary words; such a key is refused elsewhere as unusable anyway.
+_MIN_SECRET = 4
+
+
+def _forms(secret: str) -> set[str]:
+    raw = secret.encode("utf-8", "surrogatepass")
+    forms = {secret, quote(secret, safe=""), quote_plus(secret)}
+    for text in (raw, b"Bearer " + raw):
+        encoded = base64.b64encode(text).decode("ascii")
+        forms.update({encoded, encoded.rstrip("="), base64.urlsafe_b64encode(text).decode("ascii").rstrip("=")})
+    return {form for form in forms if len(form) >= _MIN_SECRET}
+
+
+class Redactor:
+    """Replaces each secret (in every form above), and any ``Bearer <token>``, with ``***``."""
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET:
+                forms |= _forms(secret)
+        # Longest first, so a form that contains another is cut whole.
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, MASK)
+        return _BEARER.sub(f"Bearer {MASK}", text)
+
+    def data(self, value: Any) -> Any:
+        """``value`` (JSON-like: dicts, lists, strings) with every string, keys included, redacted."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, Mapping):
+            return {self(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.data(v) for v in value]
+        return value
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._forms)} forms)"
