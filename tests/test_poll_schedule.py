@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from runapi_mcp.client import RunAPIClient
-from runapi_mcp.tasks import ImageStore, PollPolicy, TaskManager, TaskRecord
+from runapi_mcp.tasks import ImageStore, PollPolicy, PollSchedule, PollState, TaskManager
 from runapi_mcp.tasks.durations import DurationFile, DurationModel
-from runapi_mcp.tasks.manager import _Tracked
 
 
 @pytest.fixture
@@ -28,12 +27,8 @@ def _manager(tmp_path: Path) -> TaskManager:
     return TaskManager(RunAPIClient("sk-test", "http://127.0.0.1:9"), ImageStore(tmp_path), policy=PollPolicy())
 
 
-def _tracked(started: float, resolution: str = "1k") -> _Tracked:
-    record = TaskRecord(
-        task_id=f"t-{started}", idempotency_key="k", model="gpt-image-2", service="gpt_image_2",
-        action="text_to_image", route="/api/v1/gpt_image_2/text_to_image", resolution=resolution,
-    )
-    return _Tracked(record=record, started=started)
+def _tracked(started: float, resolution: str = "1k") -> PollState:
+    return PollState(kind=f"gpt-image-2@{resolution}", model="gpt-image-2", resolution=resolution, started=started)
 
 
 def _teach(manager: TaskManager, kind: str, mean: float) -> None:
@@ -42,17 +37,16 @@ def _teach(manager: TaskManager, kind: str, mean: float) -> None:
         manager.durations.observe(kind, mean * factor)
 
 
-def _schedule(manager: TaskManager, tracked: _Tracked, clock: list[float], until: float) -> list[float]:
+def _schedule(manager: TaskManager, tracked: PollState, clock: list[float], until: float) -> list[float]:
     """Poll times (seconds after start) the manager picks until ``until`` seconds, no task finishing."""
     times: list[float] = []
     while True:
-        clock[0] += manager._next_delay(tracked, None)
+        clock[0] += manager.schedule.next_delay(tracked, clock[0])
         elapsed = clock[0] - tracked.started
         if elapsed > until:
             return times
         times.append(round(elapsed, 3))
-        tracked.polls += 1
-        tracked.prev_poll, tracked.last_poll = tracked.last_poll, clock[0]
+        tracked.polled(clock[0])
 
 
 def test_every_task_looks_early_then_learned_kinds_jump_to_their_window(tmp_path: Path, clock: list[float]) -> None:
@@ -107,9 +101,8 @@ def _run_tasks(manager: TaskManager, clock: list[float], durations: list[float],
     for duration in durations:
         tracked = _tracked(clock[0], resolution)
         while True:
-            clock[0] += manager._next_delay(tracked, None)
-            tracked.polls += 1
-            tracked.prev_poll, tracked.last_poll = tracked.last_poll, clock[0]
+            clock[0] += manager.schedule.next_delay(tracked, clock[0])
+            tracked.polled(clock[0])
             if clock[0] - tracked.started >= duration:
                 break
         manager._learn(tracked)
@@ -235,3 +228,12 @@ def test_a_bad_durations_file_is_ignored_with_a_warning(
     again = DurationModel()
     file.load_into(again)
     assert again.learned("gpt-image-2@1k")
+
+
+def test_a_task_far_past_its_window_backs_off_to_the_coarse_spacing_without_overflow() -> None:
+    schedule = PollSchedule(PollPolicy().scaled(0.025))
+    state = PollState(kind="gpt-image-2@1k", model="gpt-image-2", resolution="1k", started=0.0, polls=5)
+    # 1.5 ** (10 x overtime) overflowed a float once the overrun was large compared with the mean.
+    for now in (10.0, 1e3, 1e6):
+        assert 0 < schedule.next_delay(state, now) <= schedule.policy.coarse_max_s
+    assert schedule.next_delay(state, 1e6, retry_after=30.0) == 30.0

@@ -29,14 +29,17 @@ class _RedactingFilter(logging.Filter):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self._settings = settings
+        self._redact = settings.redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._settings.key():
-            message = record.getMessage()
-            redacted = self._settings.redact(message)
-            if redacted != message:
-                record.msg, record.args = redacted, None
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        redacted = self._redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_text:
+            record.exc_text = self._redact(record.exc_text)
         return True
 
 
@@ -62,6 +65,7 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
         settings.base_url,
         user_agent=f"runapi-mcp/{__version__}",
         max_connections=settings.max_concurrent_requests * 2,
+        redactor=settings.redactor,
     )
     images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
     manager = TaskManager(
@@ -70,6 +74,7 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
         MemoryTaskStore(),
         policy=policy,
         max_concurrent_requests=settings.max_concurrent_requests,
+        max_concurrent_downloads=settings.max_concurrent_downloads,
         durations_file=DurationFile(settings.durations_file, settings.base_url) if settings.durations_file else None,
     )
     resolver = ImageResolver(
@@ -80,14 +85,9 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
         find_task=manager.find,
     )
     server = build_server(
-        ServerDeps(
-            manager=manager,
-            resolver=resolver,
-            catalog=get_catalog(),
-            wait_s=settings.wait_s,
-            has_key=client.has_key,
-            redact=settings.redact,
-        )
+        ServerDeps(manager=manager, resolver=resolver, catalog=get_catalog(), wait_s=settings.wait_s,
+                   has_key=client.has_key),
+        settings.redactor,
     )
     async with client, manager.running():
         yield App(settings=settings, client=client, manager=manager, server=server)

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 
 from runapi_mcp import __version__
-from runapi_mcp.config import ConfigError, load_settings
+from runapi_mcp.config import ConfigError, load_settings, settings_from_environment
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
@@ -20,16 +20,9 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *, sub: bool = False) -
     group = parser.add_argument_group("settings (each also an environment variable)")
     if sub:
         group.argument_default = argparse.SUPPRESS
-    group.add_argument("--api-key", dest="api_key", help="RunAPI key (RUNAPI_API_KEY; prefer the environment)")
-    group.add_argument("--base-url", dest="base_url", help="RunAPI base URL (RUNAPI_BASE_URL)")
-    group.add_argument("--home", dest="home", help="Image library and state directory (RUNAPI_MCP_HOME)")
-    group.add_argument(
-        "--allowed-dirs",
-        dest="allowed_dirs",
-        help=f"'{os.pathsep}'-separated directories local images may be read from (RUNAPI_MCP_ALLOWED_DIRS)",
-    )
-    group.add_argument("--wait-s", dest="wait_s", type=float, help="Longest tool wait in seconds (RUNAPI_MCP_WAIT_S)")
-    group.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR (RUNAPI_MCP_LOG_LEVEL)")
+    for name, setting in settings_from_environment().items():
+        kind = float if setting.number else str
+        group.add_argument(setting.flag, dest=name, type=kind, help=f"{setting.description} ({setting.variable})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("api_key", "base_url", "home", "allowed_dirs", "wait_s", "log_level")
+    names = settings_from_environment()
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from runapi_mcp.client import DEFAULT_BASE_URL
 from runapi_mcp.redaction import Redactor
 
-DEFAULT_BASE_URL = "https://runapi.ai"
 DEFAULT_WAIT_S = 50.0
 RUNAPI_CONFIG_FILE = Path("~/.config/runapi/config.json")
 
@@ -33,15 +34,32 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    api_key: SecretStr | None = None
-    base_url: str = DEFAULT_BASE_URL
-    home: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("runapi-mcp", appauthor=False)))
-    allowed_dirs: tuple[Path, ...] = Field(default_factory=lambda: (Path.home(),))
-    wait_s: float = DEFAULT_WAIT_S
+    # A setting with an ``env`` entry is also that environment variable and the flag named after the field
+    # (``wait_s`` -> ``--wait-s``): declared here once, read by ``load_settings`` and ``cli``.
+    api_key: SecretStr | None = Field(
+        None, description="RunAPI key (prefer the environment)", json_schema_extra={"env": "RUNAPI_API_KEY"}
+    )
+    base_url: str = Field(DEFAULT_BASE_URL, description="RunAPI base URL", json_schema_extra={"env": "RUNAPI_BASE_URL"})
+    home: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("runapi-mcp", appauthor=False)),
+        description="Image library and state directory",
+        json_schema_extra={"env": "RUNAPI_MCP_HOME"},
+    )
+    allowed_dirs: tuple[Path, ...] = Field(
+        default_factory=lambda: (Path.home(),),
+        description=f"'{os.pathsep}'-separated directories local images may be read from",
+        json_schema_extra={"env": "RUNAPI_MCP_ALLOWED_DIRS"},
+    )
+    wait_s: float = Field(
+        DEFAULT_WAIT_S, description="Longest tool wait in seconds", json_schema_extra={"env": "RUNAPI_MCP_WAIT_S"}
+    )
+    log_level: str = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR", json_schema_extra={"env": "RUNAPI_MCP_LOG_LEVEL"}
+    )
     max_input_bytes: int = 20 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     max_concurrent_requests: int = 8
-    log_level: str = "INFO"
+    max_concurrent_downloads: int = 16
 
     @field_validator("base_url")
     @classmethod
@@ -97,14 +115,31 @@ class Settings(BaseModel):
         return self.redactor(text)
 
 
-_ENV = {
-    "api_key": "RUNAPI_API_KEY",
-    "base_url": "RUNAPI_BASE_URL",
-    "home": "RUNAPI_MCP_HOME",
-    "allowed_dirs": "RUNAPI_MCP_ALLOWED_DIRS",
-    "wait_s": "RUNAPI_MCP_WAIT_S",
-    "log_level": "RUNAPI_MCP_LOG_LEVEL",
-}
+@dataclass(frozen=True)
+class EnvSetting:
+    """A setting that is also an environment variable and a CLI flag."""
+
+    name: str
+    variable: str
+    description: str
+    number: bool  # parsed as a float (else kept as text until Settings validates it)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def settings_from_environment() -> dict[str, EnvSetting]:
+    """Each setting declared with an ``env`` entry on :class:`Settings`, by field name."""
+    out: dict[str, EnvSetting] = {}
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("env"), str):
+            out[name] = EnvSetting(name, str(extra["env"]), info.description or "", info.annotation is float)
+    return out
+
+
+_ENV = {name: setting.variable for name, setting in settings_from_environment().items()}
 
 
 def _read_runapi_config(path: Path) -> dict[str, Any]:

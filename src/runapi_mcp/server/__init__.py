@@ -1,6 +1,6 @@
-"""The MCP surface: tools, resources and server instructions."""
+"""The MCP surface: tools, resources and instructions over the task manager. No HTTP here."""
 
-from runapi_mcp.server.app import INSTRUCTIONS, RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.server.results import ImageOut, TaskResult
+from runapi_mcp.server.server import INSTRUCTIONS, RunAPIMCPServer, build_server
+from runapi_mcp.server.tools import ImageTools, ServerDeps, TaskRequest
 
-__all__ = ["INSTRUCTIONS", "ImageOut", "RunAPIMCPServer", "ServerDeps", "TaskResult", "build_server"]
+__all__ = ["INSTRUCTIONS", "ImageTools", "RunAPIMCPServer", "ServerDeps", "TaskRequest", "build_server"]

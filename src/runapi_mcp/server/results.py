@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Literal
 
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
+from runapi_mcp.client import TaskStatus
 from runapi_mcp.tasks import ImageRecord, Preview, TaskRecord
+from runapi_mcp.tasks.previews import PreviewSkipped
+
+PreviewOutcome = Preview | PreviewSkipped | None
 
 # Everything inline together stays well under Claude Desktop's 1 MiB result cap (base64 adds a third).
 PREVIEW_BUDGET_BYTES = 600_000
@@ -25,13 +29,14 @@ class ImageOut(BaseModel):
     height: int | None
     mime_type: str | None
     bytes: int | None
+    error: str | None = Field(None, description="Why the image is not in the local library (yet)")
 
 
 class TaskResult(BaseModel):
     """The state of one RunAPI image task."""
 
     task_id: str
-    status: Literal["pending", "processing", "completed", "failed"]
+    status: TaskStatus
     model: str
     service: str
     action: str
@@ -72,17 +77,24 @@ def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult
     )
 
 
-def summary_text(record: TaskRecord, *, waited_out: bool = False) -> str:
+def summary_text(
+    record: TaskRecord, previews: Sequence[PreviewOutcome] = (), *, waited_out: bool = False
+) -> str:
     elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
     head = f"Task {record.task_id} ({record.model}, {record.action})"
     if record.status == "completed":
         saved = [i for i in record.images if i.path]
         lines = [f"{head} completed in {elapsed:.0f}s: {len(record.images)} image(s)."]
-        for image in record.images:
+        skipped = {n: p.reason for n, p in enumerate(previews) if isinstance(p, PreviewSkipped)}
+        for n, image in enumerate(record.images):
             if image.path:
-                lines.append(f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}")
+                line = f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}"
+                if n in skipped:
+                    line += f" (no preview: {skipped[n]})"
+                lines.append(line)
             else:
-                lines.append(f"- {image.uri}: not downloaded; RunAPI URL {image.url}")
+                reason = f" ({image.error})" if image.error else ""
+                lines.append(f"- {image.uri}: not downloaded{reason}; RunAPI URL {image.url}")
         if record.error:
             lines.append(f"Note: {record.error}")
         if saved:
@@ -101,11 +113,17 @@ def summary_text(record: TaskRecord, *, waited_out: bool = False) -> str:
 
 
 def tool_result(
-    record: TaskRecord, previews: list[Preview | None], *, waited_out: bool = False, progress: float | None = None
+    record: TaskRecord,
+    previews: Sequence[PreviewOutcome],
+    *,
+    waited_out: bool = False,
+    progress: float | None = None,
 ) -> CallToolResult:
-    content: list[ContentBlock] = [TextContent(type="text", text=summary_text(record, waited_out=waited_out))]
+    """Text, then per image its preview and a link to the full file (older clients: see ``compat``)."""
+    text = summary_text(record, previews, waited_out=waited_out)
+    content: list[ContentBlock] = [TextContent(type="text", text=text)]
     for image, preview in zip(record.images, previews, strict=True):
-        if preview is not None:
+        if isinstance(preview, Preview):
             content.append(
                 ImageContent(type="image", data=base64.b64encode(preview.data).decode(), mime_type=preview.mime_type)
             )

@@ -2,9 +2,10 @@
 
 from runapi_mcp.tasks.durations import DurationFile, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageStore, Preview
-from runapi_mcp.tasks.manager import PollPolicy, TaskManager, UnknownTaskError
+from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
 from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord, TaskStatus
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
+from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "ImageStore",
     "MemoryTaskStore",
     "PollPolicy",
+    "PollSchedule",
+    "PollState",
     "Preview",
     "TaskManager",
     "TaskRecord",

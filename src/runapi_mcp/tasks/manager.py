@@ -1,10 +1,14 @@
 """The async polling manager: one per process, it owns every in-flight RunAPI task.
 
 Each task gets one poll loop, however many tool calls wait on it; every status change is
-fanned out to all waiters and listeners. Polls are scheduled from a learned estimate of how
-long tasks of that model and resolution take (``durations.DurationModel``): an early look on
-every task (refusals and instant failures show in seconds), a jump to one poll spacing past the
-earliest likely finish, dense polls through the likely window, then a back-off.
+fanned out to all waiters and listeners. When to poll is ``schedule.PollSchedule``'s business.
+
+Whatever RunAPI, an image host or a file does, the worst outcome is that one task reports an
+error: every loop the manager starts runs under a guard that turns an unexpected exception into
+that task's error, so the task group (and every other task, waiter and the process) lives on.
+Downloads have their own limiter, so image hosts that trickle bytes never hold the slots that
+creates and polls need, and each output has an overall deadline. The client's retry policy is the
+only retry layer: the manager never multiplies it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -31,14 +35,20 @@ from runapi_mcp.client import (
     TaskInfo,
 )
 from runapi_mcp.tasks.durations import DurationFile, DurationModel
-from runapi_mcp.tasks.images import ImageStore
+from runapi_mcp.tasks.images import ImageFileError, ImageStore
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
+from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
 log = logging.getLogger("runapi_mcp.tasks")
 
 Listener = Callable[[TaskRecord], Awaitable[None]]
 TickCallback = Callable[[TaskRecord], Awaitable[None]]
+
+# A completed task whose outputs did not all download is tried again when asked for, but not more
+# often than this: a host that is down should not be hammered by every get_task.
+_REFETCH_AFTER_S = 10.0
+
 
 class UnknownTaskError(KeyError):
     """No task with that id was created through this server."""
@@ -49,53 +59,36 @@ class UnknownTaskError(KeyError):
 
     def __str__(self) -> str:
         return (
-            f"'task_id' {self.task_id!r} is not a task this server knows; "
+            f"'task_id' {self.task_id[:200]!r} is not a task this server knows; "
             "use the task_id returned by generate_image or edit_image"
-        )
-
-
-@dataclass(frozen=True)
-class PollPolicy:
-    """When to look at a running task. Times are seconds; the benchmark scales them with the clock."""
-
-    early_check_s: float = 1.5  # the early look every task gets (instant failures, quick models)
-    # Spacing of polls through the likely finish window. Detection lag is about uniform on 0..fine_interval_s
-    # (p50 ~0.3 s, p95 ~0.57 s before the download and preview, which take up to ~0.15 s for 4K; targets
-    # 0.5 s and 1.0 s). With the fitted window a 10-30 s task with +-10 % jitter still costs ~8 % fewer
-    # requests than a plain 5-s loop, early look included (bench/latency.py measures both).
-    fine_interval_s: float = 0.6
-    # An untimed kind's window (the prior's, +-70 %) is polled every spread x this instead (at least
-    # fine_interval_s): fine polls across it would cost ~25 polls a task before anything is learned.
-    untimed_window_step: float = 0.25
-    coarse_max_s: float = 5.0
-    backoff_factor: float = 1.5
-    window_sigmas: float = 2.0
-    give_up_s: float = 15 * 60
-    download_attempts: int = 3
-    prior_scale: float = 1.0  # multiplies the built-in duration priors (a simulator's scaled clock)
-
-    def scaled(self, factor: float) -> PollPolicy:
-        """The same policy on a clock running ``1/factor`` times faster (benchmarks, tests)."""
-        return replace(
-            self,
-            early_check_s=self.early_check_s * factor,
-            fine_interval_s=self.fine_interval_s * factor,
-            coarse_max_s=self.coarse_max_s * factor,
-            prior_scale=self.prior_scale * factor,
         )
 
 
 @dataclass
 class _Tracked:
     record: TaskRecord
-    started: float  # monotonic time the task was created (or resumed)
+    poll: PollState
     changed: anyio.Event = field(default_factory=anyio.Event)
     polling: bool = False
-    polls: int = 0
-    last_poll: float = 0.0
-    prev_poll: float = 0.0
     loop_started: float = 0.0  # when the current poll loop began (give-up is measured from here)
     upstream_requests: int = 0
+    fetching: anyio.Lock = field(default_factory=anyio.Lock)
+    last_fetch: float = 0.0  # monotonic time outputs were last downloaded (or tried)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.task_id
+
+
+def _poll_state(record: TaskRecord) -> PollState:
+    elapsed = max(0.0, time.time() - record.created_at)
+    return PollState(
+        kind=record.kind_key,
+        model=record.model,
+        resolution=record.resolution,
+        started=time.monotonic() - elapsed,
+        progress=record.progress,
+    )
 
 
 class TaskManager:
@@ -109,28 +102,31 @@ class TaskManager:
         *,
         policy: PollPolicy | None = None,
         max_concurrent_requests: int = 8,
+        max_concurrent_downloads: int = 16,
         durations_file: DurationFile | None = None,
     ) -> None:
         self.client = client
         self.images = images
         self.store: TaskStore = store or MemoryTaskStore()
-        self.policy = policy or PollPolicy()
-        # Observations up to two fine spacings wide count as short; half a spacing of margin past the
-        # latest likely finish keeps the fine polls going a little longer before backing off.
-        self.durations = DurationModel(
-            prior_scale=self.policy.prior_scale,
-            margin=self.policy.fine_interval_s / 2,
-            short_interval=2 * self.policy.fine_interval_s,
-            sigmas=self.policy.window_sigmas,
-        )
+        self.schedule = PollSchedule(policy or PollPolicy())
         # Where learned durations outlive the process (a stdio server restarts with every client session).
         self._durations_file = durations_file
         if durations_file is not None:
             durations_file.load_into(self.durations)
-        self._limiter = anyio.CapacityLimiter(max_concurrent_requests)
+        self._limiter = anyio.CapacityLimiter(max_concurrent_requests)  # creates and polls
+        # Downloads stream to disk (little memory each) but may meet slow hosts: their own, wider limiter.
+        self._downloads = anyio.CapacityLimiter(max_concurrent_downloads)
         self._tracked: dict[str, _Tracked] = {}
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
+
+    @property
+    def policy(self) -> PollPolicy:
+        return self.schedule.policy
+
+    @property
+    def durations(self) -> DurationModel:
+        return self.schedule.durations
 
     # -- lifecycle -----------------------------------------------------------------------
     @asynccontextmanager
@@ -166,17 +162,24 @@ class TaskManager:
             prompt=prompt,
             request={k: v for k, v in prepared.body.items() if k != "prompt"},
             resolution=prepared.body.get("output_resolution"),
+            max_outputs=prepared.model.max_outputs,
         )
         tracked = self._track(record)
         tracked.upstream_requests += 1
         log.info("created task %s (%s %s)", record.task_id, record.model, record.action)
-        await self._apply(tracked, info)
+        await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
         return tracked.record.model_copy(deep=True)
 
     # -- reading and waiting -------------------------------------------------------------
     async def get(self, task_id: str) -> TaskRecord:
-        """The latest known state of a task (a copy). Resumes polling of a stored running task."""
+        """The latest known state of a task (a copy).
+
+        Resumes polling of a stored running task, and downloads again the outputs of a completed
+        task that are not in the library yet (an image host that failed earlier).
+        """
         tracked = await self._lookup(task_id)
+        if self._wants_refetch(tracked):
+            await self._guarded(tracked, "downloading the images", self._refetch, tracked)
         return tracked.record.model_copy(deep=True)
 
     async def find(self, task_id: str) -> TaskRecord | None:
@@ -215,7 +218,7 @@ class TaskManager:
         if record.terminal:
             return 1.0
         tracked = self._tracked.get(record.task_id)
-        elapsed = time.monotonic() - tracked.started if tracked else time.time() - record.created_at
+        elapsed = time.monotonic() - tracked.poll.started if tracked else time.time() - record.created_at
         mean, _ = self.durations.estimate(record.kind_key, record.model, record.resolution)
         guess = 1.0 - math.exp(-elapsed / max(mean, 0.1))  # approaches 1, never reaches it
         if record.progress is not None:
@@ -226,9 +229,9 @@ class TaskManager:
         tracked = self._tracked.get(task_id)
         if tracked is None:
             return {}
-        return {"polls": tracked.polls, "upstream_requests": tracked.upstream_requests}
+        return {"polls": tracked.poll.polls, "upstream_requests": tracked.upstream_requests}
 
-    # -- internals -----------------------------------------------------------------------
+    # -- internals: bookkeeping ----------------------------------------------------------
     async def _lookup(self, task_id: str) -> _Tracked:
         if not isinstance(task_id, str) or not task_id.strip():
             raise UnknownTaskError(str(task_id))
@@ -243,8 +246,7 @@ class TaskManager:
     def _track(self, record: TaskRecord) -> _Tracked:
         tracked = self._tracked.get(record.task_id)
         if tracked is None:
-            elapsed = max(0.0, time.time() - record.created_at)
-            tracked = _Tracked(record=record, started=time.monotonic() - elapsed)
+            tracked = _Tracked(record=record, poll=_poll_state(record))
             self._tracked[record.task_id] = tracked
         if not tracked.record.terminal and not tracked.polling and self._tg is not None:
             tracked.polling = True
@@ -252,85 +254,84 @@ class TaskManager:
             self._tg.start_soon(self._poll_loop, tracked)
         return tracked
 
-    def _next_delay(self, tracked: _Tracked, retry_after: float | None) -> float:
-        record, policy = tracked.record, self.policy
-        now = time.monotonic()
-        elapsed = now - tracked.started
-        mean, spread = self.durations.estimate(record.kind_key, record.model, record.resolution)
-        if record.progress is not None and 0.05 < record.progress < 1.0:
-            # The model reports its own progress: trust its pace for this task.
-            mean, spread = elapsed / record.progress, max(spread * 0.5, policy.fine_interval_s)
-        spread = max(spread, policy.fine_interval_s / 2)
-        window_start = mean - policy.window_sigmas * spread
-        window_end = mean + policy.window_sigmas * spread
-        learned = self.durations.learned(record.kind_key)
-        if learned and record.progress is None:
-            window = self.durations.finish_window(record.kind_key, policy.window_sigmas)
-            if window is not None:
-                window_start, window_end = window
-        if tracked.polls == 0:
-            # Every task gets an early look: a refused or instantly failed task is reported in seconds.
-            target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
-        elif elapsed + policy.fine_interval_s < window_start:
-            # Jump to the window once this kind of task has been timed; until then the prior may be
-            # far off, so close in on it geometrically. The jump lands one fine interval past the
-            # earliest likely finish: a task done before it waits no longer than between two fine
-            # polls, and the poll that would have found nothing is saved.
-            if learned:
-                target = window_start + policy.fine_interval_s
-            else:
-                target = min(window_start, max(elapsed * 2, elapsed + policy.fine_interval_s))
-        elif elapsed <= window_end:
-            step = policy.fine_interval_s
-            if not learned:
-                step = max(step, spread * policy.untimed_window_step)
-            target = elapsed + step
-        else:
-            # Past the window: start at the fine spacing and back off as the overrun grows.
-            overtime = (elapsed - window_end) / max(mean, 1e-3)
-            step = policy.fine_interval_s * policy.backoff_factor ** (10 * overtime)
-            target = elapsed + min(policy.coarse_max_s, step)
-        delay = max(0.0, target - elapsed)
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return delay
+    async def _guarded(
+        self, tracked: _Tracked, doing: str, fn: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        """Run ``fn``; an unexpected exception becomes this task's error instead of ending the process.
 
-    async def _poll_loop(self, tracked: _Tracked) -> None:
-        retry_after: float | None = None
-        failures = 0
+        RunAPI's answers, image hosts and files are outside our control: a bug they trigger must cost
+        one task at most. The exception goes to the log; the task keeps what it had, with the error.
+        """
         try:
-            while not tracked.record.terminal:
-                await anyio.sleep(self._next_delay(tracked, retry_after))
-                retry_after = None
-                if time.monotonic() - tracked.loop_started > self.policy.give_up_s:
-                    await self._update(tracked, error="RunAPI has not finished this task within "
-                                       f"{self.policy.give_up_s / 60:.0f} min; call get_task again later")
-                    return
-                tracked.polls += 1
-                tracked.prev_poll, tracked.last_poll = tracked.last_poll, time.monotonic()
-                try:
-                    async with self._limiter:
-                        tracked.upstream_requests += 1
-                        info = await self.client.get_task(tracked.record.route, tracked.record.task_id)
-                except NotFoundError as exc:
-                    await self._update(tracked, status="failed", error=f"RunAPI does not know this task: {exc}")
-                    return
-                except AuthenticationError as exc:
-                    await self._update(tracked, error=str(exc))
-                    return
-                except RateLimitedError as exc:
-                    retry_after = exc.retry_after or self.policy.coarse_max_s
-                    continue
-                except RunAPIError as exc:
-                    failures += 1
-                    retry_after = min(self.policy.coarse_max_s * 4, self.policy.fine_interval_s * 2**failures)
-                    log.warning("polling %s failed (%s); retrying in %.1fs", tracked.record.task_id, exc, retry_after)
-                    continue
-                failures = 0
-                retry_after = info.retry_after
-                await self._apply(tracked, info)
+            await fn(*args)
+        except Exception as exc:
+            log.exception("task %s: unexpected error while %s", tracked.task_id, doing)
+            try:
+                await self._update(
+                    tracked,
+                    error=f"internal error while {doing} ({type(exc).__name__}); "
+                    "call get_task again to retry; the server log has the details",
+                )
+            except Exception:
+                log.exception("task %s: could not record the error", tracked.task_id)
+
+    async def _update(self, tracked: _Tracked, **changes: Any) -> None:
+        changes = {k: v for k, v in changes.items() if v is not None or k == "error"}
+        tracked.record = tracked.record.updated(**changes)
+        tracked.poll.progress = tracked.record.progress
+        await self.store.save(tracked.record)
+        event, tracked.changed = tracked.changed, anyio.Event()
+        event.set()
+        snapshot = tracked.record.model_copy(deep=True)
+        for listener in list(self._listeners):
+            try:
+                await listener(snapshot)
+            except Exception:  # a broken listener must not stop polling
+                log.exception("task listener failed")
+
+    # -- internals: polling --------------------------------------------------------------
+    async def _poll_loop(self, tracked: _Tracked) -> None:
+        try:
+            await self._guarded(tracked, "polling RunAPI", self._poll_until_done, tracked)
         finally:
             tracked.polling = False
+
+    async def _poll_until_done(self, tracked: _Tracked) -> None:
+        retry_after: float | None = None
+        failures = 0
+        policy = self.policy
+        while not tracked.record.terminal:
+            await anyio.sleep(self.schedule.next_delay(tracked.poll, time.monotonic(), retry_after))
+            retry_after = None
+            if time.monotonic() - tracked.loop_started > policy.give_up_s:
+                await self._update(
+                    tracked,
+                    error=f"RunAPI has not finished this task within {policy.give_up_s / 60:.0f} min; "
+                    "call get_task again later",
+                )
+                return
+            tracked.poll.polled(time.monotonic())
+            try:
+                async with self._limiter:
+                    tracked.upstream_requests += 1
+                    info = await self.client.get_task(tracked.record.route, tracked.record.task_id)
+            except NotFoundError as exc:
+                await self._update(tracked, status="failed", error=f"RunAPI does not know this task: {exc}")
+                return
+            except AuthenticationError as exc:
+                await self._update(tracked, error=str(exc))
+                return
+            except RateLimitedError as exc:
+                retry_after = exc.retry_after or policy.coarse_max_s
+                continue
+            except RunAPIError as exc:
+                failures += 1
+                retry_after = min(policy.coarse_max_s * 4, policy.fine_interval_s * 2 ** min(failures, 16))
+                log.warning("polling %s failed (%s); retrying in %.1fs", tracked.task_id, exc, retry_after)
+                continue
+            failures = 0
+            retry_after = info.retry_after
+            await self._apply(tracked, info)
 
     async def _apply(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
@@ -348,66 +349,93 @@ class TaskManager:
         if changed_status or progress != record.progress:
             await self._update(tracked, status=changed_status, progress=progress)
 
-    async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
-        record = tracked.record
-        self._learn(tracked)
-        urls = [img.url for img in info.images]
-        errors: list[str] = []
-        results: dict[int, ImageRecord] = {}
-
-        async def fetch(i: int, url: str) -> None:
-            try:
-                results[i] = await self._download(tracked, i, url)
-            except RunAPIError as exc:
-                errors.append(f"image {i}: {exc}")
-                results[i] = self.images.undownloaded(record.task_id, i, url)
-
-        async with anyio.create_task_group() as tg:
-            for i, url in enumerate(urls):
-                tg.start_soon(fetch, i, url)
-        images = [results[i] for i in sorted(results)]
-        error = None
-        if errors:
-            error = f"downloaded {len(urls) - len(errors)} of {len(urls)} images; " + "; ".join(errors)
-        await self._update(
-            tracked, status="completed", progress=1.0, images=images, remote_urls=urls, error=error,
-            completed_at=time.time(),
-        )
-
-    def _learn(self, tracked: _Tracked) -> None:
-        """Learn the task's duration: it completed between the previous look and this one."""
-        record = tracked.record
-        seen = (tracked.last_poll or time.monotonic()) - tracked.started
-        before = (tracked.prev_poll or tracked.started) - tracked.started
-        self.durations.observe(record.kind_key, before, seen)
+    def _learn(self, poll: PollState) -> None:
+        """Learn the task's duration from when it was last seen running and first seen done."""
+        self.schedule.learn(poll, time.monotonic())
         if self._durations_file is not None:
             self._durations_file.save(self.durations)  # a few KB, once per finished task
 
-    async def _download(self, tracked: _Tracked, index: int, url: str) -> ImageRecord:
-        attempts = self.policy.download_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                async with self._limiter:
-                    tracked.upstream_requests += 1
-                    return await self.images.download(self.client, tracked.record, index, url)
-            except NotFoundError:
-                raise
-            except RunAPIError as exc:
-                if attempt == attempts:
-                    raise
-                log.warning("download of %s image %d failed (%s); retrying", tracked.record.task_id, index, exc)
-                await anyio.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
+    # -- internals: outputs --------------------------------------------------------------
+    async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
+        record = tracked.record
+        self._learn(tracked.poll)
+        urls = list(dict.fromkeys(image.url for image in info.images))  # in order, each once
+        notes: list[str] = []
+        cap = record.max_outputs
+        if cap is not None and len(urls) > cap:
+            notes.append(f"RunAPI listed {len(urls)} images; kept the first {cap} (this model makes at most {cap})")
+            urls = urls[:cap]
+        images = await self._download_all(tracked, [self.images.undownloaded(record.task_id, i, u) for i, u in
+                                                    enumerate(urls)])
+        await self._update(
+            tracked,
+            status="completed",
+            progress=1.0,
+            images=images,
+            remote_urls=urls,
+            error=_download_note(images, notes),
+            completed_at=time.time(),
+        )
 
-    async def _update(self, tracked: _Tracked, **changes: Any) -> None:
-        changes = {k: v for k, v in changes.items() if v is not None or k == "error"}
-        tracked.record = tracked.record.model_copy(update={**changes, "updated_at": time.time()})
-        await self.store.save(tracked.record)
-        event, tracked.changed = tracked.changed, anyio.Event()
-        event.set()
-        snapshot = tracked.record.model_copy(deep=True)
-        for listener in list(self._listeners):
-            try:
-                await listener(snapshot)
-            except Exception:  # a broken listener must not stop polling
-                log.exception("task listener failed")
+    def _wants_refetch(self, tracked: _Tracked) -> bool:
+        record = tracked.record
+        return (
+            record.status == "completed"
+            and any(image.path is None and image.url for image in record.images)
+            and time.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
+            and not tracked.fetching.locked()
+        )
+
+    async def _refetch(self, tracked: _Tracked) -> None:
+        async with tracked.fetching:
+            if not self._wants_refetch(tracked):
+                return
+            images = await self._download_all(tracked, list(tracked.record.images))
+            await self._update(tracked, images=images, error=_download_note(images, []))
+
+    async def _download_all(self, tracked: _Tracked, images: list[ImageRecord]) -> list[ImageRecord]:
+        """Every output not yet in the library downloaded side by side; a failure is noted on its image."""
+        results = list(images)
+
+        async def fetch(n: int, image: ImageRecord) -> None:
+            results[n] = await self._download(tracked, image)
+
+        tracked.last_fetch = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for n, image in enumerate(images):
+                if image.path is None and image.url:
+                    tg.start_soon(fetch, n, image)
+        return results
+
+    async def _download(self, tracked: _Tracked, image: ImageRecord) -> ImageRecord:
+        assert image.url is not None
+        try:
+            async with self._downloads:
+                tracked.upstream_requests += 1
+                with anyio.fail_after(self.policy.download_deadline_s + 5):  # the client's deadline, and a backstop
+                    saved = await self.images.download(self.client, tracked.record, image.index, image.url)
+            return saved.model_copy(update={"error": None})
+        except (RunAPIError, ImageFileError) as exc:
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"the image host did not deliver within {self.policy.download_deadline_s:.0f} s"
+        except OSError as exc:
+            reason = f"could not save it in the library ({exc.strerror or type(exc).__name__})"
+        except Exception as exc:
+            log.exception("task %s: downloading image %d failed unexpectedly", tracked.task_id, image.index)
+            reason = f"internal error while downloading ({type(exc).__name__})"
+        log.warning("task %s: image %d not downloaded: %s", tracked.task_id, image.index, reason)
+        return ImageRecord.model_validate({**image.model_dump(), "error": reason})
+
+
+def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:
+    """The task's error text about its outputs: what is missing and why (None when all is well)."""
+    missing = [image for image in images if image.path is None]
+    parts = list(notes)
+    if missing:
+        parts.append(
+            f"downloaded {len(images) - len(missing)} of {len(images)} images; "
+            + "; ".join(f"image {image.index}: {image.error or 'not downloaded'}" for image in missing)
+            + "; the RunAPI URLs are kept: call get_task again to retry"
+        )
+    return "; ".join(parts) or None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-TaskStatus = Literal["pending", "processing", "completed", "failed"]
-TERMINAL: frozenset[str] = frozenset({"completed", "failed"})
+from runapi_mcp.client import TaskStatus
+
+TERMINAL: frozenset[TaskStatus] = frozenset({"completed", "failed"})
 
 
 class ImageRecord(BaseModel):
@@ -24,11 +25,15 @@ class ImageRecord(BaseModel):
     height: int | None = None
     mime_type: str | None = None
     bytes: int | None = None
+    error: str | None = None  # why it is not in the library (yet), when it is not
     created_at: float = Field(default_factory=time.time)
 
 
 class TaskRecord(BaseModel):
     """One RunAPI task as this server tracks it (the shape the next store persists)."""
+
+    # Every change goes through ``updated()``, so a bad value is caught where it is made.
+    model_config = ConfigDict(validate_assignment=True)
 
     task_id: str
     idempotency_key: str
@@ -47,6 +52,12 @@ class TaskRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
     updated_at: float = Field(default_factory=time.time)
     completed_at: float | None = None
+
+    max_outputs: int | None = None  # the most images a task of this model returns (from the catalog)
+
+    def updated(self, **changes: Any) -> TaskRecord:
+        """A validated copy with ``changes`` applied and ``updated_at`` set to now."""
+        return TaskRecord.model_validate({**self.model_dump(), **changes, "updated_at": time.time()})
 
     @property
     def terminal(self) -> bool:

@@ -1,0 +1,136 @@
+"""Tool arguments: one annotated type per kind of argument, and the one place their errors are worded.
+
+The SDK builds each tool's input schema and argument model from the function signature. Two
+things it does not do by default are done here: unknown arguments are refused (``aspect_ratoi``
+must not quietly become the default ratio of a paid task) and nothing is coerced (``"true"`` is
+not a boolean, NaN is not a timeout). Values whose rules depend on the model (enums, ranges of
+``params``) are the catalog's business; this module checks what every call shares.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+from mcp.server.mcpserver.tools import Tool
+from mcp.types import ToolAnnotations
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError
+
+MAX_TIMEOUT_S = 3600.0
+MAX_PROMPT_CHARS = 32_000
+MAX_IMAGES = 16
+# A data: URI of the largest input image (20 MiB) is about 28 MB of base64.
+MAX_IMAGE_REF_CHARS = 30_000_000
+MAX_PARAMS = 64
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plain_text(value: str) -> str:
+    """Text that can travel on: no NUL or control characters, no lone surrogates."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain NUL or other control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (it contains a lone surrogate)") from None
+    return value
+
+
+_PLAIN = AfterValidator(_plain_text)
+Text = Annotated[str, _PLAIN]
+
+# Length constraints stand before the validator: they apply to the string itself (and read as such).
+PromptArg = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), _PLAIN]
+ModelArg = Annotated[str, Field(max_length=200, description="RunAPI model; list_models shows all"), _PLAIN]
+GPT_IMAGE_2_RATIOS = "auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21"
+AspectRatioArg = Annotated[str, Field(max_length=20, description=f"For gpt-image-2: {GPT_IMAGE_2_RATIOS}"), _PLAIN]
+ResolutionArg = Annotated[str, Field(max_length=20, description="For gpt-image-2: 1k, 2k or 4k"), _PLAIN]
+ParamsArg = Annotated[
+    dict[str, Any] | None,
+    Field(max_length=MAX_PARAMS, description="Extra model fields (list_models shows each model's)"),
+]
+WaitArg = Annotated[bool, Field(description="Wait for the image (true) or return the task id at once")]
+TimeoutArg = Annotated[
+    float | None,
+    Field(ge=0, le=MAX_TIMEOUT_S, description="Longest wait in seconds before returning 'still running'"),
+]
+ImagesArg = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_REF_CHARS), _PLAIN]],
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGES,
+        description="Source images: runapi://images/{id}, an earlier task_id, an absolute local path "
+        "or file:// URI, an http(s) URL, or a data: URI",
+    ),
+]
+TaskIdArg = Annotated[
+    str, Field(min_length=1, max_length=512, description="The task_id from generate_image or edit_image"), _PLAIN
+]
+ActionFilterArg = Annotated[
+    Annotated[str, Field(max_length=200), _PLAIN] | None,
+    Field(
+        description="Filter: an action (text_to_image, edit_image, upscale_image, remix_image, ...), "
+        "a family (flux-kontext) or a model name",
+    ),
+]
+
+# Unknown arguments refused, no coercion ("5" is not a number), no NaN or infinity.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
+
+
+def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: ToolAnnotations) -> Tool:
+    """A tool for ``fn`` whose argument model and input schema refuse unknown and coerced arguments.
+
+    The description is ``fn``'s docstring, dedented (clients show it as it is sent).
+    """
+    tool = Tool.from_function(
+        fn,
+        name=name,
+        title=title,
+        description=inspect.cleandoc(fn.__doc__ or ""),
+        annotations=annotations,
+    )
+    base = tool.fn_metadata.arg_model
+    strict = type(base.__name__, (base,), {"model_config": {**base.model_config, **_STRICT}, "__module__": __name__})
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def describe_invalid_arguments(tool: str, error: ValidationError, allowed: Sequence[str]) -> str:
+    """One sentence per rejected argument, naming it and what it takes (never echoing the value)."""
+    parts: list[str] = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = _field_name(item["loc"])
+        kind = item["type"]
+        message = str(item.get("msg", "is not valid")).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            parts.append(f"'{field}' is not an argument of {tool}; allowed: {', '.join(allowed)}")
+        elif kind == "missing":
+            parts.append(f"'{field}' is required")
+        elif kind in ("finite_number", "float_parsing") or "infinity" in message.lower():
+            parts.append(f"'{field}' must be a finite number")
+        elif kind in ("too_short", "string_too_short") and item.get("ctx", {}).get("min_length") == 1:
+            parts.append(f"'{field}' must not be empty")
+        elif kind == "string_too_long":
+            parts.append(f"'{field}' is too long: at most {item.get('ctx', {}).get('max_length')} characters")
+        elif kind == "too_long":
+            parts.append(f"'{field}' has too many items: at most {item.get('ctx', {}).get('max_length')}")
+        else:
+            parts.append(f"'{field}': {message[:1].lower()}{message[1:]}")
+    return f"Invalid arguments for {tool}: " + "; ".join(dict.fromkeys(parts))
+
+
+def _field_name(loc: tuple[int | str, ...]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif part in ("float", "int", "str", "bool", "list[str]", "dict[str,any]", "none"):
+            continue  # a union member's tag, not a field
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "arguments"

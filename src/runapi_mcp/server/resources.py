@@ -1,0 +1,57 @@
+"""The MCP resources: a task's state, a library image, the model catalog."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
+
+from runapi_mcp.catalog import Catalog
+from runapi_mcp.server.results import task_result
+from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager, UnknownTaskError
+
+
+class LibraryResources:
+    """Resource handlers over the task manager and its image library."""
+
+    def __init__(self, manager: TaskManager, catalog: Catalog) -> None:
+        self.manager = manager
+        self.catalog = catalog
+
+    def register(self, server: MCPServer[Any]) -> None:
+        server.resource(
+            "runapi://tasks/{task_id}",
+            name="task",
+            mime_type="application/json",
+            description="A task's state as JSON (the same fields as the task tools' results)",
+        )(self.task)
+        server.resource(
+            IMAGE_URI_PREFIX + "{image_id}",
+            name="image",
+            mime_type="image/png",
+            description="A picture from the local library, full size",
+        )(self.image)
+        server.resource(
+            "runapi://models",
+            name="models",
+            mime_type="application/json",
+            description="The catalog of RunAPI image models and their fields",
+        )(self.models)
+
+    async def task(self, task_id: str) -> str:
+        try:
+            record = await self.manager.get(task_id)
+        except UnknownTaskError as exc:
+            raise ResourceNotFoundError(str(exc)) from None
+        return task_result(record, self.manager.estimated_progress(record)).model_dump_json(indent=2)
+
+    async def image(self, image_id: str) -> bytes:
+        data = await self.manager.images.read(image_id)
+        if data is None:
+            raise ResourceNotFoundError(f"no image {image_id[:200]!r} in the library")
+        return data
+
+    def models(self) -> str:
+        return json.dumps(self.catalog.describe(), indent=1)

@@ -1,0 +1,134 @@
+"""The MCP server object: tools and resources registered on it, and the one place errors are worded.
+
+No HTTP here: the server speaks to the task manager, the manager to RunAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from mcp.server.lowlevel.helper_types import ReadResourceContents
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.subscriptions import InMemorySubscriptionBus
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from pydantic import AnyUrl, ValidationError
+
+from runapi_mcp import __version__
+from runapi_mcp.catalog import CatalogError
+from runapi_mcp.client import RunAPIError
+from runapi_mcp.redaction import Redactor
+from runapi_mcp.server.arguments import describe_invalid_arguments
+from runapi_mcp.server.compat import ProtocolCompat
+from runapi_mcp.server.resources import LibraryResources
+from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
+from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageReferenceError, TaskRecord, UnknownTaskError
+
+log = logging.getLogger("runapi_mcp.server")
+
+INSTRUCTIONS = """\
+RunAPI image models (GPT Image 2 by default) behind one API key.
+- To make a picture: call generate_image with a prompt; it waits (up to about 50 s), then returns the
+  picture as a preview, a runapi://images/... resource link and the saved file path.
+- To change a picture: call edit_image with a prompt and images=[...]: a runapi://images/... URI, the task_id
+  of an earlier task, an absolute local path, an http(s) URL or a data: URI.
+- If a result says the task is still running, call get_task(task_id, wait=true): the task keeps running and
+  is never paid for twice.
+- aspect_ratio (auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21) and
+  output_resolution (1k, 2k, 4k) shape GPT Image 2 output. Other models (list_models shows them and their
+  fields) take extra fields in params, e.g. model="topaz-upscale-image", params={"upscale_factor": 2}.
+"""
+
+# Errors that are the caller's to fix: their text is the whole answer.
+_INPUT_ERRORS: tuple[type[Exception], ...] = (
+    CatalogError,
+    ImageReferenceError,
+    UnknownTaskError,
+    MissingKeyError,
+)
+
+
+class RunAPIMCPServer(MCPServer[Any]):
+    """MCPServer with strict tools, redacted results and errors that always say what went wrong."""
+
+    def __init__(self, deps: ServerDeps, redactor: Redactor) -> None:
+        self.deps = deps
+        self.redactor = redactor
+        self.image_tools = ImageTools(deps)
+        self.bus = InMemorySubscriptionBus()
+        super().__init__(
+            "runapi-mcp",
+            title="RunAPI images",
+            instructions=INSTRUCTIONS,
+            version=__version__,
+            subscriptions=self.bus,
+            tools=self.image_tools.tools(),
+            middleware=[ProtocolCompat()],
+        )
+        LibraryResources(deps.manager, deps.catalog).register(self)
+        deps.manager.add_listener(self._publish)
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        """Run a tool; every failure becomes a ToolError whose text names the field or the reason."""
+        try:
+            result = await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            raise ToolError(self.redactor(self._explain(name, exc))) from None
+        if isinstance(result, CallToolResult):
+            result = self._redacted(result)
+        return result
+
+    def _explain(self, name: str, exc: ToolError) -> str:
+        cause = exc.__cause__
+        tool = self._tool_manager.get_tool(name)
+        if tool is None:
+            known = ", ".join(t.name for t in self._tool_manager.list_tools())
+            return f"Unknown tool {name[:100]!r}; this server has: {known}"
+        if isinstance(cause, ValidationError):
+            allowed = list(tool.parameters.get("properties", {}))
+            return describe_invalid_arguments(name, cause, allowed)
+        if isinstance(cause, _INPUT_ERRORS):
+            return str(cause)
+        if isinstance(cause, RunAPIError):
+            return str(cause)
+        if cause is None or isinstance(cause, ToolError):
+            return str(cause or exc).removeprefix(f"Error executing tool {name}: ")
+        log.error("tool %s failed unexpectedly", name, exc_info=cause)
+        return (
+            f"{name} failed: internal error ({type(cause).__name__}). The server log has the details; "
+            "a task it created, if any, keeps running: get_task finds it."
+        )
+
+    def _redacted(self, result: CallToolResult) -> CallToolResult:
+        """The key out of every text and structured field (image data is left alone: it is pixels)."""
+        content = [
+            TextContent(type="text", text=self.redactor(block.text)) if isinstance(block, TextContent) else block
+            for block in result.content
+        ]
+        structured = self.redactor.data(result.structured_content) if result.structured_content else None
+        return result.model_copy(update={"content": content, "structured_content": structured})
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        """Library images are served with their own MIME type (a template fixes one for all)."""
+        result = await super().read_resource(uri, context)
+        text = str(uri)
+        if isinstance(result, InputRequiredResult) or not text.startswith(IMAGE_URI_PREFIX):
+            return result
+        image = self.deps.manager.images.find(text[len(IMAGE_URI_PREFIX) :])
+        mime = image.mime_type if image and image.mime_type else "application/octet-stream"
+        return [ReadResourceContents(content=item.content, mime_type=mime, meta=item.meta) for item in result]
+
+    async def _publish(self, record: TaskRecord) -> None:
+        # 2026-era clients listening with subscriptions/listen hear about every change of a task.
+        await self.bus.publish(ResourceUpdated(uri=f"runapi://tasks/{record.task_id}"))
+
+
+def build_server(deps: ServerDeps, redactor: Redactor | None = None) -> RunAPIMCPServer:
+    return RunAPIMCPServer(deps, redactor or Redactor())

@@ -1,0 +1,267 @@
+"""The image tools: methods of one small class over the task manager, registered on the server.
+
+Each tool takes its arguments as the client sent them (the SDK validates them against the
+signature, strictly: see ``arguments``), turns a generate or edit call into one ``TaskRequest``,
+and leaves errors to the server's one place that words them (``server.RunAPIMCPServer``): a
+method raises the domain's own exception (CatalogError, ImageReferenceError, UnknownTaskError,
+RunAPIError) and never builds an error result itself. A new tool is a new method and a line in
+``tools()``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.tools import Tool
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from runapi_mcp.catalog import ALIASES, Catalog, RequestKind
+from runapi_mcp.client import NO_API_KEY_MESSAGE
+from runapi_mcp.server.arguments import (
+    ActionFilterArg,
+    AspectRatioArg,
+    ImagesArg,
+    ModelArg,
+    ParamsArg,
+    PromptArg,
+    ResolutionArg,
+    TaskIdArg,
+    TimeoutArg,
+    WaitArg,
+    strict_tool,
+)
+from runapi_mcp.server.progress import ProgressReporter
+from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
+from runapi_mcp.tasks import ImageResolver, TaskManager, TaskRecord
+from runapi_mcp.tasks.previews import make_previews
+
+TICK_S = 1.0  # progress at least this often while waiting (the spec asks for nothing; users for <= 2 s)
+
+_WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
+_READ_REMOTE = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
+_READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
+
+# The tools' defaults for GPT Image 2: sent only where the chosen model takes that value.
+_SOFT_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}
+
+
+class MissingKeyError(ValueError):
+    """The server has no RunAPI key: nothing can be created or read upstream."""
+
+    def __init__(self) -> None:
+        super().__init__(NO_API_KEY_MESSAGE)
+
+
+@dataclass
+class ServerDeps:
+    """What the MCP layer needs from below; built by ``runapi_mcp.app``."""
+
+    manager: TaskManager
+    resolver: ImageResolver
+    catalog: Catalog
+    wait_s: float
+    has_key: bool
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One generate or edit call, as one object from the tool's arguments to the upstream request."""
+
+    kind: RequestKind
+    prompt: str
+    model: str
+    options: dict[str, str]  # the caller's explicit choices (an error if the model lacks them)
+    soft_options: dict[str, str]  # the tool's defaults, sent only where the model takes them
+    params: dict[str, Any] | None
+    images: list[str] = field(default_factory=list)
+    wait: bool = True
+    timeout_s: float | None = None
+
+    @classmethod
+    def from_arguments(
+        cls,
+        kind: RequestKind,
+        *,
+        prompt: str,
+        model: str,
+        aspect_ratio: str,
+        output_resolution: str,
+        params: dict[str, Any] | None,
+        images: list[str] | None = None,
+        wait: bool,
+        timeout_s: float | None,
+    ) -> TaskRequest:
+        options: dict[str, str] = {}
+        soft: dict[str, str] = {}
+        for name, value in (("aspect_ratio", aspect_ratio), ("output_resolution", output_resolution)):
+            (soft if value == _SOFT_DEFAULTS[name] else options)[name] = value
+        return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s)
+
+
+class ModelInfo(BaseModel):
+    model: str
+    family: str
+    action: str
+    route: str
+    tool: str
+    image_field: str | None
+    max_outputs: int | None = None
+    fields: dict[str, dict[str, str]]
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    aliases: dict[str, str] = Field(description="Other names accepted for a model")
+
+
+class BalanceResult(BaseModel):
+    balance_cents: int | None
+    paid_balance_cents: int | None = None
+    bonus_balance_cents: int | None = None
+    spent_cents_today: int | None = None
+    spent_cents_total: int | None = None
+
+
+class ImageTools:
+    """generate_image, edit_image, get_task, list_models and check_balance over one task manager."""
+
+    def __init__(self, deps: ServerDeps) -> None:
+        self.deps = deps
+        self.manager = deps.manager
+        self.catalog = deps.catalog
+
+    def tools(self) -> list[Tool]:
+        """The tools to register, each with strict arguments."""
+        return [
+            strict_tool(self.generate_image, name="generate_image", title="Generate an image", annotations=_WRITE),
+            strict_tool(self.edit_image, name="edit_image", title="Edit an image", annotations=_WRITE),
+            strict_tool(self.get_task, name="get_task", title="Get a task", annotations=_READ_REMOTE),
+            strict_tool(self.list_models, name="list_models", title="List image models", annotations=_READ_LOCAL),
+            strict_tool(
+                self.check_balance, name="check_balance", title="Check RunAPI balance", annotations=_READ_REMOTE
+            ),
+        ]
+
+    # -- the tools -------------------------------------------------------------------------
+    async def generate_image(
+        self,
+        prompt: Annotated[PromptArg, Field(description="What to draw. Be specific: subject, style, text to render.")],
+        ctx: Context[Any, Any],
+        model: ModelArg = "gpt-image-2",
+        aspect_ratio: AspectRatioArg = "auto",
+        output_resolution: ResolutionArg = "1k",
+        params: ParamsArg = None,
+        wait: WaitArg = True,
+        timeout_s: TimeoutArg = None,
+    ) -> Annotated[CallToolResult, TaskResult]:
+        """Create an image from a text prompt and return it (preview, resource link, saved file path).
+
+        Waits for RunAPI to finish (about 10-30 s for gpt-image-2); if the wait runs out, the result says the
+        task is still running: call get_task(task_id, wait=true). Failed tasks are never retried silently.
+        """
+        request = TaskRequest.from_arguments(
+            "generate", prompt=prompt, model=model, aspect_ratio=aspect_ratio,
+            output_resolution=output_resolution, params=params, wait=wait, timeout_s=timeout_s,
+        )  # fmt: skip
+        return await self.run(ctx, request)
+
+    async def edit_image(
+        self,
+        prompt: Annotated[PromptArg, Field(description="The change to make, e.g. 'make the sky purple'")],
+        images: ImagesArg,
+        ctx: Context[Any, Any],
+        model: ModelArg = "gpt-image-2",
+        aspect_ratio: AspectRatioArg = "auto",
+        output_resolution: ResolutionArg = "1k",
+        params: ParamsArg = None,
+        wait: WaitArg = True,
+        timeout_s: TimeoutArg = None,
+    ) -> Annotated[CallToolResult, TaskResult]:
+        """Edit or transform existing images with an instruction (also upscale, remix, background removal).
+
+        Local files are uploaded for you; library images and earlier task ids are reused. Returns the new
+        image like generate_image does.
+        """
+        request = TaskRequest.from_arguments(
+            "edit", prompt=prompt, model=model, aspect_ratio=aspect_ratio, output_resolution=output_resolution,
+            params=params, images=images, wait=wait, timeout_s=timeout_s,
+        )  # fmt: skip
+        return await self.run(ctx, request)
+
+    async def get_task(
+        self,
+        task_id: TaskIdArg,
+        ctx: Context[Any, Any],
+        wait: Annotated[bool, Field(description="Wait for the task to finish")] = False,
+        timeout_s: TimeoutArg = None,
+    ) -> Annotated[CallToolResult, TaskResult]:
+        """The status of an image task, with its pictures once it has completed."""
+        record = await self.manager.get(task_id)
+        if wait and not record.terminal:
+            return await self.wait_for(ctx, record, self._timeout(timeout_s))
+        return await self.result(record)
+
+    async def list_models(self, action: ActionFilterArg = None) -> ModelList:
+        """Every RunAPI image model with its action, route and fields (types, allowed values, limits)."""
+        return ModelList(
+            models=[ModelInfo.model_validate(m) for m in self.catalog.describe(action)],
+            aliases={alias: f"{slug} ({endpoint})" for alias, (slug, endpoint) in ALIASES.items()},
+        )
+
+    async def check_balance(self) -> BalanceResult:
+        """The RunAPI account balance in cents."""
+        if not self.deps.has_key:
+            raise MissingKeyError
+        balance = await self.manager.client.get_balance()
+        return BalanceResult.model_validate(balance.model_dump())
+
+    # -- the shared path of generate and edit ----------------------------------------------
+    async def run(self, ctx: Context[Any, Any], request: TaskRequest) -> CallToolResult:
+        """Validate everything, then upload, create, and wait as asked. Nothing is sent for a bad call."""
+        timeout = self._timeout(request.timeout_s)
+        validated = self.catalog.validate(
+            request.kind,
+            request.model,
+            prompt=request.prompt,
+            image_count=len(request.images),
+            options=request.options,
+            soft_options=request.soft_options,
+            params=request.params,
+        )
+        if not self.deps.has_key:
+            raise MissingKeyError
+        urls = await self.deps.resolver.resolve(request.images) if request.images else []
+        record = await self.manager.submit(validated.with_images(urls), prompt=request.prompt)
+        if not request.wait or record.terminal:
+            return await self.result(record)
+        return await self.wait_for(ctx, record, timeout)
+
+    async def wait_for(self, ctx: Context[Any, Any], record: TaskRecord, timeout_s: float) -> CallToolResult:
+        """Wait for a task with progress notifications; a result either way (done, failed, still running)."""
+        started = time.monotonic()
+        progress = ProgressReporter(ctx, record.task_id)
+
+        async def report(current: TaskRecord) -> None:
+            note = ""
+            if current.progress is not None and not current.terminal:
+                note = f" ({current.progress * 100:.0f}% by the model)"
+            message = f"{current.status}{note}, {time.monotonic() - started:.0f}s elapsed"
+            await progress.report(self.manager.estimated_progress(current), message, done=current.terminal)
+
+        await report(record)
+        final = await self.manager.wait(record.task_id, timeout_s, on_tick=report, tick_s=TICK_S)
+        if final.terminal:
+            await report(final)
+        return await self.result(final, waited_out=not final.terminal)
+
+    async def result(self, record: TaskRecord, *, waited_out: bool = False) -> CallToolResult:
+        previews = await make_previews(self.manager.images, record, PREVIEW_MAX_EDGE, PREVIEW_BUDGET_BYTES)
+        progress = None if record.terminal else self.manager.estimated_progress(record)
+        return tool_result(record, previews, waited_out=waited_out, progress=progress)
+
+    def _timeout(self, timeout_s: float | None) -> float:
+        return self.deps.wait_s if timeout_s is None else float(timeout_s)
