@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from mcp.client import Client
 
@@ -50,3 +57,105 @@ def upstream_creates(sim: Simulator) -> list[Any]:
     return [
         r for r in sim.requests if r.method == "POST" and r.path.startswith("/api/v1/") and r.path != "/api/v1/files"
     ]
+
+
+def server_env(sim: Simulator, home: Path, inputs: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``runapi-mcp serve`` subprocess wired to the simulator."""
+    return {
+        "RUNAPI_API_KEY": SIM_KEY,
+        "RUNAPI_BASE_URL": sim.base_url,
+        "RUNAPI_MCP_HOME": str(home),
+        "RUNAPI_MCP_ALLOWED_DIRS": str(inputs),
+        "RUNAPI_MCP_LOG_LEVEL": "DEBUG",
+        **extra,
+    }
+
+
+class RawStdioServer:
+    """``runapi-mcp serve`` as a subprocess spoken to in raw JSON-RPC lines, as any client's wire would.
+
+    Every stdout line is kept (``lines``) so tests can check that nothing but protocol was written.
+    Reads have a deadline: a server that stops answering fails the test instead of hanging it.
+    """
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runapi_mcp", "serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **env},
+            text=True,
+            encoding="utf-8",
+        )
+        self.lines: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._next_id = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+
+    def request(self, method: str, params: dict[str, Any] | None = None, *, timeout: float = 30) -> dict[str, Any]:
+        """Send a request and return its response (notifications that arrive meanwhile are kept)."""
+        self._next_id += 1
+        request_id = self._next_id
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(message)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer to {method} within {timeout} s")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise EOFError(f"the server closed stdout before answering {method}")
+            self.lines.append(line)
+            parsed = json.loads(line)  # every stdout line must be JSON-RPC
+            assert parsed.get("jsonrpc") == "2.0", line
+            self.messages.append(parsed)
+            if parsed.get("id") == request_id and "method" not in parsed:
+                return cast(dict[str, Any], parsed)
+
+    def initialize(self, version: str) -> dict[str, Any]:
+        answer = self.request(
+            "initialize",
+            {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw-test", "version": "0"}},
+        )
+        self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return answer
+
+    def notifications(self, method: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("method") == method]
+
+    def close(self) -> str:
+        """Stop the server; its stderr."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.proc.stderr.read() if self.proc.stderr else ""
+
+    def __enter__(self) -> RawStdioServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.close()

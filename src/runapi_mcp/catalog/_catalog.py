@@ -3,10 +3,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+import reprlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +40,50 @@ _PYTHON_TYPES: dict[str, str] = {
     "array": "a list",
 }
 
+# -- limits where RunAPI's contract leaves a field open ----------------------------------------------
+# The source facts give many fields no bound at all (a seed with no range, a prompt with no length,
+# a list with no item count). Every value is sent upstream and a task is billed when it is created, so
+# each open field gets a project limit here instead of reaching RunAPI unchecked. The limits are wide
+# enough for any real use; a limit stated by the source always wins over these.
+
+# The largest integer a JSON number carries exactly (IEEE double); beyond it RunAPI would see a
+# different number than the one asked for. Floats get the same magnitude cap.
+JSON_SAFE_INTEGER = 2**53 - 1
+# Prompts without a documented cap: the largest documented prompt cap is 20,000 characters
+# (nano-banana-2-lite); 32,000 leaves room above it while stopping a runaway paste.
+PROMPT_MAX_LENGTH = 32_000
+# Any other string without a cap (URLs, ids, watermark text, ...): longer than any URL browsers take.
+STRING_MAX_LENGTH = 8_192
+# Lists of image URLs without max_items: more than any documented image list (14, seedream edit).
+IMAGE_ARRAY_MAX_ITEMS = 16
+# Any other list without max_items.
+ARRAY_MAX_ITEMS = 64
+# Lists whose item type the source leaves open (wan's bbox_list, color_palette) may hold lists of
+# scalars (boxes are lists of coordinates), up to this many levels counting the field itself, and
+# at most this many values in all.
+UNTYPED_LIST_LEVELS = 3
+UNTYPED_MAX_VALUES = 1024
+# Keys of the tool's ``params`` argument; more than a model has fields.
+MAX_PARAMS = 64
+# Fields that set how many images a task returns. Only ``output_count`` occurs in the facts; the
+# others are the names the same knob has elsewhere, so a new model using one is still capped.
+OUTPUT_COUNT_FIELDS = ("output_count", "n", "num_images", "num_outputs", "batch_size", "max_images")
+# A count field with no enum and no max (seedream-4.5 and -5-lite, wan-2.7): 1..15, the upstream
+# Seedream limit on images per request and the largest count any documented enum reaches (6) and more.
+OUTPUT_COUNT_MAX = 15
+# Midjourney's include_split_images returns the 2x2 grid and its four quadrants.
+SPLIT_IMAGES_OUTPUTS = 5
+# Layer decomposition returns a base image and one PNG per separated layer; the facts state no
+# count. 16 (base + 15 layers) bounds what one task may make the server download.
+DECOMPOSE_LAYERS_MAX_OUTPUTS = 16
+
+# C0 control characters other than tab, newline and carriage return, and UTF-16 surrogates: a str
+# decoded from JSON may hold a lone '\ud800', which no UTF-8 encoder (httpx's included) accepts.
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+_REPR = reprlib.Repr()
+_REPR.maxstring = 80
+_REPR.maxother = 80
+
 
 class CatalogError(ValueError):
     """A request the catalog refuses. ``field`` names the argument; ``allowed`` what it takes."""
@@ -49,7 +95,8 @@ class CatalogError(ValueError):
 
 
 class ItemSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # extra="forbid": a constraint the loader does not know must fail loudly, not vanish.
+    model_config = ConfigDict(frozen=True, extra="forbid")
     type: FieldType = "string"
     min: float | None = None
     max: float | None = None
@@ -58,7 +105,8 @@ class ItemSpec(BaseModel):
 class FieldSpec(BaseModel):
     """One field of a model's request body, as RunAPI's contract describes it."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    # extra="forbid": actions.json holding a key this class has no slot for is a bug to surface.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
     type: FieldType
@@ -79,6 +127,47 @@ class FieldSpec(BaseModel):
     def is_url(self) -> bool:
         return self.name.endswith("_url") or self.name.endswith("_urls")
 
+    @property
+    def is_prompt(self) -> bool:
+        return self.name == "prompt" or self.name.endswith("_prompt")
+
+    @property
+    def is_output_count(self) -> bool:
+        return self.type == "integer" and self.name in OUTPUT_COUNT_FIELDS
+
+    # -- effective limits: the source's, else the project's for open fields ---------------------------
+    @property
+    def value_bounds(self) -> tuple[float, float]:
+        """The range an integer or number must lie in."""
+        if self.is_output_count:
+            low, high = 1, OUTPUT_COUNT_MAX
+        else:
+            low, high = -JSON_SAFE_INTEGER, JSON_SAFE_INTEGER
+        return (self.min if self.min is not None else low, self.max if self.max is not None else high)
+
+    @property
+    def length_limit(self) -> int:
+        """The most characters a string may have."""
+        if self.max_length is not None:
+            return self.max_length
+        return PROMPT_MAX_LENGTH if self.is_prompt else STRING_MAX_LENGTH
+
+    @property
+    def items_limit(self) -> int:
+        """The most items a list may have."""
+        if self.max_items is not None:
+            return self.max_items
+        return IMAGE_ARRAY_MAX_ITEMS if self.is_url else ARRAY_MAX_ITEMS
+
+    @property
+    def output_count_max(self) -> int | None:
+        """The largest number of images this field can ask for; None when it is no count field."""
+        if not self.is_output_count:
+            return None
+        if self.enum:
+            return max(int(v) for v in self.enum)
+        return int(self.value_bounds[1])
+
     def describe(self) -> str:
         """A one-line human description: type, allowed values, limits."""
         parts: list[str] = [self.type]
@@ -95,73 +184,179 @@ class FieldSpec(BaseModel):
             if value is not None:
                 parts.append(f"{label} {_num(value)}")
         if self.default is not None:
-            parts.append(f"default {self.default}")
+            parts.append(f"default {_json_text(self.default)}")
         if self.required:
             parts.append("required")
         return "; ".join(parts)
 
+    # -- validation ---------------------------------------------------------------------------------
     def check(self, value: Any, *, model: str) -> Any:
         """Return ``value`` if this field accepts it, else raise :class:`CatalogError`."""
         where = f"'{self.name}' for model '{model}'"
         if value is None:
             raise CatalogError(f"{where} must not be null ({self.describe()})", field=self.name)
-        self._check_type(value, where, self.type)
+        if not _type_ok(value, self.type):
+            raise CatalogError(f"{where} must be {_PYTHON_TYPES[self.type]}, got {_show(value)}", field=self.name)
+        # Finite numbers first, so the enum message never shows a NaN. An enum is checked before
+        # the length caps: "not one of these values" tells more than "too long" does.
+        if self.type in ("integer", "number"):
+            _check_finite(value, where, self.name)
         if self.enum is not None and value not in self.enum:
             raise CatalogError(
-                f"{where} does not allow {value!r}; allowed values: {', '.join(map(str, self.enum))}",
+                f"{where} does not allow {_show(value)}; allowed values: {', '.join(map(str, self.enum))}",
                 field=self.name,
                 allowed=self.enum,
             )
-        if self.type in ("integer", "number"):
-            self._check_range(value, where, self.min, self.max)
         if self.type == "string":
             self._check_string(value, where)
+        if self.type in ("integer", "number"):
+            low, high = self.value_bounds
+            # Say so when the bound broken is the catalog's own, not RunAPI's.
+            ours = (value < low and self.min is None) or (value > high and self.max is None)
+            _check_range(value, where, self.name, low, high, note=self._bounds_note() if ours else "")
         if self.type == "array":
             self._check_array(value, where)
         return value
 
-    def _check_type(self, value: Any, where: str, type_: FieldType) -> None:
-        ok = {
-            "string": isinstance(value, str),
-            "integer": isinstance(value, int) and not isinstance(value, bool),
-            "number": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-            "boolean": isinstance(value, bool),
-            "array": isinstance(value, list),
-        }[type_]
-        if not ok:
-            raise CatalogError(f"{where} must be {_PYTHON_TYPES[type_]}, got {value!r}", field=self.name)
+    def _bounds_note(self) -> str:
+        if self.is_output_count:
+            return " (RunAPI states no range; this is the catalog's cap on images per task)"
+        return " (RunAPI states no range; the catalog keeps numbers JSON-safe)"
 
-    def _check_range(self, value: float, where: str, low: float | None, high: float | None) -> None:
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"{_num(low) if low is not None else '-inf'}..{_num(high) if high is not None else 'inf'}"
-            raise CatalogError(f"{where} must be within {bounds}, got {value!r}", field=self.name)
+    def _check_string_length(self, value: str, where: str) -> None:
+        limit = self.length_limit
+        if len(value) > limit:
+            note = "" if self.max_length is not None else " (RunAPI states no limit; this is the catalog's)"
+            raise CatalogError(f"{where} is {len(value)} characters; at most {limit} allowed{note}", field=self.name)
 
     def _check_string(self, value: str, where: str) -> None:
+        # Length first: it bounds the work the checks after it do.
+        self._check_string_length(value, where)
+        _check_text(value, where, self.name)
         if self.min_length is not None and len(value.strip()) < self.min_length:
             raise CatalogError(f"{where} needs at least {self.min_length} characters", field=self.name)
-        if self.max_length is not None and len(value) > self.max_length:
-            raise CatalogError(
-                f"{where} is {len(value)} characters; at most {self.max_length} allowed", field=self.name
-            )
         if self.pattern is not None and not re.search(self.pattern, value):
             raise CatalogError(f"{where} must match {self.pattern}", field=self.name)
         if self.is_url and not _is_http_url(value):
-            raise CatalogError(f"{where} must be an http(s) URL, got {value[:80]!r}", field=self.name)
+            raise CatalogError(f"{where} must be an http(s) URL, got {_show(value)}", field=self.name)
 
     def _check_array(self, value: list[Any], where: str) -> None:
         if self.min_items is not None and len(value) < self.min_items:
             raise CatalogError(f"{where} needs at least {self.min_items} item(s), got {len(value)}", field=self.name)
-        if self.max_items is not None and len(value) > self.max_items:
-            raise CatalogError(f"{where} takes at most {self.max_items} item(s), got {len(value)}", field=self.name)
+        limit = self.items_limit
+        if len(value) > limit:
+            note = "" if self.max_items is not None else " (RunAPI states no limit; this is the catalog's)"
+            raise CatalogError(f"{where} takes at most {limit} item(s){note}, got {len(value)}", field=self.name)
         item_type = self.items.type if self.items else ("string" if self.is_url else None)
+        budget = [UNTYPED_MAX_VALUES]
         for i, item in enumerate(value):
             item_where = f"{where} item {i}"
-            if item_type is not None:
-                self._check_type(item, item_where, item_type)
-            if self.items is not None and item_type in ("integer", "number"):
-                self._check_range(item, item_where, self.items.min, self.items.max)
-            if self.is_url and not (isinstance(item, str) and _is_http_url(item)):
-                raise CatalogError(f"{item_where} must be an http(s) URL, got {str(item)[:80]!r}", field=self.name)
+            if item_type is None:
+                _check_untyped(item, item_where, self.name, level=1, budget=budget)
+                continue
+            if item is None or not _type_ok(item, item_type):
+                raise CatalogError(
+                    f"{item_where} must be {_PYTHON_TYPES[item_type]}, got {_show(item)}", field=self.name
+                )
+            if item_type in ("integer", "number"):
+                _check_finite(item, item_where, self.name)
+                low = self.items.min if self.items and self.items.min is not None else -JSON_SAFE_INTEGER
+                high = self.items.max if self.items and self.items.max is not None else JSON_SAFE_INTEGER
+                _check_range(item, item_where, self.name, low, high)
+            elif item_type == "string":
+                _check_plain_string(item, item_where, self.name)
+                if self.is_url and not _is_http_url(item):
+                    raise CatalogError(f"{item_where} must be an http(s) URL, got {_show(item)}", field=self.name)
+            elif item_type == "array":
+                _check_untyped(item, item_where, self.name, level=1, budget=budget)
+
+
+def _type_ok(value: Any, type_: FieldType) -> bool:
+    # bool is an int subclass in Python but never a number (or an integer) in RunAPI's contract.
+    if type_ == "string":
+        return isinstance(value, str)
+    if type_ in ("integer", "number"):
+        if isinstance(value, bool):
+            return False
+        return isinstance(value, int) if type_ == "integer" else isinstance(value, int | float)
+    if type_ == "boolean":
+        return isinstance(value, bool)
+    return isinstance(value, list)
+
+
+def _check_finite(value: float, where: str, field_name: str) -> None:
+    # Only floats can be NaN or infinite. Never call math.isfinite on an int: it converts to float,
+    # and 10**400 raises OverflowError instead of a clear refusal.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CatalogError(f"{where} must be a finite number, got {value!r}", field=field_name)
+
+
+def _check_range(value: float, where: str, field_name: str, low: float, high: float, *, note: str = "") -> None:
+    # int/float comparisons are exact in Python (no float conversion), so huge ints compare safely.
+    if value < low or value > high:
+        raise CatalogError(
+            f"{where} must be within {_num(low)}..{_num(high)}{note}, got {_show(value)}", field=field_name
+        )
+
+
+def _check_text(value: str, where: str, field_name: str) -> None:
+    bad = _BAD_TEXT.search(value)
+    if bad is None:
+        return
+    code = ord(bad.group())
+    if 0xD800 <= code <= 0xDFFF:
+        raise CatalogError(
+            f"{where} contains a lone surrogate U+{code:04X} at position {bad.start()}; "
+            "text must be valid Unicode (surrogates U+D800..U+DFFF are not allowed)",
+            field=field_name,
+        )
+    raise CatalogError(
+        f"{where} contains the control character U+{code:04X} at position {bad.start()}; "
+        "the only control characters allowed are tab, newline and carriage return",
+        field=field_name,
+    )
+
+
+def _check_plain_string(value: str, where: str, field_name: str) -> None:
+    """A string nested in a list: the open-string length cap and valid text."""
+    if len(value) > STRING_MAX_LENGTH:
+        raise CatalogError(f"{where} is {len(value)} characters; at most {STRING_MAX_LENGTH} allowed", field=field_name)
+    _check_text(value, where, field_name)
+
+
+def _check_untyped(value: Any, where: str, field_name: str, *, level: int, budget: list[int]) -> None:
+    """An item of a list whose item type the source leaves open: JSON scalars or lists of them.
+
+    ``level`` counts the lists around ``value`` (the field itself is 1); ``budget`` the values left.
+    Objects are refused: no field of the contract is declared an object, so none may hide in a list.
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CatalogError(f"{where}: the list holds more than {UNTYPED_MAX_VALUES} values in all", field=field_name)
+    if value is None:
+        raise CatalogError(f"{where} must not be null", field=field_name)
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        _check_finite(value, where, field_name)
+        _check_range(value, where, field_name, -JSON_SAFE_INTEGER, JSON_SAFE_INTEGER)
+        return
+    if isinstance(value, str):
+        _check_plain_string(value, where, field_name)
+        return
+    if isinstance(value, list):
+        if level + 1 > UNTYPED_LIST_LEVELS:
+            raise CatalogError(f"{where} nests lists more than {UNTYPED_LIST_LEVELS} levels deep", field=field_name)
+        if len(value) > ARRAY_MAX_ITEMS:
+            raise CatalogError(f"{where} takes at most {ARRAY_MAX_ITEMS} item(s), got {len(value)}", field=field_name)
+        for i, item in enumerate(value):
+            _check_untyped(item, f"{where}[{i}]", field_name, level=level + 1, budget=budget)
+        return
+    raise CatalogError(
+        f"{where} must be a string, a number, true/false or a list of those, got {_show(value)} "
+        "(objects are not allowed: RunAPI declares no object field here)",
+        field=field_name,
+    )
 
 
 @dataclass(frozen=True)
@@ -171,6 +366,8 @@ class ModelSpec:
     slug: str
     send_model: bool
     fields: Mapping[str, FieldSpec]
+    # The action's endpoint (``text_to_image``, ``decompose_layers``, ...): some outputs depend on it.
+    endpoint: str = ""
 
     @property
     def image_field(self) -> FieldSpec | None:
@@ -182,6 +379,24 @@ class ModelSpec:
     @property
     def takes_prompt(self) -> bool:
         return "prompt" in self.fields
+
+    @property
+    def max_outputs(self) -> int:
+        """How many images one task of this model can return, at most (to cap downloads by).
+
+        The largest value of its count field (enum or max; ``OUTPUT_COUNT_MAX`` when open), else 1;
+        at least the grid and its quadrants with ``include_split_images``, and at least
+        ``DECOMPOSE_LAYERS_MAX_OUTPUTS`` for a layer decomposition (its layer count is open).
+        """
+        counts = [
+            n for name in OUTPUT_COUNT_FIELDS if name in self.fields and (n := self.fields[name].output_count_max)
+        ]
+        most = max(counts, default=1)
+        if "include_split_images" in self.fields:
+            most = max(most, SPLIT_IMAGES_OUTPUTS)
+        if self.endpoint == "decompose_layers":
+            most = max(most, DECOMPOSE_LAYERS_MAX_OUTPUTS)
+        return most
 
 
 @dataclass(frozen=True)
@@ -215,6 +430,47 @@ class PreparedRequest:
     @property
     def path(self) -> str:
         return self.action.path
+
+
+@dataclass(frozen=True)
+class ValidatedRequest:
+    """A tool call that passed every check except its image URLs, which do not exist yet.
+
+    The server validates first, so a bad argument costs no upload, then uploads ``image_count``
+    images and turns this into the request body with :meth:`with_images`.
+    """
+
+    action: ActionSpec
+    model: ModelSpec
+    # The body without the image field, read-only: with_images copies it.
+    body: Mapping[str, Any]
+    image_count: int
+
+    @property
+    def path(self) -> str:
+        return self.action.path
+
+    @property
+    def image_field(self) -> FieldSpec | None:
+        return self.model.image_field
+
+    def with_images(self, urls: Sequence[str]) -> PreparedRequest:
+        """The request body with the uploaded images' URLs, each checked as an http(s) URL."""
+        if isinstance(urls, str):
+            raise CatalogError("'images' must be a list of URLs, not one string", field="images")
+        urls = list(urls)
+        if len(urls) != self.image_count:
+            # The count was checked against the model's limits; a different number skips that check.
+            raise CatalogError(
+                f"'images' was validated as {self.image_count} image(s) but {len(urls)} URL(s) were given",
+                field="images",
+            )
+        body = dict(self.body)
+        image_field = self.model.image_field
+        if urls and image_field is not None:  # validate() allows images only with an image field
+            value: Any = urls if image_field.type == "array" else urls[0]
+            body[image_field.name] = image_field.check(value, model=self.model.slug)
+        return PreparedRequest(action=self.action, model=self.model, body=body)
 
 
 @dataclass
@@ -264,6 +520,8 @@ class Catalog:
 
     def resolve(self, model: str, kind: RequestKind) -> tuple[ActionSpec, ModelSpec]:
         """Which action and model spec a tool call means by ``model``."""
+        if not isinstance(model, str):
+            raise CatalogError(f"'model' must be a string, got {_show(model)}", field="model")
         name = model.strip().lower()
         forced_endpoint: str | None = None
         if name in ALIASES:
@@ -271,7 +529,7 @@ class Catalog:
         candidates = self._by_model.get(name)
         if candidates is None:
             raise CatalogError(
-                f"'model' {model!r} is not a RunAPI image model; allowed: "
+                f"'model' {_show(model)} is not a RunAPI image model; allowed: "
                 f"{', '.join(self.model_names + sorted(ALIASES))} (list_models shows each one's fields)",
                 field="model",
                 allowed=self.model_names + sorted(ALIASES),
@@ -310,45 +568,45 @@ class Catalog:
         return None
 
     # -- validation ------------------------------------------------------------------------
-    def prepare(
+    def validate(
         self,
         kind: RequestKind,
         model: str,
         *,
         prompt: str | None,
-        image_urls: list[str] | None = None,
+        image_count: int,
         options: Mapping[str, Any] | None = None,
         soft_options: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
-    ) -> PreparedRequest:
-        """Validate a tool call against the catalog and build the upstream request body.
+    ) -> ValidatedRequest:
+        """Check a tool call against the catalog before anything is uploaded or sent.
 
         ``options`` are explicit choices (an error if the model lacks them); ``soft_options``
         are the tool's defaults, sent only where the model accepts that value; ``params`` are
-        extra model fields. ``image_urls`` must already be public URLs (uploads are done).
+        extra model fields. ``image_count`` is how many input images the call brings: it is
+        checked against the model's image field now, their URLs come with
+        :meth:`ValidatedRequest.with_images`.
         """
         action, spec = self.resolve(model, kind)
+        if isinstance(image_count, bool) or not isinstance(image_count, int) or image_count < 0:
+            raise CatalogError(f"'images' count must be a whole number >= 0, got {_show(image_count)}", field="images")
         body: dict[str, Any] = {}
         if spec.send_model:
             body["model"] = spec.slug
 
         if spec.takes_prompt:
-            if prompt is None or not prompt.strip():
-                if spec.fields["prompt"].required:
+            prompt_field = spec.fields["prompt"]
+            if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
+                if prompt_field.required:
                     raise CatalogError(f"'prompt' is required for model '{spec.slug}'", field="prompt")
             else:
-                body["prompt"] = spec.fields["prompt"].check(prompt, model=spec.slug)
+                body["prompt"] = prompt_field.check(prompt, model=spec.slug)
 
         reserved = {"model", "prompt"}
         image_field = spec.image_field
         if image_field is not None:
             reserved.add(image_field.name)
-        for key in params or {}:
-            if key in reserved:
-                hint = "images" if image_field is not None and key == image_field.name else key
-                raise CatalogError(
-                    f"'params.{key}' is not allowed; pass it as the tool argument '{hint}'", field=f"params.{key}"
-                )
+        params = self._check_params(params, reserved, image_field)
 
         merged: dict[str, tuple[Any, bool]] = {}
         for key, value in (soft_options or {}).items():
@@ -357,10 +615,10 @@ class Catalog:
         for key, value in (options or {}).items():
             if value is not None:
                 merged[key] = (value, False)
-        for key, value in (params or {}).items():
+        for key, value in params.items():
             if key in merged and not merged[key][1] and merged[key][0] != value:
                 raise CatalogError(
-                    f"'{key}' is given twice (argument {merged[key][0]!r}, params {value!r}); give it once",
+                    f"'{key}' is given twice (argument {_show(merged[key][0])}, params {_show(value)}); give it once",
                     field=key,
                 )
             merged[key] = (value, False)
@@ -380,32 +638,97 @@ class Catalog:
                 continue  # the tool's default does not fit this model: let RunAPI apply its own
             body[key] = fspec.check(value, model=spec.slug)
 
-        if image_field is not None:
-            urls = list(image_urls or [])
-            if kind == "edit" and not urls:
-                raise CatalogError(f"'images' needs at least one image for model '{spec.slug}'", field="images")
-            if urls:
-                if image_field.type == "array":
-                    body[image_field.name] = image_field.check(urls, model=spec.slug)
-                elif len(urls) > 1:
-                    raise CatalogError(
-                        f"'images' takes exactly one image for model '{spec.slug}', got {len(urls)}",
-                        field="images",
-                    )
-                else:
-                    body[image_field.name] = image_field.check(urls[0], model=spec.slug)
-        elif image_urls:
-            raise CatalogError(f"model '{spec.slug}' takes no input images ('images')", field="images")
+        self._check_image_count(kind, spec, image_count)
 
         for name, fspec in spec.fields.items():
-            if fspec.required and name not in body:
-                allowed = f"; allowed: {', '.join(map(str, fspec.enum))}" if fspec.enum else ""
+            if not fspec.required or name in body:
+                continue
+            if image_field is not None and name == image_field.name and image_count > 0:
+                continue  # filled by with_images
+            allowed = f"; allowed: {', '.join(map(str, fspec.enum))}" if fspec.enum else ""
+            raise CatalogError(
+                f"'{name}' is required for model '{spec.slug}' ({fspec.describe()}){allowed}",
+                field=name,
+                allowed=fspec.enum,
+            )
+        return ValidatedRequest(action=action, model=spec, body=MappingProxyType(body), image_count=image_count)
+
+    def prepare(
+        self,
+        kind: RequestKind,
+        model: str,
+        *,
+        prompt: str | None,
+        image_urls: list[str] | None = None,
+        options: Mapping[str, Any] | None = None,
+        soft_options: Mapping[str, Any] | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> PreparedRequest:
+        """Validate a tool call and build the upstream request body in one step.
+
+        ``image_urls`` must already be public URLs (uploads are done). Prefer :meth:`validate`
+        then :meth:`ValidatedRequest.with_images` when images still need uploading.
+        """
+        urls = list(image_urls or [])
+        validated = self.validate(
+            kind,
+            model,
+            prompt=prompt,
+            image_count=len(urls),
+            options=options,
+            soft_options=soft_options,
+            params=params,
+        )
+        return validated.with_images(urls)
+
+    @staticmethod
+    def _check_params(
+        params: Mapping[str, Any] | None, reserved: set[str], image_field: FieldSpec | None
+    ) -> Mapping[str, Any]:
+        if params is None:
+            return {}
+        if not isinstance(params, Mapping):
+            raise CatalogError(
+                f"'params' must be an object of field names to values, got {_show(params)}", field="params"
+            )
+        if len(params) > MAX_PARAMS:
+            raise CatalogError(f"'params' has {len(params)} keys; at most {MAX_PARAMS} allowed", field="params")
+        for key in params:
+            if not isinstance(key, str):
+                raise CatalogError(f"'params' keys must be field names (strings), got {_show(key)}", field="params")
+            if key in reserved:
+                hint = "images" if image_field is not None and key == image_field.name else key
                 raise CatalogError(
-                    f"'{name}' is required for model '{spec.slug}' ({fspec.describe()}){allowed}",
-                    field=name,
-                    allowed=fspec.enum,
+                    f"'params.{key}' is not allowed; pass it as the tool argument '{hint}'", field=f"params.{key}"
                 )
-        return PreparedRequest(action=action, model=spec, body=body)
+        return params
+
+    @staticmethod
+    def _check_image_count(kind: RequestKind, spec: ModelSpec, count: int) -> None:
+        image_field = spec.image_field
+        if image_field is None:
+            if count:
+                raise CatalogError(f"model '{spec.slug}' takes no input images ('images'), got {count}", field="images")
+            return
+        if kind == "edit" and count == 0:
+            raise CatalogError(f"'images' needs at least one image for model '{spec.slug}'", field="images")
+        if count == 0:
+            return  # an optional image field is left out (a required one is reported as missing)
+        if image_field.type != "array":
+            if count > 1:
+                raise CatalogError(
+                    f"'images' takes exactly one image for model '{spec.slug}', got {count}", field="images"
+                )
+            return
+        where = f"for model '{spec.slug}' (field '{image_field.name}')"
+        if image_field.min_items is not None and count < image_field.min_items:
+            raise CatalogError(
+                f"'images' needs at least {image_field.min_items} image(s) {where}, got {count}", field="images"
+            )
+        if count > image_field.items_limit:
+            raise CatalogError(
+                f"'images' takes at most {image_field.items_limit} image(s) {where}, got {count}", field="images"
+            )
 
     def describe(self, action_filter: str | None = None) -> list[dict[str, Any]]:
         """The catalog as plain data, for ``list_models`` and ``runapi://models``."""
@@ -420,6 +743,7 @@ class Catalog:
                         "route": f"POST {action.path}",
                         "tool": "generate_image" if self._pick([action], slug, "generate") else "edit_image",
                         "image_field": spec.image_field.name if spec.image_field else None,
+                        "max_outputs": spec.max_outputs,
                         "fields": {
                             name: {"description": f.doc, "spec": f.describe()}
                             for name, f in spec.fields.items()
@@ -432,6 +756,23 @@ class Catalog:
 
 def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _json_text(value: Any) -> str:
+    """A value as the contract (JSON) writes it: ``false``, not Python's ``False``."""
+    return json.dumps(value) if isinstance(value, bool) else str(value)
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a user's value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        # repr() of a huge int is slow and, past 4300 digits, raises ValueError.
+        digits = math.floor(value.bit_length() * math.log10(2)) + 1
+        return f"{'a negative' if value < 0 else 'an'} integer of about {digits} digits"
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # a huge int nested in a list
+        return f"a {type(value).__name__}"
 
 
 def _is_http_url(value: str) -> bool:
@@ -449,6 +790,7 @@ def get_catalog() -> Catalog:
                 slug=slug,
                 send_model=m["send_model"],
                 fields={name: FieldSpec(name=name, **f) for name, f in m["fields"].items()},
+                endpoint=entry["endpoint"],
             )
             for slug, m in entry["models"].items()
         }
