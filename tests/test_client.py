@@ -1,15 +1,29 @@
-"""Unit tests for the RunAPI client: retry policy, headers, error parsing, tolerant models, downloads."""
+"""Unit tests for the RunAPI client: retry policy, headers, error parsing, tolerant models, downloads,
+sanitising of everything upstream sends, redaction of echoed keys, and the image-URL policy.
+
+Most cases run against ``httpx.MockTransport`` with a fake resolver; where real connections matter
+(pinning to the checked address, redirects, trickling hosts, pool separation) a tiny HTTP/1.1 server runs
+on 127.0.0.1 in the test's own event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import email.utils
+import gzip
+import ipaddress
 import json
 import logging
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
+import anyio
 import httpx
 import pytest
 
@@ -18,6 +32,8 @@ from runapi_mcp.client import (
     BadRequestError,
     Balance,
     ConflictError,
+    ImageUrlPolicy,
+    ImageUrlRefusedError,
     InsufficientCreditsError,
     NotFoundError,
     PayloadTooLargeError,
@@ -32,8 +48,10 @@ from runapi_mcp.client import (
     ServerError,
     TaskInfo,
     UploadedFile,
+    address_class,
     normalize_status,
 )
+from runapi_mcp.redaction import Redactor
 
 pytestmark = pytest.mark.anyio
 
@@ -43,6 +61,22 @@ CREATE = "/api/v1/gpt_image_2/text_to_image"
 PNG = b"\x89PNG\r\n\x1a\n" + b"x" * 1000
 
 Handler = Callable[[httpx.Request], httpx.Response]
+Resolve = Callable[[str, int], Awaitable[Sequence[str]]]
+PUBLIC_IP = "93.184.216.34"
+
+
+def fake_dns(table: dict[str, list[str]] | None = None, *, calls: list[str] | None = None) -> Resolve:
+    """A resolver: IP literals resolve to themselves, names per ``table``, any other name to PUBLIC_IP."""
+
+    async def resolve(host: str, port: int) -> Sequence[str]:
+        if calls is not None:
+            calls.append(host)
+        try:
+            return [str(ipaddress.ip_address(host))]
+        except ValueError:
+            return (table or {}).get(host, [PUBLIC_IP])
+
+    return resolve
 
 
 class Recorder:
@@ -73,6 +107,7 @@ class Sleeps:
 def make_client(
     handler: Handler, *, key: str | None = KEY, sleeps: Sleeps | None = None, **kwargs: Any
 ) -> RunAPIClient:
+    kwargs.setdefault("image_policy", ImageUrlPolicy(BASE, resolver=fake_dns()))
     return RunAPIClient(key, BASE, transport=httpx.MockTransport(handler), sleep=sleeps or Sleeps(), **kwargs)
 
 
@@ -536,7 +571,7 @@ async def test_download_streams_to_dest_without_authorization(tmp_path: pathlib.
 
 async def test_download_follows_redirects_without_authorization(tmp_path: pathlib.Path) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "a.test":
+        if request.headers["Host"] == "a.test":
             return httpx.Response(302, headers={"Location": "https://b.test/final.png"})
         return httpx.Response(200, content=PNG)
 
@@ -544,6 +579,7 @@ async def test_download_follows_redirects_without_authorization(tmp_path: pathli
     async with make_client(recorder) as client:
         result = await client.download("https://a.test/1.png", tmp_path / "x.png")
     assert result.bytes_written == len(PNG)
+    assert [r.headers["Host"] for r in recorder.requests] == ["a.test", "b.test"]
     assert all("Authorization" not in r.headers for r in recorder.requests)
 
 
@@ -597,8 +633,10 @@ async def test_download_enforces_max_bytes(tmp_path: pathlib.Path) -> None:
 async def test_download_rejects_non_http_urls(tmp_path: pathlib.Path) -> None:
     recorder = Recorder(httpx.Response(200, content=PNG))
     async with make_client(recorder) as client:
-        with pytest.raises(RunAPIResponseError):
+        with pytest.raises(ImageUrlRefusedError, match="not http"):
             await client.download("file:///etc/passwd", tmp_path / "x.png")
+        with pytest.raises(RunAPIResponseError, match="not valid"):
+            await client.download("http://[::1/x.png", tmp_path / "x.png")
     assert recorder.requests == []
 
 
@@ -716,3 +754,574 @@ def test_unknown_fields_are_kept() -> None:
         TaskInfo.from_response(["not", "an", "object"])
     with pytest.raises(RunAPIResponseError):
         UploadedFile.from_response({"file_name": "x"})
+
+
+# -- sanitising what upstream sends ----------------------------------------------------------------
+
+
+def key_forms(secret: str = KEY) -> list[str]:
+    raw = secret.encode()
+    return [
+        secret,
+        quote(secret, safe=""),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.b64encode(b"Bearer " + raw).decode().rstrip("="),
+    ]
+
+
+def assert_no_key(*texts: str) -> None:
+    for text in texts:
+        for form in key_forms():
+            assert form not in text
+
+
+def assert_clean(text: str) -> None:
+    """Encodable as strict UTF-8, and free of controls and bidi overrides."""
+    text.encode("utf-8")
+    assert not any(ord(c) < 0x20 and c not in "\t\n\r" for c in text)
+    assert not any(c in text for c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\x7f\x9b")
+
+
+async def test_strings_in_answers_are_cleaned() -> None:
+    body = (
+        b'{"id": "t\\ud800", "status": "failed", "\\udfffkey\\u0000": "v",'
+        b' "error": "bad\\u0000 \\u001b[31mred\\u202e gnp.exe \\u2066x\\u2069 \\ud83d\\ude00 tab\\tok",'
+        b' "big": "' + b"x" * 1_000_000 + b'", "list": ["\\u0007bell", {"\\u202ek": "\\udc00"}]}'
+    )
+    async with make_client(Recorder(httpx.Response(200, content=body))) as client:
+        task = await client.get_task(CREATE, "t1")
+    assert task.id == "t\ufffd"
+    assert task.error == "bad [31mred gnp.exe x \U0001f600 tab\tok"
+    assert len(task.raw["big"]) == 8192 and task.raw["big"].endswith("…")
+    assert task.raw["\ufffdkey"] == "v"
+    assert task.raw["list"] == ["bell", {"k": "\ufffd"}]
+    dumped = task.model_dump_json()
+    assert_clean(dumped)
+    assert_clean(json.dumps(task.raw, ensure_ascii=False))
+
+
+async def test_cleaned_header_values() -> None:
+    request_id = "req\x1b[2J\u202e-1".encode()
+    response = httpx.Response(
+        500, json={"error": "boom\u202e"}, headers=[(b"x-request-id", request_id), (b"Retry-After", b"\x01 2")]
+    )
+    async with make_client(Recorder(response), retry=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(ServerError) as info:
+            await client.get_balance()
+    assert info.value.request_id == "req[2J-1"
+    assert_clean(str(info.value))
+    assert_clean(repr(info.value))
+
+
+async def chunks(count: int, size: int, sent: list[int]) -> AsyncIterator[bytes]:
+    block = b" " * size
+    for _ in range(count):
+        sent.append(size)
+        yield block
+
+
+async def test_a_huge_answer_is_refused_without_reading_it_all() -> None:
+    sent: list[int] = []
+    recorder = Recorder(lambda request: httpx.Response(200, content=chunks(50, 1 << 20, sent)))
+    async with make_client(recorder) as client:
+        with pytest.raises(RunAPIResponseError, match="larger than 4,194,304 bytes"):
+            await client.get_task(CREATE, "t1")
+    assert sum(sent) <= 5 << 20  # stopped right after the cap, not at 50 MB
+    assert len(recorder.requests) == 1  # asking again would only fetch the same flood
+
+
+async def test_a_compressed_bomb_is_refused_while_inflating() -> None:
+    bomb = gzip.compress(b"[" + b" " * (50 << 20) + b"]", compresslevel=9)
+    assert len(bomb) < 100_000
+    recorder = Recorder(httpx.Response(200, content=iter_of(bomb), headers={"Content-Encoding": "gzip"}))
+    async with make_client(recorder) as client:
+        with pytest.raises(RunAPIResponseError, match="larger than"):
+            await client.get_balance()
+
+
+async def iter_of(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 4096):
+        yield data[i : i + 4096]
+
+
+async def test_compressed_answers_are_read() -> None:
+    packed = gzip.compress(json.dumps({"id": "t1", "status": "pending"}).encode())
+    recorder = Recorder(
+        lambda request: httpx.Response(200, content=iter_of(packed), headers={"Content-Encoding": "gzip"})
+    )
+    async with make_client(recorder) as client:
+        assert (await client.get_task(CREATE, "t1")).id == "t1"
+    assert recorder.requests[0].headers["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize("depth", [100, 10_000, 200_000])
+async def test_deep_nesting_is_refused(depth: int) -> None:
+    body = b'{"id": "t1", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    recorder = Recorder(httpx.Response(200, content=body))
+    async with make_client(recorder) as client:
+        with pytest.raises(RunAPIResponseError, match="nested"):
+            await client.get_task(CREATE, "t1")
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"[1, 2, 3]", b'"just a string"', b"null", b"42", b"\xff\xfe{not json", b'{"id": "' + b"x" * 300 + b'"}'],
+)
+async def test_unusable_answers_raise_response_error(content: bytes) -> None:
+    async with make_client(Recorder(httpx.Response(200, content=content))) as client:
+        with pytest.raises(RunAPIResponseError):
+            await client.get_task(CREATE, "t1")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"id": 10**30},
+        {"id": ["a"]},
+        {"id": {"a": 1}},
+        {"id": True},
+        {"data": [1]},
+        {"data": "x", "id": None},
+        {"id": "a", "status": {"x": 1}},
+        {"id": "a", "status": ["completed"]},
+        {"id": "a", "status": "completed", "images": [{"url": {"x": 1}}, None, 5, [[]]]},
+        {"id": "a", "status": "completed", "images": {"images": {"images": {"images": ["u"]}}}},
+        {"id": "a", "error": [[[{"message": 1}]]], "status": "failed"},
+        {"id": "a", "progress": 10**400},
+        {"id": "a", "progress": "1e999"},
+        {"id": "a", "progress": float("nan")},
+        {"id": "a", "model": ["m"], "raw": "x", "images": "not a url list"},
+        {"id": "a", "status": "completed", "images": [f"https://o/{i}" for i in range(100_000)]},
+    ],
+)
+def test_task_model_takes_any_shape(body: Any) -> None:
+    try:
+        task = TaskInfo.from_response(body)
+    except RunAPIResponseError:
+        return
+    assert len(task.images) <= 64
+    assert task.progress is None or 0.0 <= task.progress <= 1.0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"balance_cents": 10**400},
+        {"balance_cents": "1e999"},
+        {"balance_cents": [1], "paid_balance_cents": {"a": 1}},
+        {"data": {"balance_cents": "-inf"}},
+        ["not", "an", "object"],
+        "text",
+    ],
+)
+def test_balance_and_upload_models_take_any_shape(body: Any) -> None:
+    for model in (Balance, UploadedFile):
+        with contextlib.suppress(RunAPIResponseError):
+            model.from_response(body)
+    with pytest.raises(RunAPIResponseError):
+        UploadedFile.from_response({"url": ["x"]})
+    uploaded = UploadedFile.from_response({"url": "https://f/x", "size_bytes": 10**400, "mime_type": 5})
+    assert uploaded.size_bytes is None and uploaded.mime_type == "5"
+
+
+async def test_weird_headers_do_not_escape_as_other_errors() -> None:
+    headers = {"Retry-After": "Fri, 31 Dec 99999 23:59:59 GMT", "x-request-id": ""}
+    recorder = Recorder(httpx.Response(429, headers=headers), httpx.Response(503, headers={"Retry-After": "1e999"}))
+    sleeps = Sleeps()
+    async with make_client(recorder, sleeps=sleeps, retry=RetryPolicy(max_retries=1)) as client:
+        with pytest.raises(ServerError):
+            await client.get_task(CREATE, "t1")
+    assert len(sleeps.delays) == 1
+
+
+async def test_unsendable_text_becomes_a_runapi_error() -> None:
+    recorder = Recorder(httpx.Response(404))
+    async with make_client(recorder) as client:
+        for call in (
+            client.create_task(CREATE, {"prompt": "a\ud800"}, idempotency_key="k"),
+            client.create_task(CREATE, {"strength": float("nan")}, idempotency_key="k"),
+            client.upload_file(b"x", filename="a\ud800.png", mime_type="image/png"),
+        ):
+            with pytest.raises(BadRequestError, match="cannot be encoded"):
+                await call
+        assert recorder.requests == []
+        with pytest.raises(NotFoundError):
+            await client.get_task(CREATE, "t\ud800")
+    assert recorder.requests[0].url.raw_path.endswith(b"/t%3F")
+
+
+# -- the key, echoed back --------------------------------------------------------------------------
+
+
+async def test_echoed_key_never_reaches_models_or_errors() -> None:
+    b64 = base64.b64encode(KEY.encode()).decode()
+    answer = {
+        "id": "t1",
+        "status": "failed",
+        "error": f"invalid token {KEY} / {quote(KEY, safe='')} / {b64}",
+        "images": [f"https://cdn.test/1.png?key={quote(KEY, safe='')}&raw={KEY}&b={b64}"],
+        KEY: "as a key too",
+    }
+    recorder = Recorder(
+        httpx.Response(200, json=answer),
+        httpx.Response(500, json={"error": f"echo {KEY}", "code": KEY}, headers={"x-request-id": KEY}),
+        httpx.Response(400, json={"detail": [{"loc": ["body", KEY], "msg": b64}]}, headers={"x-request-id": b64}),
+        httpx.Response(200, json={"url": f"https://f/x?k={KEY}", "file_name": KEY}),
+        httpx.Response(200, json={"balance_cents": 1, "note": f"Bearer {KEY}"}),
+    )
+    async with make_client(recorder, retry=RetryPolicy(max_retries=0)) as client:
+        task = await client.get_task(CREATE, "t1")
+        with pytest.raises(ServerError) as server:
+            await client.get_task(CREATE, "t1")
+        with pytest.raises(BadRequestError) as bad:
+            await client.get_balance()
+        uploaded = await client.upload_file(b"x", filename="a.png", mime_type="image/png")
+        balance = await client.get_balance()
+    assert server.value.request_id == "***"
+    assert task.error is not None and "***" in task.error
+    texts = [repr(task), str(task), task.model_dump_json(), repr(uploaded), repr(balance), repr(client)]
+    for err in (server.value, bad.value):
+        texts += [str(err), repr(err), str(err.code), str(err.request_id)]
+    assert_no_key(*texts)
+
+
+async def test_the_redactor_is_shared() -> None:
+    async with make_client(Recorder(task_json())) as client:
+        assert client.redactor(f"x {KEY} y") == "x *** y"
+    mine = Redactor([KEY, "other-secret"])
+    answer = {"id": "t1", "status": "failed", "error": "leaked other-secret"}
+    async with make_client(Recorder(httpx.Response(200, json=answer)), redactor=mine) as client:
+        assert client.redactor is mine
+        assert (await client.get_task(CREATE, "t1")).error == "leaked ***"
+
+
+async def test_download_errors_do_not_show_the_url_query(tmp_path: pathlib.Path) -> None:
+    url = f"https://cdn.test/{KEY}/1.png?sig={quote(KEY, safe='')}"
+    recorder = Recorder(httpx.Response(500), httpx.ConnectError(f"failed for {url}"))
+    async with make_client(recorder, retry=RetryPolicy(max_retries=1)) as client:
+        with pytest.raises(RunAPIError) as info:
+            await client.download(url, tmp_path / "x.png")
+    assert_no_key(str(info.value), repr(info.value))
+
+
+# -- the image URL policy --------------------------------------------------------------------------
+
+PUBLIC_BASE = "https://api.test"
+LOOPBACK_BASE = "http://127.0.0.1:8000"
+PRIVATE_BASE = "http://10.0.0.5:8080"
+OK = None
+
+POLICY_TABLE: list[tuple[str, str | None, str | None, str | None]] = [
+    # url, then the refusal (substring) for a public, a loopback and a private base URL; None: allowed
+    ("https://93.184.216.34/x.png", OK, OK, OK),
+    ("https://public.test/x.png", OK, OK, OK),
+    ("http://169.254.169.254/latest/meta-data/", "link-local/metadata", "link-local/metadata", "link-local/metadata"),
+    ("http://169.254.10.1/", "link-local", "link-local", "link-local"),
+    ("http://[fe80::1]/", "link-local", "link-local", "link-local"),
+    ("http://[fd00:ec2::254]/", "metadata", "metadata", "metadata"),
+    ("http://100.100.100.200/", "metadata", "metadata", "metadata"),
+    ("http://metadata.google.internal/", "metadata", "metadata", "metadata"),
+    ("http://[::ffff:169.254.169.254]/", "link-local/metadata", "link-local/metadata", "link-local/metadata"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "link-local/metadata", "link-local/metadata", "link-local/metadata"),
+    ("http://meta.test/", "link-local/metadata", "link-local/metadata", "link-local/metadata"),
+    ("http://mixed.test/", "link-local/metadata", "link-local/metadata", "link-local/metadata"),
+    ("http://0.0.0.0:8000/", "unspecified", "unspecified", "unspecified"),
+    ("http://0.1.2.3/", "unspecified", "unspecified", "unspecified"),
+    ("http://[::]:8000/", "unspecified", "unspecified", "unspecified"),
+    ("http://224.0.0.1/", "multicast", "multicast", "multicast"),
+    ("http://[ff02::1]/", "multicast", "multicast", "multicast"),
+    ("http://255.255.255.255/", "broadcast", "broadcast", "broadcast"),
+    ("http://240.0.0.1/", "reserved", "reserved", "reserved"),
+    ("http://127.0.0.1:8000/x.png", "loopback", OK, "loopback"),
+    ("http://127.0.0.2:8000/x.png", "loopback", OK, "loopback"),
+    ("http://[::1]:8000/x.png", "loopback", OK, "loopback"),
+    ("http://[::ffff:127.0.0.1]:8000/x.png", "loopback", OK, "loopback"),
+    ("http://localhost:8000/x.png", "loopback", OK, "loopback"),
+    ("http://127.0.0.1:8001/x.png", "loopback", "port 8000", "loopback"),
+    ("http://127.0.0.1/x.png", "loopback", "port 8000", "loopback"),
+    ("http://10.1.2.3/x.png", "private", "private", OK),
+    ("http://172.16.0.1/x.png", "private", "private", OK),
+    ("http://192.168.1.1:9999/x.png", "private", "private", OK),
+    ("http://100.64.0.1/x.png", "private", "private", OK),
+    ("http://[fd12:3456::1]/x.png", "private", "private", OK),
+    ("http://lan.test/x.png", "private", "private", OK),
+    ("ftp://93.184.216.34/x.png", "not http", "not http", "not http"),
+    ("http://user:pw@93.184.216.34/x.png", "credentials", "credentials", "credentials"),
+]
+DNS = {
+    "localhost": ["::1", "127.0.0.1"],
+    "meta.test": ["169.254.169.254"],
+    "mixed.test": [PUBLIC_IP, "169.254.169.254"],  # every address counts, not just the first
+    "lan.test": ["192.168.7.7"],
+}
+
+
+@pytest.mark.parametrize(("url", "public", "loopback", "private"), POLICY_TABLE)
+async def test_image_url_policy(url: str, public: str | None, loopback: str | None, private: str | None) -> None:
+    for base, expected in ((PUBLIC_BASE, public), (LOOPBACK_BASE, loopback), (PRIVATE_BASE, private)):
+        policy = ImageUrlPolicy(base, resolver=fake_dns(DNS))
+        if expected is None:
+            addresses = await policy.check(httpx.URL(url))
+            assert addresses and all(address_class(a) in ("public", "loopback", "private") for a in addresses)
+        else:
+            with pytest.raises(ImageUrlRefusedError, match=expected) as info:
+                await policy.check(httpx.URL(url))
+            assert str(info.value).startswith("refused to fetch an image from")
+            assert "/x.png" not in str(info.value) and "pw" not in str(info.value)
+
+
+async def test_policy_base_url_by_name() -> None:
+    gateway = fake_dns({"gateway.lan": ["192.168.1.10"], "lan.test": ["10.9.9.9"]})
+    assert await ImageUrlPolicy("http://gateway.lan", resolver=gateway).check(httpx.URL("http://lan.test/x"))
+    local = ImageUrlPolicy("http://localhost:9000", resolver=fake_dns(DNS))
+    assert await local.check(httpx.URL("http://127.0.0.1:9000/x"))
+    with pytest.raises(ImageUrlRefusedError, match="port 9000"):
+        await local.check(httpx.URL("http://127.0.0.1:9001/x"))
+
+    async def broken(host: str, port: int) -> Sequence[str]:
+        raise OSError("no DNS")
+
+    with pytest.raises(RunAPIConnectionError, match="could not resolve"):
+        await ImageUrlPolicy(PUBLIC_BASE, resolver=broken).check(httpx.URL("https://cdn.test/x"))
+
+    async def idna(host: str, port: int) -> Sequence[str]:
+        raise UnicodeError("label too long")
+
+    with pytest.raises(RunAPIResponseError, match="not valid"):
+        await ImageUrlPolicy(PUBLIC_BASE, resolver=idna).check(httpx.URL("https://cdn.test/x"))
+
+
+def test_refusal_messages_are_plain() -> None:
+    assert address_class("::ffff:10.0.0.1") == "private"
+    err = ImageUrlRefusedError("refused to fetch an image from 169.254.169.254: link-local/metadata address")
+    assert str(err) == "refused to fetch an image from 169.254.169.254: link-local/metadata address"
+    assert isinstance(err, RunAPIError)
+
+
+async def test_refused_urls_send_nothing_and_are_not_retried(tmp_path: pathlib.Path) -> None:
+    recorder = Recorder(httpx.Response(200, content=PNG))
+    async with make_client(recorder) as client:
+        for url in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:8000/x", "http://10.0.0.1/x"):
+            with pytest.raises(ImageUrlRefusedError):
+                await client.download(url, tmp_path / "x.png")
+    assert recorder.requests == []
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("location", "error"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam", ImageUrlRefusedError),
+        ("http://[::ffff:a9fe:a9fe]/", ImageUrlRefusedError),
+        ("http://meta.test/x", ImageUrlRefusedError),
+        ("http://127.0.0.1:22/", ImageUrlRefusedError),
+        ("file:///etc/passwd", ImageUrlRefusedError),
+        ("javascript:alert(1)", ImageUrlRefusedError),
+        ("http://[::1", RunAPIResponseError),
+    ],
+)
+async def test_redirect_to_a_refused_place_is_refused(
+    tmp_path: pathlib.Path, location: str, error: type[RunAPIError]
+) -> None:
+    recorder = Recorder(httpx.Response(302, headers={"Location": location}))
+    async with make_client(recorder, image_policy=ImageUrlPolicy(BASE, resolver=fake_dns(DNS))) as client:
+        with pytest.raises(error):
+            await client.download("https://cdn.test/1.png", tmp_path / "x.png")
+    assert len(recorder.requests) == 1  # neither followed nor retried
+    assert listing(tmp_path) == []
+
+
+async def test_relative_redirects_resolve_against_the_current_url(tmp_path: pathlib.Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/a/1.png":
+            return httpx.Response(301, headers={"Location": "../b/2.png"})
+        return httpx.Response(200, content=PNG)
+
+    recorder = Recorder(handler)
+    async with make_client(recorder) as client:
+        await client.download("https://cdn.test/a/1.png", tmp_path / "x.png")
+    assert [str(r.url) for r in recorder.requests] == [f"https://{PUBLIC_IP}/a/1.png", f"https://{PUBLIC_IP}/b/2.png"]
+
+
+async def test_download_is_pinned_to_the_checked_address(tmp_path: pathlib.Path) -> None:
+    calls: list[str] = []
+    recorder = Recorder(httpx.Response(200, content=PNG))
+    policy = ImageUrlPolicy(BASE, resolver=fake_dns({"cdn.test": ["203.0.114.7"]}, calls=calls))
+    async with make_client(recorder, image_policy=policy) as client:
+        await client.download("https://cdn.test:8443/1.png?sig=1", tmp_path / "x.png")
+    (request,) = recorder.requests
+    assert str(request.url) == "https://203.0.114.7:8443/1.png?sig=1"
+    assert request.headers["Host"] == "cdn.test:8443"
+    assert request.extensions["sni_hostname"] == "cdn.test"
+    assert calls.count("cdn.test") == 1  # resolved once, for the check; the connection reuses that answer
+
+
+async def test_persistent_503_makes_one_plus_max_retries_requests(tmp_path: pathlib.Path) -> None:
+    for call in ("api", "download"):
+        recorder = Recorder(httpx.Response(503))
+        async with make_client(recorder) as client:
+            with pytest.raises(ServerError):
+                if call == "api":
+                    await client.get_task(CREATE, "t1")
+                else:
+                    await client.download("https://cdn.test/1.png", tmp_path / "x.png")
+        assert len(recorder.requests) == 3, call
+    assert listing(tmp_path) == []
+
+
+async def test_partial_file_is_removed_when_retries_run_out(tmp_path: pathlib.Path) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"partial"
+        raise httpx.ReadError("connection reset")
+
+    recorder = Recorder(lambda request: httpx.Response(200, content=broken()))
+    async with make_client(recorder) as client:
+        with pytest.raises(RunAPIConnectionError):
+            await client.download("https://cdn.test/1.png", tmp_path / "x.png")
+    assert len(recorder.requests) == 3
+    assert listing(tmp_path) == []
+
+
+# -- a real loopback server: pinning, redirects, trickling hosts, separate pools --------------------
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+Route = Callable[[Seen, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class LoopbackServer:
+    """A minimal HTTP/1.1 server on 127.0.0.1 (one request per connection) with scripted routes."""
+
+    routes: dict[str, Route]
+    seen: list[Seen] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> LoopbackServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, target, _ = (await reader.readline()).decode().split(" ", 2)
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, value = line.decode().split(":", 1)
+                headers[name.strip().lower()] = value.strip()
+            seen = Seen(method, target, headers)
+            self.seen.append(seen)
+            route = self.routes.get(target.split("?")[0], not_found)
+            await route(seen, writer)
+            await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+
+def head(status: int, headers: dict[str, str]) -> bytes:
+    lines = [f"HTTP/1.1 {status} X"] + [f"{k}: {v}" for k, v in {**headers, "Connection": "close"}.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def answer(status: int, body: bytes = b"", **headers: str) -> Route:
+    async def route(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(head(status, {"Content-Length": str(len(body)), **headers}) + body)
+
+    return route
+
+
+async def not_found(seen: Seen, writer: asyncio.StreamWriter) -> None:
+    writer.write(head(404, {"Content-Length": "0"}))
+
+
+def trickle(every_s: float) -> Route:
+    """Promise 1000 bytes, then send one every ``every_s`` seconds: never a read time-out, never done."""
+
+    async def route(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(head(200, {"Content-Length": "1000", "Content-Type": "image/png"}))
+        for _ in range(1000):
+            await writer.drain()
+            await asyncio.sleep(every_s)
+            writer.write(b"x")
+
+    return route
+
+
+def loopback_client(server: LoopbackServer, **kwargs: Any) -> RunAPIClient:
+    table = {"images.test": ["::1", "127.0.0.1"], "localhost": ["127.0.0.1"]}
+    policy = ImageUrlPolicy(server.base, resolver=fake_dns(table))
+    kwargs.setdefault("sleep", Sleeps())
+    return RunAPIClient(KEY, server.base, image_policy=policy, **kwargs)
+
+
+async def test_real_connection_goes_to_the_checked_address(tmp_path: pathlib.Path) -> None:
+    routes = {"/img.png": answer(200, PNG, **{"Content-Type": "image/png"})}
+    async with LoopbackServer(routes) as server, loopback_client(server) as client:
+        # images.test exists only in the fake resolver: the download can only work if the connection
+        # goes to the address the policy checked (::1 refused here, then 127.0.0.1), Host kept.
+        result = await client.download(f"http://images.test:{server.port}/img.png", tmp_path / "x.png")
+    assert result.bytes_written == len(PNG) and result.content_type == "image/png"
+    (seen,) = server.seen
+    assert seen.target == "/img.png" and seen.headers["host"] == f"images.test:{server.port}"
+    assert "authorization" not in seen.headers
+
+
+async def test_real_redirect_loop_stops_after_five_hops(tmp_path: pathlib.Path) -> None:
+    routes: dict[str, Route] = {"/loop": answer(302, Location="/loop")}
+    async with LoopbackServer(routes) as server, loopback_client(server) as client:
+        with pytest.raises(RunAPIConnectionError, match="redirected more than 5 times"):
+            await client.download(f"{server.base}/loop", tmp_path / "x.png")
+    assert len(server.seen) == 6  # the request and five redirects, not retried
+    assert listing(tmp_path) == []
+
+
+async def test_real_redirect_to_another_loopback_port_is_refused(tmp_path: pathlib.Path) -> None:
+    async with LoopbackServer({}) as other:
+        routes = {"/img.png": answer(307, Location=f"http://localhost:{other.port}/secret")}
+        async with LoopbackServer(routes) as server, loopback_client(server) as client:
+            with pytest.raises(ImageUrlRefusedError, match="loopback"):
+                await client.download(f"{server.base}/img.png", tmp_path / "x.png")
+    assert other.seen == []
+
+
+async def test_trickling_host_hits_the_deadline(tmp_path: pathlib.Path) -> None:
+    async with LoopbackServer({"/slow.png": trickle(0.05)}) as server, loopback_client(server) as client:
+        started = time.monotonic()
+        with pytest.raises(RunAPITimeoutError, match=r"did not deliver within 0\.5 s"):
+            await client.download(f"{server.base}/slow.png", tmp_path / "x.png", deadline_s=0.5)
+        elapsed = time.monotonic() - started
+    assert 0.45 <= elapsed < 1.5
+    assert listing(tmp_path) == []
+
+
+async def test_trickling_downloads_do_not_starve_api_calls(tmp_path: pathlib.Path) -> None:
+    routes = {"/slow.png": trickle(0.2), "/api/v1/me/balance": answer(200, b'{"balance_cents": 7}')}
+    async with LoopbackServer(routes) as server:
+        client = loopback_client(server, max_connections=2, max_download_connections=8)
+        async with client, anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(client.download, f"{server.base}/slow.png", tmp_path / f"{n}.png")
+            await anyio.sleep(0.3)
+            assert len(list(tmp_path.iterdir())) == 8  # every download is under way, holding a connection
+            with anyio.fail_after(2):
+                assert (await client.get_balance()).balance_cents == 7
+            tg.cancel_scope.cancel()
+    assert listing(tmp_path) == []  # cancelled downloads leave no partial file

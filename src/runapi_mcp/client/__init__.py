@@ -7,9 +7,15 @@ It knows nothing of MCP::
         task = await client.get_task("/api/v1/gpt_image_2/text_to_image", task.id)
 """
 
+from runapi_mcp.client._urls import ImageUrlPolicy, address_class
 from runapi_mcp.client.client import (
     DEFAULT_BASE_URL,
+    DEFAULT_DOWNLOAD_DEADLINE_S,
+    DEFAULT_DOWNLOAD_READ_TIMEOUT_S,
+    DEFAULT_MAX_ANSWER_BYTES,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_RETRY_POLICY,
+    MAX_REDIRECTS,
     NO_API_KEY_MESSAGE,
     RetryPolicy,
     RunAPIClient,
@@ -18,6 +24,7 @@ from runapi_mcp.client.errors import (
     AuthenticationError,
     BadRequestError,
     ConflictError,
+    ImageUrlRefusedError,
     InsufficientCreditsError,
     NotFoundError,
     PayloadTooLargeError,
@@ -42,13 +49,20 @@ from runapi_mcp.client.models import (
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_DOWNLOAD_DEADLINE_S",
+    "DEFAULT_DOWNLOAD_READ_TIMEOUT_S",
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_RETRY_POLICY",
+    "MAX_REDIRECTS",
     "NO_API_KEY_MESSAGE",
     "AuthenticationError",
     "BadRequestError",
     "Balance",
     "ConflictError",
     "DownloadResult",
+    "ImageUrlPolicy",
+    "ImageUrlRefusedError",
     "InsufficientCreditsError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -66,5 +80,6 @@ __all__ = [
     "TaskInfo",
     "TaskStatus",
     "UploadedFile",
+    "address_class",
     "normalize_status",
 ]

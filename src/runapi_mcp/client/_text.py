@@ -1,4 +1,11 @@
-"""Private text helpers: reading error messages out of any body shape, scrubbing secrets, Retry-After."""
+"""Private text helpers: sanitising everything read from upstream, error messages out of any body shape,
+Retry-After.
+
+Every string that comes from RunAPI or an image host (JSON bodies, keys included, and the headers the client
+reads) passes :func:`clean_text` before anything else sees it: lone surrogates would crash the MCP writer
+(they cannot be encoded as UTF-8), control and bidi-override characters can hide or reorder text in a
+terminal, a megabyte-long string bloats every result it lands in, and RunAPI may echo the API key back.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,101 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from runapi_mcp.redaction import Redactor
+
 MAX_MESSAGE_CHARS = 500
-_BEARER = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+")
+# Big enough for any signed URL or error text seen in practice, small enough that one hostile string
+# cannot bloat a tool result.
+MAX_STRING_CHARS = 8192
+# RunAPI's answers nest 3 or 4 levels; 64 leaves room for odd proxies while bounding the recursion below.
+MAX_JSON_DEPTH = 64
+# Integers outside this range are of no use to any consumer and make float() overflow.
+_INT_LIMIT = 2**63
+_SURROGATES = re.compile("[\ud800-\udfff]")
+# C0 controls except \t \n \r, DEL, C1 controls (\x9b is a terminal escape), and the bidi embedding,
+# override and isolate characters ("Trojan Source").
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# Only bearer-shaped tokens: what any error message gets scrubbed of, whoever built it.
+_BEARER_ONLY = Redactor()
 _MESSAGE_KEYS = ("message", "detail", "msg", "error_description", "description", "reason", "title")
 _CODE_KEYS = ("code", "error_code", "type")
 _CODE_LIKE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+MAX_REQUEST_ID_CHARS = 128
+
+
+class UnusableJSONError(ValueError):
+    """:func:`read_json` could not make a usable value of a body; the client turns it into RunAPIResponseError.
+
+    ``transient`` is true when asking again may help (a body cut short), false when the answer is hostile
+    (nested too deeply) and asking again would only repeat it.
+    """
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def clean_text(text: str, redactor: Redactor | None = None, *, limit: int = MAX_STRING_CHARS) -> str:
+    """``text`` safe to pass on: lone surrogates -> U+FFFD, invisible controls removed, secrets masked, capped.
+
+    Redaction runs after the controls are gone (a key with a NUL spliced in is still the key) and before
+    the cap (so a cut can never leave half a key behind).
+    """
+    text = _INVISIBLE.sub("", _SURROGATES.sub("\ufffd", text))
+    if redactor is not None:
+        text = redactor(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def clean_json(value: Any, redactor: Redactor, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A copy of decoded JSON with every string, keys included, passed through :func:`clean_text`.
+
+    Numbers no consumer can use (NaN, infinities, integers beyond 64 bits) become ``None``. Nesting deeper
+    than ``max_depth`` raises :class:`UnusableJSONError`, so the recursion here stays shallow.
+    """
+
+    def walk(item: Any, depth: int) -> Any:
+        if isinstance(item, str):
+            return clean_text(item, redactor)
+        if item is None or isinstance(item, bool):
+            return item
+        if isinstance(item, int):
+            return item if -_INT_LIMIT <= item < _INT_LIMIT else None
+        if isinstance(item, float):
+            return item if math.isfinite(item) else None
+        if depth >= max_depth:
+            raise UnusableJSONError(f"the answer is nested more than {max_depth} levels deep", transient=False)
+        if isinstance(item, Mapping):
+            return {clean_text(str(key), redactor): walk(inner, depth + 1) for key, inner in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(inner, depth + 1) for inner in item]
+        return None  # not a JSON type: nothing downstream could use it
+
+    return walk(value, 0)
+
+
+def read_json(content: bytes, redactor: Redactor) -> Any:
+    """Decode a (size-capped) body and :func:`clean_json` it; :class:`UnusableJSONError` if it is no JSON.
+
+    Invalid UTF-8 becomes U+FFFD rather than an error: the answer may still be usable.
+    """
+    if not content.strip():
+        raise UnusableJSONError("the body is empty", transient=True)
+    text = content.decode("utf-8-sig", errors="replace")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        # The C decoder gives up cleanly at the interpreter's recursion limit; turn that into a refusal.
+        raise UnusableJSONError("the answer is nested too deeply", transient=False) from None
+    except ValueError:
+        raise UnusableJSONError("the body is not valid JSON", transient=True) from None
+    return clean_json(value, redactor)
 
 
 def status_text(status_code: int) -> str:
@@ -30,23 +121,30 @@ def truncate(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """Replace every secret, and anything that looks like a bearer token, with ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _BEARER.sub("Bearer ***", text)
+def scrub(text: str) -> str:
+    """Clean ``text`` and mask anything that looks like a bearer token (errors apply this to every message)."""
+    return clean_text(text, _BEARER_ONLY)
 
 
-def request_id_of(response: httpx.Response, body: Any = None) -> str | None:
+def header(response: httpx.Response, name: str, redactor: Redactor, *, limit: int = 1024) -> str | None:
+    """A response header as :func:`clean_text` leaves it; ``None`` when absent or blank."""
+    value = response.headers.get(name)
+    if value is None:
+        return None
+    value = clean_text(value, redactor, limit=limit).strip()
+    return value or None
+
+
+def request_id_of(response: httpx.Response, redactor: Redactor, body: Any = None) -> str | None:
+    """The request id from a header, or from a (cleaned) body's ``request_id``."""
     for name in _REQUEST_ID_HEADERS:
-        value = response.headers.get(name)
+        value = header(response, name, redactor)
         if value:
-            return truncate(value, 128)
+            return truncate(value, MAX_REQUEST_ID_CHARS)
     if isinstance(body, Mapping):
         value = body.get("request_id") or body.get("requestId")
         if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-            return truncate(str(value), 128)
+            return truncate(clean_text(str(value), redactor), MAX_REQUEST_ID_CHARS)
     return None
 
 
@@ -62,22 +160,14 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                return None
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):  # a year 99999 and the like
             return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
-
-
-def decode_json(response: httpx.Response) -> Any:
-    """The body as JSON, or raise ``ValueError``. Never guesses from the content type alone."""
-    content = response.content
-    if not content.strip():
-        raise ValueError("empty body")
-    return json.loads(content)
 
 
 def _looks_like_markup(text: str) -> bool:
@@ -166,17 +256,10 @@ def message_and_code(body: Any) -> tuple[str | None, str | None]:
     return message, code or _code_of(body)
 
 
-def error_details(response: httpx.Response) -> tuple[str, str | None, str | None]:
-    """``(message, code, request_id)`` for an error response; the message falls back to the status text."""
-    try:
-        body: Any = decode_json(response)
-    except ValueError:
-        body = None  # HTML or plain text from a proxy: never shown raw.
+def error_details(status_code: int, body: Any) -> tuple[str, str | None]:
+    """``(message, code)`` for an error answer whose body :func:`read_json` cleaned (``None`` if it was no
+    JSON: HTML or plain text from a proxy is never shown raw); the message falls back to the status text."""
     message, code = message_and_code(body)
     if code is not None and code.isdigit():
         code = None  # {"code": "402"} only repeats the status.
-    return (
-        truncate(message) if message else status_text(response.status_code),
-        code,
-        request_id_of(response, body),
-    )
+    return (truncate(message) if message else status_text(status_code), code)

@@ -1,12 +1,21 @@
-"""The async RunAPI HTTP client: auth, retries, error mapping, uploads and downloads."""
+"""The async RunAPI HTTP client: auth, retries, error mapping, uploads and downloads.
+
+Everything that comes from upstream is made safe here, at the boundary, so the wire models and every layer
+above only ever see clean data: bodies are read with a size cap (``_body``), decoded, depth-limited and
+cleaned and redacted string by string (``_text.read_json``), and the few headers the client reads go through
+the same cleaning (``_text.header``). Image URLs are fetched only where the :class:`ImageUrlPolicy` allows,
+at the very address it approved, with redirects followed by hand and judged hop by hop.
+"""
 
 from __future__ import annotations
 
 import logging
 import pathlib
 import random
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -16,16 +25,22 @@ import anyio
 import httpx
 
 from runapi_mcp import __version__
+from runapi_mcp.client._body import BodyTooLargeError, BodyUndecodableError, iter_body, read_body
 from runapi_mcp.client._text import (
-    decode_json,
+    UnusableJSONError,
+    clean_text,
     error_details,
+    header,
     parse_retry_after,
+    read_json,
     request_id_of,
-    scrub,
     status_text,
 )
+from runapi_mcp.client._urls import ImageUrlPolicy, host_header
 from runapi_mcp.client.errors import (
     AuthenticationError,
+    BadRequestError,
+    ImageUrlRefusedError,
     NotFoundError,
     PayloadTooLargeError,
     RateLimitedError,
@@ -36,8 +51,20 @@ from runapi_mcp.client.errors import (
     error_for_status,
 )
 from runapi_mcp.client.models import Balance, DownloadResult, TaskInfo, UploadedFile
+from runapi_mcp.redaction import Redactor
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_RETRY_POLICY", "NO_API_KEY_MESSAGE", "RetryPolicy", "RunAPIClient"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_DOWNLOAD_DEADLINE_S",
+    "DEFAULT_DOWNLOAD_READ_TIMEOUT_S",
+    "DEFAULT_MAX_ANSWER_BYTES",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_RETRY_POLICY",
+    "MAX_REDIRECTS",
+    "NO_API_KEY_MESSAGE",
+    "RetryPolicy",
+    "RunAPIClient",
+]
 
 logger = logging.getLogger("runapi_mcp.client")
 
@@ -48,8 +75,24 @@ DEFAULT_BASE_URL = "https://runapi.ai"
 NO_API_KEY_MESSAGE = (
     "No RunAPI API key is set: set RUNAPI_API_KEY (or apiKey in ~/.config/runapi/config.json)"
 )
+# A task answer is a few KB; 4 MiB leaves room for a large listing while bounding what one answer costs.
+DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
+# An error body is only mined for one message; past this it is treated as unreadable (status text instead).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
+# Per image, across every attempt, redirect and retry wait: a host trickling a byte every few seconds
+# would otherwise hold a download slot forever.
+DEFAULT_DOWNLOAD_DEADLINE_S = 120.0
+# Per network read (and connect): a host that stops sending altogether fails fast, not at the deadline.
+DEFAULT_DOWNLOAD_READ_TIMEOUT_S = 30.0
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _EXPIRED_URL = "The image URL has expired or is not reachable"
 _GONE_STATUSES = frozenset({401, 403, 404, 410})
+_DIGITS = re.compile(r"[0-9]{1,20}")
+# What httpx or the standard library raise (beyond httpx.RequestError) on a URL, header or body an upstream
+# made strange; each becomes a RunAPIResponseError instead of escaping the client.
+_ODDITIES = (httpx.InvalidURL, UnicodeError, ValueError, TypeError, OverflowError, LookupError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +146,12 @@ class _Attempt:
 class RunAPIClient:
     """An async client for RunAPI's HTTP API. Use it as ``async with RunAPIClient(key) as client: ...``.
 
-    It knows nothing of MCP. The API key is only ever sent to ``base_url``, and never appears in an
-    error message, a repr or a log line.
+    It knows nothing of MCP. The API key is only ever sent to ``base_url``; every string read from upstream
+    passes ``redactor`` (built from the key unless given; the upper layers reuse it as ``client.redactor``),
+    so the key never appears in a returned model, an error message, a repr or a log line.
+
+    API calls and image downloads use separate connection pools (``max_connections`` and
+    ``max_download_connections``): slow image hosts can never take the connections creates and polls need.
     """
 
     def __init__(
@@ -118,25 +165,69 @@ class RunAPIClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
         sleep: Sleep | None = None,
+        redactor: Redactor | None = None,
+        image_policy: ImageUrlPolicy | None = None,
+        download_transport: httpx.AsyncBaseTransport | None = None,
+        max_download_connections: int = 16,
+        download_read_timeout: float = DEFAULT_DOWNLOAD_READ_TIMEOUT_S,
+        download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S,
+        max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
-        """``sleep`` replaces ``anyio.sleep`` between retries (tests pass a recorder)."""
+        """``sleep`` replaces ``anyio.sleep`` between retries (tests pass a recorder).
+
+        ``transport`` serves the API calls, and the downloads too unless ``download_transport`` is given
+        (tests pass one mock for both). ``image_policy`` defaults to one built from ``base_url``.
+        """
         key = (api_key or "").strip()
         self._api_key: str | None = key or None
         url = httpx.URL(base_url.strip().rstrip("/"))
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        if download_deadline_s <= 0 or download_read_timeout <= 0 or max_answer_bytes <= 0:
+            raise ValueError("download_deadline_s, download_read_timeout and max_answer_bytes must be > 0")
         self._base_url = str(url).rstrip("/")
         self._retry = retry
         self._sleep: Sleep = sleep or anyio.sleep
         self._timeout = timeout
-        # No Authorization here: it is added per request, only to requests for base_url.
+        self._redactor = redactor if redactor is not None else Redactor([self._api_key])
+        self._image_policy = image_policy if image_policy is not None else ImageUrlPolicy(self._base_url)
+        self._download_deadline_s = download_deadline_s
+        self._download_read_timeout = download_read_timeout
+        self._max_answer_bytes = max_answer_bytes
+        # No Authorization here: it is added per request, only to requests for base_url. Only encodings
+        # _body can inflate piece by piece are asked for.
         self._http = httpx.AsyncClient(
-            headers={"User-Agent": user_agent, "Accept": "application/json"},
+            headers={"User-Agent": user_agent, "Accept": "application/json", "Accept-Encoding": "gzip, deflate"},
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
             follow_redirects=False,
         )
+        # Downloads connect to the address the policy approved (see _open_pinned). They go straight to a
+        # transport of their own rather than through an httpx client, because the client would parse
+        # every Location itself (raising on odd ones before the policy can judge them) and keep the image
+        # hosts' cookies. The transport has:
+        # - its own pool: slow image hosts can never take the connections API calls need;
+        # - no keep-alive: a pooled connection is keyed by the address, and one verified for one host name
+        #   must not carry a request for another name on the same address;
+        # - no proxy: a proxy would connect wherever it likes (environment proxies are an httpx client
+        #   feature, so none apply here).
+        self._owns_download_transport = download_transport is None and transport is None
+        self._http_transport = transport
+        self._download_transport: httpx.AsyncBaseTransport = (
+            download_transport
+            or transport
+            or httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=max_download_connections, max_keepalive_connections=0)
+            )
+        )
+        self._download_headers = {
+            "User-Agent": user_agent,
+            "Accept": "image/*,*/*;q=0.8",
+            "Accept-Encoding": "identity",  # images are compressed already
+        }
+        # No pool time-out: waiting for a free download connection counts against the per-image deadline.
+        self._download_timeouts = httpx.Timeout(download_read_timeout, pool=None).as_dict()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -152,10 +243,14 @@ class RunAPIClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        try:
+            await self._http.aclose()
+        finally:
+            if self._owns_download_transport or self._download_transport is not self._http_transport:
+                await self._download_transport.aclose()
 
     def __repr__(self) -> str:
-        return f"RunAPIClient(base_url={self._base_url!r}, has_key={self.has_key})"
+        return f"RunAPIClient(base_url={self._redactor(self._base_url)!r}, has_key={self.has_key})"
 
     @property
     def has_key(self) -> bool:
@@ -164,6 +259,15 @@ class RunAPIClient:
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def redactor(self) -> Redactor:
+        """The redactor every upstream string passed; the MCP layer reuses it for what it emits."""
+        return self._redactor
+
+    @property
+    def image_policy(self) -> ImageUrlPolicy:
+        return self._image_policy
 
     # -- public API --------------------------------------------------------------------------------
 
@@ -184,10 +288,11 @@ class RunAPIClient:
         path = _check_path(path).rstrip("/")
         if not task_id or not task_id.strip():
             raise ValueError("task_id must not be empty")
-        quoted = quote(task_id.strip(), safe="")
+        # A lone surrogate cannot be UTF-8 encoded; replaced ("?") it simply names no task (404), not a crash.
+        quoted = quote(task_id.strip(), safe="", errors="replace")
 
         def parse(response: httpx.Response, data: Any) -> TaskInfo:
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
             return TaskInfo.from_response(data, retry_after=retry_after)
 
         try:
@@ -238,46 +343,46 @@ class RunAPIClient:
         url: str,
         dest: pathlib.Path,
         *,
-        max_bytes: int = 200 * 1024 * 1024,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         chunk_size: int = 1 << 16,
+        deadline_s: float | None = None,
     ) -> DownloadResult:
         """Stream ``url`` to ``dest`` (via a temp file beside it, renamed into place at the end).
 
-        Sends no Authorization header: output URLs live on other hosts. Retried on transport errors
-        and 5xx/429. 401/403/404/410 raise :class:`NotFoundError` (the URL has expired).
+        Only URLs the image policy allows are fetched, at the address it approved; redirects are followed
+        by hand (at most :data:`MAX_REDIRECTS`), each hop judged again. Sends no Authorization header:
+        output URLs live on other hosts. Retried on transport errors and 5xx/429, all within
+        ``deadline_s`` (default: the client's ``download_deadline_s``), past which it raises
+        :class:`RunAPITimeoutError`. 401/403/404/410 raise :class:`NotFoundError` (the URL has expired);
+        a refused URL raises :class:`ImageUrlRefusedError`. The temp file never outlives the call.
         """
+        deadline = self._download_deadline_s if deadline_s is None else deadline_s
+        if deadline <= 0:
+            raise ValueError("deadline_s must be > 0")
         try:
             target = httpx.URL(url)
-        except (httpx.InvalidURL, TypeError) as exc:
+        except _ODDITIES as exc:
             raise RunAPIResponseError(
-                f"RunAPI returned an image URL that is not valid: {exc}", summary=""
+                f"RunAPI returned an image URL that is not valid ({self._safe(str(exc), 200)})", summary=""
             ) from None
-        if target.scheme not in ("http", "https") or not target.host:
-            raise RunAPIResponseError("RunAPI returned an image URL that is not an http(s) URL", summary="")
+        host = self._safe(target.host, 100) or "?"
         dest = pathlib.Path(dest)
         await anyio.Path(dest.parent).mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:12]}.part")
         try:
-            retry = 0
-            while True:
-                outcome = await self._download_once(target, dest, tmp, max_bytes, chunk_size, retry + 1)
-                if isinstance(outcome, DownloadResult):
-                    return outcome
-                status = outcome.error.status_code
-                if not outcome.retryable or retry >= self._retry.max_retries:
-                    raise outcome.error
-                await self._sleep(
-                    self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after)
-                )
-                retry += 1
+            with anyio.move_on_after(deadline):
+                return await self._download_with_retries(target, dest, tmp, max_bytes, chunk_size)
+            raise RunAPITimeoutError(f"The image host {host} did not deliver within {deadline:g} s", summary="")
         finally:
+            # Shielded: a cancelled download must still not leave its partial file behind.
             with anyio.CancelScope(shield=True):
                 await anyio.Path(tmp).unlink(missing_ok=True)
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text, (self._api_key,))
+    def _safe(self, text: str, limit: int = 500) -> str:
+        """Text for a message or log line that did not come through read_json (exception texts, URLs)."""
+        return clean_text(text, self._redactor, limit=limit)
 
     def _auth_headers(self) -> dict[str, str]:
         key = self._api_key
@@ -309,9 +414,18 @@ class RunAPIClient:
         protocol_retried = False
         retry = 0
         while True:
-            outcome = await self._call_once(
-                method, path, request_headers, json, files, data, parse, retry + 1
-            )
+            # Built afresh for every attempt: a request body stream is not guaranteed to be re-readable.
+            try:
+                request = self._http.build_request(
+                    method, self._base_url + path, headers=request_headers, json=json, files=files, data=data
+                )
+            except _ODDITIES as exc:
+                # Text that cannot be sent (a lone surrogate in a prompt or a file name, NaN in the body).
+                raise BadRequestError(
+                    f"the request cannot be encoded ({type(exc).__name__}: {self._safe(str(exc), 200)})",
+                    summary="Could not send the request to RunAPI",
+                ) from None
+            outcome = await self._call_once(request, path, parse, retry + 1)
             if not isinstance(outcome, _Attempt):
                 return outcome
             may_retry = outcome.retryable
@@ -324,56 +438,94 @@ class RunAPIClient:
             retry += 1
 
     async def _call_once(
+        self, request: httpx.Request, path: str, parse: Callable[[httpx.Response, Any], T], attempt: int
+    ) -> T | _Attempt:
+        method, shown = request.method, self._safe(path, 300)
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.RequestError as exc:
+            logger.debug("%s %s -> %s (attempt %d)", method, shown, type(exc).__name__, attempt)
+            return self._transport_failure(exc, what="RunAPI")
+        except _ODDITIES as exc:  # a request body that failed to encode while streaming, or the like
+            error: RunAPIError = BadRequestError(
+                f"the request cannot be sent ({type(exc).__name__})", summary="Could not send the request to RunAPI"
+            )
+            return _Attempt(error, retryable=False)
+        try:
+            return await self._answer(response, parse, method, shown, attempt)
+        except httpx.RequestError as exc:  # the connection broke while the body was read
+            logger.debug("%s %s -> %s (attempt %d)", method, shown, type(exc).__name__, attempt)
+            return self._transport_failure(exc, what="RunAPI")
+        except _ODDITIES as exc:
+            error = RunAPIResponseError(
+                f"the answer could not be read ({type(exc).__name__})", status_code=response.status_code
+            )
+            return _Attempt(error, retryable=False)
+        finally:
+            await response.aclose()
+
+    async def _answer(
         self,
-        method: str,
-        path: str,
-        headers: Mapping[str, str],
-        json: Any,
-        files: Any,
-        data: Mapping[str, str] | None,
+        response: httpx.Response,
         parse: Callable[[httpx.Response, Any], T],
+        method: str,
+        shown: str,
         attempt: int,
     ) -> T | _Attempt:
-        try:
-            response = await self._http.request(
-                method, self._base_url + path, headers=headers, json=json, files=files, data=data
-            )
-        except httpx.RequestError as exc:
-            logger.debug("%s %s -> %s (attempt %d)", method, path, type(exc).__name__, attempt)
-            return self._transport_failure(exc, what="RunAPI")
+        """Read, clean and parse one streamed answer (the one place API bodies are read)."""
         status = response.status_code
-        request_id = request_id_of(response)
+        request_id = request_id_of(response, self._redactor)
         logger.debug(
-            "%s %s -> %d (attempt %d, request id %s)", method, path, status, attempt, request_id or "-"
+            "%s %s -> %d (attempt %d, request id %s)", method, shown, status, attempt, request_id or "-"
         )
+        error: RunAPIError
         if not response.is_success:
-            message, code, request_id = error_details(response)
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            body = await self._error_body(response)
+            message, code = error_details(status, body)
+            retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
             error = error_for_status(
                 status,
-                self._scrub(message),
-                code=self._scrub(code) if code else None,
-                request_id=request_id,
+                message,
+                code=code,
+                request_id=request_id_of(response, self._redactor, body),
                 retry_after=retry_after,
             )
             return _Attempt(error, retryable=status in self._retry.retry_statuses, retry_after=retry_after)
         try:
-            body: Any = decode_json(response)
-        except ValueError:
-            error = RunAPIResponseError("the body is not valid JSON", status_code=status, request_id=request_id)
+            content = await read_body(response, self._max_answer_bytes)
+        except BodyTooLargeError as exc:
+            # Asking again would only fetch the same flood.
+            error = RunAPIResponseError(
+                f"the answer is larger than {exc.limit:,} bytes", status_code=status, request_id=request_id
+            )
+            return _Attempt(error, retryable=False)
+        except BodyUndecodableError as exc:
+            error = RunAPIResponseError(str(exc), status_code=status, request_id=request_id)
             return _Attempt(error, retryable=True)
+        try:
+            body = read_json(content, self._redactor)
+        except UnusableJSONError as exc:
+            error = RunAPIResponseError(str(exc), status_code=status, request_id=request_id)
+            return _Attempt(error, retryable=exc.transient)
         try:
             return parse(response, body)
         except RunAPIResponseError as exc:
-            exc.message = self._scrub(exc.message)
             exc.status_code = exc.status_code or status
             exc.request_id = exc.request_id or request_id
             return _Attempt(exc, retryable=True)
 
+    async def _error_body(self, response: httpx.Response) -> Any:
+        """An error answer's cleaned JSON body, or ``None`` when it has none worth reading."""
+        try:
+            return read_json(await read_body(response, MAX_ERROR_BODY_BYTES), self._redactor)
+        except (BodyTooLargeError, BodyUndecodableError, UnusableJSONError, httpx.RequestError):
+            return None  # the status alone still says what went wrong
+
     def _transport_failure(self, exc: httpx.RequestError, *, what: str) -> _Attempt:
-        detail = self._scrub(str(exc).strip()) or type(exc).__name__
+        detail = self._safe(str(exc).strip(), 300) or type(exc).__name__
         if isinstance(exc, httpx.TimeoutException):
-            message = f"no answer within {self._timeout:g} s ({type(exc).__name__})"
+            seconds = self._timeout if what == "RunAPI" else self._download_read_timeout
+            message = f"no answer within {seconds:g} s ({type(exc).__name__})"
             summary = None if what == "RunAPI" else f"{what[:1].upper()}{what[1:]} did not answer in time"
             return _Attempt(RunAPITimeoutError(message, summary=summary), retryable=True)
         if isinstance(exc, httpx.UnsupportedProtocol | httpx.TooManyRedirects):
@@ -384,39 +536,143 @@ class RunAPIClient:
             detail = f"{detail} ({type(exc).__name__})"
         return _Attempt(RunAPIConnectionError(detail, summary=f"Could not reach {what}"), retryable=True)
 
+    # -- downloads ---------------------------------------------------------------------------------
+
+    async def _download_with_retries(
+        self, target: httpx.URL, dest: pathlib.Path, tmp: pathlib.Path, max_bytes: int, chunk_size: int
+    ) -> DownloadResult:
+        """Attempts (each from the original URL) until one succeeds: 1 + max_retries requests at most."""
+        retry = 0
+        while True:
+            outcome = await self._download_once(target, dest, tmp, max_bytes, chunk_size, retry + 1)
+            if isinstance(outcome, DownloadResult):
+                return outcome
+            if not outcome.retryable or retry >= self._retry.max_retries:
+                raise outcome.error
+            status = outcome.error.status_code
+            await self._sleep(self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after))
+            retry += 1
+
     async def _download_once(
         self,
-        url: httpx.URL,
+        target: httpx.URL,
         dest: pathlib.Path,
         tmp: pathlib.Path,
         max_bytes: int,
         chunk_size: int,
         attempt: int,
     ) -> DownloadResult | _Attempt:
-        where = f"{url.host}{url.path}"  # never the query: signed URLs carry credentials there
-        host = url.host
-        try:
-            async with self._http.stream(
-                "GET", url, headers={"Accept": "image/*,*/*;q=0.8"}, follow_redirects=True
-            ) as response:
+        """One attempt: the URL and each redirect judged by the policy, then fetched at a pinned address."""
+        url = target
+        for _hop in range(MAX_REDIRECTS + 1):
+            host = self._safe(url.host, 100)
+            where = self._safe(f"{url.host}{url.path}", 300)  # never the query: signed URLs carry credentials
+            try:
+                addresses = await self._image_policy.check(url, redactor=self._redactor)
+            except RunAPIConnectionError as exc:  # the name did not resolve: maybe a DNS hiccup
+                return _Attempt(exc, retryable=True)
+            try:
+                response = await self._open_pinned(url, addresses)
+            except httpx.RequestError as exc:
+                logger.debug("GET %s -> %s (download attempt %d)", where, type(exc).__name__, attempt)
+                return self._transport_failure(exc, what=f"the image host {host}")
+            except _ODDITIES as exc:
+                raise RunAPIResponseError(
+                    f"could not request the image from {host} ({type(exc).__name__})", summary=""
+                ) from None
+            try:
                 status = response.status_code
                 logger.debug("GET %s -> %d (download attempt %d)", where, status, attempt)
+                if status in _REDIRECT_STATUSES:
+                    url = self._redirect_target(url, response, host)
+                    continue
                 if not response.is_success:
                     return self._download_failure(response, host)
-                declared = response.headers.get("Content-Length")
-                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                    return _Attempt(_too_large(host, max_bytes), retryable=False)
-                content_type = response.headers.get("Content-Type")
-                written = 0
-                async with await anyio.open_file(tmp, "wb") as file:
-                    async for chunk in response.aiter_bytes(chunk_size):
-                        written += len(chunk)
-                        if written > max_bytes:
-                            return _Attempt(_too_large(host, max_bytes), retryable=False)
-                        await file.write(chunk)
-        except httpx.RequestError as exc:
-            logger.debug("GET %s -> %s (download attempt %d)", where, type(exc).__name__, attempt)
-            return self._transport_failure(exc, what=f"the image host {host}")
+                return await self._save(response, dest, tmp, max_bytes, chunk_size, host)
+            except httpx.RequestError as exc:  # the connection broke mid-body
+                logger.debug("GET %s -> %s (download attempt %d)", where, type(exc).__name__, attempt)
+                return self._transport_failure(exc, what=f"the image host {host}")
+            except _ODDITIES as exc:
+                raise RunAPIResponseError(
+                    f"the answer from the image host {host} could not be read ({type(exc).__name__})", summary=""
+                ) from None
+            finally:
+                await response.aclose()
+        error = RunAPIConnectionError(
+            f"the image host redirected more than {MAX_REDIRECTS} times", summary="Could not download the image"
+        )
+        return _Attempt(error, retryable=False)
+
+    async def _open_pinned(self, url: httpx.URL, addresses: Sequence[str]) -> httpx.Response:
+        """GET ``url`` from one of ``addresses`` (the checked ones), never from a fresh DNS answer.
+
+        The URL's host is replaced by the address; the host name travels in the Host header and, for
+        https, as the TLS server name (SNI and certificate check). The next address is tried only when
+        connecting to one fails.
+        """
+        headers = {**self._download_headers, "Host": host_header(url)}
+        extensions: dict[str, Any] = {"timeout": self._download_timeouts}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+        last = len(addresses) - 1
+        for n, address in enumerate(addresses):
+            request = httpx.Request("GET", url.copy_with(host=address), headers=headers, extensions=extensions)
+            try:
+                response = await self._download_transport.handle_async_request(request)
+            except httpx.ConnectError:
+                if n == last:
+                    raise
+                continue
+            response.request = request
+            return response
+        raise RunAPIConnectionError("the image host has no address", summary="Could not reach the image host")
+
+    def _redirect_target(self, url: httpx.URL, response: httpx.Response, host: str) -> httpx.URL:
+        """Where a redirect points (relative Locations resolved against ``url``); only http(s) is followed."""
+        location = header(response, "Location", self._redactor, limit=8192)
+        if location is None:
+            raise RunAPIResponseError(
+                f"the image host {host} redirected without saying where to", status_code=response.status_code
+            )
+        try:
+            target = url.join(location)
+        except _ODDITIES:
+            raise RunAPIResponseError(
+                f"the image host {host} redirected to a URL that is not valid",
+                status_code=response.status_code,
+                summary="",
+            ) from None
+        if target.scheme not in ("http", "https"):
+            raise ImageUrlRefusedError(f"refused to follow a redirect from {host} to a URL that is not http(s)")
+        return target
+
+    async def _save(
+        self,
+        response: httpx.Response,
+        dest: pathlib.Path,
+        tmp: pathlib.Path,
+        max_bytes: int,
+        chunk_size: int,
+        host: str,
+    ) -> DownloadResult | _Attempt:
+        status = response.status_code
+        declared = header(response, "Content-Length", self._redactor, limit=64)
+        if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > max_bytes:
+            return _Attempt(_too_large(host, max_bytes), retryable=False)
+        content_type = header(response, "Content-Type", self._redactor, limit=200)
+        written = 0
+        try:
+            async with await anyio.open_file(tmp, "wb") as file, aclosing(
+                iter_body(response, max_bytes, chunk_size=chunk_size)
+            ) as body:
+                async for piece in body:
+                    written += len(piece)
+                    await file.write(piece)
+        except BodyTooLargeError:
+            return _Attempt(_too_large(host, max_bytes), retryable=False)
+        except BodyUndecodableError as exc:
+            error = RunAPIResponseError(f"The image from {host}: {exc}", status_code=status, summary="")
+            return _Attempt(error, retryable=False)
         if written == 0:
             error = RunAPIResponseError(f"The image download from {host} was empty", status_code=status, summary="")
             return _Attempt(error, retryable=True)
@@ -427,7 +683,7 @@ class RunAPIClient:
     def _download_failure(self, response: httpx.Response, host: str) -> _Attempt:
         status = response.status_code
         reason = f"{status_text(status)} from {host}"
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
         error: RunAPIError
         if status in _GONE_STATUSES:
             error = NotFoundError(reason, status_code=status, summary=_EXPIRED_URL)

@@ -4,23 +4,30 @@ Three tiers under :class:`RunAPIError`, as in httpx and the OpenAI SDK:
 
 - :class:`RunAPIStatusError`: an HTTP answer with an error status (one class per status family);
 - :class:`RunAPITransportError`: no HTTP answer at all (:class:`RunAPIConnectionError`, :class:`RunAPITimeoutError`);
-- :class:`RunAPIResponseError`: a success status whose body cannot be used (malformed JSON, no task id, not an image).
+- :class:`RunAPIResponseError`: a success status whose body cannot be used (malformed JSON, no task id, not an image);
+- :class:`ImageUrlRefusedError`: an image URL (or a redirect) this client will not fetch (a private or metadata
+  address, credentials in the URL, not http(s)); never retried.
 
 Every error carries ``status_code``, ``code``, ``request_id`` and ``message``; ``str(err)`` is a sentence
 a user can read, e.g.
 ``RunAPI rejected the request (422 validation_error): prompt is required [request id abc]``.
+
+The client builds messages only from text it already cleaned and redacted (see ``_text.clean_text``); the
+constructor cleans ``message``, ``code`` and ``request_id`` once more and masks bearer tokens, so an error
+built anywhere else cannot carry a lone surrogate or a control character into a tool result either.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from runapi_mcp.client._text import scrub, truncate
+from runapi_mcp.client._text import MAX_REQUEST_ID_CHARS, scrub, truncate
 
 __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "ConflictError",
+    "ImageUrlRefusedError",
     "InsufficientCreditsError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -58,9 +65,9 @@ class RunAPIError(Exception):
         """``summary`` replaces the class's opening words; ``""`` when ``message`` is a whole sentence."""
         self.message = truncate(scrub(message))
         self.status_code = status_code
-        self.code = code
-        self.request_id = request_id
-        self.summary = self.default_summary if summary is None else summary
+        self.code = truncate(scrub(code), 100) if code is not None else None
+        self.request_id = truncate(scrub(request_id), MAX_REQUEST_ID_CHARS) if request_id is not None else None
+        self.summary = self.default_summary if summary is None else scrub(summary)
         super().__init__(self.message)
 
     def __str__(self) -> str:
@@ -168,6 +175,16 @@ class RunAPIResponseError(RunAPIError):
     """A success status with a body that cannot be used: malformed JSON, no task id, ..."""
 
     default_summary = "RunAPI sent an answer that could not be understood"
+
+
+class ImageUrlRefusedError(RunAPIError):
+    """An image URL, or a redirect from one, that the image-URL policy will not fetch; never retried.
+
+    The message names the host or address and the reason, never the URL's path or query (signed URLs
+    carry credentials there).
+    """
+
+    default_summary = ""
 
 
 _BY_STATUS: dict[int, type[RunAPIStatusError]] = {

@@ -1,10 +1,17 @@
-"""Wire models: tolerant readers of RunAPI's answers (unknown fields are kept, never rejected)."""
+"""Wire models: tolerant readers of RunAPI's answers (unknown fields are kept, never rejected).
+
+The client hands these readers JSON it already size-capped, depth-limited, cleaned and redacted (see
+``_text.read_json``). The readers still take any shape without raising anything but
+:class:`RunAPIResponseError`: a hostile answer must not be able to crash the caller with a TypeError or an
+OverflowError, nor make a reader do quadratic work.
+"""
 
 from __future__ import annotations
 
 import math
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Self
 
@@ -58,6 +65,21 @@ _URL_KEYS = ("url", "image_url", "uri", "href")
 _ORIGIN_KEYS = ("origin_url", "original_url", "originUrl")
 _ERROR_KEYS = ("error", "error_message", "errorMessage", "fail_reason", "failure_reason", "failMsg")
 _PROGRESS_KEYS = ("progress", "percent", "percentage")
+# Longer is no id RunAPI issues: it would be a hostile answer, and it goes into every poll's URL.
+MAX_TASK_ID_CHARS = 256
+# A task makes a handful of images; more is no answer worth downloading (and bounds the dedup work).
+MAX_IMAGES = 64
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Turn anything but RunAPIResponseError raised while reading ``what`` into one."""
+    try:
+        yield
+    except RunAPIResponseError:
+        raise
+    except Exception as exc:  # a hostile shape must never escape as anything else
+        raise RunAPIResponseError(f"{what} could not be read ({type(exc).__name__})") from None
 
 
 def normalize_status(raw: str | None) -> TaskStatus:
@@ -133,10 +155,14 @@ def _images_of(value: Any, depth: int = 0) -> list[RemoteImage]:
         return []
     if isinstance(value, list):
         images: list[RemoteImage] = []
+        seen: set[str] = set()
         for item in value:
             image = _image_of(item)
-            if image is not None and all(image.url != seen.url for seen in images):
+            if image is not None and image.url not in seen:
+                seen.add(image.url)
                 images.append(image)
+                if len(images) >= MAX_IMAGES:
+                    break
         return images
     return []
 
@@ -149,12 +175,12 @@ def _images_in(source: Mapping[str, Any], depth: int = 0) -> list[RemoteImage]:
     return []
 
 
-def _error_of(value: Any) -> str | None:
+def _error_of(value: Any, depth: int = 0) -> str | None:
     if isinstance(value, str):
         return value.strip() or None
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping) and depth < 4:
         for key in ("message", "detail", "msg", "reason"):
-            text = _error_of(value.get(key))
+            text = _error_of(value.get(key), depth + 1)
             if text:
                 return text
     return None
@@ -174,7 +200,10 @@ def _progress_of(value: Any) -> float | None:
         except ValueError:
             return None
     elif isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            return None
     else:
         return None
     if math.isnan(number) or math.isinf(number):
@@ -215,11 +244,18 @@ class TaskInfo(BaseModel):
     @classmethod
     def from_response(cls, body: Any, *, retry_after: float | None = None) -> Self:
         """Read a create or status answer: ``{"id"}``, ``{"task_id"}`` or ``{"data": {...}}``."""
+        with _reading("the task answer"):
+            return cls._read(body, retry_after)
+
+    @classmethod
+    def _read(cls, body: Any, retry_after: float | None) -> Self:
         payload = _envelope(body, "a task", _ID_KEYS)
         sources = (payload, body) if payload is not body else (body,)
         task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None)
         if task_id is None:
             raise RunAPIResponseError("the answer has no task id")
+        if len(task_id) > MAX_TASK_ID_CHARS:
+            raise RunAPIResponseError(f"the answer's task id is longer than {MAX_TASK_ID_CHARS} characters")
         raw_status = next((s for key in _STATUS_KEYS if (s := _string(_lookup(key, *sources)))), None)
         status = normalize_status(raw_status)
         images = _images_in(payload) or (_images_in(body) if payload is not body else [])
@@ -252,13 +288,13 @@ def _optional_int(value: Any) -> int | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return value
+        return value if -(2**63) <= value < 2**63 else None  # no count of cents or bytes is that large
     if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else round(value)
+        return None if math.isnan(value) or math.isinf(value) else _optional_int(round(value))
     if isinstance(value, str):
         try:
             return _optional_int(float(value.strip()))
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     return None
 
@@ -279,15 +315,16 @@ class UploadedFile(BaseModel):
 
     @classmethod
     def from_response(cls, body: Any) -> Self:
-        payload = _envelope(body, "the upload", ("url",), wrappers=("data", "file"))
-        url = _string(payload.get("url")) or _string(payload.get("file_url"))
-        if url is None:
-            raise RunAPIResponseError("the upload answer has no file url")
-        fields = dict(payload)
-        fields["url"] = url
-        for key in ("file_name", "mime_type", "expires_at"):
-            fields[key] = _string(fields.get(key)) if key in fields else None
-        return cls.model_validate(fields)
+        with _reading("the upload answer"):
+            payload = _envelope(body, "the upload", ("url",), wrappers=("data", "file"))
+            url = _string(payload.get("url")) or _string(payload.get("file_url"))
+            if url is None:
+                raise RunAPIResponseError("the upload answer has no file url")
+            fields = dict(payload)
+            fields["url"] = url
+            for key in ("file_name", "mime_type", "expires_at"):
+                fields[key] = _string(fields.get(key)) if key in fields else None
+            return cls.model_validate(fields)
 
 
 class Balance(BaseModel):
@@ -303,7 +340,8 @@ class Balance(BaseModel):
 
     @classmethod
     def from_response(cls, body: Any) -> Self:
-        return cls.model_validate(dict(_envelope(body, "the balance", ("balance_cents",))))
+        with _reading("the balance answer"):
+            return cls.model_validate(dict(_envelope(body, "the balance", ("balance_cents",))))
 
 
 @dataclass(frozen=True, slots=True)
