@@ -1,6 +1,8 @@
 """Turn what a user calls an image (URL, path, data URI, library URI, task id) into a URL RunAPI can fetch.
 
-Every entry is checked before anything is uploaded, so one bad entry sends nothing.
+Every entry is checked before anything is uploaded, so one bad entry sends nothing. Local files (paths,
+file:// URIs) are read through the sandbox: opened once, checked on the descriptor, read in a worker
+thread. Library images are read by id through the image store, which applies the same rules.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
-
-import anyio
+from urllib.parse import unquote_to_bytes, urlparse
 
 from runapi_mcp.client import RunAPIClient
-from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, inspect_image
+from runapi_mcp.tasks.images import (
+    IMAGE_URI_PREFIX,
+    ImageFileError,
+    ImageNotFoundError,
+    ImageStore,
+    inspect_image,
+)
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
+from runapi_mcp.tasks.sandbox import SandboxError, read_local_file
 
 FORMS = (
     "an http(s) URL, an absolute local path or file:// URI inside the allowed directories, "
@@ -28,6 +35,7 @@ FORMS = (
 )
 # RunAPI output URLs live about 7 days; reuse one for a day, upload the local copy after that.
 _REUSE_REMOTE_URL_S = 24 * 3600
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
 
 
@@ -101,7 +109,7 @@ class ImageResolver:
         if lower.startswith("data:"):
             return self._plan_data_uri(where, value)
         if lower.startswith(IMAGE_URI_PREFIX):
-            image = self._images.find(value[len(IMAGE_URI_PREFIX) :])
+            image = await self._images.lookup(value[len(IMAGE_URI_PREFIX) :])
             if image is None:
                 raise ImageReferenceError(f"{where}: no image {value!r} in the library")
             return await self._plan_library_image(where, image)
@@ -109,7 +117,8 @@ class ImageResolver:
             parsed = urlparse(value)
             if parsed.netloc not in ("", "localhost"):
                 raise ImageReferenceError(f"{where}: file:// URIs must name a local file, got host {parsed.netloc!r}")
-            return await self._plan_path(where, Path(unquote(parsed.path)))
+            # Bytes, not text: a file name need not be UTF-8 (the sandbox refuses NULs and the like).
+            return await self._plan_path(where, Path(os.fsdecode(unquote_to_bytes(parsed.path))))
         if value.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
             return await self._plan_path(where, _expand_user(value))
         record = await self._find_task(value)
@@ -136,47 +145,30 @@ class ImageResolver:
         return self._checked_upload(where, data, "image")
 
     async def _plan_path(self, where: str, path: Path) -> _Upload:
-        if not path.is_absolute():
-            raise ImageReferenceError(f"{where}: local paths must be absolute, got {str(path)!r}")
+        # One open, every check on the descriptor, in a worker thread: no check-then-read race, no
+        # FIFO that hangs, no device that never ends (see sandbox.py).
         try:
-            resolved = await anyio.Path(path).resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: no such file") from None
-        real = Path(resolved)  # pure path operations only from here; I/O goes through anyio.Path
-        if not any(real == d or real.is_relative_to(d) for d in self._allowed):
-            raise ImageReferenceError(
-                f"{where}: {str(path)!r} is outside the allowed directories "
-                f"({', '.join(map(str, self._allowed))}); set RUNAPI_MCP_ALLOWED_DIRS to allow more"
-            )
-        if not await resolved.is_file():
-            raise ImageReferenceError(f"{where}: {str(path)!r} is not a file")
-        try:
-            size = (await resolved.stat()).st_size
-            if size > self._max_bytes:
-                raise ImageReferenceError(
-                    f"{where}: {str(path)!r} is {size / 1048576:.1f} MiB; the limit is "
-                    f"{self._max_bytes / 1048576:.0f} MiB"
-                )
-            data = await resolved.read_bytes()
-        except PermissionError:
-            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: permission denied") from None
-        except OSError as exc:
-            raise ImageReferenceError(f"{where}: cannot read {str(path)!r}: {exc.strerror}") from None
-        return self._checked_upload(where, data, real.stem)
+            local = await read_local_file(path, allowed_dirs=self._allowed, limit=self._max_bytes, where=where)
+        except SandboxError as exc:
+            raise ImageReferenceError(str(exc)) from None
+        return self._checked_upload(where, local.data, local.real_path.stem)
 
     async def _plan_library_image(self, where: str, image: ImageRecord) -> _Ready | _Upload:
         if image.url and time.time() - image.created_at < _REUSE_REMOTE_URL_S:
             return _Ready(image.url)
         if image.path is None:
             raise ImageReferenceError(f"{where}: image {image.id} was never downloaded")
-        return await self._plan_path_unchecked(where, Path(image.path), image.id)
-
-    async def _plan_path_unchecked(self, where: str, path: Path, stem: str) -> _Upload:
+        if image.bytes is not None and image.bytes > self._max_bytes:  # refuse before reading it all
+            raise ImageReferenceError(
+                f"{where}: image {image.id} is {image.bytes / 1048576:.1f} MiB; the limit is "
+                f"{self._max_bytes / 1048576:.0f} MiB"
+            )
+        # By id, not by the record's path: the store derives the file from the id and sandboxes the read.
         try:
-            data = await anyio.Path(path).read_bytes()
-        except OSError:
-            raise ImageReferenceError(f"{where}: the library file {str(path)!r} is gone") from None
-        return self._checked_upload(where, data, stem)
+            stored = await self._images.read_image(image.id)
+        except ImageNotFoundError as exc:
+            raise ImageReferenceError(f"{where}: {exc}") from None
+        return self._checked_upload(where, stored.data, image.id)
 
     def _checked_upload(self, where: str, data: bytes, stem: str) -> _Upload:
         if len(data) > self._max_bytes:
@@ -187,7 +179,9 @@ class ImageResolver:
             info = inspect_image(data)
         except ImageFileError as exc:
             raise ImageReferenceError(f"{where} is {exc}") from None
-        return _Upload(data=data, filename=f"{stem}{info.extension}", mime_type=info.mime_type)
+        # The name goes into a multipart header: keep it to plain characters.
+        safe_stem = _UNSAFE_NAME.sub("-", stem).strip("-.")[:80] or "image"
+        return _Upload(data=data, filename=f"{safe_stem}{info.extension}", mime_type=info.mime_type)
 
     async def _upload(self, plan: _Upload) -> str:
         digest = hashlib.sha256(plan.data).hexdigest()
