@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from runapi_mcp.simulator import Fault, Simulator, SimulatorConfig
+from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, ImageHost, Simulator, SimulatorConfig
 
 KEY = "sk-sim-test-key"
 T2I = "/api/v1/gpt_image_2/text_to_image"
@@ -394,6 +397,372 @@ def test_fault_validation() -> None:
         Fault("explode")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Fault.from_dict({"kind": "status", "colour": 1})
+
+
+def test_fault_validation_of_hostile_kinds() -> None:
+    bad: list[dict[str, Any]] = [
+        {"kind": "status", "urls": ["http://x/"]},  # a field for another kind
+        {"kind": "trickle", "body": "html"},
+        {"kind": "not_image", "body": "deep"},
+        {"kind": "echo_key", "where": "status"},
+        {"kind": "invalid_unicode", "where": "request_id"},
+        {"kind": "image_urls"},  # neither urls nor count
+        {"kind": "image_urls", "count": -1},
+        {"kind": "image_urls", "urls": "http://x/"},
+        {"kind": "image_urls", "urls": ["http://x/"], "method": "GET"},  # task faults: at creation
+        {"kind": "echo_key", "where": "error", "method": "GET"},
+        {"kind": "redirect", "status": 200},
+        {"kind": "redirect", "location": "http://x/\r\nSet-Cookie: a=b"},
+        {"kind": "not_image", "content_type": "image/\u00fcpng\u0100"},
+        {"kind": "bomb", "width": 0},
+        {"kind": "bomb", "width": 2**31, "height": 1},
+        {"kind": "bomb", "width": 2**20, "height": 2**20},  # inflates to more than 32 GiB
+        {"kind": "huge_image", "width": 100_000, "height": 100_000},
+        {"kind": "trickle", "chunk": 0},
+        {"kind": "odd_json", "body": "array", "size": 10},
+        {"kind": "odd_json", "size": 0},
+    ]
+    for item in bad:
+        with pytest.raises(ValueError):
+            Fault.from_dict(item)
+    # Defaults are filled in, and every kind survives the trip through the control API's JSON.
+    assert (Fault("bomb").width, Fault("bomb").height) == (60_000, 60_000)
+    assert (Fault("huge_image").width, Fault("huge_image").height) == (20_000, 14_000)
+    assert Fault("invalid_unicode").where == "error" and Fault("invalid_unicode").body == "mixed"
+    assert Fault("odd_json").size == 50_000_000 and Fault("odd_json", body="deep").size == 10_000
+    assert Fault("trickle").chunk == 1
+    examples = [
+        Fault("not_image", body="svg", content_type="image/webp"),
+        Fault("trickle", chunk=10, delay=0.5),
+        Fault("redirect", status=307, location="file:///etc/passwd"),
+        Fault("image_urls", urls=["javascript:alert(1)"], count=3),
+        Fault("echo_key", where="request_id", status=500),
+        Fault("invalid_unicode", where="id", message="\ud800"),
+    ]
+    for fault in examples:
+        assert Fault.from_dict(json.loads(json.dumps(fault.to_dict()))) == fault
+    assert Fault("echo_key", where="image_url").task_scoped and not Fault("echo_key", where="message").task_scoped
+
+
+# -- a hostile upstream ----------------------------------------------------------------------------
+def _completed(sim: Simulator, client: httpx.Client, path: str = T2I) -> tuple[str, dict[str, Any]]:
+    """A new task (taking any task faults), completed at once: its real id and its status answer."""
+    client.post(path, json=_body())
+    task_id = sim.task_ids[-1]  # not from the create answer: a fault may have planted a fake id there
+    sim.set_task_outcome(task_id, "completed")
+    return task_id, client.get(f"{path}/{task_id}").json()
+
+
+def _image_url(sim: Simulator, client: httpx.Client) -> str:
+    url: str = _completed(sim, client)[1]["images"][0]["url"]
+    return url
+
+
+def _wait_streams_closed(sim: Simulator, timeout: float = 2.0) -> None:
+    """Wait until the simulator sends no streamed answer (it may finish just after its client)."""
+    deadline = time.monotonic() + timeout
+    while sim.open_streams:
+        assert time.monotonic() < deadline, f"{sim.open_streams} answer(s) still streaming"
+        time.sleep(0.01)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The chunks of a PNG, each CRC checked (no decoding)."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks: list[tuple[bytes, bytes]] = []
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        chunks.append((kind, body))
+        pos += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1] == (b"IEND", b"")
+    return chunks
+
+
+def _ihdr(data: bytes) -> tuple[int, int, int, int]:
+    """Width, height, bit depth and colour type a PNG declares."""
+    width, height, depth, colour = struct.unpack(">IIBB", _png_chunks(data)[0][1][:10])
+    return width, height, depth, colour
+
+
+def test_not_image_downloads(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    url = _image_url(sim, client)
+    checks: dict[str, Callable[[bytes], bool]] = {
+        "html": lambda b: b.startswith(b"<!DOCTYPE html>") and b"<form" in b,
+        "svg": lambda b: b.startswith(b"<?xml") and b"<svg" in b and b"<script>" in b,
+        "text": lambda b: b.startswith(b"403 Forbidden"),
+        "json": lambda b: "error" in json.loads(b),
+        "empty": lambda b: b == b"",
+        "truncated_png": lambda b: len(b) == 100 and b.startswith(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+    }
+    for body, check in checks.items():
+        sim.inject(Fault("not_image", body=body))  # type: ignore[arg-type]
+        assert client.get("/api/v1/me").status_code == 200  # not a download: untouched
+        served = anon.get(url)
+        assert served.status_code == 200 and served.headers["content-type"] == "image/png", body
+        assert int(served.headers["content-length"]) == len(served.content)
+        assert check(served.content), body
+    sim.inject(Fault("not_image", body="json", content_type="image/webp", path_contains="/images/"))
+    assert anon.get(url).headers["content-type"] == "image/webp"
+    sim.inject(Fault("html", status=200))  # the older way: an HTML page as a 200 answer
+    page = anon.get(url)
+    assert page.status_code == 200 and "<html>" in page.text
+    assert anon.get(url).content.startswith(b"\x89PNG")  # every fault used up: the real picture
+
+
+def test_bomb_declares_gigapixels_in_a_small_file(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    url = _image_url(sim, client)
+    sim.inject(Fault("bomb"))
+    bomb = anon.get(url)
+    assert bomb.status_code == 200 and bomb.headers["content-type"] == "image/png"
+    assert _ihdr(bomb.content) == (60_000, 60_000, 1, 0)  # 1-bit grayscale, 3.6 gigapixels
+    assert 100_000 < len(bomb.content) < 1_000_000
+    # A smaller one inflated in full: real PNG image data (zlib checksum included), all zeros.
+    sim.inject(Fault("bomb", width=4001, height=3000))
+    small = anon.get(url).content
+    assert _ihdr(small)[:2] == (4001, 3000)
+    inflater = zlib.decompressobj()
+    data = b"".join(body for kind, body in _png_chunks(small) if kind == b"IDAT")
+    raw = inflater.decompress(data)
+    assert inflater.eof and not inflater.unused_data
+    assert len(raw) == 3000 * (1 + 501) and raw.count(0) == len(raw)
+
+
+def test_huge_image_is_a_real_picture(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    url = _image_url(sim, client)
+    sim.inject(Fault("huge_image"))
+    huge = anon.get(url)
+    assert huge.status_code == 200 and huge.headers["content-type"] == "image/png"
+    assert _ihdr(huge.content) == (20_000, 14_000, 4, 3)  # 280 megapixels, 16-colour palette
+    assert 200_000 < len(huge.content) < 5_000_000
+    sim.inject(Fault("huge_image", width=3001, height=2000))
+    img = Image.open(io.BytesIO(anon.get(url).content))
+    img.load()
+    assert img.size == (3001, 2000) and img.mode == "P"
+    assert len(set(img.crop((0, 0, 1000, 1)).getdata())) > 4  # colour bands, not a blank
+
+
+def test_trickle_sends_slowly_without_blocking_and_stops_on_hang_up(
+    sim: Simulator, client: httpx.Client, anon: httpx.Client
+) -> None:
+    url = _image_url(sim, client)
+    real = anon.get(url).content
+    sim.inject(Fault("trickle", chunk=100, delay=0.05))
+    assert anon.head(url).status_code == 200 and sim.faults  # a HEAD has no body to trickle: left armed
+    started = time.monotonic()
+    with anon.stream("GET", url) as response:
+        assert time.monotonic() - started < 0.5  # the headers come at once
+        assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+        assert int(response.headers["content-length"]) == len(real)
+        received = b""
+        # Kept, not left with `break`: abandoning httpx's iterator closes the connection.
+        pieces = response.iter_raw()
+        while len(received) < 500:
+            received += next(pieces)
+        assert time.monotonic() - started >= 0.2  # 5 pieces of 100 bytes, 50 ms apart
+        assert received == real[: len(received)]
+        quick = time.monotonic()
+        assert client.get("/v1/models").status_code == 200  # the simulator still answers the rest
+        assert time.monotonic() - quick < 0.5
+        assert sim.open_streams == 1
+    _wait_streams_closed(sim)  # hung up: the simulator stops sending
+    # Read to the end, a trickle delivers the real picture.
+    sim.inject(Fault("trickle", chunk=len(real) // 4 + 1, delay=0.01))
+    assert anon.get(url).content == real
+    assert sim.requests[-1].fault == "trickle"
+
+
+def test_invalid_unicode_in_task_answers(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("invalid_unicode", where="error", body="high_surrogate"))
+    client.post(T2I, json=_body())
+    failed = _wait(client, f"{T2I}/{sim.task_ids[-1]}")
+    raw = client.get(f"{T2I}/{sim.task_ids[-1]}").content
+    assert failed["status"] == "failed" and failed["error"] == "\ud800"
+    assert b'"error":"\\ud800"' in raw  # a lone surrogate escape, as the internet sends it
+
+    sim.inject(Fault("invalid_unicode", where="status"))
+    _, answer = _completed(sim, client)
+    assert answer["status"] == PLANTED_STRINGS["mixed"] and answer["images"]
+    raw = client.get(f"{T2I}/{sim.task_ids[-1]}").content
+    for escape in (b"\\ud800", b"\\udfff", b"\\u0000", b"\\u202e"):
+        assert escape in raw
+
+    sim.inject(Fault("invalid_unicode", where="id", body="nul"))
+    created = client.post(T2I, json=_body())
+    assert created.json()["id"] == "before\x00after" and b"\\u0000" in created.content
+    real_id = sim.task_ids[-1]
+    assert client.get(f"{T2I}/{real_id}").json()["id"] == "before\x00after"
+
+    sim.inject(Fault("invalid_unicode", where="image_url", body="low_surrogate"))
+    _, answer = _completed(sim, client)
+    assert answer["images"][0]["url"].endswith("?u=\udfff")
+
+    sim.inject(Fault("invalid_unicode", where="message", body="huge", status=400))
+    refused = client.get("/api/v1/me")
+    assert refused.status_code == 400 and len(refused.json()["error"]["message"]) == 1_000_000
+    sim.inject(Fault("invalid_unicode", where="message", message="bidi \u202e\ud800"))
+    assert client.get("/api/v1/me").json()["error"]["message"] == "bidi \u202e\ud800"
+    assert client.get("/api/v1/me").status_code == 200  # used up
+    sim.inject(Fault("text", message="bad \ud800"))  # not JSON: the invalid UTF-8 a surrogate makes
+    assert client.get("/api/v1/me").content == b"bad \xed\xa0\x80"
+
+
+def test_invalid_unicode_over_the_control_api(sim: Simulator, client: httpx.Client) -> None:
+    control = _client(sim.base_url)
+    fault = {"kind": "invalid_unicode", "where": "message", "message": "\udfff"}
+    # json.dumps escapes the surrogate (httpx's json= would refuse to encode it).
+    posted = control.post("/_sim/faults", content=json.dumps(fault), headers={"Content-Type": "application/json"})
+    assert posted.status_code == 201 and posted.json()["faults"][0]["message"] == "\udfff"
+    assert client.get("/api/v1/me").json()["error"]["message"] == "\udfff"
+    assert control.get("/_sim/requests").status_code == 200
+    control.close()
+
+
+def test_echo_key_everywhere_but_the_log(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    sim.inject(Fault("echo_key", where="message"))
+    refused = client.get("/api/v1/me")
+    assert refused.status_code == 401 and KEY in refused.json()["error"]["message"]
+
+    sim.inject(Fault("echo_key", where="request_id", method="GET", path_contains=T2I, times=2))
+    task_id, _ = _completed(sim, client)
+    poll = client.get(f"{T2I}/{task_id}")
+    assert poll.status_code == 200 and poll.headers["x-request-id"] == KEY
+    sim.inject(Fault("echo_key", where="request_id", status=503))
+    error = client.get("/api/v1/me")
+    assert error.status_code == 503 and error.headers["x-request-id"] == KEY
+
+    sim.inject(Fault("echo_key", where="error"))
+    client.post(T2I, json=_body())
+    failed = _wait(client, f"{T2I}/{sim.task_ids[-1]}")
+    assert failed["status"] == "failed" and f"Bearer {KEY}" in failed["error"]
+
+    sim.inject(Fault("echo_key", where="image_url"))
+    _, answer = _completed(sim, client)
+    url = answer["images"][0]["url"]
+    encoded = "".join(f"%{b:02X}" for b in KEY.encode())
+    assert f"?sig={KEY}&token={encoded}" in url and f"token={encoded}" in answer["images"][0]["origin_url"]
+    assert anon.get(url).content.startswith(b"\x89PNG")  # the URL still downloads
+
+    # The log keeps real request ids, and the download of the marked URL without the key in it.
+    logged = sim.requests
+    assert len(logged) >= 8 and all(r.request_id.startswith("req_") for r in logged)
+    assert logged[-1].query == "sig=[key]&token=[key]" and logged[-1].carried_key
+    assert not any(r.carried_key for r in logged[:-1])
+    with _client(sim.base_url) as control:
+        for text in (repr(logged), control.get("/_sim/requests").text):
+            assert KEY not in text and encoded not in text
+
+
+def test_image_urls_point_anywhere(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    with ImageHost() as host:
+        hostile = [
+            host.url("/cat.png"),
+            "http://169.254.169.254/latest/meta-data/",
+            "file:///etc/passwd",
+            "ftp://127.0.0.1/pub/cat.png",
+            "javascript:alert(document.cookie)",
+            "http://127.0.0.1/" + "a" * 10_000,
+            "http://[::1]:1/",
+        ]
+        sim.inject(Fault("image_urls", urls=hostile, path_contains="/text_to_image"))
+        assert client.get("/api/v1/me").status_code == 200  # task faults wait for a task
+        client.post(EDIT, json=_body(source_image_urls=["https://example.com/a.png"]))  # another path
+        assert sim.faults[0].kind == "image_urls"
+        _, answer = _completed(sim, client)
+        assert [i["url"] for i in answer["images"]] == hostile
+        assert all(i["width"] == 1024 and i["content_type"] == "image/png" for i in answer["images"])
+        assert not sim.faults and not host.hit  # the simulator lists them, it never fetches them
+        downloaded = anon.get(answer["images"][0]["url"])
+        assert downloaded.content == host.body and _ihdr(downloaded.content)[:2] == (48, 48)
+        assert [(r.method, r.path, r.sent_auth) for r in host.requests] == [("GET", "/cat.png", False)]
+
+    sim.inject(Fault("image_urls", count=1000))
+    task_id, answer = _completed(sim, client)
+    urls = {i["url"] for i in answer["images"]}
+    assert len(answer["images"]) == 1000 and len(urls) == 1 and task_id in urls.pop()
+    assert anon.get(answer["images"][999]["url"]).content.startswith(b"\x89PNG")
+
+    # Two task faults of different kinds shape one task: URLs listed, then marked with the key.
+    sim.inject(Fault("image_urls", urls=["http://a/1.png", "http://a/2.png"], count=3))
+    sim.inject(Fault("echo_key", where="image_url"))
+    _, answer = _completed(sim, client)
+    assert [i["url"].split("?")[0] for i in answer["images"]] == ["http://a/1.png", "http://a/2.png", "http://a/1.png"]
+    assert all(f"sig={KEY}" in i["url"] for i in answer["images"])
+
+
+def test_redirects_anywhere(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    url = _image_url(sim, client)
+    path = httpx.URL(url).raw_path.decode()
+    with ImageHost(b"not from the simulator", content_type="image/png") as host:
+        for status, location in [
+            (301, host.url("/elsewhere.png")),
+            (302, "http://169.254.169.254/latest/meta-data/iam/"),
+            (307, "file:///etc/passwd"),
+            (308, "/images/../../etc/passwd"),
+        ]:
+            sim.inject(Fault("redirect", status=status, location=location))
+            moved = anon.get(url)
+            assert (moved.status_code, moved.headers["location"]) == (status, location)
+        sim.inject(Fault("redirect", location=host.url("/elsewhere.png")))
+        followed = anon.get(url, follow_redirects=True)
+        assert followed.content == b"not from the simulator" and host.hit
+    sim.inject(Fault("redirect", times=None))  # no location: back to itself, forever
+    loop = anon.get(url + "?x=1")
+    assert loop.status_code == 302 and loop.headers["location"] == path + "?x=1"
+    with pytest.raises(httpx.TooManyRedirects):
+        anon.get(url, follow_redirects=True)
+    sim.clear_faults()
+    assert client.get("/api/v1/me").status_code == 200  # a redirect fault only hits downloads
+
+
+def test_odd_json_status_answers(sim: Simulator, client: httpx.Client) -> None:
+    task_id, _ = _completed(sim, client)
+    status_path = f"{T2I}/{task_id}"
+
+    def odd(body: FaultBody = "huge", size: int | None = None) -> Fault:
+        """Matched per status poll, by its path."""
+        return Fault("odd_json", body=body, size=size, method="GET", path_contains="/api/v1/gpt_image_2")
+
+    sim.inject(odd("array"))
+    assert client.get("/api/v1/me").json()["id"] == "usr_simulator"  # another path: untouched
+    listed = client.get(status_path).json()
+    assert isinstance(listed, list) and listed[0]["status"] == "completed"
+
+    sim.inject(odd("deep"))
+    deep = client.get(status_path)
+    assert deep.content.startswith(b'{"detail":' + b"[" * 10_000)
+    with pytest.raises(RecursionError):
+        json.loads(deep.content)
+
+    sim.inject(odd(size=300_000))
+    padded = client.get(status_path)
+    assert len(padded.content) == 300_000 and "content-length" not in padded.headers
+    answer = padded.json()
+    assert answer["status"] == "completed" and answer["id"] == task_id and set(answer["padding"]) == {"A"}
+
+    sim.inject(odd())  # the default: 50 MB, streamed
+    total = 0
+    with client.stream("GET", status_path) as streamed:
+        assert streamed.headers.get("transfer-encoding") == "chunked"
+        for piece in streamed.iter_raw():
+            total += len(piece)
+    assert total == 50_000_000
+    _wait_streams_closed(sim)
+
+
+def test_image_host_records_requests() -> None:
+    with ImageHost(b"{}", status=404, content_type="application/json", headers={"X-Thing": "1"}) as host:
+        assert not host.hit
+        answer = httpx.get(host.url("meta-data/") + "?k=v", headers={"Authorization": "Bearer leaked"})
+        assert (answer.status_code, answer.content, answer.headers["x-thing"]) == (404, b"{}", "1")
+        (seen,) = host.requests
+        assert (seen.method, seen.path, seen.query, seen.sent_auth) == ("GET", "/meta-data/", "k=v", True)
+        assert "leaked" not in repr(seen.to_dict())
+        host.clear_log()
+        assert not host.hit
 
 
 # -- control API, lifecycle ----------------------------------------------------------------------

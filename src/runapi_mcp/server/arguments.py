@@ -12,9 +12,10 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp.types import ToolAnnotations
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 
@@ -94,7 +95,10 @@ def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: T
         annotations=annotations,
     )
     base = tool.fn_metadata.arg_model
-    strict = type(base.__name__, (base,), {"model_config": {**base.model_config, **_STRICT}, "__module__": __name__})
+    strict = cast(
+        type[ArgModelBase],
+        type(base.__name__, (base,), {"model_config": {**base.model_config, **_STRICT}, "__module__": __name__}),
+    )
     tool.fn_metadata.arg_model = strict
     tool.parameters = strict.model_json_schema(by_alias=True)
     return tool

@@ -11,8 +11,7 @@ from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, 
 from pydantic import BaseModel, Field
 
 from runapi_mcp.client import TaskStatus
-from runapi_mcp.tasks import ImageRecord, Preview, TaskRecord
-from runapi_mcp.tasks.previews import PreviewSkipped
+from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord
 
 PreviewOutcome = Preview | PreviewSkipped | None
 

@@ -121,7 +121,7 @@ class RunAPIMCPServer(MCPServer[Any]):
         text = str(uri)
         if isinstance(result, InputRequiredResult) or not text.startswith(IMAGE_URI_PREFIX):
             return result
-        image = self.deps.manager.images.find(text[len(IMAGE_URI_PREFIX) :])
+        image = await self.deps.manager.images.lookup(text[len(IMAGE_URI_PREFIX) :])
         mime = image.mime_type if image and image.mime_type else "application/octet-stream"
         return [ReadResourceContents(content=item.content, mime_type=mime, meta=item.meta) for item in result]
 

@@ -36,8 +36,7 @@ from runapi_mcp.server.arguments import (
 )
 from runapi_mcp.server.progress import ProgressReporter
 from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
-from runapi_mcp.tasks import ImageResolver, TaskManager, TaskRecord
-from runapi_mcp.tasks.previews import make_previews
+from runapi_mcp.tasks import ImageResolver, TaskManager, TaskRecord, make_previews
 
 TICK_S = 1.0  # progress at least this often while waiting (the spec asks for nothing; users for <= 2 s)
 

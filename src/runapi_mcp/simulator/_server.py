@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
 
 from runapi_mcp.simulator._app import SimulatorApp
@@ -39,6 +40,49 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve_in_thread(
+    app: ASGIApp, host: str, port: int, *, timeout: float, name: str
+) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Serve ``app`` on ``host:port`` (0: an ephemeral port) from a daemon thread; returns once the port
+    accepts connections, with the server, its thread and the bound port."""
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        interface="asgi3",  # uvicorn would take a bound method (ImageHost's app) for ASGI 2
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"{name}:{bound_port}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError(f"{name} failed to start")
+        if time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"{name} did not start within {timeout} s")
+        time.sleep(0.005)
+    return server, thread, bound_port
+
+
+def stop_thread(server: uvicorn.Server, thread: threading.Thread, timeout: float) -> None:
+    """Stop a server started by ``serve_in_thread`` (open connections are closed)."""
+    server.should_exit = True
+    thread.join(timeout)
+    if thread.is_alive():
+        server.force_exit = True
+        thread.join(timeout)
 
 
 class Simulator:
@@ -87,31 +131,9 @@ class Simulator:
             raise RuntimeError("the simulator is already running")
         if not self._cleanup.alive:
             raise RuntimeError("the simulator was closed")
-        sock = _bind(host, port)
-        bound_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
+        server, thread, bound_port = serve_in_thread(
+            self.app, host, port, timeout=timeout, name="runapi-sim"
         )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"runapi-sim:{bound_port}", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive():
-                sock.close()
-                raise RuntimeError("the simulator failed to start")
-            if time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise RuntimeError(f"the simulator did not start within {timeout} s")
-            time.sleep(0.005)
         self._server, self._thread, self._port = server, thread, bound_port
         self._base_url = _url(host, bound_port)
         return self._base_url
@@ -123,11 +145,7 @@ class Simulator:
         self._base_url = None
         if server is None or thread is None:
             return
-        server.should_exit = True
-        thread.join(timeout)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout)
+        stop_thread(server, thread, timeout)
 
     def close(self) -> None:
         """Stop and delete the simulator's temporary files (rendered pictures, uploads)."""
@@ -153,6 +171,13 @@ class Simulator:
 
     def clear_log(self) -> None:
         self._state.clear_log()
+
+    @property
+    def open_streams(self) -> int:
+        """Answers still being streamed (``trickle``, ``odd_json`` huge): 0 once every client that got one
+        has read it all or hung up."""
+        with self._state.lock:
+            return self._state.open_streams
 
     @property
     def tasks_created(self) -> int:

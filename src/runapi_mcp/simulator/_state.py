@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +79,8 @@ class Task:
     fail_reason: str | None
     outcome: Outcome | None = None
     outcome_at: float | None = None
+    faults: list[Fault] = field(default_factory=list)
+    """Task faults taken at creation (``Fault.task_scoped``): they shape the task's answers."""
 
     def phase(self, now: float) -> tuple[Phase, float]:
         """The task's state and progress (0..1) at monotonic time ``now``."""
@@ -192,6 +194,8 @@ class SimState:
         self.spent_cents_total = 0
         self.spent_cents_today = 0
         self.tasks_created = 0
+        self.open_streams = 0
+        self._planted_keys: set[str] = set()
 
     # -- faults ----------------------------------------------------------------------------------
     def inject(self, fault: Fault) -> None:
@@ -206,21 +210,66 @@ class SimState:
         with self.lock:
             return [dataclasses.replace(f) for f in self._faults]
 
-    def take_fault(self, method: str, path: str, *, fail_task: bool = False) -> Fault | None:
-        """Use up the first fault that matches (request faults, or ``fail_task`` ones)."""
+    def _use(self, index: int) -> Fault:
+        """A copy of the fault at ``index``, counting the use (call with the lock held)."""
+        fault = self._faults[index]
+        used = dataclasses.replace(fault)
+        if fault.times is not None:
+            fault.times -= 1
+            if fault.times <= 0:
+                del self._faults[index]
+        return used
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        """Use up the first request fault that matches."""
         with self.lock:
             for i, fault in enumerate(self._faults):
-                if (fault.kind == "fail_task") != fail_task or not fault.matches(method, path):
-                    continue
-                used = dataclasses.replace(fault)
-                if fault.times is not None:
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        del self._faults[i]
-                return used
+                if not fault.task_scoped and fault.matches(method, path):
+                    return self._use(i)
             return None
 
+    def take_task_faults(self, path: str) -> list[Fault]:
+        """Use up the task faults a task created on ``path`` gets: the first match of each kind and
+        ``where`` (call with the lock held, as part of creating the task)."""
+        taken: list[Fault] = []
+        seen: set[tuple[str, str | None]] = set()
+        i = 0
+        while i < len(self._faults):
+            fault = self._faults[i]
+            slot = (fault.kind, fault.where)
+            if fault.task_scoped and slot not in seen and fault.matches("POST", path):
+                seen.add(slot)
+                before = len(self._faults)
+                taken.append(self._use(i))
+                if len(self._faults) < before:
+                    continue  # used up and removed: the next fault moved to index i
+            i += 1
+        return taken
+
+    # -- streamed answers ------------------------------------------------------------------------
+    def stream_opened(self) -> None:
+        with self.lock:
+            self.open_streams += 1
+
+    def stream_closed(self) -> None:
+        with self.lock:
+            self.open_streams -= 1
+
     # -- request log -----------------------------------------------------------------------------
+    def key_planted(self, forms: tuple[str, ...]) -> None:
+        """Remember the forms of a key an ``echo_key`` fault put in a URL, to keep them out of the log."""
+        with self.lock:
+            self._planted_keys.update(form for form in forms if form)
+
+    def redact(self, text: str) -> tuple[str, bool]:
+        """``text`` without any planted key, and whether it had one."""
+        with self.lock:
+            found = [form for form in self._planted_keys if form in text]
+        # Longest first: the plain key is part of none of its encoded forms, but one form may hold another.
+        for form in sorted(found, key=len, reverse=True):
+            text = text.replace(form, "[key]")
+        return text, bool(found)
+
     def record(self, entry: LoggedRequest) -> None:
         with self.lock:
             self._log.append(entry)
@@ -289,9 +338,13 @@ class SimState:
                     f"the balance is {self.balance_cents} cents",
                 )
             fail_reason = plan.fail_reason
-            fault = self.take_fault("POST", path, fail_task=True)
-            if fail_reason is None and fault is not None:
-                fail_reason = fault.reason
+            faults = self.take_task_faults(path)
+            for fault in faults:
+                if fail_reason is None and fault.kind == "fail_task":
+                    fail_reason = fault.reason
+                elif fail_reason is None and fault.where == "error":
+                    # The answer's ``error`` is planted when answering (an echoed key is the poller's).
+                    fail_reason = f"{fault.kind} fault"
             if fail_reason is None and FAIL_MARKER in plan.prompt.lower():
                 fail_reason = DEFAULT_FAIL_REASON
             now = time.monotonic()
@@ -307,6 +360,7 @@ class SimState:
                 created_at=datetime.now(UTC),
                 duration=self._duration(model, plan.duration_key),
                 fail_reason=fail_reason,
+                faults=faults,
             )
             if self._next_outcomes:
                 task.outcome = self._next_outcomes.pop(0)

@@ -1,10 +1,13 @@
 """Task manager layer: polling, the task store, the image library and image references."""
 
+from runapi_mcp.client import TaskStatus
 from runapi_mcp.tasks.durations import DurationFile, DurationModel
-from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageStore, Preview
+from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
-from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord, TaskStatus
+from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
+from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
+from runapi_mcp.tasks.sandbox import SandboxError
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -13,6 +16,7 @@ __all__ = [
     "TERMINAL",
     "DurationFile",
     "DurationModel",
+    "ImageFileError",
     "ImageRecord",
     "ImageReferenceError",
     "ImageResolver",
@@ -22,9 +26,12 @@ __all__ = [
     "PollSchedule",
     "PollState",
     "Preview",
+    "PreviewSkipped",
+    "SandboxError",
     "TaskManager",
     "TaskRecord",
     "TaskStatus",
     "TaskStore",
     "UnknownTaskError",
+    "make_previews",
 ]
