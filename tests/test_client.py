@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from runapi_mcp.client import (
+    NO_API_KEY_MESSAGE,
     AuthenticationError,
     BadRequestError,
     Balance,
@@ -181,9 +182,7 @@ async def test_missing_key_sends_nothing() -> None:
         ):
             with pytest.raises(AuthenticationError) as info:
                 await call
-            assert str(info.value) == (
-                "No RunAPI API key is set: set RUNAPI_API_KEY (or apiKey in ~/.config/runapi/config.json)"
-            )
+            assert str(info.value) == NO_API_KEY_MESSAGE
     assert recorder.requests == []
 
 

@@ -113,7 +113,9 @@ class FakeHost:
     def __init__(self, files: dict[str, bytes]) -> None:
         self.files = files
 
-    async def download(self, url: str, dest: Path, *, max_bytes: int = 0) -> DownloadResult:
+    async def download(
+        self, url: str, dest: Path, *, max_bytes: int = 0, deadline_s: float | None = None
+    ) -> DownloadResult:
         data = self.files[url]
         if not data:
             raise NotAnImageError("The image download from the host was empty", summary="")

@@ -73,7 +73,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 DEFAULT_BASE_URL = "https://runapi.ai"
 NO_API_KEY_MESSAGE = (
-    "No RunAPI API key is set: set RUNAPI_API_KEY (or apiKey in ~/.config/runapi/config.json)"
+    "No RunAPI API key is set. Set RUNAPI_API_KEY in this server's environment (in Claude Desktop: the "
+    '"env" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {"apiKey": "..."} '
+    "in ~/.config/runapi/config.json, then restart the server."
 )
 # A task answer is a few KB; 4 MiB leaves room for a large listing while bounding what one answer costs.
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024

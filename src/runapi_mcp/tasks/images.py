@@ -379,14 +379,16 @@ class ImageStore:
 
     # -- downloading -------------------------------------------------------------------------------
 
-    async def download(self, client: RunAPIClient, record: TaskRecord, index: int, url: str) -> ImageRecord:
+    async def download(
+        self, client: RunAPIClient, record: TaskRecord, index: int, url: str, *, deadline_s: float | None = None
+    ) -> ImageRecord:
         """Stream one output to disk, check it is a whole image of a known format, name it by that format
         and write the metadata sidecar. Anything else raises :class:`NotAnImageError` and leaves no file."""
         image_id = image_id_for(record.task_id, index)
         await anyio.to_thread.run_sync(self.ensure)
         partial = self.root / f"{image_id}.download"
         try:
-            result = await client.download(url, partial, max_bytes=self.max_bytes)
+            result = await client.download(url, partial, max_bytes=self.max_bytes, deadline_s=deadline_s)
             info = await anyio.to_thread.run_sync(self._inspect_download, partial)
             final = self.root / f"{image_id}{info.extension}"
             # rename() replaces whatever is at ``final`` (even a planted symlink) and never follows it.

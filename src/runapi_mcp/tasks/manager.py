@@ -412,8 +412,11 @@ class TaskManager:
         try:
             async with self._downloads:
                 tracked.upstream_requests += 1
-                with anyio.fail_after(self.policy.download_deadline_s + 5):  # the client's deadline, and a backstop
-                    saved = await self.images.download(self.client, tracked.record, image.index, image.url)
+                deadline = self.policy.download_deadline_s
+                with anyio.fail_after(deadline + 5):  # the client keeps the deadline; this is a backstop
+                    saved = await self.images.download(
+                        self.client, tracked.record, image.index, image.url, deadline_s=deadline
+                    )
             return saved.model_copy(update={"error": None})
         except (RunAPIError, ImageFileError) as exc:
             reason = str(exc)
