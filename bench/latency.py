@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from mcp.client import Client
@@ -199,11 +199,11 @@ class RemoteSimulator:
         return self._conn.recv()
 
     def completed_at(self, task_ids: Iterable[str]) -> dict[str, float | None]:
-        return self._ask("completed_at", list(task_ids))
+        return cast(dict[str, float | None], self._ask("completed_at", list(task_ids)))
 
     def take_log(self) -> list[tuple[str, str, float]]:
         """The requests answered since the last call (method, path, arrival time)."""
-        return self._ask("take_log")
+        return cast(list[tuple[str, str, float]], self._ask("take_log"))
 
     def close(self) -> None:
         if self._proc.is_alive():

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from runapi_mcp.config import DEFAULT_BASE_URL, ConfigError, load_settings
+from runapi_mcp.client import DEFAULT_BASE_URL
+from runapi_mcp.config import ConfigError, load_settings
 
 
 def test_defaults_without_anything(tmp_path: Path) -> None:

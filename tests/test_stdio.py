@@ -12,32 +12,21 @@ from typing import Any
 import pytest
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
-from tests.support import SIM_KEY, text_of
 
 from runapi_mcp.simulator import Simulator
+from tests.support import SIM_KEY, server_env, text_of
 
 pytestmark = pytest.mark.anyio
-
-
-def server_env(sim: Simulator, home: Path, inputs: Path, **extra: str) -> dict[str, str]:
-    return {
-        "RUNAPI_API_KEY": SIM_KEY,
-        "RUNAPI_BASE_URL": sim.base_url,
-        "RUNAPI_MCP_HOME": str(home),
-        "RUNAPI_MCP_ALLOWED_DIRS": str(inputs),
-        "RUNAPI_MCP_LOG_LEVEL": "DEBUG",
-        **extra,
-    }
 
 
 async def test_stdio_client_generates_and_edits(sim: Simulator, home: Path, inputs: Path) -> None:
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "runapi_mcp", "serve"], env=server_env(sim, home, inputs)
     )
-    progress: list[float] = []
+    values: list[float] = []
 
-    async def on_progress(value: float, total: float | None, message: str | None) -> None:
-        progress.append(value)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        values.append(progress)
 
     async with Client(params, mode="legacy") as client:
         result = await client.call_tool("generate_image", {"prompt": "over stdio"}, progress_callback=on_progress)
@@ -49,7 +38,7 @@ async def test_stdio_client_generates_and_edits(sim: Simulator, home: Path, inpu
         assert edit.structured_content["status"] == "completed"
         bad = await client.call_tool("generate_image", {"prompt": "x", "output_resolution": "16k"})
         assert bad.is_error and "output_resolution" in text_of(bad)
-    assert progress and progress == sorted(progress)
+    assert values and values == sorted(values)
 
 
 def test_stdout_carries_only_protocol_and_the_key_stays_secret(sim: Simulator, home: Path, inputs: Path) -> None:

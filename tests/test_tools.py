@@ -11,11 +11,12 @@ from typing import Any
 import anyio
 import pytest
 from mcp.client import Client
+from mcp.types import BlobResourceContents, TextResourceContents
 from PIL import Image
-from tests.support import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault
+from tests.support import FAST_POLICY, SIM_KEY, Harness, make_settings, text_of, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -71,13 +72,16 @@ async def test_image_and_task_resources(harness: Harness) -> None:
     image = data["images"][0]
     read = await harness.client.read_resource(image["uri"])
     [blob] = read.contents
-    assert blob.mime_type == "image/png"
+    assert isinstance(blob, BlobResourceContents) and blob.mime_type == "image/png"
     assert base64.b64decode(blob.blob) == Path(image["path"]).read_bytes()
     task = await harness.client.read_resource(f"runapi://tasks/{data['task_id']}")
-    payload = json.loads(task.contents[0].text)
+    [task_json] = task.contents
+    assert isinstance(task_json, TextResourceContents)
+    payload = json.loads(task_json.text)
     assert payload["status"] == "completed" and payload["images"][0]["uri"] == image["uri"]
-    models = await harness.client.read_resource("runapi://models")
-    assert any(m["model"] == "gpt-image-2" for m in json.loads(models.contents[0].text))
+    [models] = (await harness.client.read_resource("runapi://models")).contents
+    assert isinstance(models, TextResourceContents)
+    assert any(m["model"] == "gpt-image-2" for m in json.loads(models.text))
     templates = await harness.client.list_resource_templates()
     assert {t.uri_template for t in templates.resource_templates} == {
         "runapi://tasks/{task_id}",
@@ -365,13 +369,18 @@ async def test_list_models_and_balance(harness: Harness) -> None:
 async def test_tool_annotations_and_instructions(harness: Harness) -> None:
     tools = {t.name: t for t in (await harness.client.list_tools()).tools}
     assert set(tools) == {"generate_image", "edit_image", "get_task", "list_models", "check_balance"}
+    annotations = {name: tool.annotations for name, tool in tools.items()}
     for name in ("get_task", "list_models", "check_balance"):
-        assert tools[name].annotations.read_only_hint is True
-        assert tools[name].annotations.idempotent_hint is True
+        hints = annotations[name]
+        assert hints is not None and hints.read_only_hint is True and hints.idempotent_hint is True
     for name in ("generate_image", "edit_image"):
-        assert tools[name].annotations.read_only_hint is False
-        assert tools[name].annotations.open_world_hint is True
-        assert tools[name].output_schema["properties"]["images"]
+        hints = annotations[name]
+        assert hints is not None and hints.read_only_hint is False and hints.open_world_hint is True
+        assert (tools[name].output_schema or {})["properties"]["images"]
+    for tool in tools.values():
+        # Descriptions are dedented: no line of them starts with the docstring's indentation.
+        assert tool.description and not any(line.startswith("    ") for line in tool.description.splitlines())
+        assert tool.input_schema.get("additionalProperties") is False
     schema = tools["generate_image"].input_schema["properties"]
     assert schema["model"]["default"] == "gpt-image-2" and schema["aspect_ratio"]["default"] == "auto"
     assert schema["output_resolution"]["default"] == "1k" and schema["wait"]["default"] is True
