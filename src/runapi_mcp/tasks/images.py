@@ -25,6 +25,8 @@ import stat
 import struct
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -595,17 +597,25 @@ class ImageStore:
         info = self._preview_source_info(image)
         return PreviewPlan(pixels=info.pixels, cost=info.decode_cost)
 
-    def _preview_source_info(self, image: ImageRecord) -> ImageInfo:
+    @contextmanager
+    def _open_for_preview(self, image: ImageRecord) -> Iterator[tuple[IO[bytes], ImageInfo]]:
+        """The library file of ``image``, opened through the sandbox, with its header read (blocking)."""
         found = self._image_file(image.id) if image.path is not None else None
         if found is None:
             raise PreviewUnavailableError(f"image {image.id} is not in the library")
+        with (
+            open_checked_sync(found[0], allowed_dirs=[self.root], limit=self.max_bytes) as opened,
+            open(opened.fd, "rb", closefd=False) as fp,
+        ):
+            yield fp, _inspect_stream(fp, opened.size, complete=False)
+
+    def _preview_source_info(self, image: ImageRecord) -> ImageInfo:
         try:
-            with (
-                open_checked_sync(found[0], allowed_dirs=[self.root], limit=self.max_bytes) as opened,
-                open(opened.fd, "rb", closefd=False) as fp,
-            ):
-                info = _inspect_stream(fp, opened.size, complete=False)
+            with self._open_for_preview(image) as (_, info):
+                pass
         except (SandboxError, ImageFileError, OSError) as exc:
+            if isinstance(exc, PreviewUnavailableError):
+                raise
             raise PreviewUnavailableError(f"image {image.id} cannot be read: {exc}") from None
         _check_preview_size(info.width, info.height)
         return info
@@ -622,15 +632,8 @@ class ImageStore:
 
         Raises :class:`PreviewUnavailableError` with the reason on any failure.
         """
-        found = self._image_file(image.id) if image.path is not None else None
-        if found is None:
-            raise PreviewUnavailableError(f"image {image.id} is not in the library")
         try:
-            with (
-                open_checked_sync(found[0], allowed_dirs=[self.root], limit=self.max_bytes) as opened,
-                open(opened.fd, "rb", closefd=False) as fp,
-            ):
-                info = _inspect_stream(fp, opened.size, complete=False)
+            with self._open_for_preview(image) as (fp, info):
                 _check_preview_size(info.width, info.height, max_pixels)
                 fp.seek(0)
                 preview = self._render(fp, info.format, max_edge, max_bytes, max_pixels)
