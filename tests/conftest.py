@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from mcp.client import Client
-from tests.support import FAST_POLICY, SIM_KEY, TIME_SCALE, Harness, make_settings
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Simulator, SimulatorConfig
+from tests.support import FAST_POLICY, SIM_KEY, TIME_SCALE, Harness, make_settings
 
 
 @pytest.fixture

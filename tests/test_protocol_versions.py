@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+
 import pytest
 from mcp.client import Client
 

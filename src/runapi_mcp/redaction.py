@@ -4,8 +4,8 @@ RunAPI (or a proxy in front of it) may echo the API key back anywhere: in an err
 header, an image URL's query string, a task id. Redacting at each place a string is *used* would need every
 future place to remember; instead the client redacts every string it *receives* (see ``client._text``), and
 the MCP layer, the log filter and the library pass what they emit through the same :class:`Redactor` once
-more. A secret is matched in the forms an echo takes in practice: verbatim, percent-encoded (a URL), and
-base64 (a ``Basic`` header or a token wrapped by a proxy).
+more. A secret is matched in the forms an echo takes in practice: verbatim, percent-encoded (a URL; every
+byte or some), and base64 (a ``Basic`` header or a token wrapped by a proxy).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, unquote
 
 __all__ = ["MASK", "Redactor"]
 
@@ -27,7 +27,8 @@ _MIN_SECRET = 4
 
 def _forms(secret: str) -> set[str]:
     raw = secret.encode("utf-8", "surrogatepass")
-    forms = {secret, quote(secret, safe=""), quote_plus(secret)}
+    every_byte = "".join(f"%{byte:02X}" for byte in raw)  # quote() leaves URL-safe keys as they are
+    forms = {secret, quote(secret, safe=""), quote_plus(secret), every_byte, every_byte.lower()}
     for text in (raw, b"Bearer " + raw):
         encoded = base64.b64encode(text).decode("ascii")
         forms.update({encoded, encoded.rstrip("="), base64.urlsafe_b64encode(text).decode("ascii").rstrip("=")})
@@ -38,18 +39,28 @@ class Redactor:
     """Replaces each secret (in every form above), and any ``Bearer <token>``, with ``***``."""
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets = [secret for secret in secrets if secret and len(secret) >= _MIN_SECRET]
         forms: set[str] = set()
-        for secret in secrets:
-            if secret and len(secret) >= _MIN_SECRET:
-                forms |= _forms(secret)
+        for secret in self._secrets:
+            forms |= _forms(secret)
         # Longest first, so a form that contains another is cut whole.
         self._forms = sorted(forms, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
+        text = self._cut(text)
+        # A key percent-encoded in part (some bytes escaped, some not) matches no fixed form: such a
+        # text is decoded once and cut again. It changes only texts that carried the key.
+        if "%" in text and self._secrets:
+            decoded = unquote(text)
+            if any(secret in decoded for secret in self._secrets):
+                text = self._cut(decoded)
+        return _BEARER.sub(f"Bearer {MASK}", text)
+
+    def _cut(self, text: str) -> str:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, MASK)
-        return _BEARER.sub(f"Bearer {MASK}", text)
+        return text
 
     def data(self, value: Any) -> Any:
         """``value`` (JSON-like: dicts, lists, strings) with every string, keys included, redacted."""

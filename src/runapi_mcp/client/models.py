@@ -145,34 +145,37 @@ def _image_of(item: Any) -> RemoteImage | None:
     return None
 
 
-def _images_of(value: Any, depth: int = 0) -> list[RemoteImage]:
+def _images_of(value: Any, depth: int = 0) -> tuple[list[RemoteImage], int]:
+    """The distinct images in ``value`` (at most MAX_IMAGES), and how many entries it listed in all."""
     if isinstance(value, str | Mapping):
         image = _image_of(value)
         if image is not None:
-            return [image]
+            return [image], 1
         if isinstance(value, Mapping) and depth < 2:
             return _images_in(value, depth + 1)
-        return []
+        return [], 0
     if isinstance(value, list):
         images: list[RemoteImage] = []
         seen: set[str] = set()
+        listed = 0
         for item in value:
             image = _image_of(item)
-            if image is not None and image.url not in seen:
+            if image is None:
+                continue
+            listed += 1
+            if image.url not in seen and len(images) < MAX_IMAGES:
                 seen.add(image.url)
                 images.append(image)
-                if len(images) >= MAX_IMAGES:
-                    break
-        return images
-    return []
+        return images, listed
+    return [], 0
 
 
-def _images_in(source: Mapping[str, Any], depth: int = 0) -> list[RemoteImage]:
+def _images_in(source: Mapping[str, Any], depth: int = 0) -> tuple[list[RemoteImage], int]:
     for key in _IMAGE_KEYS:
-        images = _images_of(source.get(key), depth)
+        images, listed = _images_of(source.get(key), depth)
         if images:
-            return images
-    return []
+            return images, listed
+    return [], 0
 
 
 def _error_of(value: Any, depth: int = 0) -> str | None:
@@ -231,6 +234,9 @@ class TaskInfo(BaseModel):
     status: TaskStatus
     raw_status: str | None = None
     images: list[RemoteImage] = Field(default_factory=list)
+    # How many image entries the answer listed, duplicates and those past MAX_IMAGES included:
+    # ``images`` keeps each distinct URL once, and the caller says so when they differ.
+    listed_images: int = 0
     error: str | None = None
     progress: float | None = None
     model: str | None = None
@@ -258,7 +264,9 @@ class TaskInfo(BaseModel):
             raise RunAPIResponseError(f"the answer's task id is longer than {MAX_TASK_ID_CHARS} characters")
         raw_status = next((s for key in _STATUS_KEYS if (s := _string(_lookup(key, *sources)))), None)
         status = normalize_status(raw_status)
-        images = _images_in(payload) or (_images_in(body) if payload is not body else [])
+        images, listed = _images_in(payload)
+        if not images and payload is not body:
+            images, listed = _images_in(body)
         error = next((e for key in _ERROR_KEYS if (e := _error_of(_lookup(key, *sources)))), None)
         if status == "completed" and not images:
             status, error = "failed", error or NO_IMAGES_ERROR
@@ -275,6 +283,7 @@ class TaskInfo(BaseModel):
             status=status,
             raw_status=raw_status,
             images=images,
+            listed_images=listed,
             error=error,
             progress=progress,
             model=model if isinstance(model, str) else None,

@@ -48,6 +48,8 @@ TickCallback = Callable[[TaskRecord], Awaitable[None]]
 # A completed task whose outputs did not all download is tried again when asked for, but not more
 # often than this: a host that is down should not be hammered by every get_task.
 _REFETCH_AFTER_S = 10.0
+# Polls that failed in a row before the task's error says so (one failure is usually a blip).
+_REPORT_POLL_FAILURES_AFTER = 3
 
 
 class UnknownTaskError(KeyError):
@@ -328,7 +330,12 @@ class TaskManager:
                 failures += 1
                 retry_after = min(policy.coarse_max_s * 4, policy.fine_interval_s * 2 ** min(failures, 16))
                 log.warning("polling %s failed (%s); retrying in %.1fs", tracked.task_id, exc, retry_after)
+                if failures >= _REPORT_POLL_FAILURES_AFTER:
+                    # A waiting user sees why nothing moves (the task itself may be fine upstream).
+                    await self._update(tracked, error=f"polling failed {failures} times in a row: {exc}")
                 continue
+            if failures >= _REPORT_POLL_FAILURES_AFTER and not tracked.record.terminal:
+                await self._update(tracked, error=None)  # polling works again: the note is stale
             failures = 0
             retry_after = info.retry_after
             await self._apply(tracked, info)
@@ -360,11 +367,16 @@ class TaskManager:
         record = tracked.record
         self._learn(tracked.poll)
         urls = list(dict.fromkeys(image.url for image in info.images))  # in order, each once
+        listed = max(info.listed_images, len(urls))
+        cap = record.max_outputs if record.max_outputs is not None else len(urls)
         notes: list[str] = []
-        cap = record.max_outputs
-        if cap is not None and len(urls) > cap:
-            notes.append(f"RunAPI listed {len(urls)} images; kept the first {cap} (this model makes at most {cap})")
-            urls = urls[:cap]
+        if listed > min(cap, len(urls)):
+            distinct = f" ({len(urls)} distinct)" if len(urls) < listed else ""
+            notes.append(
+                f"RunAPI listed {listed} images{distinct}; kept the first {min(cap, len(urls))} "
+                f"(this model makes at most {cap})"
+            )
+        urls = urls[:cap]
         images = await self._download_all(tracked, [self.images.undownloaded(record.task_id, i, u) for i, u in
                                                     enumerate(urls)])
         await self._update(
@@ -378,17 +390,19 @@ class TaskManager:
         )
 
     def _wants_refetch(self, tracked: _Tracked) -> bool:
+        """A completed task with outputs not in the library, last tried long enough ago."""
         record = tracked.record
         return (
             record.status == "completed"
             and any(image.path is None and image.url for image in record.images)
             and time.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
-            and not tracked.fetching.locked()
         )
 
     async def _refetch(self, tracked: _Tracked) -> None:
+        if tracked.fetching.locked():
+            return  # another call is downloading them right now: no second download of the same files
         async with tracked.fetching:
-            if not self._wants_refetch(tracked):
+            if not self._wants_refetch(tracked):  # it may have finished while this call looked
                 return
             images = await self._download_all(tracked, list(tracked.record.images))
             await self._update(tracked, images=images, error=_download_note(images, []))
