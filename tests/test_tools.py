@@ -418,3 +418,22 @@ async def test_the_key_appears_nowhere(harness: Harness, home: Path, caplog: pyt
     for path in home.rglob("*"):
         if path.is_file():
             assert SIM_KEY.encode() not in path.read_bytes(), path
+
+
+async def test_json_text_is_read_only_as_a_list_or_object(harness: Harness, inputs: Path) -> None:
+    """Claude Desktop sends lists as JSON text: that is read as the list. No other text becomes a value."""
+    local = inputs / "as-text.png"
+    local.write_bytes(png_bytes((64, 64), "olive"))
+    result = await harness.call("edit_image", {"prompt": "a list sent as text", "images": json.dumps([str(local)])})
+    assert not result.is_error and result.structured_content["status"] == "completed", text_of(result)
+    harness.sim.clear_log()
+    for arguments, field in (
+        ({"prompt": "x", "wait": "false"}, "'wait'"),
+        ({"prompt": "x", "timeout_s": "null"}, "'timeout_s'"),
+        ({"prompt": "x", "timeout_s": "5"}, "'timeout_s'"),
+        ({"prompt": "x", "aspect_ratoi": "16:9"}, "'aspect_ratoi' is not an argument of generate_image"),
+    ):
+        refused = await harness.call("generate_image", arguments)
+        assert refused.is_error and field in text_of(refused), text_of(refused)
+        assert "Error executing tool" not in text_of(refused)
+    assert upstream_creates(harness.sim) == []

@@ -28,6 +28,8 @@ from runapi_mcp.catalog._catalog import (
     RequestKind,
     ValidatedRequest,
     get_catalog,
+    is_http_url,
+    text_problem,
 )
 
 __all__ = [
@@ -53,4 +55,6 @@ __all__ = [
     "RequestKind",
     "ValidatedRequest",
     "get_catalog",
+    "is_http_url",
+    "text_problem",
 ]

@@ -10,6 +10,7 @@ from functools import cache
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -77,9 +78,10 @@ SPLIT_IMAGES_OUTPUTS = 5
 # count. 16 (base + 15 layers) bounds what one task may make the server download.
 DECOMPOSE_LAYERS_MAX_OUTPUTS = 16
 
-# C0 control characters other than tab, newline and carriage return, and UTF-16 surrogates: a str
-# decoded from JSON may hold a lone '\ud800', which no UTF-8 encoder (httpx's included) accepts.
-_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff]")
+# C0 and C1 control characters other than tab, newline and carriage return (DEL included), and UTF-16
+# surrogates: a str decoded from JSON may hold a lone '\ud800', which no UTF-8 encoder (httpx's
+# included) accepts. The tool arguments use the same rule (``text_problem``).
+_BAD_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 _REPR = reprlib.Repr()
 _REPR.maxstring = 80
 _REPR.maxother = 80
@@ -237,7 +239,7 @@ class FieldSpec(BaseModel):
             raise CatalogError(f"{where} needs at least {self.min_length} characters", field=self.name)
         if self.pattern is not None and not re.search(self.pattern, value):
             raise CatalogError(f"{where} must match {self.pattern}", field=self.name)
-        if self.is_url and not _is_http_url(value):
+        if self.is_url and not is_http_url(value):
             raise CatalogError(f"{where} must be an http(s) URL, got {_show(value)}", field=self.name)
 
     def _check_array(self, value: list[Any], where: str) -> None:
@@ -265,7 +267,7 @@ class FieldSpec(BaseModel):
                 _check_range(item, item_where, self.name, low, high)
             elif item_type == "string":
                 _check_plain_string(item, item_where, self.name)
-                if self.is_url and not _is_http_url(item):
+                if self.is_url and not is_http_url(item):
                     raise CatalogError(f"{item_where} must be an http(s) URL, got {_show(item)}", field=self.name)
             elif item_type == "array":
                 _check_untyped(item, item_where, self.name, level=1, budget=budget)
@@ -299,22 +301,27 @@ def _check_range(value: float, where: str, field_name: str, low: float, high: fl
         )
 
 
-def _check_text(value: str, where: str, field_name: str) -> None:
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent on as text (a lone surrogate, a control character), or None."""
     bad = _BAD_TEXT.search(value)
     if bad is None:
-        return
+        return None
     code = ord(bad.group())
     if 0xD800 <= code <= 0xDFFF:
-        raise CatalogError(
-            f"{where} contains a lone surrogate U+{code:04X} at position {bad.start()}; "
-            "text must be valid Unicode (surrogates U+D800..U+DFFF are not allowed)",
-            field=field_name,
+        return (
+            f"contains a lone surrogate U+{code:04X} at position {bad.start()}; "
+            "text must be valid Unicode (surrogates U+D800..U+DFFF are not allowed)"
         )
-    raise CatalogError(
-        f"{where} contains the control character U+{code:04X} at position {bad.start()}; "
-        "the only control characters allowed are tab, newline and carriage return",
-        field=field_name,
+    return (
+        f"contains the control character U+{code:04X} at position {bad.start()}; "
+        "the only control characters allowed are tab, newline and carriage return"
     )
+
+
+def _check_text(value: str, where: str, field_name: str) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise CatalogError(f"{where} {problem}", field=field_name)
 
 
 def _check_plain_string(value: str, where: str, field_name: str) -> None:
@@ -775,8 +782,14 @@ def _show(value: Any) -> str:
         return f"a {type(value).__name__}"
 
 
-def _is_http_url(value: str) -> bool:
-    return bool(re.match(r"^https?://[^\s/]+", value, re.IGNORECASE))
+def is_http_url(value: str) -> bool:
+    """An absolute http(s) URL with a host (``http://:80/``, ``http://@/`` and ``http://[/`` have none)."""
+    if not re.match(r"^https?://", value, re.IGNORECASE) or any(c.isspace() for c in value):
+        return False
+    try:
+        return bool(urlsplit(value).hostname)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
 
 
 @cache

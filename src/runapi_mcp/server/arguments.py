@@ -10,33 +10,29 @@ not a boolean, NaN is not a timeout). Values whose rules depend on the model (en
 from __future__ import annotations
 
 import inspect
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, cast
 
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.types import ToolAnnotations
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError
 
+from runapi_mcp.catalog import IMAGE_ARRAY_MAX_ITEMS, MAX_PARAMS, PROMPT_MAX_LENGTH, text_problem
+
 MAX_TIMEOUT_S = 3600.0
-MAX_PROMPT_CHARS = 32_000
-MAX_IMAGES = 16
+# The catalog's limits for what the source leaves open are the tools' limits too.
+MAX_PROMPT_CHARS = PROMPT_MAX_LENGTH
+MAX_IMAGES = IMAGE_ARRAY_MAX_ITEMS
 # A data: URI of the largest input image (20 MiB) is about 28 MB of base64.
 MAX_IMAGE_REF_CHARS = 30_000_000
-MAX_PARAMS = 64
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def _plain_text(value: str) -> str:
-    """Text that can travel on: no NUL or control characters, no lone surrogates."""
-    if _CONTROL.search(value):
-        raise ValueError("must not contain NUL or other control characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("is not valid Unicode (it contains a lone surrogate)") from None
+    """Text that can travel on: no NUL or other control characters, no lone surrogates (the catalog's rule)."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -82,6 +78,16 @@ ActionFilterArg = Annotated[
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
 
 
+class _ArgumentsMetadata(FuncMetadata):
+    """The SDK reads JSON text sent for a non-string argument as the value it spells, because Claude
+    Desktop sends lists and objects as strings. That is kept for a JSON array or object (``images``,
+    ``params``); any other text stays text, so ``"true"`` is no boolean and ``"null"`` no absent value."""
+
+    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
+        parsed = super().pre_parse_json(data)
+        return {key: value if isinstance(value, list | dict) else data[key] for key, value in parsed.items()}
+
+
 def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: ToolAnnotations) -> Tool:
     """A tool for ``fn`` whose argument model and input schema refuse unknown and coerced arguments.
 
@@ -99,42 +105,61 @@ def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: T
         type[ArgModelBase],
         type(base.__name__, (base,), {"model_config": {**base.model_config, **_STRICT}, "__module__": __name__}),
     )
-    tool.fn_metadata.arg_model = strict
+    fields = {name: getattr(tool.fn_metadata, name) for name in FuncMetadata.model_fields}
+    tool.fn_metadata = _ArgumentsMetadata(**{**fields, "arg_model": strict})
     tool.parameters = strict.model_json_schema(by_alias=True)
     return tool
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError, allowed: Sequence[str]) -> str:
     """One sentence per rejected argument, naming it and what it takes (never echoing the value)."""
+    takes = f"allowed: {', '.join(allowed)}" if allowed else f"{tool} takes no arguments"
     parts: list[str] = []
     for item in error.errors(include_url=False, include_input=False):
         field = _field_name(item["loc"])
         kind = item["type"]
         message = str(item.get("msg", "is not valid")).removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            parts.append(f"'{field}' is not an argument of {tool}; allowed: {', '.join(allowed)}")
+            parts.append(f"{field} is not an argument of {tool}; {takes}")
         elif kind == "missing":
-            parts.append(f"'{field}' is required")
+            parts.append(f"{field} is required")
         elif kind in ("finite_number", "float_parsing") or "infinity" in message.lower():
-            parts.append(f"'{field}' must be a finite number")
+            parts.append(f"{field} must be a finite number")
         elif kind in ("too_short", "string_too_short") and item.get("ctx", {}).get("min_length") == 1:
-            parts.append(f"'{field}' must not be empty")
+            parts.append(f"{field} must not be empty")
         elif kind == "string_too_long":
-            parts.append(f"'{field}' is too long: at most {item.get('ctx', {}).get('max_length')} characters")
+            parts.append(f"{field} is too long: at most {item.get('ctx', {}).get('max_length')} characters")
         elif kind == "too_long":
-            parts.append(f"'{field}' has too many items: at most {item.get('ctx', {}).get('max_length')}")
+            parts.append(f"{field} has too many items: at most {item.get('ctx', {}).get('max_length')}")
         else:
-            parts.append(f"'{field}': {message[:1].lower()}{message[1:]}")
+            parts.append(f"{field}: {message[:1].lower()}{message[1:]}")
     return f"Invalid arguments for {tool}: " + "; ".join(dict.fromkeys(parts))
 
 
+def describe_argument_names(tool: str, names: Iterable[object], allowed: Sequence[str]) -> str | None:
+    """The error for argument names that are not plain text (a lone surrogate, a control character)."""
+    for name in names:
+        if not isinstance(name, str) or text_problem(name) is not None:
+            shown = ascii(name) if len(ascii(name)) <= 200 else ascii(name)[:196] + "...'"
+            return f"Invalid arguments for {tool}: the argument name {shown} is not plain text; allowed: " + (
+                ", ".join(allowed) or "none"
+            )
+    return None
+
+
+# pydantic names the member of a union it tried after the field: (``timeout_s``, ``float``).
+_UNION_TAGS = frozenset({"float", "int", "str", "bool", "list[str]", "dict[str,any]", "none", "function-after"})
+
+
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    name = ""
-    for part in loc:
+    """``'images[0]'``, ``'params.seed'``: the argument as the caller wrote it, quoted."""
+    if not loc:
+        return "the arguments"
+    name = repr(loc[0]) if isinstance(loc[0], str) else str(loc[0])
+    name = name[1:-1]
+    for part in loc[1:]:
         if isinstance(part, int):
             name += f"[{part}]"
-        elif part in ("float", "int", "str", "bool", "list[str]", "dict[str,any]", "none"):
-            continue  # a union member's tag, not a field
-        else:
-            name += f".{part}" if name else str(part)
-    return name or "arguments"
+        elif part not in _UNION_TAGS and not str(part).startswith("function-"):
+            name += f".{part}"
+    return f"'{name}'" if name else "'' (an empty name)"

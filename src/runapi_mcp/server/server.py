@@ -21,7 +21,7 @@ from runapi_mcp import __version__
 from runapi_mcp.catalog import CatalogError
 from runapi_mcp.client import RunAPIError
 from runapi_mcp.redaction import Redactor
-from runapi_mcp.server.arguments import describe_invalid_arguments
+from runapi_mcp.server.arguments import describe_argument_names, describe_invalid_arguments
 from runapi_mcp.server.compat import ProtocolCompat
 from runapi_mcp.server.resources import LibraryResources
 from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
@@ -75,6 +75,11 @@ class RunAPIMCPServer(MCPServer[Any]):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         """Run a tool; every failure becomes a ToolError whose text names the field or the reason."""
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None and isinstance(arguments, dict):
+            problem = describe_argument_names(name, arguments, list(tool.parameters.get("properties", {})))
+            if problem is not None:
+                raise ToolError(self.redactor(problem))
         try:
             result = await super().call_tool(name, arguments, context)
         except ToolError as exc:

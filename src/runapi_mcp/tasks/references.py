@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlparse
 
+from runapi_mcp.catalog import is_http_url
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.tasks.images import (
     IMAGE_URI_PREFIX,
@@ -103,8 +104,8 @@ class ImageResolver:
         value = entry.strip()
         lower = value.lower()
         if lower.startswith(("http://", "https://")):
-            if not urlparse(value).netloc:
-                raise ImageReferenceError(f"{where} is not a valid URL: {value[:100]!r}")
+            if not is_http_url(value):
+                raise ImageReferenceError(f"{where} is not a valid http(s) URL with a host: {value[:100]!r}")
             return _Ready(value)
         if lower.startswith("data:"):
             return self._plan_data_uri(where, value)
@@ -114,7 +115,10 @@ class ImageResolver:
                 raise ImageReferenceError(f"{where}: no image {value!r} in the library")
             return await self._plan_library_image(where, image)
         if lower.startswith("file://"):
-            parsed = urlparse(value)
+            try:
+                parsed = urlparse(value)
+            except ValueError:
+                raise ImageReferenceError(f"{where} is not a valid file:// URI: {value[:100]!r}") from None
             if parsed.netloc not in ("", "localhost"):
                 raise ImageReferenceError(f"{where}: file:// URIs must name a local file, got host {parsed.netloc!r}")
             # Bytes, not text: a file name need not be UTF-8 (the sandbox refuses NULs and the like).
