@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from runapi_mcp.client import DEFAULT_DOWNLOAD_DEADLINE_S
 from runapi_mcp.tasks.durations import DurationModel
 
 
@@ -35,7 +36,7 @@ class PollPolicy:
     prior_scale: float = 1.0  # multiplies the built-in duration priors (a simulator's scaled clock)
     # Longest a single output may take to download, all attempts and redirects included: a host that
     # trickles bytes cannot hold a download slot (or the task) for longer.
-    download_deadline_s: float = 120.0
+    download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same policy on a clock running ``1/factor`` times faster (benchmarks, tests)."""
