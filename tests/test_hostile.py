@@ -99,7 +99,7 @@ async def _create_held(harness: Harness, args: dict[str, Any] | None = None) -> 
     harness.sim.set_task_outcome(None, "running")
     result = await _call(harness, "generate_image", {"prompt": "held back", **(args or {}), "wait": False})
     assert not result.is_error, text_of(result)
-    task_id: str = _data(result)["task_id"]
+    task_id: str = _data(result)["runapi_task_id"]  # the simulator knows tasks by RunAPI's id
     return task_id
 
 
@@ -124,7 +124,8 @@ async def _create(harness: Harness, fault: Fault, args: dict[str, Any] | None = 
     harness.sim.inject(fault)
     result = await _call(harness, "generate_image", {"prompt": "hostile upstream", **(args or {}), "wait": False})
     assert not result.is_error, text_of(result)
-    return _data(result)["task_id"], result
+    # RunAPI's id: the simulator knows tasks by it, and get_task takes it as well as the server's own.
+    return _data(result)["runapi_task_id"], result
 
 
 async def _wait_all(

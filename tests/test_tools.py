@@ -135,6 +135,7 @@ async def test_wait_deadline_is_not_an_error(harness: Harness) -> None:
 async def test_waiters_share_one_poll_loop(harness: Harness) -> None:
     created = await harness.call("generate_image", {"prompt": "shared", "output_resolution": "4k", "wait": False})
     task_id = created.structured_content["task_id"]
+    upstream_id = created.structured_content["runapi_task_id"]
     results: list[Any] = []
 
     async def waiter() -> None:
@@ -145,7 +146,7 @@ async def test_waiters_share_one_poll_loop(harness: Harness) -> None:
             tg.start_soon(waiter)
     assert all(r.structured_content["status"] == "completed" for r in results)
     polls = [
-        r for r in harness.sim.requests if r.method == "GET" and r.path.startswith("/api/v1/") and task_id in r.path
+        r for r in harness.sim.requests if r.method == "GET" and r.path.startswith("/api/v1/") and upstream_id in r.path
     ]
     assert polls and len(polls) == harness.app.manager.stats(task_id)["polls"]
 
@@ -156,7 +157,7 @@ async def test_cancelled_call_stops_the_wait_not_the_task(harness: Harness) -> N
     [create] = upstream_creates(harness.sim)
     task_id = None
     for _ in range(100):
-        tasks = await harness.app.manager.store.list()
+        tasks = (await harness.app.manager.store.page()).records
         if tasks:
             task_id = tasks[0].task_id
             break

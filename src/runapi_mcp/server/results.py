@@ -10,8 +10,7 @@ from datetime import UTC, datetime
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
-from runapi_mcp.client import TaskStatus
-from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord
+from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord, TaskState
 
 PreviewOutcome = Preview | PreviewSkipped | None
 
@@ -34,8 +33,11 @@ class ImageOut(BaseModel):
 class TaskResult(BaseModel):
     """The state of one RunAPI image task."""
 
-    task_id: str
-    status: TaskStatus
+    task_id: str = Field(description="This server's id of the task (get_task takes it, or runapi_task_id)")
+    runapi_task_id: str | None = Field(None, description="RunAPI's id of the task, once RunAPI has confirmed it")
+    status: TaskState = Field(description="submitting (RunAPI has not confirmed the create yet), pending, "
+                              "processing, completed or failed")
+    price_cents: int | None = Field(None, description="RunAPI's quote for the task, in cents, where known")
     model: str
     service: str
     action: str
@@ -61,6 +63,8 @@ def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult
     end = record.completed_at or time.time()
     return TaskResult(
         task_id=record.task_id,
+        runapi_task_id=record.upstream_id,
+        price_cents=record.price_cents,
         status=record.status,
         model=record.model,
         service=record.service,
@@ -80,7 +84,8 @@ def summary_text(
     record: TaskRecord, previews: Sequence[PreviewOutcome] = (), *, waited_out: bool = False
 ) -> str:
     elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
-    head = f"Task {record.task_id} ({record.model}, {record.action})"
+    price = f", {record.price_cents} cents" if record.price_cents is not None else ""
+    head = f"Task {record.task_id} ({record.model}, {record.action}{price})"
     if record.status == "completed":
         saved = [i for i in record.images if i.path]
         lines = [f"{head} completed in {elapsed:.0f}s: {len(record.images)} image(s)."]
@@ -102,7 +107,9 @@ def summary_text(
     if record.status == "failed":
         return f"{head} failed after {elapsed:.0f}s: {record.error or 'no reason given'}"
     text = f"{head} is {record.status} ({elapsed:.0f}s so far)."
-    if record.error:
+    if record.status == "submitting":
+        text += " RunAPI has not confirmed the create yet; it is sent again with the same key until it does."
+    elif record.error:
         text += f" Last polling problem: {record.error}."
     if waited_out:
         text += f" Call get_task with task_id='{record.task_id}' and wait=true to keep waiting; the task keeps running."

@@ -5,15 +5,16 @@ from runapi_mcp.tasks.durations import DurationFile, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
 from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
-from runapi_mcp.tasks.records import TERMINAL, ImageRecord, TaskRecord
+from runapi_mcp.tasks.records import TERMINAL, UNFINISHED, ImageRecord, StatusChange, TaskRecord, TaskState
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
-from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
+from runapi_mcp.tasks.store import InvalidCursorError, MemoryTaskStore, TaskPage, TaskStore
 
 __all__ = [
     "IMAGE_URI_PREFIX",
     "TERMINAL",
+    "UNFINISHED",
     "DurationFile",
     "DurationModel",
     "ImageFileError",
@@ -21,6 +22,7 @@ __all__ = [
     "ImageReferenceError",
     "ImageResolver",
     "ImageStore",
+    "InvalidCursorError",
     "MemoryTaskStore",
     "PollPolicy",
     "PollSchedule",
@@ -28,8 +30,11 @@ __all__ = [
     "Preview",
     "PreviewSkipped",
     "SandboxError",
+    "StatusChange",
     "TaskManager",
+    "TaskPage",
     "TaskRecord",
+    "TaskState",
     "TaskStatus",
     "TaskStore",
     "UnknownTaskError",

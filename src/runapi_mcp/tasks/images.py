@@ -25,6 +25,7 @@ import stat
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -419,6 +420,31 @@ class ImageStore:
             else:
                 message = f"the image host sent a file that is {exc}"
             raise NotAnImageError(message, summary="") from None
+
+    def remove_partials(self, older_than_s: float) -> int:
+        """Remove partial downloads and temp files not touched for ``older_than_s`` seconds (blocking).
+
+        Left by a process that was killed mid-download. Only old ones: another server sharing this
+        library may be downloading right now (a live download ends within its deadline)."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for folder in (self.root, self._preview_dir):
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                name = entry.name
+                partial = name.endswith((".download", ".part")) or (name.startswith(".") and name.endswith(".tmp"))
+                if not partial:
+                    continue
+                try:
+                    if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+                except OSError:
+                    continue
+        return removed
 
     @staticmethod
     def undownloaded(task_id: str, index: int, url: str) -> ImageRecord:

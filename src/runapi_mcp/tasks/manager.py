@@ -32,11 +32,13 @@ from runapi_mcp.client import (
     RateLimitedError,
     RunAPIClient,
     RunAPIError,
+    RunAPIStatusError,
+    RunAPITransportError,
     TaskInfo,
 )
 from runapi_mcp.tasks.durations import DurationFile, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageStore
-from runapi_mcp.tasks.records import ImageRecord, TaskRecord
+from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -75,6 +77,7 @@ class _Tracked:
     loop_started: float = 0.0  # when the current poll loop began (give-up is measured from here)
     upstream_requests: int = 0
     fetching: anyio.Lock = field(default_factory=anyio.Lock)
+    create_sent: float = 0.0  # monotonic time the create was last sent (0: not by this process)
     last_fetch: float = 0.0  # monotonic time outputs were last downloaded (or tried)
 
     @property
@@ -118,7 +121,8 @@ class TaskManager:
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)  # creates and polls
         # Downloads stream to disk (little memory each) but may meet slow hosts: their own, wider limiter.
         self._downloads = anyio.CapacityLimiter(max_concurrent_downloads)
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, _Tracked] = {}  # by the server's task id
+        self._aliases: dict[str, str] = {}  # RunAPI's task id -> the server's
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
 
@@ -137,40 +141,97 @@ class TaskManager:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
-                for record in await self.store.list(limit=1000, active_only=True):
-                    self._track(record)
+                await self._resume()
                 yield self
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()
+
+    async def _resume(self) -> None:
+        """Take up what a previous process left: unfinished tasks, outputs not downloaded, partial files."""
+        removed = await anyio.to_thread.run_sync(self.images.remove_partials, self.policy.download_deadline_s)
+        if removed:
+            log.info("removed %d partial download(s) left by an earlier run", removed)
+        for record in await self.store.unfinished():
+            tracked = self._track(record)
+            if self._wants_refetch(tracked) and self._tg is not None:
+                self._tg.start_soon(self._guarded, tracked, "downloading the images", self._refetch, tracked)
+        if self._tracked:
+            log.info("resumed %d task(s) from the store", len(self._tracked))
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(record)`` runs after every change of any task (e.g. resource-updated notices)."""
         self._listeners.append(listener)
 
     # -- creating ------------------------------------------------------------------------
-    async def submit(self, prepared: PreparedRequest, *, prompt: str | None) -> TaskRecord:
-        """Create the task upstream (one idempotency key for every retry of it) and start polling."""
-        key = f"runapi-mcp-{uuid.uuid4().hex}"
-        async with self._limiter:
-            info = await self.client.create_task(prepared.path, prepared.body, idempotency_key=key)
+    async def submit(
+        self, prepared: PreparedRequest, *, prompt: str | None, price_cents: int | None = None
+    ) -> TaskRecord:
+        """Record the task, then create it upstream (one idempotency key for every try) and start polling.
+
+        The record exists before the create is sent: if RunAPI's answer is lost, the task stays
+        "submitting" under the server's id and the create is re-sent with the same key until RunAPI
+        answers (it never runs or bills a key twice). A definite refusal (bad request, no credits, bad
+        key) marks the task failed and is raised.
+        """
+        now = time.time()
         record = TaskRecord(
-            task_id=info.id,
-            idempotency_key=key,
+            idempotency_key=f"runapi-mcp-{uuid.uuid4().hex}",
             model=prepared.model.slug,
             service=prepared.action.service,
             action=prepared.action.endpoint,
             route=prepared.path,
             prompt=prompt,
-            request={k: v for k, v in prepared.body.items() if k != "prompt"},
+            request=dict(prepared.body),
             resolution=prepared.body.get("output_resolution"),
             max_outputs=prepared.model.max_outputs,
+            price_cents=price_cents,
+            created_at=now,
+            updated_at=now,
+            history=[StatusChange(status="submitting", at=now)],
         )
-        tracked = self._track(record)
-        tracked.upstream_requests += 1
-        log.info("created task %s (%s %s)", record.task_id, record.model, record.action)
-        await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
+        await self.store.save(record)
+        tracked = _Tracked(record=record, poll=_poll_state(record))
+        self._tracked[record.task_id] = tracked
+        try:
+            accepted = await self._create(tracked)
+        except RunAPIError as exc:
+            await self._update(tracked, status="failed", error=str(exc))
+            raise
+        # The poll loop takes it from here (and, while it is still "submitting", re-sends the create first).
+        self._track(tracked.record)
+        if not accepted:
+            log.info("task %s stays submitting until RunAPI confirms it", tracked.task_id)
         return tracked.record.model_copy(deep=True)
+
+    async def _create(self, tracked: _Tracked) -> bool:
+        """Send the create once (the client retries per its policy). True when RunAPI accepted it; False
+        when its answer never came (the task stays "submitting"); raises on a definite refusal."""
+        record = tracked.record
+        tracked.create_sent = time.monotonic()
+        try:
+            async with self._limiter:
+                tracked.upstream_requests += 1
+                info = await self.client.create_task(
+                    record.route, record.request, idempotency_key=record.idempotency_key
+                )
+        except RunAPIError as exc:
+            if not _unconfirmed(exc):
+                raise
+            log.warning("task %s: RunAPI has not confirmed the create (%s); it will be sent again", record.task_id, exc)
+            await self._update(
+                tracked,
+                error=f"RunAPI has not confirmed the create yet ({exc}); it is sent again with the same "
+                "idempotency key until RunAPI answers, so it is never paid for twice",
+            )
+            return False
+        self._aliases[info.id] = record.task_id
+        log.info("created task %s = RunAPI %s (%s %s)", record.task_id, info.id, record.model, record.action)
+        await self._update(tracked, upstream_id=info.id, status="pending", error=None)
+        tracked.poll = _poll_state(tracked.record)
+        tracked.poll.started = time.monotonic()  # the task runs upstream from now (a re-send may be late)
+        await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
+        return True
 
     # -- reading and waiting -------------------------------------------------------------
     async def get(self, task_id: str) -> TaskRecord:
@@ -237,10 +298,11 @@ class TaskManager:
     async def _lookup(self, task_id: str) -> _Tracked:
         if not isinstance(task_id, str) or not task_id.strip():
             raise UnknownTaskError(str(task_id))
-        tracked = self._tracked.get(task_id.strip())
+        wanted = task_id.strip()
+        tracked = self._tracked.get(self._aliases.get(wanted, wanted))
         if tracked is not None:
             return self._track(tracked.record)  # restarts a poll loop that gave up or stopped
-        record = await self.store.get(task_id.strip())
+        record = await self.store.get(wanted)
         if record is None:
             raise UnknownTaskError(task_id)
         return self._track(record)
@@ -250,6 +312,8 @@ class TaskManager:
         if tracked is None:
             tracked = _Tracked(record=record, poll=_poll_state(record))
             self._tracked[record.task_id] = tracked
+            if record.upstream_id:
+                self._aliases[record.upstream_id] = record.task_id
         if not tracked.record.terminal and not tracked.polling and self._tg is not None:
             tracked.polling = True
             tracked.loop_started = time.monotonic()
@@ -298,10 +362,27 @@ class TaskManager:
         finally:
             tracked.polling = False
 
+    async def _submit_until_accepted(self, tracked: _Tracked) -> bool:
+        """Re-send the create of a "submitting" task (same key) until RunAPI answers; False if it refused."""
+        delay = self.policy.fine_interval_s * 4
+        while tracked.record.status == "submitting":
+            # Right after a try that went unanswered, wait before the next; a resumed task goes at once.
+            await anyio.sleep(max(0.0, tracked.create_sent + delay - time.monotonic()))
+            try:
+                if await self._create(tracked):
+                    return True
+            except RunAPIError as exc:
+                await self._update(tracked, status="failed", error=str(exc))
+                return False
+            delay = min(delay * 2, self.policy.coarse_max_s * 12)
+        return not tracked.record.terminal
+
     async def _poll_until_done(self, tracked: _Tracked) -> None:
         retry_after: float | None = None
         failures = 0
         policy = self.policy
+        if tracked.record.status == "submitting" and not await self._submit_until_accepted(tracked):
+            return
         while not tracked.record.terminal:
             await anyio.sleep(self.schedule.next_delay(tracked.poll, time.monotonic(), retry_after))
             retry_after = None
@@ -316,7 +397,7 @@ class TaskManager:
             try:
                 async with self._limiter:
                     tracked.upstream_requests += 1
-                    info = await self.client.get_task(tracked.record.route, tracked.record.task_id)
+                    info = await self.client.get_task(tracked.record.route, tracked.record.upstream_id or "")
             except NotFoundError as exc:
                 await self._update(tracked, status="failed", error=f"RunAPI does not know this task: {exc}")
                 return
@@ -443,6 +524,18 @@ class TaskManager:
             reason = f"internal error while downloading ({type(exc).__name__})"
         log.warning("task %s: image %d not downloaded: %s", tracked.task_id, image.index, reason)
         return ImageRecord.model_validate({**image.model_dump(), "error": reason})
+
+
+def _unconfirmed(exc: RunAPIError) -> bool:
+    """Whether a failed create may still go through: no answer at all, or a server error or throttling
+    (the task may exist and is asked for again with its key), rather than a refusal.
+
+    An answer that came but cannot be read (RunAPIResponseError, after the client's own second try) is
+    a failure to report, not to repeat: the same key would bring back the same unreadable answer."""
+    if isinstance(exc, RunAPIStatusError):
+        code = exc.status_code  # None: refused here, before sending (no key, a body that cannot be sent)
+        return code is not None and (code >= 500 or code in (408, 409, 425, 429))
+    return isinstance(exc, RunAPITransportError)
 
 
 def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:

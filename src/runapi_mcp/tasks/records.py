@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runapi_mcp.client import TaskStatus
 
-TERMINAL: frozenset[TaskStatus] = frozenset({"completed", "failed"})
+# A task's state here: RunAPI's four, and "submitting" before RunAPI has confirmed the create (the
+# task is recorded first, so a create whose answer was lost is still known, and re-sent with its key).
+TaskState = Literal["submitting"] | TaskStatus
+TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed"})
+UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
+
+
+def new_task_id() -> str:
+    """The server's own id of a task, known before RunAPI answers (URI-safe, sortable by creation)."""
+    return f"task-{int(time.time() * 1000):012x}-{uuid.uuid4().hex[:12]}"
+
+
+class StatusChange(BaseModel):
+    """One step of a task's life: its state from ``at`` (epoch seconds) on."""
+
+    status: TaskState
+    at: float
 
 
 class ImageRecord(BaseModel):
@@ -30,14 +47,19 @@ class ImageRecord(BaseModel):
 
 
 class TaskRecord(BaseModel):
-    """One RunAPI task as this server tracks it (the shape the next store persists)."""
+    """One logical task as this server tracks it: recorded before the upstream create, kept in the store.
+
+    ``task_id`` is the server's own id (stable from the first moment); ``upstream_id`` is RunAPI's, once
+    RunAPI has answered the create. Both find the task.
+    """
 
     # Every change goes through ``updated()``, so a bad value is caught where it is made.
     model_config = ConfigDict(validate_assignment=True)
 
-    task_id: str
+    task_id: str = Field(default_factory=new_task_id)
+    upstream_id: str | None = None
     idempotency_key: str
-    status: TaskStatus = "pending"
+    status: TaskState = "submitting"
     model: str
     service: str
     action: str
@@ -54,10 +76,21 @@ class TaskRecord(BaseModel):
     completed_at: float | None = None
 
     max_outputs: int | None = None  # the most images a task of this model returns (from the catalog)
+    price_cents: int | None = None  # RunAPI's quote for the task, taken before the create
+    history: list[StatusChange] = Field(default_factory=list)
 
     def updated(self, **changes: Any) -> TaskRecord:
-        """A validated copy with ``changes`` applied and ``updated_at`` set to now."""
-        return TaskRecord.model_validate({**self.model_dump(), **changes, "updated_at": time.time()})
+        """A validated copy with ``changes`` applied, ``updated_at`` set to now, a status change recorded."""
+        now = time.time()
+        data = {**self.model_dump(), **changes, "updated_at": now}
+        if changes.get("status", self.status) != self.status:
+            data["history"] = [*data["history"], {"status": changes["status"], "at": now}]
+        return TaskRecord.model_validate(data)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every id the task is known by: the server's, and RunAPI's once known."""
+        return (self.task_id, self.upstream_id) if self.upstream_id else (self.task_id,)
 
     @property
     def terminal(self) -> bool:

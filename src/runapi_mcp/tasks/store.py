@@ -1,37 +1,149 @@
-"""Where task records live. In memory for now; the interface is what a persistent store implements."""
+"""Where task records live: the interface the manager and the tools use, and an in-memory store.
+
+The embedded default is ``sqlite_store.SQLiteTaskStore`` (in ``RUNAPI_MCP_HOME``); a store shared by
+several server instances implements the same protocol. Every method is async (a store may block on
+disk or a network) and returns copies: what a caller holds is never the store's own object.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import base64
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from runapi_mcp.tasks.records import TaskRecord
+from runapi_mcp.tasks.records import UNFINISHED, TaskRecord, TaskState
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of a task listing, newest first; ``next_cursor`` fetches the next (None: no more)."""
+
+    records: list[TaskRecord]
+    next_cursor: str | None
+
+
+class InvalidCursorError(ValueError):
+    """A cursor this store did not hand out."""
+
+    def __str__(self) -> str:
+        return "'cursor' is not a cursor this server handed out; start again without one"
+
+
+def encode_cursor(record: TaskRecord) -> str:
+    """An opaque cursor pointing after ``record`` in newest-first order."""
+    raw = json.dumps([record.created_at, record.task_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, task_id = json.loads(raw)
+        if not isinstance(task_id, str) or isinstance(created_at, bool):
+            raise ValueError
+        return float(created_at), task_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidCursorError(cursor) from None
 
 
 class TaskStore(Protocol):
-    """Keeps task records by upstream task id. Implementations must be safe to call from one event loop."""
+    """Task records by the server's task id (and by RunAPI's id once known)."""
 
-    async def save(self, record: TaskRecord) -> None: ...
+    async def save(self, record: TaskRecord) -> None:
+        """Insert or replace the record (keyed by ``task_id``)."""
 
-    async def get(self, task_id: str) -> TaskRecord | None: ...
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record whose server id or RunAPI id is ``task_id``."""
 
-    async def list(self, *, limit: int = 50, active_only: bool = False) -> list[TaskRecord]: ...
+    async def page(
+        self,
+        *,
+        status: TaskState | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        """Records newest first, filtered; raises :class:`InvalidCursorError` for a foreign cursor."""
+
+    async def unfinished(self) -> list[TaskRecord]:
+        """Every record not yet completed or failed, and every completed one with an output not in the
+        library (what a restarted manager must take up again)."""
+
+    async def spent_cents(self, since: float) -> int:
+        """What the tasks created since ``since`` (epoch seconds) cost by their quotes (failed ones excluded)."""
+
+    async def load_state(self, key: str) -> Any:
+        """A small JSON value kept under ``key`` (e.g. what the poll schedule learned), or None."""
+
+    async def save_state(self, key: str, value: Any) -> None:
+        """Keep a small JSON value under ``key``."""
+
+    async def close(self) -> None:
+        """Release what the store holds (files, connections)."""
+
+
+def needs_taking_up(record: TaskRecord) -> bool:
+    """Unfinished, or completed with an output that is not in the library."""
+    if record.status in UNFINISHED:
+        return True
+    return record.status == "completed" and any(image.path is None and image.url for image in record.images)
+
+
+def matches(record: TaskRecord, status: TaskState | None, model: str | None) -> bool:
+    return (status is None or record.status == status) and (model is None or record.model == model)
+
+
+def newest_first(records: Iterable[TaskRecord]) -> list[TaskRecord]:
+    return sorted(records, key=lambda r: (r.created_at, r.task_id), reverse=True)
 
 
 class MemoryTaskStore:
-    """A process-local store: tasks are forgotten on exit."""
+    """A process-local store: tasks are forgotten on exit (tests, and servers that want no disk)."""
 
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
+        self._state: dict[str, Any] = {}
 
     async def save(self, record: TaskRecord) -> None:
         self._records[record.task_id] = record.model_copy(deep=True)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)
+        if record is None:
+            record = next((r for r in self._records.values() if r.upstream_id == task_id), None)
         return record.model_copy(deep=True) if record else None
 
-    async def list(self, *, limit: int = 50, active_only: bool = False) -> list[TaskRecord]:
-        records = sorted(self._records.values(), key=lambda r: r.created_at, reverse=True)
-        if active_only:
-            records = [r for r in records if not r.terminal]
-        return [r.model_copy(deep=True) for r in records[:limit]]
+    async def page(
+        self,
+        *,
+        status: TaskState | None = None,
+        model: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> TaskPage:
+        records = [r for r in newest_first(self._records.values()) if matches(r, status, model)]
+        if cursor is not None:
+            after = decode_cursor(cursor)
+            records = [r for r in records if (r.created_at, r.task_id) < after]
+        chosen = records[: max(1, limit)]
+        more = len(records) > len(chosen)
+        return TaskPage([r.model_copy(deep=True) for r in chosen], encode_cursor(chosen[-1]) if more else None)
+
+    async def unfinished(self) -> list[TaskRecord]:
+        return [r.model_copy(deep=True) for r in newest_first(self._records.values()) if needs_taking_up(r)]
+
+    async def spent_cents(self, since: float) -> int:
+        return sum(
+            r.price_cents or 0 for r in self._records.values() if r.created_at >= since and r.status != "failed"
+        )
+
+    async def load_state(self, key: str) -> Any:
+        return json.loads(json.dumps(self._state.get(key)))
+
+    async def save_state(self, key: str, value: Any) -> None:
+        self._state[key] = json.loads(json.dumps(value))
+
+    async def close(self) -> None:
+        return None
