@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+
+import anyio
 
 from runapi_mcp import __version__
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.tasks import DurationFile, ImageResolver, ImageStore, MemoryTaskStore, PollPolicy, TaskManager
+from runapi_mcp.tasks import DurationFile, ImageResolver, ImageStore, PollPolicy, TaskManager, TaskStore
+from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
 
 
 @dataclass
@@ -58,8 +61,30 @@ def configure_logging(settings: Settings) -> None:
 
 
 @asynccontextmanager
-async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> AsyncIterator[App]:
-    """Everything wired and running (poll loops live as long as the block)."""
+async def open_store(settings: Settings) -> AsyncIterator[TaskStore]:
+    """The task store the server keeps its tasks in (``tasks.sqlite3`` in ``RUNAPI_MCP_HOME``)."""
+    store = await SQLiteTaskStore.open(settings.store_file)
+    try:
+        yield store
+    finally:
+        with anyio.CancelScope(shield=True):
+            await store.close()
+
+
+@asynccontextmanager
+async def open_app(
+    settings: Settings, *, policy: PollPolicy | None = None, store: TaskStore | None = None
+) -> AsyncIterator[App]:
+    """Everything wired and running (poll loops live as long as the block); ``store`` replaces the
+    SQLite store in ``RUNAPI_MCP_HOME`` (e.g. a ``MemoryTaskStore``)."""
+    async with AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(settings))
+        yield await stack.enter_async_context(_wired(settings, policy, store))
+
+
+@asynccontextmanager
+async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore) -> AsyncIterator[App]:
     client = RunAPIClient(
         settings.key(),
         settings.base_url,
@@ -71,7 +96,7 @@ async def open_app(settings: Settings, *, policy: PollPolicy | None = None) -> A
     manager = TaskManager(
         client,
         images,
-        MemoryTaskStore(),
+        store,
         policy=policy,
         max_concurrent_requests=settings.max_concurrent_requests,
         max_concurrent_downloads=settings.max_concurrent_downloads,

@@ -91,6 +91,11 @@ class Settings(BaseModel):
         return self.home / "images"
 
     @property
+    def store_file(self) -> Path:
+        """The task store: every task this server created, across restarts."""
+        return self.home / "tasks.sqlite3"
+
+    @property
     def durations_file(self) -> Path | None:
         """Where what the poll scheduler learned about task durations is kept across restarts.
 
