@@ -53,10 +53,19 @@ def text_of(result: Any) -> str:
 
 
 def upstream_creates(sim: Simulator) -> list[Any]:
-    """Requests that could have created (and charged) an upstream task."""
+    """Requests that could have created (and charged) an upstream task (a price quote creates nothing)."""
     return [
-        r for r in sim.requests if r.method == "POST" and r.path.startswith("/api/v1/") and r.path != "/api/v1/files"
+        r
+        for r in sim.requests
+        if r.method == "POST"
+        and r.path.startswith("/api/v1/")
+        and r.path not in ("/api/v1/files", "/api/v1/price_quotes")
     ]
+
+
+def price_quotes(sim: Simulator) -> list[Any]:
+    """The price quotes asked for (each task is quoted before anything is uploaded or created)."""
+    return [r for r in sim.requests if r.method == "POST" and r.path == "/api/v1/price_quotes"]
 
 
 def server_env(sim: Simulator, home: Path, inputs: Path, **extra: str) -> dict[str, str]:

@@ -38,6 +38,7 @@ from runapi_mcp.client import (
     InsufficientCreditsError,
     NotFoundError,
     PayloadTooLargeError,
+    PriceQuote,
     RateLimitedError,
     RetryPolicy,
     RunAPIClient,
@@ -548,6 +549,71 @@ async def test_get_balance() -> None:
     assert balance.spent_cents_today is None
     assert balance.model_extra == {"tier": "pro"}
     assert Balance.from_response({"data": {"balance_cents": 5}}).balance_cents == 5
+
+
+# -- price quotes ----------------------------------------------------------------------------------
+
+
+async def test_quote_price_posts_service_action_and_body() -> None:
+    answer = {"price_quote": {"reservation_amount_cents": 12, "currency": "USD", "image_count": 1}}
+    recorder = Recorder(httpx.Response(200, json=answer))
+    async with make_client(recorder) as client:
+        body = {"model": "topaz-upscale-image", "upscale_factor": 4}
+        quote = await client.quote_price("topaz", "upscale_image", body)
+    assert isinstance(quote, PriceQuote)
+    assert (quote.reservation_amount_cents, quote.currency) == (12, "USD")
+    assert quote.model_extra == {"image_count": 1}
+    (request,) = recorder.requests
+    assert request.method == "POST" and request.url.path == "/api/v1/price_quotes"
+    assert request.headers["Authorization"] == f"Bearer {KEY}" and "Idempotency-Key" not in request.headers
+    assert json.loads(request.content) == {
+        "service": "topaz",
+        "action": "upscale_image",
+        "model": "topaz-upscale-image",
+        "upscale_factor": 4,
+    }
+
+
+async def test_quote_price_is_retried_like_a_get() -> None:
+    """A quote creates and charges nothing: retried on 5xx and transport errors without an idempotency key."""
+    ok = httpx.Response(200, json={"price_quote": {"reservation_amount_cents": 3}})
+    recorder = Recorder(httpx.Response(503), httpx.ConnectError("down"), ok)
+    sleeps = Sleeps()
+    async with make_client(recorder, sleeps=sleeps) as client:
+        quote = await client.quote_price("gpt_image_2", "text_to_image", {"model": "gpt-image-2"})
+    assert quote.reservation_amount_cents == 3 and quote.currency is None
+    assert len(recorder.requests) == 3 and len(sleeps.delays) == 2
+    refused = Recorder(httpx.Response(422, json={"error": {"message": "No action x/y", "code": "validation_error"}}))
+    async with make_client(refused) as client:
+        with pytest.raises(BadRequestError, match="No action"):
+            await client.quote_price("x", "y", {})
+    assert len(refused.requests) == 1  # a refusal is not asked again
+
+
+@pytest.mark.parametrize(
+    ("body", "cents"),
+    [
+        ({"price_quote": {"reservation_amount_cents": 7}}, 7),
+        ({"data": {"price_quote": {"reservation_amount_cents": "8"}}}, 8),
+        ({"data": {"reservation_amount_cents": 9.0}}, 9),
+        ({"reservation_amount_cents": 10, "currency": "USD"}, 10),
+        ({"price_quote": {"amount_cents": 11}}, 11),
+        ({"price_quote": {"reservation_amount_cents": -5}}, None),  # never a credit
+        ({"price_quote": {"reservation_amount_cents": "lots"}}, None),
+        ({"price_quote": {"reservation_amount_cents": 10**400}}, None),
+        ({"price_quote": {"reservation_amount_cents": True}}, None),
+        ({"price_quote": {}}, None),
+        ({"price_quote": "free"}, None),
+    ],
+)
+def test_price_quote_reads_any_shape(body: Any, cents: int | None) -> None:
+    assert PriceQuote.from_response(body).reservation_amount_cents == cents
+
+
+@pytest.mark.parametrize("body", [[1, 2], "12", None, 12])
+def test_price_quote_that_is_no_object_is_a_response_error(body: Any) -> None:
+    with pytest.raises(RunAPIResponseError):
+        PriceQuote.from_response(body)
 
 
 # -- downloads -------------------------------------------------------------------------------------

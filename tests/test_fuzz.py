@@ -88,11 +88,18 @@ ARGUMENTS: dict[str, dict[str, str]] = {
         "wait": "bool",
         "timeout_s": "number?",
     },
+    "upscale_image": {"image": "str", "factor": "int", "model": "str", "wait": "bool", "timeout_s": "number?"},
     "get_task": {"task_id": "str", "wait": "bool", "timeout_s": "number?"},
     "list_models": {"action": "str?"},
     "check_balance": {},
+    "list_tasks": {"status": "str?", "model": "str?", "limit": "int", "cursor": "str?"},
 }
-REQUIRED = {"generate_image": ["prompt"], "edit_image": ["prompt", "images"], "get_task": ["task_id"]}
+REQUIRED = {
+    "generate_image": ["prompt"],
+    "edit_image": ["prompt", "images"],
+    "upscale_image": ["image"],
+    "get_task": ["task_id"],
+}
 TOOLS = sorted(ARGUMENTS)
 ALL_ARGUMENT_NAMES = sorted({name for args in ARGUMENTS.values() for name in args})
 STRING_ARGUMENTS = [
@@ -257,9 +264,11 @@ class Served:
         calls: dict[str, dict[str, Any]] = {
             "generate_image": {"prompt": PROMPT},
             "edit_image": {"prompt": PROMPT, "images": [str(self.files.png)]},
+            "upscale_image": {"image": str(self.files.png)},
             "get_task": {"task_id": self.task_id},
             "list_models": {},
             "check_balance": {},
+            "list_tasks": {},
         }
         return calls[tool]
 
@@ -368,6 +377,7 @@ WRONG_TYPE: dict[str, st.SearchStrategy[Any]] = {
     "str?": st.one_of(st.booleans(), _NUMBERS, _LISTS, _DICTS),
     "bool": st.one_of(st.none(), _NUMBERS, _SMALL_TEXT, _LISTS, _DICTS),
     "number?": st.one_of(st.booleans(), _SMALL_TEXT, _LISTS, _DICTS),
+    "int": st.one_of(st.none(), st.booleans(), st.floats(), _SMALL_TEXT, _LISTS, _DICTS),
     "dict?": st.one_of(st.booleans(), _NUMBERS, _PLAIN_SMALL_TEXT, _LISTS),
     "list[str]": st.one_of(st.none(), st.booleans(), _NUMBERS, _PLAIN_SMALL_TEXT, _DICTS),
 }
@@ -618,6 +628,9 @@ def invalid_calls(served: Served) -> st.SearchStrategy[Invalid]:
         "output_resolution": "2k",
         "task_id": served.task_id,
         "action": "edit_image",
+        "image": str(served.files.png),
+        "status": "completed",
+        "cursor": "bm90LWEtY3Vyc29y",
     }
     bad_text = each(
         STRING_ARGUMENTS,
@@ -891,6 +904,15 @@ NAMED_CASES: dict[str, Callable[[Served], Invalid]] = {
     "unknown-argument-surrogate-name": lambda s: Invalid("generate_image", {"prompt": PROMPT, "\ud800": 1}, "\ud800"),
     "list-models-unknown-argument": lambda s: Invalid("list_models", {"zzz": 1}, "zzz"),
     "check-balance-unknown-argument": lambda s: Invalid("check_balance", {"verbose": True}, "verbose"),
+    # upscale_image's factor is checked against the model's own field; a model that upscales nothing is named.
+    "upscale-factor-not-allowed": lambda s: Invalid(
+        "upscale_image", {"image": str(s.files.png), "factor": 3}, "factor"
+    ),
+    "upscale-factor-zero": lambda s: Invalid("upscale_image", {"image": str(s.files.png), "factor": 0}, "factor"),
+    "upscale-with-a-generator": lambda s: Invalid(
+        "upscale_image", {"image": str(s.files.png), "model": "gpt-image-2"}, "model"
+    ),
+    "upscale-bad-image": lambda s: Invalid("upscale_image", {"image": str(s.files.text_file)}, "image"),
 }
 
 
@@ -933,7 +955,7 @@ def test_any_arguments_never_crash_the_server(served: Served) -> None:
                 assert any(served.quotes_field(text, name) for name in candidates), f"no field named: {text[:500]}"
             else:
                 assert text.startswith("Unknown tool"), text[:300]
-        elif tool in ("generate_image", "edit_image"):  # a valid call: it made one task
+        elif tool in ("generate_image", "edit_image", "upscale_image"):  # a valid call: it made one task
             assert isinstance(data, dict) and is_task, text[:300]
             assert len(upstream_creates(served.sim)) == 1, [r.path for r in served.sim.requests]
             if not result.is_error:  # (an error here is the task's own failure upstream, with its reason)

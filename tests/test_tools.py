@@ -369,12 +369,14 @@ async def test_list_models_and_balance(harness: Harness) -> None:
 
 async def test_tool_annotations_and_instructions(harness: Harness) -> None:
     tools = {t.name: t for t in (await harness.client.list_tools()).tools}
-    assert set(tools) == {"generate_image", "edit_image", "get_task", "list_models", "check_balance"}
+    assert set(tools) == {
+        "generate_image", "edit_image", "upscale_image", "get_task", "list_models", "check_balance", "list_tasks"
+    }
     annotations = {name: tool.annotations for name, tool in tools.items()}
-    for name in ("get_task", "list_models", "check_balance"):
+    for name in ("get_task", "list_models", "check_balance", "list_tasks"):
         hints = annotations[name]
         assert hints is not None and hints.read_only_hint is True and hints.idempotent_hint is True
-    for name in ("generate_image", "edit_image"):
+    for name in ("generate_image", "edit_image", "upscale_image"):
         hints = annotations[name]
         assert hints is not None and hints.read_only_hint is False and hints.open_world_hint is True
         assert (tools[name].output_schema or {})["properties"]["images"]
@@ -409,7 +411,7 @@ async def test_the_key_appears_nowhere(harness: Harness, home: Path, caplog: pyt
         await harness.call("check_balance"),
         await harness.call("generate_image", {"prompt": "x", "aspect_ratio": "bad"}),
     ]
-    harness.sim.inject(Fault(kind="status", status=401, method="POST"))
+    harness.sim.inject(Fault(kind="status", status=401, method="POST", path_contains="/gpt_image_2/"))
     results.append(await harness.call("generate_image", {"prompt": "unauthorised"}))
     assert "401" in text_of(results[-1]) or "key" in text_of(results[-1]).lower()
     for result in results:

@@ -111,7 +111,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
     )
     server = build_server(
         ServerDeps(manager=manager, resolver=resolver, catalog=get_catalog(), wait_s=settings.wait_s,
-                   has_key=client.has_key),
+                   has_key=client.has_key, max_spend_cents=settings.max_spend_cents),
         settings.redactor,
     )
     async with client, manager.running():

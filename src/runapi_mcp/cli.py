@@ -13,6 +13,7 @@ import anyio
 
 from runapi_mcp import __version__
 from runapi_mcp.config import ConfigError, load_settings, settings_from_environment
+from runapi_mcp.history_cli import STATES
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
@@ -47,7 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", dest="home", help="Where to save the image (RUNAPI_MCP_HOME)")
     demo.add_argument("--aspect-ratio", default="16:9")
     demo.add_argument("--output-resolution", default="1k")
+
+    tasks = sub.add_parser("tasks", help="Print the task history, newest first, from the server's task store")
+    tasks.add_argument("--status", choices=STATES, help="Only tasks in this state")
+    tasks.add_argument("--limit", type=_positive_int, default=20, help="How many tasks (default 20)")
+    _add_settings_flags(tasks, sub=True)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from runapi_mcp.app import configure_logging, serve_stdio
 
     configure_logging(settings)
+    if command == "tasks":
+        from runapi_mcp.history_cli import print_history
+
+        return anyio.run(print_history, settings, args.status, args.limit)
     with contextlib.suppress(KeyboardInterrupt):
         anyio.run(serve_stdio, settings)
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -56,6 +57,11 @@ class Settings(BaseModel):
     log_level: str = Field(
         "INFO", description="DEBUG, INFO, WARNING or ERROR", json_schema_extra={"env": "RUNAPI_MCP_LOG_LEVEL"}
     )
+    max_spend_cents: int | None = Field(
+        None,
+        description="Most cents this server may spend per UTC day, by RunAPI's quotes (unset: no cap)",
+        json_schema_extra={"env": "RUNAPI_MCP_MAX_SPEND_CENTS"},
+    )
     max_input_bytes: int = 20 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     max_concurrent_requests: int = 8
@@ -74,6 +80,18 @@ class Settings(BaseModel):
     def _check_wait(cls, value: float) -> float:
         if not 0 <= value <= 3600:
             raise ValueError(f"RUNAPI_MCP_WAIT_S must be between 0 and 3600 seconds, got {value}")
+        return value
+
+    @field_validator("max_spend_cents", mode="before")
+    @classmethod
+    def _check_spend_cap(cls, value: object) -> object:
+        # Text from the environment or a flag: whole cents only ("5.5" or "-1" is a typo, not a cap).
+        if isinstance(value, str):
+            if not re.fullmatch(r"[0-9]{1,15}", value.strip()):
+                raise ValueError(f"must be a whole number of cents, 0 or more, got {value.strip()[:40]!r}")
+            return int(value.strip())
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"must be a whole number of cents, 0 or more, got {value}")
         return value
 
     @field_validator("home")

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-RequestKind = Literal["generate", "edit"]
+# generate_image, edit_image, upscale_image: which of a model's actions a tool call means.
+RequestKind = Literal["generate", "edit", "upscale"]
 FieldType = Literal["string", "integer", "number", "boolean", "array"]
 
 # Endpoints that work on an existing image, in the order `edit_image` picks them for a model.
@@ -28,6 +29,9 @@ EDIT_ENDPOINTS = (
 )
 # The fields a model takes its input image(s) in, most general first.
 IMAGE_FIELDS = ("source_image_urls", "source_image_url", "image_url", "reference_image_urls")
+# The field an upscale model takes its multiplier in (topaz: upscale_factor); the others are the names
+# the same knob has elsewhere, so a new upscale model using one works with upscale_image's ``factor``.
+UPSCALE_FIELDS = ("upscale_factor", "scale_factor", "scale", "factor")
 # Names users type from RunAPI's docs page: alias -> (model slug, endpoint).
 ALIASES: dict[str, tuple[str, str]] = {
     "gpt-image-2-text-to-image": ("gpt-image-2", "text_to_image"),
@@ -384,6 +388,13 @@ class ModelSpec:
         return None
 
     @property
+    def upscale_field(self) -> FieldSpec | None:
+        """Where upscale_image's ``factor`` goes for this model; None when it takes no multiplier."""
+        if self.endpoint != "upscale_image":
+            return None
+        return next((self.fields[name] for name in UPSCALE_FIELDS if name in self.fields), None)
+
+    @property
     def takes_prompt(self) -> bool:
         return "prompt" in self.fields
 
@@ -545,6 +556,13 @@ class Catalog:
             candidates = [a for a in candidates if a.endpoint == forced_endpoint]
         chosen = self._pick(candidates, name, kind)
         if chosen is None:
+            if kind == "upscale":
+                upscalers = self.upscale_models()
+                raise CatalogError(
+                    f"'model' {model!r} cannot be used with upscale_image; upscale models: {', '.join(upscalers)}",
+                    field="model",
+                    allowed=upscalers,
+                )
             other = "edit_image (it works on an existing image)" if kind == "generate" else "generate_image"
             raise CatalogError(
                 f"'model' {model!r} cannot be used with {'generate_image' if kind == 'generate' else 'edit_image'}"
@@ -553,8 +571,18 @@ class Catalog:
             )
         return chosen, chosen.models[name]
 
+    def upscale_models(self) -> list[str]:
+        """The models upscale_image takes: an upscale action that takes an input image."""
+        return sorted({slug for a in self.actions for slug in a.models if self._pick([a], slug, "upscale")})
+
     @staticmethod
     def _pick(candidates: list[ActionSpec], slug: str, kind: RequestKind) -> ActionSpec | None:
+        if kind == "upscale":
+            # Only the upscale action itself: upscale_image must never quietly run an edit or a remix.
+            return next(
+                (a for a in candidates if a.endpoint == "upscale_image" and a.models[slug].image_field is not None),
+                None,
+            )
         if kind == "generate":
             for action in candidates:
                 if action.endpoint == "text_to_image":
@@ -717,7 +745,7 @@ class Catalog:
             if count:
                 raise CatalogError(f"model '{spec.slug}' takes no input images ('images'), got {count}", field="images")
             return
-        if kind == "edit" and count == 0:
+        if kind != "generate" and count == 0:
             raise CatalogError(f"'images' needs at least one image for model '{spec.slug}'", field="images")
         if count == 0:
             return  # an optional image field is left out (a required one is reported as missing)
@@ -748,7 +776,7 @@ class Catalog:
                         "family": action.title,
                         "action": action.endpoint,
                         "route": f"POST {action.path}",
-                        "tool": "generate_image" if self._pick([action], slug, "generate") else "edit_image",
+                        "tool": self._tool_for(action, slug),
                         "image_field": spec.image_field.name if spec.image_field else None,
                         "max_outputs": spec.max_outputs,
                         "fields": {
@@ -759,6 +787,12 @@ class Catalog:
                     }
                 )
         return out
+
+    def _tool_for(self, action: ActionSpec, slug: str) -> str:
+        """The tool to call a model with (edit_image also takes upscale models, through params)."""
+        if self._pick([action], slug, "generate"):
+            return "generate_image"
+        return "upscale_image" if self._pick([action], slug, "upscale") else "edit_image"
 
 
 def _num(value: float) -> str:

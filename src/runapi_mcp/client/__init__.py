@@ -40,6 +40,7 @@ from runapi_mcp.client.errors import (
 from runapi_mcp.client.models import (
     Balance,
     DownloadResult,
+    PriceQuote,
     RemoteImage,
     TaskInfo,
     TaskStatus,
@@ -66,6 +67,7 @@ __all__ = [
     "InsufficientCreditsError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PriceQuote",
     "RateLimitedError",
     "RemoteImage",
     "RetryPolicy",

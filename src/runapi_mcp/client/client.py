@@ -50,7 +50,7 @@ from runapi_mcp.client.errors import (
     RunAPITimeoutError,
     error_for_status,
 )
-from runapi_mcp.client.models import Balance, DownloadResult, TaskInfo, UploadedFile
+from runapi_mcp.client.models import Balance, DownloadResult, PriceQuote, TaskInfo, UploadedFile
 from runapi_mcp.redaction import Redactor
 
 __all__ = [
@@ -338,6 +338,22 @@ class RunAPIClient:
             "/api/v1/me/balance",
             retryable=True,
             parse=lambda response, body: Balance.from_response(body),
+        )
+
+    async def quote_price(self, service: str, action: str, body: Mapping[str, Any]) -> PriceQuote:
+        """``POST /api/v1/price_quotes`` with ``{service, action, **body}``: what RunAPI would reserve.
+
+        ``body`` is the create body (model and fields). Retried like a GET: a quote creates nothing
+        and charges nothing, so asking again is safe without an idempotency key.
+        """
+        if not service or not action:
+            raise ValueError("service and action must not be empty")
+        return await self._call(
+            "POST",
+            "/api/v1/price_quotes",
+            json={**body, "service": service, "action": action},
+            retryable=True,
+            parse=lambda response, data: PriceQuote.from_response(data),
         )
 
     async def download(

@@ -22,6 +22,7 @@ from runapi_mcp.client.errors import RunAPIResponseError
 __all__ = [
     "Balance",
     "DownloadResult",
+    "PriceQuote",
     "RemoteImage",
     "TaskInfo",
     "TaskStatus",
@@ -351,6 +352,34 @@ class Balance(BaseModel):
     def from_response(cls, body: Any) -> Self:
         with _reading("the balance answer"):
             return cls.model_validate(dict(_envelope(body, "the balance", ("balance_cents",))))
+
+
+# Where an answer may name the amount: the contract's name first, then names other pricing answers use.
+_AMOUNT_KEYS = ("reservation_amount_cents", "amount_cents", "price_cents")
+
+
+class PriceQuote(BaseModel):
+    """What RunAPI would reserve for a task (``POST /api/v1/price_quotes``), in cents.
+
+    ``reservation_amount_cents`` is None when the answer named no usable amount (missing, not a number,
+    negative): a caller must treat that as "no quote", never as free.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    reservation_amount_cents: _OptionalInt = None
+    currency: str | None = None
+
+    @classmethod
+    def from_response(cls, body: Any) -> Self:
+        """Read ``{"price_quote": {...}}``, ``{"data": {...}}`` (either nesting) or the quote itself."""
+        with _reading("the price quote answer"):
+            payload = _envelope(body, "a price quote", _AMOUNT_KEYS, wrappers=("data", "price_quote", "quote"))
+            fields = dict(payload)
+            amount = next((a for key in _AMOUNT_KEYS if (a := _optional_int(payload.get(key))) is not None), None)
+            fields["reservation_amount_cents"] = amount if amount is not None and amount >= 0 else None
+            fields["currency"] = _string(payload.get("currency"))
+            return cls.model_validate(fields)
 
 
 @dataclass(frozen=True, slots=True)

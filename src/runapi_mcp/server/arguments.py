@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
@@ -63,6 +63,20 @@ ImagesArg = Annotated[
         "or file:// URI, an http(s) URL, or a data: URI",
     ),
 ]
+ImageArg = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGE_REF_CHARS,
+        description="The image: runapi://images/{id}, an earlier task_id, an absolute local path or file:// URI, "
+        "an http(s) URL, or a data: URI",
+    ),
+    _PLAIN,
+]
+# The model's allowed values (topaz-upscale-image: 1, 2, 4, 8) are the catalog's to check.
+FactorArg = Annotated[
+    int, Field(ge=1, description="How many times larger, e.g. 2 or 4 (list_models shows each model's values)")
+]
 TaskIdArg = Annotated[
     str, Field(min_length=1, max_length=512, description="The task_id from generate_image or edit_image"), _PLAIN
 ]
@@ -72,6 +86,24 @@ ActionFilterArg = Annotated[
         description="Filter: an action (text_to_image, edit_image, upscale_image, remix_image, ...), "
         "a family (flux-kontext) or a model name",
     ),
+]
+
+# list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
+MAX_PAGE = 100
+# One flat Literal (TaskState is a union of two): pydantic then names the argument alone in its error.
+TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed"]
+TaskStatusArg = Annotated[
+    TaskStateName | None,
+    Field(description="Only tasks in this state: submitting, pending, processing, completed or failed"),
+]
+ModelFilterArg = Annotated[
+    Annotated[str, Field(max_length=200), _PLAIN] | None,
+    Field(description="Only tasks of this model (list_models shows the names)"),
+]
+LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description=f"Tasks per page, 1..{MAX_PAGE}")]
+CursorArg = Annotated[
+    Annotated[str, Field(min_length=1, max_length=1000), _PLAIN] | None,
+    Field(description="The next_cursor of the previous page, to get the page after it"),
 ]
 
 # Unknown arguments refused, no coercion ("5" is not a number), no NaN or infinity.
@@ -152,14 +184,16 @@ _UNION_TAGS = frozenset({"float", "int", "str", "bool", "list[str]", "dict[str,a
 
 
 def _field_name(loc: tuple[int | str, ...]) -> str:
-    """``'images[0]'``, ``'params.seed'``: the argument as the caller wrote it, quoted."""
+    """``'images[0]'``, ``'params.seed'``: the argument as the caller wrote it, quoted (a name with quotes or
+    unprintable characters as Python's repr writes it, so it can be read and copied back)."""
     if not loc:
         return "the arguments"
-    name = repr(loc[0]) if isinstance(loc[0], str) else str(loc[0])
-    name = name[1:-1]
+    name = str(loc[0])
     for part in loc[1:]:
         if isinstance(part, int):
             name += f"[{part}]"
         elif part not in _UNION_TAGS and not str(part).startswith("function-"):
             name += f".{part}"
-    return f"'{name}'" if name else "'' (an empty name)"
+    if not name:
+        return "'' (an empty name)"
+    return f"'{name}'" if name.isprintable() and "'" not in name and "\\" not in name else repr(name)

@@ -9,12 +9,20 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import InMemorySubscriptionBus
-from mcp.shared.subscriptions import ResourceUpdated
-from mcp.types import CallToolResult, InputRequiredResult, TextContent
+from mcp.shared.exceptions import MCPError
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    InputRequiredResult,
+    ListResourcesResult,
+    PaginatedRequestParams,
+    TextContent,
+)
 from pydantic import AnyUrl, ValidationError
 
 from runapi_mcp import __version__
@@ -23,9 +31,12 @@ from runapi_mcp.client import RunAPIError
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.server.arguments import describe_argument_names, describe_invalid_arguments
 from runapi_mcp.server.compat import ProtocolCompat
+from runapi_mcp.server.cost import SpendLimitError
+from runapi_mcp.server.history import TaskHistory
 from runapi_mcp.server.resources import LibraryResources
+from runapi_mcp.server.subscriptions import LiveUpdates
 from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
-from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageReferenceError, TaskRecord, UnknownTaskError
+from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageReferenceError, InvalidCursorError, UnknownTaskError
 
 log = logging.getLogger("runapi_mcp.server")
 
@@ -35,8 +46,11 @@ RunAPI image models (GPT Image 2 by default) behind one API key.
   picture as a preview, a runapi://images/... resource link and the saved file path.
 - To change a picture: call edit_image with a prompt and images=[...]: a runapi://images/... URI, the task_id
   of an earlier task, an absolute local path, an http(s) URL or a data: URI.
+- To make a picture larger: call upscale_image with image=... (any of those forms) and factor (2 by default).
 - If a result says the task is still running, call get_task(task_id, wait=true): the task keeps running and
   is never paid for twice.
+- To find earlier tasks and their pictures (also from before a restart): call list_tasks (newest first;
+  filter by status or model; pass next_cursor back as cursor for more).
 - aspect_ratio (auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21) and
   output_resolution (1k, 2k, 4k) shape GPT Image 2 output. Other models (list_models shows them and their
   fields) take extra fields in params, e.g. model="topaz-upscale-image", params={"upscale_factor": 2}.
@@ -48,6 +62,8 @@ _INPUT_ERRORS: tuple[type[Exception], ...] = (
     ImageReferenceError,
     UnknownTaskError,
     MissingKeyError,
+    InvalidCursorError,
+    SpendLimitError,
 )
 
 
@@ -58,18 +74,23 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.deps = deps
         self.redactor = redactor
         self.image_tools = ImageTools(deps)
+        self.history = TaskHistory(deps.manager)
         self.bus = InMemorySubscriptionBus()
+        self.live = LiveUpdates(self.bus, self.history.resource_exists)
         super().__init__(
             "runapi-mcp",
             title="RunAPI images",
             instructions=INSTRUCTIONS,
             version=__version__,
             subscriptions=self.bus,
-            tools=self.image_tools.tools(),
-            middleware=[ProtocolCompat()],
+            tools=self.image_tools.tools() + self.history.tools(),
+            middleware=[ProtocolCompat(), self.live.track],
         )
         LibraryResources(deps.manager, deps.catalog).register(self)
-        deps.manager.add_listener(self._publish)
+        self.history.register(self)
+        self.live.install(self._lowlevel_server)
+        # Every change of a task reaches listen streams (2026 era) and resources/subscribe clients (2025 era).
+        deps.manager.add_listener(self.live.task_changed)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
@@ -130,9 +151,15 @@ class RunAPIMCPServer(MCPServer[Any]):
         mime = image.mime_type if image and image.mime_type else "application/octet-stream"
         return [ReadResourceContents(content=item.content, mime_type=mime, meta=item.meta) for item in result]
 
-    async def _publish(self, record: TaskRecord) -> None:
-        # 2026-era clients listening with subscriptions/listen hear about every change of a task.
-        await self.bus.publish(ResourceUpdated(uri=f"runapi://tasks/{record.task_id}"))
+    async def _handle_list_resources(
+        self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        """Tasks and library images, paged: the SDK's own handler lists only fixed resources, all at once."""
+        cursor = params.cursor if params is not None else None
+        try:
+            return await self.history.list_resources(cursor, await self.list_resources())
+        except InvalidCursorError as exc:
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
 
 
 def build_server(deps: ServerDeps, redactor: Redactor | None = None) -> RunAPIMCPServer:

@@ -1,9 +1,9 @@
 """The image tools: methods of one small class over the task manager, registered on the server.
 
 Each tool takes its arguments as the client sent them (the SDK validates them against the
-signature, strictly: see ``arguments``), turns a generate or edit call into one ``TaskRequest``,
+signature, strictly: see ``arguments``), turns a generate, edit or upscale call into one ``TaskRequest``,
 and leaves errors to the server's one place that words them (``server.RunAPIMCPServer``): a
-method raises the domain's own exception (CatalogError, ImageReferenceError, UnknownTaskError,
+method raises the domain's own exception (CatalogError, ImageReferenceError, UnknownTaskError, SpendLimitError,
 RunAPIError) and never builds an error result itself. A new tool is a new method and a line in
 ``tools()``.
 """
@@ -19,11 +19,13 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from runapi_mcp.catalog import ALIASES, Catalog, RequestKind
+from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, RequestKind
 from runapi_mcp.client import NO_API_KEY_MESSAGE
 from runapi_mcp.server.arguments import (
     ActionFilterArg,
     AspectRatioArg,
+    FactorArg,
+    ImageArg,
     ImagesArg,
     ModelArg,
     ParamsArg,
@@ -34,6 +36,7 @@ from runapi_mcp.server.arguments import (
     WaitArg,
     strict_tool,
 )
+from runapi_mcp.server.cost import SpendGuard
 from runapi_mcp.server.progress import ProgressReporter
 from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
 from runapi_mcp.tasks import ImageResolver, TaskManager, TaskRecord, make_previews
@@ -46,6 +49,8 @@ _READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldH
 
 # The tools' defaults for GPT Image 2: sent only where the chosen model takes that value.
 _SOFT_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}
+# upscale_image's default factor: sent where the model takes a factor, dropped for one that has none.
+_DEFAULT_FACTOR = 2
 
 
 class MissingKeyError(ValueError):
@@ -64,21 +69,23 @@ class ServerDeps:
     catalog: Catalog
     wait_s: float
     has_key: bool
+    max_spend_cents: int | None = None  # RUNAPI_MCP_MAX_SPEND_CENTS: per UTC day, None for no cap
 
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """One generate or edit call, as one object from the tool's arguments to the upstream request."""
+    """One generate, edit or upscale call, as one object from the tool's arguments to the upstream request."""
 
     kind: RequestKind
-    prompt: str
+    prompt: str | None
     model: str
-    options: dict[str, str]  # the caller's explicit choices (an error if the model lacks them)
-    soft_options: dict[str, str]  # the tool's defaults, sent only where the model takes them
+    options: dict[str, Any]  # the caller's explicit choices (an error if the model lacks them)
+    soft_options: dict[str, Any]  # the tool's defaults, sent only where the model takes them
     params: dict[str, Any] | None
     images: list[str] = field(default_factory=list)
     wait: bool = True
     timeout_s: float | None = None
+    images_argument: str = "images"  # the tool argument the images came in, for errors about them
 
     @classmethod
     def from_arguments(
@@ -94,8 +101,8 @@ class TaskRequest:
         wait: bool,
         timeout_s: float | None,
     ) -> TaskRequest:
-        options: dict[str, str] = {}
-        soft: dict[str, str] = {}
+        options: dict[str, Any] = {}
+        soft: dict[str, Any] = {}
         for name, value in (("aspect_ratio", aspect_ratio), ("output_resolution", output_resolution)):
             (soft if value == _SOFT_DEFAULTS[name] else options)[name] = value
         return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s)
@@ -123,21 +130,29 @@ class BalanceResult(BaseModel):
     bonus_balance_cents: int | None = None
     spent_cents_today: int | None = None
     spent_cents_total: int | None = None
+    spent_cents_today_here: int = Field(
+        description="What this server's tasks of today (UTC) cost by their quotes (failed tasks excluded)"
+    )
+    max_spend_cents: int | None = Field(
+        None, description="The daily spend cap (RUNAPI_MCP_MAX_SPEND_CENTS), when one is set"
+    )
 
 
 class ImageTools:
-    """generate_image, edit_image, get_task, list_models and check_balance over one task manager."""
+    """generate_image, edit_image, upscale_image, get_task, list_models and check_balance over one task manager."""
 
     def __init__(self, deps: ServerDeps) -> None:
         self.deps = deps
         self.manager = deps.manager
         self.catalog = deps.catalog
+        self.spend = SpendGuard(deps.manager.client, deps.manager.store.spent_cents, deps.max_spend_cents)
 
     def tools(self) -> list[Tool]:
         """The tools to register, each with strict arguments."""
         return [
             strict_tool(self.generate_image, name="generate_image", title="Generate an image", annotations=_WRITE),
             strict_tool(self.edit_image, name="edit_image", title="Edit an image", annotations=_WRITE),
+            strict_tool(self.upscale_image, name="upscale_image", title="Upscale an image", annotations=_WRITE),
             strict_tool(self.get_task, name="get_task", title="Get a task", annotations=_READ_REMOTE),
             strict_tool(self.list_models, name="list_models", title="List image models", annotations=_READ_LOCAL),
             strict_tool(
@@ -191,6 +206,48 @@ class ImageTools:
         )  # fmt: skip
         return await self.run(ctx, request)
 
+    async def upscale_image(
+        self,
+        image: ImageArg,
+        ctx: Context[Any, Any],
+        factor: FactorArg = _DEFAULT_FACTOR,
+        model: ModelArg = "topaz-upscale-image",
+        wait: WaitArg = True,
+        timeout_s: TimeoutArg = None,
+    ) -> Annotated[CallToolResult, TaskResult]:
+        """Make an image larger (topaz-upscale-image by default, 2x) and return it like generate_image does.
+
+        image takes every form edit_image's images do: a runapi://images/... URI, the task_id of an earlier
+        task (its first image), a local path, an http(s) URL or a data: URI. factor must be one the model
+        allows (topaz-upscale-image: 1, 2, 4 or 8); a model without a factor (recraft-crisp-upscale) takes
+        only the default.
+        """
+        spec = self.catalog.resolve(model, "upscale")[1]
+        options: dict[str, Any] = {}
+        target = spec.upscale_field
+        if target is not None:
+            # Checked here as well as in validate(), so the error names the argument the caller gave.
+            try:
+                target.check(factor, model=spec.slug)
+            except CatalogError as exc:
+                allowed = f"must be one of {', '.join(map(str, exc.allowed))}" if exc.allowed else f"is refused: {exc}"
+                raise CatalogError(
+                    f"'factor' {allowed} for model '{spec.slug}' (its field '{target.name}')",
+                    field="factor",
+                    allowed=exc.allowed,
+                ) from None
+            options[target.name] = factor
+        elif factor != _DEFAULT_FACTOR:
+            raise CatalogError(
+                f"'factor' cannot be chosen for model '{spec.slug}': it takes no upscale factor "
+                f"(leave factor at {_DEFAULT_FACTOR}, or use topaz-upscale-image)",
+                field="factor",
+            )
+        request = TaskRequest(
+            "upscale", None, model, options, {}, None, [image], wait, timeout_s, images_argument="image"
+        )
+        return await self.run(ctx, request)
+
     async def get_task(
         self,
         task_id: TaskIdArg,
@@ -212,15 +269,20 @@ class ImageTools:
         )
 
     async def check_balance(self) -> BalanceResult:
-        """The RunAPI account balance in cents."""
+        """The RunAPI account balance in cents, what this server's tasks cost today (UTC), and the daily cap."""
         if not self.deps.has_key:
             raise MissingKeyError
         balance = await self.manager.client.get_balance()
-        return BalanceResult.model_validate(balance.model_dump())
+        # Ours last: an upstream answer naming these fields must not stand in for this server's own count.
+        here = {"spent_cents_today_here": await self.spend.spent_today(), "max_spend_cents": self.spend.cap_cents}
+        return BalanceResult.model_validate({**balance.model_dump(), **here})
 
-    # -- the shared path of generate and edit ----------------------------------------------
+    # -- the shared path of generate, edit and upscale --------------------------------------
     async def run(self, ctx: Context[Any, Any], request: TaskRequest) -> CallToolResult:
-        """Validate everything, then upload, create, and wait as asked. Nothing is sent for a bad call."""
+        """Validate everything, quote, then upload, create, and wait as asked.
+
+        Nothing is sent for a bad call, and nothing is uploaded or created for one the spend cap refuses.
+        """
         timeout = self._timeout(request.timeout_s)
         validated = self.catalog.validate(
             request.kind,
@@ -233,8 +295,20 @@ class ImageTools:
         )
         if not self.deps.has_key:
             raise MissingKeyError
-        urls = await self.deps.resolver.resolve(request.images) if request.images else []
-        record = await self.manager.submit(validated.with_images(urls), prompt=request.prompt)
+        resolver = self.deps.resolver
+        plan = await resolver.plan(request.images, argument=request.images_argument) if request.images else None
+        # The quote comes before any upload. It prices the very body to be created where the images' URLs
+        # exist already (URLs, earlier outputs, bytes uploaded within the hour); an image still to be
+        # uploaded is left out rather than faked: what a task costs does not depend on where its source
+        # image lives.
+        known = resolver.known_urls(plan) if plan is not None else []
+        priced = dict(validated.with_images(known).body) if known is not None else dict(validated.body)
+        quote = await self.spend.quote(validated.action.service, validated.action.endpoint, priced)
+        async with self.spend.admit(quote):
+            urls = await resolver.upload(plan) if plan is not None else []
+            record = await self.manager.submit(
+                validated.with_images(urls), prompt=request.prompt, price_cents=quote.cents
+            )
         if not request.wait or record.terminal:
             return await self.result(record)
         return await self.wait_for(ctx, record, timeout)

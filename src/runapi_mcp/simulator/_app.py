@@ -938,7 +938,7 @@ class SimulatorApp:
         if action is None:
             raise ApiError(422, "validation_error", f"No action {service}/{endpoint}", field="action")
         fields = {k: v for k, v in body.items() if k not in ("service", "action")}
-        spec = validate_body(action, fields)
+        spec = validate_body(action, fields, image_optional=True)
         plan = plan_task(action, spec, fields, resolve_local=lambda url: None, size_of=lambda ref: ref.size)
         return JSONAnswer(
             {

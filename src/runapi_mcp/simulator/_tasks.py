@@ -51,8 +51,12 @@ def validation_error(message: str, field: str | None) -> ApiError:
 
 
 # -- validation ----------------------------------------------------------------------------------
-def validate_body(action: ActionSpec, body: Mapping[str, Any]) -> ModelSpec:
-    """The model spec a create body names, after checking every field against the catalog."""
+def validate_body(action: ActionSpec, body: Mapping[str, Any], *, image_optional: bool = False) -> ModelSpec:
+    """The model spec a create body names, after checking every field against the catalog.
+
+    ``image_optional``: the model's input image may be left out (a price quote: what a task costs does
+    not depend on where its source image lives, and a client asks before it uploads anything).
+    """
     allowed_models = sorted(action.models)
     raw_model = body.get("model")
     if raw_model is not None:
@@ -89,8 +93,9 @@ def validate_body(action: ActionSpec, body: Mapping[str, Any]) -> ModelSpec:
             fspec.check(value, model=spec.slug)
         except CatalogError as exc:
             raise validation_error(str(exc), exc.field or key) from None
+    image_field = spec.image_field.name if image_optional and spec.image_field is not None else None
     for name, fspec in spec.fields.items():
-        if fspec.required and name not in body:
+        if fspec.required and name not in body and name != image_field:
             raise validation_error(f"'{name}' is required for model '{spec.slug}' ({fspec.describe()})", name)
     return spec
 

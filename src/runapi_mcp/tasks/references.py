@@ -65,6 +65,13 @@ class _Ready:
     url: str
 
 
+@dataclass(frozen=True)
+class ImagePlan:
+    """Entries checked and read, not yet uploaded: what :meth:`ImageResolver.upload` sends, in order."""
+
+    steps: tuple[_Ready | _Upload, ...]
+
+
 TaskLookup = Callable[[str], Awaitable[TaskRecord | None]]
 
 
@@ -89,16 +96,42 @@ class ImageResolver:
 
     async def resolve(self, entries: Sequence[str]) -> list[str]:
         """All entries as fetchable URLs. Validates every entry first; uploads only then."""
+        return await self.upload(await self.plan(entries))
+
+    async def plan(self, entries: Sequence[str], *, argument: str = "images") -> ImagePlan:
+        """Check and read every entry, uploading nothing: one bad entry refuses the call before any upload.
+
+        ``argument`` is the tool argument the entries came in, for the errors: ``'images[2]'``, or
+        ``'image'`` for a tool that takes one image.
+        """
         if not entries:
-            raise ImageReferenceError(f"'images' needs at least one image: {FORMS}")
-        plans = [await self._plan(i, entry) for i, entry in enumerate(entries)]
+            raise ImageReferenceError(f"'{argument}' needs at least one image: {FORMS}", field=argument)
+        single = argument != "images"
+        return ImagePlan(
+            tuple(
+                [
+                    await self._plan(f"'{argument}'" if single else f"'{argument}[{i}]'", entry)
+                    for i, entry in enumerate(entries)
+                ]
+            )
+        )
+
+    def known_urls(self, plan: ImagePlan) -> list[str] | None:
+        """The URLs ``plan`` resolves to when none needs a new upload (URLs, fresh outputs, bytes uploaded
+        within the hour); None when some entry's URL only exists after :meth:`upload`."""
         urls: list[str] = []
-        for plan in plans:
-            urls.append(plan.url if isinstance(plan, _Ready) else await self._upload(plan))
+        for step in plan.steps:
+            url = step.url if isinstance(step, _Ready) else self._cached_upload(step)
+            if url is None:
+                return None
+            urls.append(url)
         return urls
 
-    async def _plan(self, index: int, entry: str) -> _Ready | _Upload:
-        where = f"'images[{index}]'"
+    async def upload(self, plan: ImagePlan) -> list[str]:
+        """The plan's URLs, uploading the local bytes it holds (each content once)."""
+        return [step.url if isinstance(step, _Ready) else await self._upload(step) for step in plan.steps]
+
+    async def _plan(self, where: str, entry: str) -> _Ready | _Upload:
         if not isinstance(entry, str) or not entry.strip():
             raise ImageReferenceError(f"{where} is empty; give {FORMS}")
         value = entry.strip()
@@ -187,11 +220,15 @@ class ImageResolver:
         safe_stem = _UNSAFE_NAME.sub("-", stem).strip("-.")[:80] or "image"
         return _Upload(data=data, filename=f"{safe_stem}{info.extension}", mime_type=info.mime_type)
 
+    def _cached_upload(self, plan: _Upload) -> str | None:
+        cached = self._uploaded.get(hashlib.sha256(plan.data).hexdigest())
+        return cached[0] if cached and cached[1] > time.time() else None
+
     async def _upload(self, plan: _Upload) -> str:
+        cached = self._cached_upload(plan)
+        if cached is not None:
+            return cached
         digest = hashlib.sha256(plan.data).hexdigest()
-        cached = self._uploaded.get(digest)
-        if cached and cached[1] > time.time():
-            return cached[0]
         uploaded = await self._client.upload_file(
             plan.data, filename=plan.filename, mime_type=plan.mime_type, idempotency_key=f"upload-{digest[:48]}"
         )

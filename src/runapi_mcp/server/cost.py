@@ -1,0 +1,120 @@
+"""What a task costs: RunAPI's quote before the create, and the optional daily spend cap.
+
+Every task is quoted before anything is uploaded or created (``POST /api/v1/price_quotes``), and the
+quote is recorded on the task. Without a cap a failed quote only costs the price display (logged,
+recorded as unknown); with ``RUNAPI_MCP_MAX_SPEND_CENTS`` set, a task whose quote would take today's
+spend (UTC) past the cap is refused, and so is one that cannot be quoted: the cap cannot be checked.
+
+Today's spend is what this server's store recorded (quotes of today's tasks that did not fail), plus
+the quotes of tasks admitted but not yet recorded: two calls at once cannot both slip under the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+
+from runapi_mcp.client import RunAPIClient, RunAPIError
+
+log = logging.getLogger("runapi_mcp.server.cost")
+
+MAX_SPEND_VARIABLE = "RUNAPI_MCP_MAX_SPEND_CENTS"
+
+SpentSince = Callable[[float], Awaitable[int]]
+
+
+class SpendLimitError(ValueError):
+    """A task refused by the daily spend cap (or because the cap could not be checked); nothing was sent."""
+
+
+@dataclass(frozen=True)
+class Quote:
+    """RunAPI's price for one task, or why there is none."""
+
+    cents: int | None
+    problem: str | None = None
+
+
+def start_of_day_utc(now: float) -> float:
+    """Epoch seconds of the last UTC midnight at or before ``now``."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+def _until_tomorrow(now: float) -> str:
+    tomorrow = datetime.fromtimestamp(start_of_day_utc(now), UTC) + timedelta(days=1)
+    minutes = max(1, int((tomorrow.timestamp() - now) // 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+class SpendGuard:
+    """Quotes tasks and keeps today's spend under ``cap_cents`` (None: no cap)."""
+
+    def __init__(
+        self,
+        client: RunAPIClient,
+        spent_since: SpentSince,
+        cap_cents: int | None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._spent_since = spent_since
+        self.cap_cents = cap_cents
+        self._clock = clock
+        self._lock = anyio.Lock()
+        self._admitted = 0  # quotes of tasks let through whose records are not in the store yet
+
+    async def spent_today(self) -> int:
+        """Today's (UTC) spend as this server recorded it, in cents."""
+        return await self._spent_since(start_of_day_utc(self._clock()))
+
+    async def quote(self, service: str, action: str, body: Mapping[str, Any]) -> Quote:
+        """RunAPI's quote for a create body; a failure is returned (and logged), never raised."""
+        try:
+            answer = await self._client.quote_price(service, action, body)
+        except RunAPIError as exc:
+            log.warning("no price quote for %s/%s: %s", service, action, exc)
+            return Quote(None, str(exc))
+        if answer.reservation_amount_cents is None:
+            log.warning("the price quote for %s/%s named no amount", service, action)
+            return Quote(None, "RunAPI's quote named no amount")
+        return Quote(answer.reservation_amount_cents)
+
+    @asynccontextmanager
+    async def admit(self, quote: Quote) -> AsyncIterator[None]:
+        """Let one task through, or raise :class:`SpendLimitError`. Hold the block until the task's
+        record (with its price) is in the store, or the create has failed: until then its quote counts
+        as spent, so a second call at the same time sees it."""
+        cap = self.cap_cents
+        if cap is None:
+            yield
+            return
+        if quote.cents is None:
+            raise SpendLimitError(
+                f"Refused: {MAX_SPEND_VARIABLE} caps spending at {cap} cents per UTC day, but RunAPI gave no "
+                f"price quote for this task ({quote.problem or 'no reason given'}), so the cap cannot be "
+                "checked. Nothing was uploaded or created. Try again, or unset the cap."
+            )
+        async with self._lock:
+            spent = await self.spent_today() + self._admitted
+            if spent + quote.cents > cap:
+                now = self._clock()
+                raise SpendLimitError(
+                    f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {cap} cents per "
+                    f"UTC day; {spent} cents spent today by this server + {quote.cents} cents quoted for this "
+                    f"task = {spent + quote.cents} cents. Nothing was uploaded or created. The day resets at "
+                    f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
+                )
+            self._admitted += quote.cents
+        try:
+            yield
+        finally:
+            self._admitted -= quote.cents
