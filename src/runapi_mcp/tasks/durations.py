@@ -11,8 +11,30 @@ of them, censored ones included: how many tasks beat the first look says how far
 window starts. Until then, a conservative window from the sample range (padded for few samples,
 with a prior on the spread) keeps the first looks early while the data comes in.
 
+A fresh install has learned nothing, yet its first session is the one a user judges: fine polls
+across a guessed window would cost ~14 looks a task, coarse ones a late picture. So what is known
+stands in, best first:
+
+- The kind's own first tasks, from the very first one. Every duration lies within one distribution
+  width of every other, so the next task finishes after the latest one seen minus a width and
+  before the earliest plus a width, for any width assumed large enough (at least +-10 % of the mean,
+  more if the samples spread wider). A task found done at its first look is taken to have run at
+  least half that long (a geometric step: if it ran shorter still, the next one is found at half
+  that again).
+- Before the kind's first task: what the other resolutions of the model taught, scaled by the
+  priors' ratios (an upstream slower or faster than the docs is so at every resolution).
+- RunAPI's documented durations (GPT Image 2: 10-30 s), as a window of +-20 % around the prior, for
+  as long as the model's tasks bear them out: the later of that start and the samples' one is kept,
+  since both are conservative and every look before the start is a request spent on a task that
+  cannot be done yet. One task finishing outside its documented window, or a second one found done
+  at its first look (a right window starts before its tasks finish), and the docs are dropped for
+  the whole model.
+
+A model without documented durations has no window until its first task finishes (the schedule
+closes in on a guess).
+
 ``DurationFile`` keeps the model in a small JSON file, per upstream: a stdio server restarts with
-every client session, and a cold schedule costs about twice the requests of a warm one.
+every client session, and a cold schedule costs about a third more requests than a warm one.
 """
 
 from __future__ import annotations
@@ -40,6 +62,13 @@ _PRIOR_S: dict[str, dict[str, float]] = {
 }
 _DEFAULT_PRIOR_S = 20.0
 _PRIOR_SPREAD = 0.35  # relative spread of an untimed kind (the prior is a guess)
+# Half-width of the window around a documented prior, relative: RunAPI's own ends (10 s, 30 s) fall
+# inside the 1k and 4k windows (9.6-14.4 s, 22.4-33.6 s), so a fresh install polls finely wherever
+# the docs say a task may finish, and not before.
+_PRIOR_WINDOW = 0.20
+# Widening, relative to the prior, of each edge of a window borrowed from another resolution: the
+# priors' ratios (12:20:28) are themselves a guess at how resolution scales the time.
+_SHARED_SLACK = 0.05
 _MIN_SPREAD = 0.10  # relative spread assumed until a kind has _SETTLED samples (a few close ones prove little)
 _SETTLED = 8
 _MIN_RANGE = 0.20  # relative width the sample-range window assumes at least (+-10 %)
@@ -78,7 +107,8 @@ class DurationModel:
         self._stats: dict[str, tuple[float, float, int]] = {}  # EWMA mean, spread, samples
         self._points: dict[str, deque[float]] = {}  # the values the sample-range window is drawn from
         self._observations: dict[str, deque[_Observation]] = {}
-        self._fitted: dict[str, tuple[float, float]] = {}  # cached fits, dropped on every new observation
+        # Cached windows, all dropped on every new observation (a kind's window may borrow from others).
+        self._windows: dict[tuple[str, float], tuple[float, float] | None] = {}
 
     def prior(self, model: str, resolution: str | None) -> float:
         return _PRIOR_S.get(model, {}).get(resolution or "1k", _DEFAULT_PRIOR_S) * self._prior_scale
@@ -95,46 +125,116 @@ class DurationModel:
         return mean, mean * _PRIOR_SPREAD
 
     def finish_window(self, key: str, sigmas: float) -> tuple[float, float] | None:
-        """(earliest, latest) likely finish of a kind in seconds, or None while nothing is known."""
-        if key in self._fitted:
-            return self._fitted[key]
+        """(earliest, latest) likely finish of a kind in seconds, or None while nothing is known.
+
+        ``key`` is ``TaskRecord.kind_key`` (``model@resolution``): a kind not timed yet borrows from
+        the other resolutions of its model and from the documented priors.
+        """
+        if (key, sigmas) not in self._windows:
+            self._windows[key, sigmas] = self._window_of(key, sigmas)
+        return self._windows[key, sigmas]
+
+    def _window_of(self, key: str, sigmas: float) -> tuple[float, float] | None:
         observations = self._observations.get(key, ())
         if sum(o.short for o in observations) >= _FIT_AFTER:
-            window = self._fit(list(observations))
-            self._fitted[key] = window
-            return window
-        points = self._points.get(key)
-        if points is None or len(points) < _RANGE_AFTER:
-            if key not in self._stats:
-                return None
+            return self._fit(list(observations))
+        points = self._points.get(key, ())
+        if len(points) >= _RANGE_AFTER:
+            # The sample range understates the true one by about a range/(n-1) at each end (the unbiased
+            # end points of a uniform sample); few samples, a wider window, never narrower than the floor.
+            low, high = min(points), max(points)
+            pad = max(high - low, _MIN_RANGE * self._stats[key][0]) / (len(points) - 1)
+            return low - pad - self._margin, high + pad + self._margin
+        if key in self._stats and not observations:  # a mean alone (a file without the intervals)
             mean, dev = self.estimate(key, "", None)
             return mean - sigmas * dev, mean + sigmas * dev
-        # The sample range understates the true one by about a range/(n-1) at each end (the unbiased end
-        # points of a uniform sample); few samples, a wider window, and never narrower than the prior says.
-        low, high = min(points), max(points)
-        pad = max(high - low, _MIN_RANGE * self._stats[key][0]) / (len(points) - 1)
-        return low - pad - self._margin, high + pad + self._margin
+        return self._first_window(key, list(observations))
+
+    def _first_window(self, key: str, observations: list[_Observation]) -> tuple[float, float] | None:
+        """The window of a kind with fewer than ``_RANGE_AFTER`` samples: see the module's docstring."""
+        model, resolution = _split_kind(key)
+        prior = self._documented(model, resolution)
+        slack = 0.0
+        if observations:
+            typical = self._stats[key][0]
+        elif prior is None:
+            return None
+        else:
+            # The other resolutions' tasks count as this kind's, scaled by the ratio of the priors; that
+            # ratio is a guess too, hence the slack. Once the kind has a task of its own, that says more.
+            typical = prior
+            for other, other_prior in self._documented_kinds(model):
+                if other == key or other not in self._stats:
+                    continue
+                ratio = prior / other_prior
+                observations += [
+                    _Observation(o.low * ratio, o.high * ratio, o.censored, o.short)
+                    for o in self._observations.get(other, ())
+                ]
+                typical = self._stats[other][0] * ratio  # for the width's floor
+                slack = _SHARED_SLACK * prior
+        documented = None if prior is None else _widened(prior, _PRIOR_WINDOW)
+        if not observations:
+            return documented
+        low, high = _few_window(observations, _MIN_RANGE * typical)
+        window = (low - slack, high + slack + self._margin)
+        if documented is not None and self._docs_hold(model):
+            window = _later(window, documented)
+        return window
+
+    def _documented(self, model: str, resolution: str | None) -> float | None:
+        """The prior of a kind whose duration RunAPI documents (scaled like every prior), else None."""
+        seconds = _PRIOR_S.get(model, {}).get(resolution or "1k")
+        return None if seconds is None else seconds * self._prior_scale
+
+    def _documented_kinds(self, model: str) -> list[tuple[str, float]]:
+        """(kind key, prior) of each resolution of ``model`` whose duration RunAPI documents."""
+        return [(_kind_key(model, r), seconds * self._prior_scale) for r, seconds in _PRIOR_S.get(model, {}).items()]
+
+    def _docs_hold(self, model: str) -> bool:
+        """Whether the tasks of a documented model finished where the docs say.
+
+        Each could have finished inside its documented window, and at most one was found done at its
+        first look into a window: a right window starts before its kind's tasks finish, so one may be a
+        fluke, a second says the windows start too late. One resolution failing the docs fails them for
+        all: the upstream is not the one they describe.
+        """
+        censored = 0
+        for key, prior in self._documented_kinds(model):
+            low, high = _widened(prior, _PRIOR_WINDOW)
+            for o in self._observations.get(key, ()):
+                if o.high <= low or o.low >= high:
+                    return False
+                censored += o.censored
+        return censored <= 1
 
     def observe(self, key: str, low: float, high: float | None = None) -> None:
         """A task of this kind finished after ``low`` and by ``high`` seconds (exactly ``low`` if no high)."""
         high = low if high is None else high
         short = high - low <= self._short
-        window = None if short or key not in self._stats else self.finish_window(key, self._sigmas)
+        window = None if short else self.finish_window(key, self._sigmas)
         # Done at the first look into the window (a long gap back to the early look): it finished before
-        # that look, and how long before is not known.
-        censored = window is not None and low < window[0] < high
+        # that look, and how long before is not known. The window may have moved past that look since the
+        # task jumped (others of its kind finished meanwhile): last seen running before the window is what
+        # counts.
+        censored = window is not None and low < window[0]
         if window is not None and censored:
             # For the range window: the window's start (it finished before the look, maybe well before);
-            # the window opens a little earlier next time rather than creeping later.
-            point: float | None = window[0]
+            # the window opens a little earlier next time rather than creeping later. Not below half the
+            # look, though, as the first few tasks' window assumes: a cautious start after tasks that beat
+            # a guessed window would otherwise stay in the range for the next 32 tasks of the kind.
+            point: float | None = max(min(window[0], high), high / 2)
         elif short or key not in self._stats:
             point = (low + high) / 2
         else:
             point = None  # a long gap past the window (a back-off): counts for the mean only
-        self._observations.setdefault(key, deque(maxlen=self._window)).append(
-            _Observation(low, high, censored, short)
-        )
-        self._fitted.pop(key, None)
+        earlier = self._observations.setdefault(key, deque(maxlen=self._window))
+        if short and earlier and all(o.censored for o in earlier):
+            # The mean so far is made of window starts (a guess, when the tasks beat the window every
+            # time): the first task timed closely replaces it, as the first sample replaces the prior.
+            self._stats.pop(key, None)
+        earlier.append(_Observation(low, high, censored, short))
+        self._windows.clear()
         if point is not None:
             self._points.setdefault(key, deque(maxlen=self._window)).append(point)
         self._update_stats(key, (low + high) / 2 if point is None else point)
@@ -203,7 +303,7 @@ class DurationModel:
             self._stats[key] = stats
             self._points[key] = deque(points, maxlen=self._window)
             self._observations[key] = deque(observations, maxlen=self._window)
-            self._fitted.pop(key, None)
+        self._windows.clear()
 
 
 class DurationFile:
@@ -254,6 +354,57 @@ class DurationFile:
         if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("upstreams"), dict):
             raise ValueError(f"not a format-{_FORMAT} duration file")
         return dict(data["upstreams"])
+
+
+def _kind_key(model: str, resolution: str | None) -> str:
+    """``TaskRecord.kind_key`` of a model and resolution."""
+    return f"{model}@{resolution or 'default'}"
+
+
+def _split_kind(key: str) -> tuple[str, str | None]:
+    """(model, resolution) of a ``TaskRecord.kind_key``; a key of another shape has no model."""
+    model, at, resolution = key.rpartition("@")
+    if not at:
+        return "", None
+    return model, None if resolution == "default" else resolution
+
+
+def _few_window(observations: list[_Observation], floor: float) -> tuple[float, float]:
+    """The window from a kind's first few finished tasks (before the range or the fit), unpadded.
+
+    Every duration lies within one distribution width of every other, so the next task finishes after
+    the latest finish seen minus a width and before the earliest plus a width. Each task is taken at
+    the bounds its looks give (the middle of a short interval: within half a spacing of the truth). A
+    task found done at its first look into the window may have finished well before it: it is taken
+    to have run at least half that time (a geometric step, like the approach of an untimed kind: if it
+    ran shorter still, the next one is found at half that again). The width is the largest of
+    ``floor`` (one sample says nothing of the spread), the spread the tasks prove (one finished after
+    another was already done), and the range of the short ones stretched to the expected full width
+    (n samples of a uniform span (n-1)/(n+1) of it).
+    """
+    highs = [(o.low + o.high) / 2 if o.short else o.high for o in observations]
+    earliest = min(highs)
+    # A task found done at its first look ran at least half that long, or as long as another took.
+    lows = [
+        (o.low + o.high) / 2 if o.short else min(o.high / 2, earliest) if o.censored else o.low
+        for o in observations
+    ]
+    middles = [(o.low + o.high) / 2 for o in observations if o.short]
+    latest = max(lows)
+    width = max(floor, latest - earliest)
+    if len(middles) > 1:
+        width = max(width, (max(middles) - min(middles)) * (len(middles) + 1) / (len(middles) - 1))
+    return latest - width, earliest + width
+
+
+def _widened(seconds: float, relative: float) -> tuple[float, float]:
+    return seconds * (1 - relative), seconds * (1 + relative)
+
+
+def _later(window: tuple[float, float], other: tuple[float, float]) -> tuple[float, float]:
+    """Two conservative windows for the same kind: the later start is still conservative, and so is the
+    later end (an end that comes too early costs latency, one too late costs nothing)."""
+    return max(window[0], other[0]), max(window[1], other[1])
 
 
 def _saved_at(section: Any) -> float:

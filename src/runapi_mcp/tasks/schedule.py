@@ -1,11 +1,13 @@
 """When to look at a running task next: plain arithmetic over the clock, testable without a manager.
 
 Every task gets an early look (refusals and instant failures show in seconds). A kind (model +
-resolution) that has been timed then jumps to one poll spacing past the earliest likely finish and
-polls finely through its finish window (``durations.DurationModel``); an untimed kind closes in on
-its prior geometrically instead, since fine polls across a guessed window would cost ~25 polls a
-task before anything is learned. Past the window the spacing backs off gently. A model that reports
-its own progress sets the pace of its task.
+resolution) with a finish window to trust then jumps to one poll spacing past the window's earliest
+likely finish and polls finely through it (``durations.DurationModel``): a kind that has been timed,
+one whose model was timed at another resolution, or one whose duration RunAPI documents, so even a
+fresh install's first task is found within a spacing of finishing. A kind with none of that closes in
+on a guessed duration geometrically instead, since fine polls across a guessed window would cost ~25
+polls a task before anything is learned. Past the window the spacing backs off gently. A model that
+reports its own progress sets the pace of its task.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ class PollPolicy:
     # 0.5 s and 1.0 s). With the fitted window a 10-30 s task with +-10 % jitter still costs ~8 % fewer
     # requests than a plain 5-s loop, early look included (bench/latency.py measures both).
     fine_interval_s: float = 0.6
-    # An untimed kind's window (the prior's, +-70 %) is polled every spread x this instead (at least
-    # fine_interval_s): fine polls across it would cost ~25 polls a task before anything is learned.
+    # A kind without a window to trust (no sample, no documented duration) polls its guessed window (the
+    # prior's, +-70 %) every spread x this instead (at least fine_interval_s): fine polls across it would
+    # cost ~25 polls a task before anything is learned.
     untimed_window_step: float = 0.25
     coarse_max_s: float = 5.0
     backoff_factor: float = 1.5
@@ -97,26 +100,28 @@ class PollSchedule:
         spread = max(spread, policy.fine_interval_s / 2)
         window_start = mean - policy.window_sigmas * spread
         window_end = mean + policy.window_sigmas * spread
-        learned = self.durations.learned(state.kind)
-        if learned and state.progress is None:
-            window = self.durations.finish_window(state.kind, policy.window_sigmas)
-            if window is not None:
-                window_start, window_end = window
+        # A window worth jumping into: the kind's own samples, another resolution's, or documented
+        # durations (``DurationModel.finish_window``). Read afresh at every look, so the tasks in flight
+        # follow what the first of their kind to finish taught (a task asleep until its jump, from then).
+        window = self.durations.finish_window(state.kind, policy.window_sigmas)
+        timed = window is not None
+        if window is not None and state.progress is None:
+            window_start, window_end = window
         if state.polls == 0:
             # Every task gets an early look: a refused or instantly failed task is reported in seconds.
             target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
         elif elapsed + policy.fine_interval_s < window_start:
-            # Jump to the window once this kind of task has been timed; until then the prior may be
-            # far off, so close in on it geometrically. The jump lands one fine interval past the
-            # earliest likely finish: a task done before it waits no longer than between two fine
-            # polls, and the poll that would have found nothing is saved.
-            if learned:
+            # Jump to the window when there is one to trust; a mere guess may be far off, so close in
+            # on it geometrically. The jump lands one fine interval past the earliest likely finish: a
+            # task done before it waits no longer than between two fine polls, and the poll that would
+            # have found nothing is saved.
+            if timed:
                 target = window_start + policy.fine_interval_s
             else:
                 target = min(window_start, max(elapsed * 2, elapsed + policy.fine_interval_s))
         elif elapsed <= window_end:
             step = policy.fine_interval_s
-            if not learned:
+            if not timed:
                 step = max(step, spread * policy.untimed_window_step)
             target = elapsed + step
         else:
