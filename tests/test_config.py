@@ -94,4 +94,4 @@ def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
 )
 def test_learned_durations_are_kept_for_remote_upstreams_only(tmp_path: Path, base_url: str, kept: bool) -> None:
     settings = load_settings({"home": str(tmp_path), "base_url": base_url}, environ={}, config_file=tmp_path / "x")
-    assert (settings.durations_file == tmp_path.resolve() / "durations.json") is kept
+    assert settings.remembers_durations is kept

@@ -9,12 +9,23 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runapi_mcp.client import RunAPIClient
-from runapi_mcp.tasks import ImageStore, PollPolicy, PollSchedule, PollState, TaskManager, TaskRecord
-from runapi_mcp.tasks.durations import DurationFile, DurationModel
+from runapi_mcp.tasks import (
+    ImageStore,
+    MemoryTaskStore,
+    PollPolicy,
+    PollSchedule,
+    PollState,
+    TaskManager,
+    TaskRecord,
+    TaskStore,
+)
+from runapi_mcp.tasks.durations import DurationMemory, DurationModel
+from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
 
 
 @pytest.fixture
@@ -158,17 +169,36 @@ def test_a_slower_service_pushes_the_window_later(tmp_path: Path, clock: list[fl
     assert after[0] > before[0] + 2.0 and after[1] > 16.5
 
 
-def test_learned_durations_outlive_the_process(tmp_path: Path, clock: list[float]) -> None:
-    saved = DurationFile(tmp_path / "state" / "durations.json", "https://runapi.ai")
-    client = RunAPIClient("sk-test", "http://127.0.0.1:9")
-    first = TaskManager(client, ImageStore(tmp_path / "a"), policy=PollPolicy(), durations_file=saved)
+async def _open_manager(store: TaskStore, upstream: str, tmp_path: Path, **kwargs: Any) -> TaskManager:
+    """A manager whose learned durations live in ``store`` (loaded as ``running()`` would)."""
+    memory = DurationMemory(store, upstream, **kwargs)
+    manager = TaskManager(
+        RunAPIClient("sk-test", "http://127.0.0.1:9"), ImageStore(tmp_path), store, durations_memory=memory
+    )
+    await memory.load_into(manager.durations)
+    return manager
+
+
+async def _remember(manager: TaskManager) -> None:
+    assert manager._durations_memory is not None
+    await manager._durations_memory.save(manager.durations)
+
+
+@pytest.mark.anyio
+async def test_learned_durations_outlive_the_process(tmp_path: Path, clock: list[float]) -> None:
+    path = tmp_path / "tasks.sqlite3"
+    store = await SQLiteTaskStore.open(path)
+    first = await _open_manager(store, "https://runapi.ai", tmp_path)
     rng = random.Random(11)
     _run_tasks(first, clock, [rng.uniform(24.3, 29.7) for _ in range(30)], "4k")
-    assert saved.path.is_file()
+    await _remember(first)
     window = first.durations.finish_window("gpt-image-2@4k", 2.0)
+    await store.close()
 
     # A restarted server (a new stdio session) starts where the last one stopped: no cold approach.
-    second = TaskManager(client, ImageStore(tmp_path / "b"), policy=PollPolicy(), durations_file=saved)
+    store = await SQLiteTaskStore.open(path)
+    second = await _open_manager(store, "https://runapi.ai", tmp_path)
+    await store.close()
     assert second.durations.finish_window("gpt-image-2@4k", 2.0) == window
     fresh = _manager(tmp_path)
     warm_polls = _run_tasks(second, clock, [27.0], "4k")[0]
@@ -176,59 +206,66 @@ def test_learned_durations_outlive_the_process(tmp_path: Path, clock: list[float
     assert warm_polls <= 7 < cold_polls
 
 
-def test_durations_are_kept_per_upstream(tmp_path: Path, clock: list[float]) -> None:
-    path = tmp_path / "durations.json"
-    client = RunAPIClient("sk-test", "http://127.0.0.1:9")
-    runapi = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, "https://runapi.ai"))
+@pytest.mark.anyio
+async def test_durations_are_kept_per_upstream(tmp_path: Path, clock: list[float]) -> None:
+    store = MemoryTaskStore()
+    runapi = await _open_manager(store, "https://runapi.ai", tmp_path)
     _run_tasks(runapi, clock, [12.0] * 6, "1k")
+    await _remember(runapi)
     # A proxy with other timings neither sees nor clobbers RunAPI's.
-    proxy = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, "https://proxy.example/"))
+    proxy = await _open_manager(store, "https://proxy.example/", tmp_path)
     assert not proxy.durations.learned("gpt-image-2@1k")
     _run_tasks(proxy, clock, [3.0] * 6, "1k")
-    again = TaskManager(client, ImageStore(tmp_path), durations_file=DurationFile(path, "https://runapi.ai"))
+    await _remember(proxy)
+    again = await _open_manager(store, "https://runapi.ai/", tmp_path)
     assert again.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")[0] == pytest.approx(12.0, abs=0.7)
-    proxy_again = DurationModel()
-    DurationFile(path, "https://proxy.example").load_into(proxy_again)
-    assert proxy_again.estimate("gpt-image-2@1k", "gpt-image-2", "1k")[0] == pytest.approx(3.0, abs=0.7)
+    proxy_again = await _open_manager(store, "https://proxy.example", tmp_path)
+    assert proxy_again.durations.estimate("gpt-image-2@1k", "gpt-image-2", "1k")[0] == pytest.approx(3.0, abs=0.7)
 
 
-def test_the_sections_saved_longest_ago_are_dropped(tmp_path: Path) -> None:
-    path = tmp_path / "durations.json"
+@pytest.mark.anyio
+async def test_a_durations_json_of_an_earlier_version_is_taken_over_once(tmp_path: Path) -> None:
+    legacy = tmp_path / "durations.json"
     model = DurationModel()
-    model.observe("gpt-image-2@1k", 12.0)
-    for n in range(4):
-        DurationFile(path, f"https://upstream-{n}.example", keep=3).save(model)
-    upstreams = json.loads(path.read_text())["upstreams"]
-    assert sorted(upstreams) == [f"https://upstream-{n}.example" for n in (1, 2, 3)]
+    for seconds in (11.5, 12.0, 12.5):
+        model.observe("gpt-image-2@1k", seconds)
+    legacy.write_text(json.dumps({"format": 1, "upstreams": {
+        "https://runapi.ai": {"saved_at": 1.0, "kinds": model.to_json()},
+        "https://proxy.example": {"saved_at": 2.0, "kinds": {}},
+    }}))
+    store = MemoryTaskStore()
+    taken = await _open_manager(store, "https://runapi.ai", tmp_path, legacy_file=legacy)
+    assert taken.durations.learned("gpt-image-2@1k")
+    assert await store.load_state("durations:https://runapi.ai") is not None
+    assert not legacy.exists() and (tmp_path / "durations.json.imported").is_file()
+    # From now on the store's entry is what counts.
+    again = await _open_manager(store, "https://runapi.ai", tmp_path, legacy_file=legacy)
+    assert again.durations.snapshot() == taken.durations.snapshot()
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize(
-    "content",
+    "entry",
     [
-        "{not json",
-        '{"format": 99, "upstreams": {}}',
-        '{"format": 1, "upstreams": {"https://runapi.ai": {"kinds": {"gpt-image-2@1k": '
-        '{"stats": [12, 1, 3], "points": [-5], "observations": []}}}}}',
-        '{"format": 1, "upstreams": {"https://runapi.ai": {"kinds": {"gpt-image-2@1k": {"stats": [12, 1]}}}}}',
-        '{"format": 1, "upstreams": {"https://runapi.ai": [1, 2]}}',
-        "[1, 2, 3]",
+        "not an object",
+        {"format": 99, "kinds": {}},
+        {"format": 1, "kinds": {"gpt-image-2@1k": {"stats": [12, 1, 3], "points": [-5], "observations": []}}},
+        {"format": 1, "kinds": {"gpt-image-2@1k": {"stats": [12, 1]}}},
+        {"format": 1, "kinds": [1, 2]},
     ],
 )
-def test_a_bad_durations_file_is_ignored_with_a_warning(
-    tmp_path: Path, content: str, caplog: pytest.LogCaptureFixture
+async def test_a_bad_durations_entry_is_ignored_with_a_warning(
+    tmp_path: Path, entry: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "durations.json"
-    path.write_text(content)
-    file = DurationFile(path, "https://runapi.ai")
-    model = DurationModel()
-    file.load_into(model)
-    assert not model.learned("gpt-image-2@1k")
+    store = MemoryTaskStore()
+    await store.save_state("durations:https://runapi.ai", entry)
+    manager = await _open_manager(store, "https://runapi.ai", tmp_path)
+    assert not manager.durations.learned("gpt-image-2@1k")
     assert "ignoring the learned task durations" in caplog.text
-    model.observe("gpt-image-2@1k", 12.0)
-    file.save(model)  # and it is replaced by a good one
-    again = DurationModel()
-    file.load_into(again)
-    assert again.learned("gpt-image-2@1k")
+    manager.durations.observe("gpt-image-2@1k", 12.0)
+    await _remember(manager)  # and it is replaced by a good one
+    again = await _open_manager(store, "https://runapi.ai", tmp_path)
+    assert again.durations.learned("gpt-image-2@1k")
 
 
 def test_a_task_far_past_its_window_backs_off_to_the_coarse_spacing_without_overflow() -> None:

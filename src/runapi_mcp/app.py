@@ -15,7 +15,7 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.tasks import DurationFile, ImageResolver, ImageStore, PollPolicy, TaskManager, TaskStore
+from runapi_mcp.tasks import DurationMemory, ImageResolver, ImageStore, PollPolicy, TaskManager, TaskStore
 from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
 
 
@@ -100,7 +100,11 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         policy=policy,
         max_concurrent_requests=settings.max_concurrent_requests,
         max_concurrent_downloads=settings.max_concurrent_downloads,
-        durations_file=DurationFile(settings.durations_file, settings.base_url) if settings.durations_file else None,
+        durations_memory=(
+            DurationMemory(store, settings.base_url, legacy_file=settings.legacy_durations_file)
+            if settings.remembers_durations
+            else None
+        ),
     )
     resolver = ImageResolver(
         client,

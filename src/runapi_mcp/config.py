@@ -114,15 +114,18 @@ class Settings(BaseModel):
         return self.home / "tasks.sqlite3"
 
     @property
-    def durations_file(self) -> Path | None:
-        """Where what the poll scheduler learned about task durations is kept across restarts.
+    def remembers_durations(self) -> bool:
+        """Whether what the poll schedule learned about task durations is kept in the store.
 
-        None for an upstream on this machine: a simulator or test stand-in, whose timings change from
+        Not for an upstream on this machine: a simulator or test stand-in, whose timings change from
         run to run and must not shape the next run's polls (nor a later run against RunAPI's).
         """
         host = urlsplit(self.base_url).hostname or ""
-        if host == "localhost" or host.endswith(".localhost") or _is_loopback(host):
-            return None
+        return not (host == "localhost" or host.endswith(".localhost") or _is_loopback(host))
+
+    @property
+    def legacy_durations_file(self) -> Path:
+        """Where versions before the task store kept learned durations (taken over once)."""
         return self.home / "durations.json"
 
     def key(self) -> str | None:

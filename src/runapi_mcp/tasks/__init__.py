@@ -1,7 +1,7 @@
 """Task manager layer: polling, the task store, the image library and image references."""
 
 from runapi_mcp.client import TaskStatus
-from runapi_mcp.tasks.durations import DurationFile, DurationModel
+from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
 from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
@@ -15,7 +15,7 @@ __all__ = [
     "IMAGE_URI_PREFIX",
     "TERMINAL",
     "UNFINISHED",
-    "DurationFile",
+    "DurationMemory",
     "DurationModel",
     "ImageFileError",
     "ImageRecord",

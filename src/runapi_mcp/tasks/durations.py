@@ -33,12 +33,13 @@ stands in, best first:
 A model without documented durations has no window until its first task finishes (the schedule
 closes in on a guess).
 
-``DurationFile`` keeps the model in a small JSON file, per upstream: a stdio server restarts with
+``DurationMemory`` keeps the model in the task store, per upstream: a stdio server restarts with
 every client session, and a cold schedule costs about a third more requests than a warm one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -49,11 +50,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+if TYPE_CHECKING:
+    from runapi_mcp.tasks.store import TaskStore
 
 log = logging.getLogger("runapi_mcp.tasks")
 
-_FORMAT = 1  # version of the saved file; another version is ignored (the model starts fresh)
+_FORMAT = 1  # version of the saved entry; another version is ignored (the model starts fresh)
 
 # Seconds a task of a model takes, by output resolution, before anything was learned.
 # GPT Image 2 finishes in about 10-30 s depending on resolution (RunAPI's docs).
@@ -272,7 +278,7 @@ class DurationModel:
     def snapshot(self) -> dict[str, dict[str, float]]:
         return {k: {"mean_s": m, "spread_s": d, "samples": n} for k, (m, d, n) in self._stats.items()}
 
-    # -- persistence (DurationFile): a stdio server restarts with every client session --------------
+    # -- persistence (DurationMemory): a stdio server restarts with every client session ------------
     def to_json(self) -> dict[str, Any]:
         return {
             key: {
@@ -307,54 +313,69 @@ class DurationModel:
         self._windows.clear()
 
 
-class DurationFile:
-    """Learned durations on disk, one section per upstream (RunAPI, a proxy, the demo's simulator).
+class DurationMemory:
+    """Learned durations in the task store, one entry per upstream (RunAPI, a proxy, the demo's simulator).
 
-    Durations are facts about an upstream: a proxy's must not shape the polls sent to RunAPI. The
-    sections saved longest ago are dropped beyond ``keep``. Saving reads the file again so that servers
-    sharing a home keep each other's sections (the last writer wins within a section).
+    Durations are facts about an upstream: a proxy's must not shape the polls sent to RunAPI, so each
+    upstream has its own state key. ``legacy_file`` is the ``durations.json`` of earlier versions: its
+    section for this upstream is taken over once, when the store has nothing for it yet, then the file
+    is renamed so it is not read again.
     """
 
-    def __init__(self, path: Path, upstream: str, *, keep: int = 8) -> None:
-        self.path = path
+    def __init__(self, store: TaskStore, upstream: str, *, legacy_file: Path | None = None) -> None:
+        self.store = store
         self.upstream = upstream.rstrip("/")
-        self._keep = keep
+        self.key = f"durations:{self.upstream}"
+        self._legacy_file = legacy_file
 
-    def load_into(self, model: DurationModel) -> None:
-        """Load this upstream's section; a missing, unreadable or malformed file leaves ``model`` as it is."""
+    async def load_into(self, model: DurationModel) -> None:
+        """Load this upstream's entry; a missing or malformed one leaves ``model`` as it is (and is logged)."""
         try:
-            section = self._read().get(self.upstream)
-            if section is not None:
-                if not isinstance(section, dict):
-                    raise ValueError(f"the section for {self.upstream} is not an object")
-                model.load_json(section.get("kinds", {}))
-        except FileNotFoundError:
+            saved = await self.store.load_state(self.key)
+        except Exception as exc:  # a store error must not stop the server: it starts cold
+            log.warning("could not read the learned task durations (%s); starting fresh", exc)
             return
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring the learned task durations in %s (%s); starting fresh", self.path, exc)
-
-    def save(self, model: DurationModel) -> None:
-        """Write this upstream's section atomically (a crash leaves the old file or the new one)."""
+        if saved is None and self._legacy_file is not None:
+            saved = await anyio.to_thread.run_sync(self._take_over_legacy_file)
+            if saved is not None:
+                await self._write(saved)
+        if saved is None:
+            return
         try:
-            sections = self._read()
-        except (OSError, ValueError):
-            sections = {}  # missing or unreadable: start the file again
-        sections[self.upstream] = {"saved_at": time.time(), "kinds": model.to_json()}
-        newest = sorted(sections, key=lambda u: _saved_at(sections[u]), reverse=True)[: self._keep]
-        document = {"format": _FORMAT, "upstreams": {u: sections[u] for u in newest}}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(document, separators=(",", ":")), "utf-8")
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            log.warning("could not save the learned task durations to %s: %s", self.path, exc)
+            kinds = saved.get("kinds") if isinstance(saved, dict) and saved.get("format") == _FORMAT else None
+            if not isinstance(kinds, dict):
+                raise ValueError(f"not a format-{_FORMAT} entry")
+            model.load_json(kinds)
+        except ValueError as exc:
+            log.warning("ignoring the learned task durations for %s (%s); starting fresh", self.upstream, exc)
 
-    def _read(self) -> dict[str, Any]:
-        data = json.loads(self.path.read_text("utf-8"))
-        if not isinstance(data, dict) or data.get("format") != _FORMAT or not isinstance(data.get("upstreams"), dict):
-            raise ValueError(f"not a format-{_FORMAT} duration file")
-        return dict(data["upstreams"])
+    async def save(self, model: DurationModel) -> None:
+        """Keep the model (a few KB, once per finished task); a store error is logged, not raised."""
+        await self._write({"format": _FORMAT, "saved_at": time.time(), "kinds": model.to_json()})
+
+    async def _write(self, entry: dict[str, Any]) -> None:
+        try:
+            await self.store.save_state(self.key, entry)
+        except Exception as exc:  # the schedule works without memory; a task must not fail for it
+            log.warning("could not save the learned task durations: %s", exc)
+
+    def _take_over_legacy_file(self) -> dict[str, Any] | None:
+        path = self._legacy_file
+        if path is None:
+            return None
+        try:
+            document = json.loads(path.read_text("utf-8"))
+            section = document["upstreams"][self.upstream] if document.get("format") == _FORMAT else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            section = None  # unreadable, or nothing for this upstream: nothing to take over
+        if not isinstance(section, dict) or not isinstance(section.get("kinds"), dict):
+            return None
+        with contextlib.suppress(OSError):  # taken over all the same: the store's entry is read first from now on
+            os.replace(path, path.with_name(path.name + ".imported"))
+        log.info("took over the learned task durations from %s", path)
+        return {"format": _FORMAT, "saved_at": time.time(), "kinds": section["kinds"]}
 
 
 def _kind_key(model: str, resolution: str | None) -> str:
@@ -406,11 +427,6 @@ def _later(window: tuple[float, float], other: tuple[float, float]) -> tuple[flo
     """Two conservative windows for the same kind: the later start is still conservative, and so is the
     later end (an end that comes too early costs latency, one too late costs nothing)."""
     return max(window[0], other[0]), max(window[1], other[1])
-
-
-def _saved_at(section: Any) -> float:
-    value = section.get("saved_at") if isinstance(section, dict) else None
-    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _argmax(f: Callable[[float], float], a: float, b: float) -> float:

@@ -36,7 +36,7 @@ from runapi_mcp.client import (
     RunAPITransportError,
     TaskInfo,
 )
-from runapi_mcp.tasks.durations import DurationFile, DurationModel
+from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageStore
 from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
@@ -108,16 +108,14 @@ class TaskManager:
         policy: PollPolicy | None = None,
         max_concurrent_requests: int = 8,
         max_concurrent_downloads: int = 16,
-        durations_file: DurationFile | None = None,
+        durations_memory: DurationMemory | None = None,
     ) -> None:
         self.client = client
         self.images = images
         self.store: TaskStore = store or MemoryTaskStore()
         self.schedule = PollSchedule(policy or PollPolicy())
         # Where learned durations outlive the process (a stdio server restarts with every client session).
-        self._durations_file = durations_file
-        if durations_file is not None:
-            durations_file.load_into(self.durations)
+        self._durations_memory = durations_memory
         self._limiter = anyio.CapacityLimiter(max_concurrent_requests)  # creates and polls
         # Downloads stream to disk (little memory each) but may meet slow hosts: their own, wider limiter.
         self._downloads = anyio.CapacityLimiter(max_concurrent_downloads)
@@ -141,6 +139,8 @@ class TaskManager:
         async with anyio.create_task_group() as tg:
             self._tg = tg
             try:
+                if self._durations_memory is not None:
+                    await self._durations_memory.load_into(self.durations)
                 await self._resume()
                 yield self
             finally:
@@ -440,13 +440,13 @@ class TaskManager:
     def _learn(self, poll: PollState) -> None:
         """Learn the task's duration from when it was last seen running and first seen done."""
         self.schedule.learn(poll, time.monotonic())
-        if self._durations_file is not None:
-            self._durations_file.save(self.durations)  # a few KB, once per finished task
 
     # -- internals: outputs --------------------------------------------------------------
     async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
         self._learn(tracked.poll)
+        if self._durations_memory is not None:
+            await self._durations_memory.save(self.durations)  # a few KB, once per finished task
         urls = list(dict.fromkeys(image.url for image in info.images))  # in order, each once
         listed = max(info.listed_images, len(urls))
         cap = record.max_outputs if record.max_outputs is not None else len(urls)
