@@ -5,7 +5,16 @@ from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
 from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
-from runapi_mcp.tasks.records import TERMINAL, UNFINISHED, ImageRecord, StatusChange, TaskRecord, TaskState
+from runapi_mcp.tasks.records import (
+    LOCAL_OWNER,
+    TERMINAL,
+    UNFINISHED,
+    ImageRecord,
+    StatusChange,
+    TaskRecord,
+    TaskState,
+    current_owner,
+)
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
@@ -13,6 +22,7 @@ from runapi_mcp.tasks.store import InvalidCursorError, MemoryTaskStore, TaskPage
 
 __all__ = [
     "IMAGE_URI_PREFIX",
+    "LOCAL_OWNER",
     "TERMINAL",
     "UNFINISHED",
     "DurationMemory",
@@ -38,5 +48,6 @@ __all__ = [
     "TaskStatus",
     "TaskStore",
     "UnknownTaskError",
+    "current_owner",
     "make_previews",
 ]

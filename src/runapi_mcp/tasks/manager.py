@@ -38,7 +38,7 @@ from runapi_mcp.client import (
 )
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageStore
-from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord
+from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord, current_owner
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -186,6 +186,7 @@ class TaskManager:
             resolution=prepared.body.get("output_resolution"),
             max_outputs=prepared.model.max_outputs,
             price_cents=price_cents,
+            owner=current_owner.get(),
             created_at=now,
             updated_at=now,
             history=[StatusChange(status="submitting", at=now)],
@@ -300,12 +301,11 @@ class TaskManager:
             raise UnknownTaskError(str(task_id))
         wanted = task_id.strip()
         tracked = self._tracked.get(self._aliases.get(wanted, wanted))
-        if tracked is not None:
-            return self._track(tracked.record)  # restarts a poll loop that gave up or stopped
-        record = await self.store.get(wanted)
-        if record is None:
+        record = tracked.record if tracked is not None else await self.store.get(wanted)
+        # Another user's task is not found: the same answer as for an id that never existed.
+        if record is None or record.owner != current_owner.get():
             raise UnknownTaskError(task_id)
-        return self._track(record)
+        return self._track(record)  # (re)starts a poll loop that gave up or stopped
 
     def _track(self, record: TaskRecord) -> _Tracked:
         tracked = self._tracked.get(record.task_id)

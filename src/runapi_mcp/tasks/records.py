@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -13,6 +14,12 @@ from runapi_mcp.client import TaskStatus
 # A task's state here: RunAPI's four, and "submitting" before RunAPI has confirmed the create (the
 # task is recorded first, so a create whose answer was lost is still known, and re-sent with its key).
 TaskState = Literal["submitting"] | TaskStatus
+LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one shared token)
+# Whose request is being served. The MCP layer sets it for each request from the caller's token; the
+# manager stamps it on the tasks it creates and answers "not found" for another owner's task. Set
+# per request (not passed down every call) so that every path to a task, including image references
+# resolved deep in the resolver, sees the same caller.
+current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
 TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed"})
 UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
 
@@ -75,6 +82,11 @@ class TaskRecord(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     completed_at: float | None = None
 
+    # Who the task belongs to: "" is the local user (stdio, a shared bearer token); with per-user tokens
+    # (JWT) the token's subject. Another owner's task is "not found" to everyone but its owner.
+    owner: str = LOCAL_OWNER
+    # The per-task secret a RunAPI completion callback must carry (when webhooks are on).
+    callback_token: str | None = None
     max_outputs: int | None = None  # the most images a task of this model returns (from the catalog)
     price_cents: int | None = None  # RunAPI's quote for the task, taken before the create
     history: list[StatusChange] = Field(default_factory=list)

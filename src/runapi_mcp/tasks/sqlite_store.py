@@ -32,11 +32,12 @@ log = logging.getLogger("runapi_mcp.tasks")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BUSY_TIMEOUT_S = 10.0  # another server on the same home may hold the write lock for a moment
 
 # Each step takes the file from version n to n + 1. Version 1 was the first layout (tasks by id, the
-# record as JSON); version 2 added the columns for paging by state, resuming and spending.
+# record as JSON); version 2 added the columns for paging by state, resuming and spending; version 3
+# the owner (per-user tokens over HTTP: each user sees their own tasks).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: (
         """CREATE TABLE tasks (
@@ -56,6 +57,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX IF NOT EXISTS tasks_newest ON tasks(created_at DESC, task_id DESC)",
         "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(unfinished) WHERE unfinished = 1",
         "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    2: (
+        "ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX IF NOT EXISTS tasks_owner_newest ON tasks(owner, created_at DESC, task_id DESC)",
     ),
 }
 # Rows written by version 1 lack the new columns' values: fill them from the record itself.
@@ -96,6 +101,7 @@ class SQLiteTaskStore:
             record.updated_at,
             record.price_cents,
             int(needs_taking_up(record)),
+            record.owner,
             record.model_dump_json(),
         )
 
@@ -103,7 +109,7 @@ class SQLiteTaskStore:
             with self._transaction() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO tasks (task_id, upstream_id, status, model, created_at, updated_at,"
-                    " price_cents, unfinished, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " price_cents, unfinished, owner, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
 
@@ -126,9 +132,13 @@ class SQLiteTaskStore:
         model: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> TaskPage:
         where: list[str] = []
         args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if status is not None:
             where.append("status = ?")
             args.append(status)
@@ -153,13 +163,15 @@ class SQLiteTaskStore:
             lambda: self._records("SELECT record FROM tasks WHERE unfinished = 1 ORDER BY created_at DESC", ())
         )
 
-    async def spent_cents(self, since: float) -> int:
+    async def spent_cents(self, since: float, owner: str | None = None) -> int:
+        sql = "SELECT COALESCE(SUM(price_cents), 0) FROM tasks WHERE created_at >= ? AND status != 'failed'"
+        args: tuple[Any, ...] = (since,)
+        if owner is not None:
+            sql, args = sql + " AND owner = ?", (since, owner)
+
         def read() -> int:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT COALESCE(SUM(price_cents), 0) FROM tasks WHERE created_at >= ? AND status != 'failed'",
-                    (since,),
-                ).fetchone()
+                row = self._db.execute(sql, args).fetchone()
             return int(row[0])
 
         return await self._run(read)

@@ -64,15 +64,18 @@ class TaskStore(Protocol):
         model: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> TaskPage:
-        """Records newest first, filtered; raises :class:`InvalidCursorError` for a foreign cursor."""
+        """Records newest first, filtered (``owner`` None: every owner's); raises
+        :class:`InvalidCursorError` for a foreign cursor."""
 
     async def unfinished(self) -> list[TaskRecord]:
         """Every record not yet completed or failed, and every completed one with an output not in the
         library (what a restarted manager must take up again)."""
 
-    async def spent_cents(self, since: float) -> int:
-        """What the tasks created since ``since`` (epoch seconds) cost by their quotes (failed ones excluded)."""
+    async def spent_cents(self, since: float, owner: str | None = None) -> int:
+        """What the tasks created since ``since`` (epoch seconds) cost by their quotes (failed ones
+        excluded), of ``owner`` only when given."""
 
     async def load_state(self, key: str) -> Any:
         """A small JSON value kept under ``key`` (e.g. what the poll schedule learned), or None."""
@@ -91,8 +94,12 @@ def needs_taking_up(record: TaskRecord) -> bool:
     return record.status == "completed" and any(image.path is None and image.url for image in record.images)
 
 
-def matches(record: TaskRecord, status: TaskState | None, model: str | None) -> bool:
-    return (status is None or record.status == status) and (model is None or record.model == model)
+def matches(record: TaskRecord, status: TaskState | None, model: str | None, owner: str | None = None) -> bool:
+    return (
+        (status is None or record.status == status)
+        and (model is None or record.model == model)
+        and (owner is None or record.owner == owner)
+    )
 
 
 def newest_first(records: Iterable[TaskRecord]) -> list[TaskRecord]:
@@ -122,8 +129,9 @@ class MemoryTaskStore:
         model: str | None = None,
         limit: int = 20,
         cursor: str | None = None,
+        owner: str | None = None,
     ) -> TaskPage:
-        records = [r for r in newest_first(self._records.values()) if matches(r, status, model)]
+        records = [r for r in newest_first(self._records.values()) if matches(r, status, model, owner)]
         if cursor is not None:
             after = decode_cursor(cursor)
             records = [r for r in records if (r.created_at, r.task_id) < after]
@@ -134,9 +142,11 @@ class MemoryTaskStore:
     async def unfinished(self) -> list[TaskRecord]:
         return [r.model_copy(deep=True) for r in newest_first(self._records.values()) if needs_taking_up(r)]
 
-    async def spent_cents(self, since: float) -> int:
+    async def spent_cents(self, since: float, owner: str | None = None) -> int:
         return sum(
-            r.price_cents or 0 for r in self._records.values() if r.created_at >= since and r.status != "failed"
+            r.price_cents or 0
+            for r in self._records.values()
+            if r.created_at >= since and r.status != "failed" and (owner is None or r.owner == owner)
         )
 
     async def load_state(self, key: str) -> Any:
