@@ -62,6 +62,37 @@ class Settings(BaseModel):
         description="Most cents this server may spend per UTC day, by RunAPI's quotes (unset: no cap)",
         json_schema_extra={"env": "RUNAPI_MCP_MAX_SPEND_CENTS"},
     )
+    # -- shared deployments (HTTP transports) ------------------------------------------------------
+    auth_token: SecretStr | None = Field(
+        None,
+        description="Bearer token every HTTP request must carry (one shared user)",
+        json_schema_extra={"env": "RUNAPI_MCP_AUTH_TOKEN"},
+    )
+    jwt_issuer: str | None = Field(
+        None,
+        description="OAuth 2.1 issuer whose JWT access tokens are accepted (per-user tokens)",
+        json_schema_extra={"env": "RUNAPI_MCP_JWT_ISSUER"},
+    )
+    jwt_audience: str | None = Field(
+        None,
+        description="Audience the JWT access tokens must carry (default: the public URL's /mcp)",
+        json_schema_extra={"env": "RUNAPI_MCP_JWT_AUDIENCE"},
+    )
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="Where the issuer's signing keys are (default: its OpenID/OAuth metadata's jwks_uri)",
+        json_schema_extra={"env": "RUNAPI_MCP_JWT_JWKS_URL"},
+    )
+    public_url: str | None = Field(
+        None,
+        description="This server's URL as RunAPI and clients reach it (enables completion webhooks)",
+        json_schema_extra={"env": "RUNAPI_MCP_PUBLIC_URL"},
+    )
+    user_spend_cents: str | None = Field(
+        None,
+        description="Per-user daily caps with per-user tokens, e.g. 'alice=500,bob=200' (others: the server's cap)",
+        json_schema_extra={"env": "RUNAPI_MCP_USER_SPEND_CENTS"},
+    )
     max_input_bytes: int = 20 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     max_concurrent_requests: int = 8
@@ -93,6 +124,29 @@ class Settings(BaseModel):
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"must be a whole number of cents, 0 or more, got {value}")
         return value
+
+    @field_validator("public_url", "jwt_issuer", "jwt_jwks_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None, info: Any) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
+            raise ValueError(f"must be an http(s) URL with a host and no query, got {value[:200]!r}")
+        return value
+
+    @field_validator("user_spend_cents")
+    @classmethod
+    def _check_user_caps(cls, value: str | None) -> str | None:
+        if value is not None:
+            _parse_user_caps(value)
+        return value
+
+    @property
+    def user_caps(self) -> dict[str, int]:
+        """Per-user daily spending caps in cents, by the user's token subject."""
+        return _parse_user_caps(self.user_spend_cents or "")
 
     @field_validator("home")
     @classmethod
@@ -134,7 +188,8 @@ class Settings(BaseModel):
     @cached_property
     def redactor(self) -> Redactor:
         """The process's one redaction (the API key in every form it may be echoed in)."""
-        return Redactor([self.key()])
+        token = self.auth_token.get_secret_value() if self.auth_token else None
+        return Redactor([self.key(), token])
 
     def redact(self, text: str) -> str:
         """``text`` with the API key cut out, for anything that may reach a user or a log."""
@@ -229,6 +284,18 @@ def load_settings(
                 parts.append(f"{_ENV.get(loc, loc)}: {err.get('msg', '')}".replace("Value error, ", ""))
             raise ConfigError("; ".join(parts)) from None
         raise ConfigError(str(exc)) from None
+
+
+def _parse_user_caps(text: str) -> dict[str, int]:
+    caps: dict[str, int] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        user, eq, cents = item.rpartition("=")
+        if not eq or not user.strip() or not re.fullmatch(r"[0-9]{1,15}", cents.strip()):
+            raise ValueError(f"each entry must be user=cents (whole cents, 0 or more), got {item[:80]!r}")
+        caps[user.strip()] = int(cents.strip())
+    return caps
 
 
 def _is_loopback(host: str) -> bool:
