@@ -112,10 +112,12 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         allowed_dirs=settings.allowed_dirs,
         max_bytes=settings.max_input_bytes,
         find_task=manager.find,
+        find_image=manager.find_image,
     )
     server = build_server(
         ServerDeps(manager=manager, resolver=resolver, catalog=get_catalog(), wait_s=settings.wait_s,
-                   has_key=client.has_key, max_spend_cents=settings.max_spend_cents),
+                   has_key=client.has_key, max_spend_cents=settings.max_spend_cents,
+                   user_spend_cents=settings.user_caps),
         settings.redactor,
     )
     async with client, manager.running():

@@ -7,6 +7,8 @@ spend (UTC) past the cap is refused, and so is one that cannot be quoted: the ca
 
 Today's spend is what this server's store recorded (quotes of today's tasks that did not fail), plus
 the quotes of tasks admitted but not yet recorded: two calls at once cannot both slip under the cap.
+With per-user tokens each user has a day of their own: the cap (or the user's own, from
+``RUNAPI_MCP_USER_SPEND_CENTS``) applies to what that user's tasks cost.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Any
 import anyio
 
 from runapi_mcp.client import RunAPIClient, RunAPIError
+from runapi_mcp.tasks import LOCAL_OWNER, current_owner
 
 log = logging.getLogger("runapi_mcp.server.cost")
 
 MAX_SPEND_VARIABLE = "RUNAPI_MCP_MAX_SPEND_CENTS"
 
-SpentSince = Callable[[float], Awaitable[int]]
+SpentSince = Callable[[float, str | None], Awaitable[int]]  # (since, owner) -> cents
 
 
 class SpendLimitError(ValueError):
@@ -63,18 +66,26 @@ class SpendGuard:
         spent_since: SpentSince,
         cap_cents: int | None,
         *,
+        user_caps: Mapping[str, int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._spent_since = spent_since
-        self.cap_cents = cap_cents
+        self._cap_cents = cap_cents
+        self._user_caps = dict(user_caps or {})
         self._clock = clock
         self._lock = anyio.Lock()
-        self._admitted = 0  # quotes of tasks let through whose records are not in the store yet
+        self._admitted: dict[str, int] = {}  # by owner: quotes let through whose records are not stored yet
+
+    @property
+    def cap_cents(self) -> int | None:
+        """The daily cap of the current request's user (None: no cap)."""
+        owner = current_owner.get()
+        return self._user_caps.get(owner, self._cap_cents) if owner != LOCAL_OWNER else self._cap_cents
 
     async def spent_today(self) -> int:
-        """Today's (UTC) spend as this server recorded it, in cents."""
-        return await self._spent_since(start_of_day_utc(self._clock()))
+        """Today's (UTC) spend of the current request's user as this server recorded it, in cents."""
+        return await self._spent_since(start_of_day_utc(self._clock()), current_owner.get())
 
     async def quote(self, service: str, action: str, body: Mapping[str, Any]) -> Quote:
         """RunAPI's quote for a create body; a failure is returned (and logged), never raised."""
@@ -103,8 +114,9 @@ class SpendGuard:
                 f"price quote for this task ({quote.problem or 'no reason given'}), so the cap cannot be "
                 "checked. Nothing was uploaded or created. Try again, or unset the cap."
             )
+        owner = current_owner.get()
         async with self._lock:
-            spent = await self.spent_today() + self._admitted
+            spent = await self.spent_today() + self._admitted.get(owner, 0)
             if spent + quote.cents > cap:
                 now = self._clock()
                 raise SpendLimitError(
@@ -113,8 +125,10 @@ class SpendGuard:
                     f"task = {spent + quote.cents} cents. Nothing was uploaded or created. The day resets at "
                     f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
                 )
-            self._admitted += quote.cents
+            self._admitted[owner] = self._admitted.get(owner, 0) + quote.cents
         try:
             yield
         finally:
-            self._admitted -= quote.cents
+            self._admitted[owner] -= quote.cents
+            if not self._admitted[owner]:
+                del self._admitted[owner]

@@ -20,7 +20,15 @@ from pydantic import BaseModel, Field
 from runapi_mcp.catalog import ALIASES
 from runapi_mcp.server.arguments import CursorArg, LimitArg, ModelFilterArg, TaskStatusArg, strict_tool
 from runapi_mcp.server.results import TaskResult, task_result
-from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageRecord, InvalidCursorError, TaskManager, TaskRecord, TaskState
+from runapi_mcp.tasks import (
+    IMAGE_URI_PREFIX,
+    ImageRecord,
+    InvalidCursorError,
+    TaskManager,
+    TaskRecord,
+    TaskState,
+    current_owner,
+)
 
 TASK_URI_PREFIX = "runapi://tasks/"
 TASKS_INDEX_URI = "runapi://tasks"
@@ -154,7 +162,9 @@ class TaskHistory:
             # The store keeps the model's slug: an alias or another spelling finds the same tasks.
             name = model.strip().lower()
             model = ALIASES[name][0] if name in ALIASES else name
-        page = await self.manager.store.page(status=status, model=model, limit=limit, cursor=cursor)
+        page = await self.manager.store.page(
+            status=status, model=model, limit=limit, cursor=cursor, owner=current_owner.get()
+        )
         return page.records, page.next_cursor
 
     def _result(self, record: TaskRecord) -> TaskResult:
@@ -171,9 +181,9 @@ class TaskHistory:
         if uri in (TASKS_INDEX_URI, MODELS_URI):
             return True
         if uri.startswith(TASK_URI_PREFIX):
-            return await self.manager.store.get(uri[len(TASK_URI_PREFIX) :]) is not None
+            return await self.manager.find(uri[len(TASK_URI_PREFIX) :]) is not None
         if uri.startswith(IMAGE_URI_PREFIX):
-            return await self.manager.images.lookup(uri[len(IMAGE_URI_PREFIX) :]) is not None
+            return await self.manager.find_image(uri[len(IMAGE_URI_PREFIX) :]) is not None
         return False
 
     async def list_resources(self, cursor: str | None, fixed: list[Resource]) -> ListResourcesResult:
@@ -184,7 +194,7 @@ class TaskHistory:
         image_after, image_offset = "", 0
         data: list[Any] = ["t", None] if cursor is None else _ResourceCursor.decode(cursor)
         if data[0] == "t":
-            page = await self.manager.store.page(limit=size, cursor=data[1])
+            page = await self.manager.store.page(limit=size, cursor=data[1], owner=current_owner.get())
             listed += [self._task_resource(r) for r in page.records]
             if page.next_cursor is not None:
                 more = _ResourceCursor.encode(["t", page.next_cursor])
@@ -210,7 +220,7 @@ class TaskHistory:
         where the page after image ``after`` starts in them: just after it, or at ``offset`` when it
         is gone."""
         wanted = offset + room + 1 + (_IMAGE_ANCHOR_SLACK if after else 0)
-        images = await self.manager.images.list_images(wanted)
+        images = await self._visible_images(wanted)
         if not after:
             return images, offset
         ids = [image.id for image in images]
@@ -218,8 +228,19 @@ class TaskHistory:
             return images, offset
         start = ids.index(after) + 1
         if len(images) == wanted and len(images) < start + room + 1:
-            images = await self.manager.images.list_images(start + room + 1)
+            images = await self._visible_images(start + room + 1)
         return images, start
+
+    async def _visible_images(self, wanted: int) -> list[ImageRecord]:
+        """The newest ``wanted`` library images the caller may see (with per-user tokens, the library
+        holds other users' images too: look further back until enough are found or none are left)."""
+        scanned = wanted
+        while True:
+            images = await self.manager.images.list_images(scanned)
+            visible = await self.manager.visible_images(images)
+            if len(visible) >= wanted or len(images) < scanned:
+                return visible[:wanted]
+            scanned *= 4
 
     @staticmethod
     def _task_resource(record: TaskRecord) -> Resource:

@@ -48,7 +48,8 @@ class LibraryResources:
         return task_result(record, self.manager.estimated_progress(record)).model_dump_json(indent=2)
 
     async def image(self, image_id: str) -> bytes:
-        data = await self.manager.images.read(image_id)
+        # Another user's image is "not in the library" to this caller.
+        data = await self.manager.images.read(image_id) if await self.manager.find_image(image_id) else None
         if data is None:
             raise ResourceNotFoundError(f"no image {image_id[:200]!r} in the library")
         return data

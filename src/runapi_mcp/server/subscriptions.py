@@ -40,7 +40,7 @@ from mcp.types import (
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from runapi_mcp.server.history import TASKS_INDEX_URI, task_uri
-from runapi_mcp.tasks import TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
 
 log = logging.getLogger("runapi_mcp.server")
 
@@ -58,6 +58,7 @@ class _Client:
     """What is kept about one 2025-era client connection (the connection itself only weakly)."""
 
     uris: set[str] = field(default_factory=set)
+    owner: str = LOCAL_OWNER  # whose connection: only that user's tasks are announced to it
 
 
 def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
@@ -115,7 +116,7 @@ class LiveUpdates:
             return None
         client = self._clients.get(connection)
         if client is None:
-            client = self._clients[connection] = _Client()
+            client = self._clients[connection] = _Client(owner=current_owner.get())
             ref = weakref.ref(connection)
             connection.exit_stack.callback(self._forget, ref)
         return client
@@ -167,7 +168,7 @@ class LiveUpdates:
                 await self.bus.publish(event)
             except Exception:  # a custom (networked) bus may fail; the 2025-era clients still hear of it
                 log.exception("publishing %s on the subscription bus failed", event)
-        await self._notify_clients(uris, added)
+        await self._notify_clients(uris, added, record.owner)
 
     def _added(self, record: TaskRecord) -> bool:
         saved = frozenset(image.id for image in record.images if image.path)
@@ -177,13 +178,15 @@ class LiveUpdates:
             self._announced.popitem(last=False)
         return known is None or not saved <= known
 
-    async def _notify_clients(self, uris: tuple[str, ...], list_changed: bool) -> None:
+    async def _notify_clients(self, uris: tuple[str, ...], list_changed: bool, owner: str) -> None:
         # Resource updates before list_changed on each connection: a client that sees the latter has
         # seen everything this change sent it.
         plans: list[tuple[Connection, list[ServerNotification]]] = []
         for connection, client in list(self._clients.items()):
             if not connection.initialized.is_set():
                 continue  # the spec: nothing but pings and logs before the client said it is ready
+            if client.owner != owner:
+                continue  # another user's task: not even that something changed
             notes: list[ServerNotification] = [
                 ResourceUpdatedNotification(params=ResourceUpdatedNotificationParams(uri=uri))
                 for uri in uris

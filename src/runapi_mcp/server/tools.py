@@ -11,6 +11,7 @@ RunAPIError) and never builds an error result itself. A new tool is a new method
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -70,6 +71,7 @@ class ServerDeps:
     wait_s: float
     has_key: bool
     max_spend_cents: int | None = None  # RUNAPI_MCP_MAX_SPEND_CENTS: per UTC day, None for no cap
+    user_spend_cents: Mapping[str, int] = field(default_factory=dict)  # per-user caps (per-user tokens)
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,12 @@ class ImageTools:
         self.deps = deps
         self.manager = deps.manager
         self.catalog = deps.catalog
-        self.spend = SpendGuard(deps.manager.client, deps.manager.store.spent_cents, deps.max_spend_cents)
+        self.spend = SpendGuard(
+            deps.manager.client,
+            deps.manager.store.spent_cents,
+            deps.max_spend_cents,
+            user_caps=deps.user_spend_cents,
+        )
 
     def tools(self) -> list[Tool]:
         """The tools to register, each with strict arguments."""

@@ -38,7 +38,7 @@ from runapi_mcp.client import (
 )
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageStore
-from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord, current_owner
+from runapi_mcp.tasks.records import LOCAL_OWNER, ImageRecord, StatusChange, TaskRecord, current_owner
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -251,6 +251,27 @@ class TaskManager:
             return await self.get(task_id)
         except UnknownTaskError:
             return None
+
+    async def find_image(self, image_id: str) -> ImageRecord | None:
+        """A library image the current request's owner may see, or None (as for one that does not exist)."""
+        image = await self.images.lookup(image_id)
+        if image is None:
+            return None
+        return image if (await self.visible_images([image])) else None
+
+    async def visible_images(self, images: list[ImageRecord]) -> list[ImageRecord]:
+        """Those of ``images`` whose task belongs to the current request's owner. An image with no task
+        record (a library file of an earlier version, another home's) is the local user's."""
+        owner = current_owner.get()
+        owners: dict[str, str] = {}
+        visible: list[ImageRecord] = []
+        for image in images:
+            if image.task_id not in owners:
+                record = await self.store.get(image.task_id) if image.task_id else None
+                owners[image.task_id] = record.owner if record is not None else LOCAL_OWNER
+            if owners[image.task_id] == owner:
+                visible.append(image)
+        return visible
 
     async def wait(
         self,

@@ -73,6 +73,7 @@ class ImagePlan:
 
 
 TaskLookup = Callable[[str], Awaitable[TaskRecord | None]]
+ImageLookup = Callable[[str], Awaitable[ImageRecord | None]]
 
 
 class ImageResolver:
@@ -86,12 +87,15 @@ class ImageResolver:
         allowed_dirs: Sequence[Path],
         max_bytes: int,
         find_task: TaskLookup,
+        find_image: ImageLookup | None = None,
     ) -> None:
         self._client = client
         self._images = images
         self._allowed = [Path(p).resolve() for p in allowed_dirs]
         self._max_bytes = max_bytes
         self._find_task = find_task
+        # Who may use which library image is the manager's to say (per-user tokens); by default, anyone.
+        self._find_image = find_image or images.lookup
         self._uploaded: dict[str, tuple[str, float]] = {}
 
     async def resolve(self, entries: Sequence[str]) -> list[str]:
@@ -143,7 +147,7 @@ class ImageResolver:
         if lower.startswith("data:"):
             return self._plan_data_uri(where, value)
         if lower.startswith(IMAGE_URI_PREFIX):
-            image = await self._images.lookup(value[len(IMAGE_URI_PREFIX) :])
+            image = await self._find_image(value[len(IMAGE_URI_PREFIX) :])
             if image is None:
                 raise ImageReferenceError(f"{where}: no image {value!r} in the library")
             return await self._plan_library_image(where, image)
