@@ -33,6 +33,7 @@ from runapi_mcp.server.arguments import describe_argument_names, describe_invali
 from runapi_mcp.server.compat import ProtocolCompat
 from runapi_mcp.server.cost import SpendLimitError
 from runapi_mcp.server.history import TaskHistory
+from runapi_mcp.server.owners import owner_scope
 from runapi_mcp.server.resources import LibraryResources
 from runapi_mcp.server.subscriptions import LiveUpdates
 from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
@@ -84,7 +85,7 @@ class RunAPIMCPServer(MCPServer[Any]):
             version=__version__,
             subscriptions=self.bus,
             tools=self.image_tools.tools() + self.history.tools(),
-            middleware=[ProtocolCompat(), self.live.track],
+            middleware=[owner_scope, ProtocolCompat(), self.live.track],
         )
         LibraryResources(deps.manager, deps.catalog).register(self)
         self.history.register(self)
