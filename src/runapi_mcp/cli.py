@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(parser)
     sub = parser.add_subparsers(dest="command")
 
-    serve = sub.add_parser("serve", help="Serve MCP over stdio (the default command)")
+    serve = sub.add_parser("serve", help="Serve MCP over stdio (the default command) or HTTP")
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="stdio",
+        help="stdio (default; one client), streamable-http (/mcp), sse (/sse, legacy clients), "
+        "or http (both /mcp and /sse in one process)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8000, help="HTTP: port (default 8000; 0 for any free port)")
     _add_settings_flags(serve, sub=True)
 
     sim = sub.add_parser("simulate", help="Run the RunAPI simulator (offline stand-in for RunAPI) on loopback")
@@ -54,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--limit", type=_positive_int, default=20, help="How many tasks (default 20)")
     _add_settings_flags(tasks, sub=True)
     return parser
+
+
+TRANSPORTS = ("stdio", "streamable-http", "sse", "http")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -96,8 +118,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runapi_mcp.history_cli import print_history
 
         return anyio.run(print_history, settings, args.status, args.limit)
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(serve_stdio, settings)
+    transport = getattr(args, "transport", "stdio")
+    if transport == "stdio":
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(serve_stdio, settings)
+        return 0
+    from runapi_mcp.http.app import HttpOptions
+    from runapi_mcp.http.serve import serve_http
+
+    chosen = ("streamable-http", "sse") if transport == "http" else (transport,)
+    options = HttpOptions(
+        transports=frozenset(chosen),  # type: ignore[arg-type]
+        host=args.host,
+        port=args.port,
+        public_url=settings.public_url,
+        jwt_issuer=settings.jwt_issuer,
+    )
+    try:
+        anyio.run(serve_http, settings, options)
+    except ConfigError as exc:
+        print(f"runapi-mcp: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,9 +10,15 @@ from datetime import UTC, datetime
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
+from runapi_mcp.server.owners import current_files_url
 from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord, TaskState
 
 PreviewOutcome = Preview | PreviewSkipped | None
+
+# What a cancelled task's record says (MCP tasks/cancel): the server can only stop following it.
+CANCELLED_NOTE = (
+    "RunAPI has no cancel: the task may still finish and be billed; this server stopped tracking it"
+)
 
 # Everything inline together stays well under Claude Desktop's 1 MiB result cap (base64 adds a third).
 PREVIEW_BUDGET_BYTES = 600_000
@@ -28,6 +34,9 @@ class ImageOut(BaseModel):
     mime_type: str | None
     bytes: int | None
     error: str | None = Field(None, description="Why the image is not in the local library (yet)")
+    download_url: str | None = Field(
+        None, description="Over HTTP: the full-size image at this server (send the same Authorization header)"
+    )
 
 
 class TaskResult(BaseModel):
@@ -36,7 +45,8 @@ class TaskResult(BaseModel):
     task_id: str = Field(description="This server's id of the task (get_task takes it, or runapi_task_id)")
     runapi_task_id: str | None = Field(None, description="RunAPI's id of the task, once RunAPI has confirmed it")
     status: TaskState = Field(description="submitting (RunAPI has not confirmed the create yet), pending, "
-                              "processing, completed or failed")
+                              "processing, completed, failed or cancelled (a client cancelled it: this server "
+                              "stopped tracking it)")
     price_cents: int | None = Field(None, description="RunAPI's quote for the task, in cents, where known")
     model: str
     service: str
@@ -56,7 +66,11 @@ def _iso(ts: float | None) -> str | None:
 
 
 def image_out(image: ImageRecord) -> ImageOut:
-    return ImageOut.model_validate(image, from_attributes=True)
+    out = ImageOut.model_validate(image, from_attributes=True)
+    files = current_files_url.get()
+    if files and image.path:
+        out.download_url = f"{files}/{image.id}"
+    return out
 
 
 def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult:
@@ -93,6 +107,8 @@ def summary_text(
         for n, image in enumerate(record.images):
             if image.path:
                 line = f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}"
+                if current_files_url.get():
+                    line += f" (full size over HTTP: {current_files_url.get()}/{image.id})"
                 if n in skipped:
                     line += f" (no preview: {skipped[n]})"
                 lines.append(line)
@@ -106,6 +122,8 @@ def summary_text(
         return "\n".join(lines)
     if record.status == "failed":
         return f"{head} failed after {elapsed:.0f}s: {record.error or 'no reason given'}"
+    if record.status == "cancelled":
+        return f"{head} was cancelled after {elapsed:.0f}s: {record.error or CANCELLED_NOTE}"
     text = f"{head} is {record.status} ({elapsed:.0f}s so far)."
     if record.status == "submitting":
         text += " RunAPI has not confirmed the create yet; it is sent again with the same key until it does."

@@ -9,18 +9,25 @@ that task's error, so the task group (and every other task, waiter and the proce
 Downloads have their own limiter, so image hosts that trickle bytes never hold the slots that
 creates and polls need, and each output has an overall deadline. The client's retry policy is the
 only retry layer: the manager never multiplies it.
+
+With completion webhooks on (``callback_base``), every create carries a ``callback_url`` with a secret
+of its own task; a callback with the right secret wakes the task's poll loop for one status read (its
+body is never trusted), and polling goes on at a slow fallback pace in case the callback never comes.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 from anyio.abc import TaskGroup
@@ -68,6 +75,18 @@ class UnknownTaskError(KeyError):
         )
 
 
+class TaskEndedError(ValueError):
+    """The task has ended (completed, failed or cancelled): there is nothing left to cancel."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        self.task_id = task_id
+        self.status = status
+        super().__init__(task_id)
+
+    def __str__(self) -> str:
+        return f"task {self.task_id[:200]!r} is already {self.status}; only a running task can be cancelled"
+
+
 @dataclass
 class _Tracked:
     record: TaskRecord
@@ -79,6 +98,9 @@ class _Tracked:
     fetching: anyio.Lock = field(default_factory=anyio.Lock)
     create_sent: float = 0.0  # monotonic time the create was last sent (0: not by this process)
     last_fetch: float = 0.0  # monotonic time outputs were last downloaded (or tried)
+    # Set by a completion callback: the poll loop's sleep ends and it reads the status at once.
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    last_wake: float = -math.inf  # monotonic time a callback last set ``wake`` (floods are rate-limited)
 
     @property
     def task_id(self) -> str:
@@ -109,6 +131,7 @@ class TaskManager:
         max_concurrent_requests: int = 8,
         max_concurrent_downloads: int = 16,
         durations_memory: DurationMemory | None = None,
+        callback_base: str | None = None,
     ) -> None:
         self.client = client
         self.images = images
@@ -123,6 +146,11 @@ class TaskManager:
         self._aliases: dict[str, str] = {}  # RunAPI's task id -> the server's
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
+        # Where RunAPI reaches this server's completion callbacks (".../callbacks/runapi"); None: polling only.
+        self._callback_base = callback_base.rstrip("/") if callback_base else None
+        # Set when the process is shutting down: every wait returns what it has at once, so a tool call
+        # still waiting gets its answer (the task id, "still running") before the connection closes.
+        self._stopping = anyio.Event()
 
     @property
     def policy(self) -> PollPolicy:
@@ -159,6 +187,11 @@ class TaskManager:
         if self._tracked:
             log.info("resumed %d task(s) from the store", len(self._tracked))
 
+    def stop_waiting(self) -> None:
+        """Shutting down: every wait (now and later) returns at once; tasks stay in the store and resume
+        on the next start."""
+        self._stopping.set()
+
     def add_listener(self, listener: Listener) -> None:
         """``listener(record)`` runs after every change of any task (e.g. resource-updated notices)."""
         self._listeners.append(listener)
@@ -187,6 +220,7 @@ class TaskManager:
             max_outputs=prepared.model.max_outputs,
             price_cents=price_cents,
             owner=current_owner.get(),
+            callback_token=self._new_callback_token(prepared),
             created_at=now,
             updated_at=now,
             history=[StatusChange(status="submitting", at=now)],
@@ -214,7 +248,7 @@ class TaskManager:
             async with self._limiter:
                 tracked.upstream_requests += 1
                 info = await self.client.create_task(
-                    record.route, record.request, idempotency_key=record.idempotency_key
+                    record.route, self._create_body(record), idempotency_key=record.idempotency_key
                 )
         except RunAPIError as exc:
             if not _unconfirmed(exc):
@@ -287,13 +321,13 @@ class TaskManager:
         """
         tracked = await self._lookup(task_id)
         deadline = anyio.current_time() + max(0.0, timeout_s)
-        while not tracked.record.terminal:
+        while not tracked.record.terminal and not self._stopping.is_set():
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
             event = tracked.changed
             with anyio.move_on_after(min(tick_s, remaining)):
-                await event.wait()
+                await _first_of(event, self._stopping)
             if on_tick is not None:
                 await on_tick(tracked.record.model_copy(deep=True))
         return tracked.record.model_copy(deep=True)
@@ -310,11 +344,97 @@ class TaskManager:
             guess = max(guess * 0.5, record.progress)
         return min(0.99, guess)
 
+    async def cancel(self, task_id: str, note: str) -> TaskRecord:
+        """Stop tracking a running task for good: it becomes "cancelled", with ``note`` as its error.
+
+        RunAPI has no cancel, so upstream the task may still finish (and be billed); here its poll loop
+        ends without another look (a create not confirmed yet is not sent again), and whatever RunAPI
+        reports later is ignored: the state is final, in the store too. Raises :class:`UnknownTaskError`
+        (another owner's task included) and :class:`TaskEndedError` for a task that has ended.
+        """
+        tracked = await self._lookup(task_id)
+        if tracked.record.terminal:
+            raise TaskEndedError(tracked.task_id, tracked.record.status)
+        await self._update(tracked, status="cancelled", error=note, completed_at=time.time())
+        tracked.wake.set()  # the poll loop's sleep ends now, and the loop with it
+        return tracked.record.model_copy(deep=True)
+
     def stats(self, task_id: str) -> dict[str, Any]:
         tracked = self._tracked.get(task_id)
         if tracked is None:
             return {}
         return {"polls": tracked.poll.polls, "upstream_requests": tracked.upstream_requests}
+
+    # -- completion callbacks (webhooks) ------------------------------------------------
+    async def callback(self, task_id: str, token: str) -> bool:
+        """RunAPI called back about the server's task ``task_id`` with ``token``: True when it is the task's.
+
+        Then the task's poll loop reads the status at once (the callback's body is never trusted: the
+        status read and the downloads decide), at most once per ``callback_min_gap_s`` however many
+        callbacks come; a task already finished is acknowledged and nothing is done. False, with nothing
+        changed or sent, for an unknown task, one created without a callback, or a wrong token: one answer
+        for all three, so task ids cannot be probed. Not owner-checked: RunAPI is no user; the token is
+        the credential.
+        """
+        if not (isinstance(task_id, str) and isinstance(token, str)) or not (0 < len(token) <= 256):
+            return False
+        if not 0 < len(task_id) <= 256:
+            return False
+        tracked = self._tracked.get(task_id)  # by the server's id only: that is what the callback URL names
+        record = tracked.record if tracked is not None else await self.store.get(task_id)
+        if record is None or record.task_id != task_id or record.callback_token is None:
+            return False  # (the store finds a task by RunAPI's id too: the URL names the server's)
+        if not hmac.compare_digest(record.callback_token.encode(), token.encode("utf-8", "replace")):
+            return False
+        if record.terminal:
+            return True  # found done already (a poll, an earlier callback): RunAPI may stop calling
+        if tracked is None or (not tracked.polling and record.status != "submitting"):
+            # A loop that gave up (or never started) runs again; but not beside a submit() still sending
+            # the create (its loop starts when that returns, and sees the wake then).
+            tracked = self._track(record)
+        now = time.monotonic()
+        tracked.poll.called_back = tracked.poll.called_back or now
+        if now - tracked.last_wake >= self.policy.callback_min_gap_s:
+            tracked.last_wake = now
+            tracked.wake.set()
+            log.info("task %s: RunAPI called back; reading its status", task_id)
+        return True
+
+    def _new_callback_token(self, prepared: PreparedRequest) -> str | None:
+        """A fresh secret for a new task's callback URL, when webhooks are on and the model takes one.
+
+        A callback_url the caller set is theirs and is kept: that task is polled as usual instead."""
+        if self._callback_base is None or "callback_url" not in prepared.model.fields:
+            return None
+        if "callback_url" in prepared.body:
+            return None
+        return secrets.token_urlsafe(32)
+
+    def _create_body(self, record: TaskRecord) -> dict[str, Any]:
+        """The create's body: the request, plus the callback URL of a task that has a token.
+
+        Built from the record each time, so a create re-sent after a lost answer is the same body (same
+        key, same body: RunAPI returns the task it made). The URL stays out of ``record.request``, which
+        is written to the library's sidecar files: the token is kept in the store only."""
+        if record.callback_token is None or self._callback_base is None:
+            return record.request
+        url = f"{self._callback_base}/{quote(record.task_id, safe='')}?token={record.callback_token}"
+        return {**record.request, "callback_url": url}
+
+    def _next_look(self, tracked: _Tracked, retry_after: float | None) -> float:
+        """Seconds until the next status read: the fallback pace for a task this server will be called
+        back about (read afresh: a restart without webhooks polls a task created with them as usual)."""
+        tracked.poll.callback = tracked.record.callback_token is not None and self._callback_base is not None
+        return self.schedule.next_delay(tracked.poll, time.monotonic(), retry_after)
+
+    async def _nap(self, tracked: _Tracked, seconds: float) -> bool:
+        """Sleep ``seconds``, less if a completion callback wakes the task; True when one did."""
+        with anyio.move_on_after(seconds):
+            await tracked.wake.wait()
+        if not tracked.wake.is_set():
+            return False
+        tracked.wake = anyio.Event()
+        return True
 
     # -- internals: bookkeeping ----------------------------------------------------------
     async def _lookup(self, task_id: str) -> _Tracked:
@@ -364,6 +484,11 @@ class TaskManager:
 
     async def _update(self, tracked: _Tracked, **changes: Any) -> None:
         changes = {k: v for k, v in changes.items() if v is not None or k == "error"}
+        if tracked.record.status == "cancelled":
+            # Final: a create answer, poll or download still in flight when the task was cancelled
+            # must not bring it back to life or replace the note saying why it stopped.
+            for key in ("status", "error", "completed_at"):
+                changes.pop(key, None)
         tracked.record = tracked.record.updated(**changes)
         tracked.poll.progress = tracked.record.progress
         await self.store.save(tracked.record)
@@ -388,9 +513,13 @@ class TaskManager:
         delay = self.policy.fine_interval_s * 4
         while tracked.record.status == "submitting":
             # Right after a try that went unanswered, wait before the next; a resumed task goes at once.
-            await anyio.sleep(max(0.0, tracked.create_sent + delay - time.monotonic()))
+            woken = await self._nap(tracked, max(0.0, tracked.create_sent + delay - time.monotonic()))
+            if tracked.record.terminal:  # cancelled meanwhile: a create RunAPI never confirmed is not re-sent
+                return False
             try:
                 if await self._create(tracked):
+                    if woken:  # RunAPI said it ended: read its status now rather than at the fallback pace
+                        tracked.wake.set()
                     return True
             except RunAPIError as exc:
                 await self._update(tracked, status="failed", error=str(exc))
@@ -405,7 +534,9 @@ class TaskManager:
         if tracked.record.status == "submitting" and not await self._submit_until_accepted(tracked):
             return
         while not tracked.record.terminal:
-            await anyio.sleep(self.schedule.next_delay(tracked.poll, time.monotonic(), retry_after))
+            await self._nap(tracked, self._next_look(tracked, retry_after))
+            if tracked.record.terminal:  # cancelled meanwhile: no further look
+                return
             retry_after = None
             if time.monotonic() - tracked.loop_started > policy.give_up_s:
                 await self._update(
@@ -444,6 +575,8 @@ class TaskManager:
 
     async def _apply(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
+        if record.status == "cancelled":
+            return  # an answer that was in flight when the task was cancelled: nothing is downloaded
         if info.status == "completed":
             if record.status != "completed":
                 await self._complete(tracked, info)
@@ -570,3 +703,15 @@ def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:
             + "; the RunAPI URLs are kept: call get_task again to retry"
         )
     return "; ".join(parts) or None
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(wait, event)

@@ -1,0 +1,255 @@
+"""One Starlette app for a shared deployment: streamable HTTP at ``/mcp``, legacy SSE at ``/sse``.
+
+Both transports drive the same MCP server, and so the same task manager and store: the manager runs
+once per process (``runapi_mcp.app.open_app``), never in a per-connection lifespan (the SDK enters the
+server lifespan once per SSE connection). Around them:
+
+- ``/health``: no auth, nothing private (status and version).
+- ``/files/{image_id}``: a library image full size, behind the same auth, the caller's own images only.
+  Inline previews stay small (one SSE event over 1 MiB breaks the Python client); this is where the
+  full picture is fetched over HTTP.
+- ``/callbacks/runapi/{task_id}``: RunAPI's completion webhook (when ``RUNAPI_MCP_PUBLIC_URL`` is set);
+  not bearer-authenticated (RunAPI does not carry our token), but each task has its own secret.
+- ``/.well-known/oauth-protected-resource/mcp``: with JWT auth, so clients discover the issuer.
+
+Every request passes one Host/Origin check (DNS-rebinding protection) before anything else, and every
+authenticated request carries its owner in the ASGI scope, where the MCP layer reads it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from pydantic import AnyHttpUrl
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from runapi_mcp import __version__
+from runapi_mcp.app import App
+from runapi_mcp.http.auth import owner_of
+from runapi_mcp.server.owners import FILES_URL_SCOPE_KEY, OWNER_SCOPE_KEY
+from runapi_mcp.tasks import current_owner
+
+log = logging.getLogger("runapi_mcp.http")
+
+Transport = Literal["streamable-http", "sse"]
+MCP_PATH = "/mcp"
+SSE_PATH = "/sse"
+MESSAGES_PATH = "/messages/"
+FILES_PATH = "/files"
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """How the HTTP app is served."""
+
+    transports: frozenset[Transport] = frozenset({"streamable-http", "sse"})
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None  # as clients (and RunAPI) reach this server
+    jwt_issuer: str | None = None  # advertised in the protected-resource metadata
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "::1") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(options: HttpOptions) -> TransportSecuritySettings:
+    """Host and Origin allow-lists: this machine's names, plus the public URL's host when set.
+
+    Bound to loopback with no public URL, only loopback names pass (a page on another site that
+    rebinds its DNS name to 127.0.0.1 sends its own name as Host). Bound elsewhere with no public URL,
+    the host names clients use are not known here: auth (required off loopback) is the protection.
+    """
+    hosts = [f"{h}:*" for h in _LOOPBACK_HOSTS]
+    origins = [f"http://{h}:*" for h in _LOOPBACK_HOSTS] + [f"https://{h}:*" for h in _LOOPBACK_HOSTS]
+    if options.public_url:
+        parts = urlsplit(options.public_url)
+        netloc = parts.netloc.lower()
+        hosts += [netloc, f"{parts.hostname}:*"]
+        origins += [f"{parts.scheme}://{netloc}", f"{parts.scheme}://{parts.hostname}:*"]
+    elif not is_loopback_host(options.host):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class _HostCheck:
+    """DNS-rebinding protection for every route (the SDK's transports check only their own)."""
+
+    def __init__(self, app: ASGIApp, settings: TransportSecuritySettings) -> None:
+        self.app = app
+        self.security = TransportSecurityMiddleware(settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            # Content-Type is the transports' business (they check it for their own POSTs).
+            refused = await self.security.validate_request(Request(scope, receive), is_post=False)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _FilesURL:
+    """Tells the MCP layer where this request's client fetches full images: the public URL when set,
+    else the address the client used (already through the Host check)."""
+
+    def __init__(self, app: ASGIApp, public_url: str | None) -> None:
+        self.app = app
+        self.public_url = public_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            base = self.public_url or str(Request(scope).base_url).rstrip("/")
+            scope[FILES_URL_SCOPE_KEY] = base + FILES_PATH
+        await self.app(scope, receive, send)
+
+
+class _OwnerScope:
+    """Puts the authenticated caller's owner id in the scope (where the MCP layer reads it) and in
+    ``current_owner`` for this server's own routes."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        user = scope.get("user")
+        if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
+            await self.app(scope, receive, send)
+            return
+        owner = owner_of(user.access_token)
+        scope[OWNER_SCOPE_KEY] = owner
+        token = current_owner.set(owner)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_owner.reset(token)
+
+
+def build_http_app(
+    app: App,
+    options: HttpOptions,
+    *,
+    verifier: TokenVerifier | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The Starlette app serving ``app``'s MCP server over the chosen transports."""
+    lowlevel = app.server._lowlevel_server
+    security = transport_security(options)
+    metadata_url: AnyHttpUrl | None = None
+    routes: list[BaseRoute] = [Route("/health", _health, methods=["GET"])]
+    if verifier is not None and options.jwt_issuer and options.public_url:
+        resource = AnyHttpUrl(f"{options.public_url}{MCP_PATH}")
+        metadata_url = build_resource_metadata_url(resource)
+        routes += create_protected_resource_routes(
+            resource_url=resource, authorization_servers=[AnyHttpUrl(options.jwt_issuer)], resource_name="runapi-mcp"
+        )
+
+    def guarded(endpoint: ASGIApp) -> ASGIApp:
+        return RequireAuthMiddleware(endpoint, [], metadata_url) if verifier is not None else endpoint
+
+    sessions: StreamableHTTPSessionManager | None = None
+    if "streamable-http" in options.transports:
+        sessions = StreamableHTTPSessionManager(app=lowlevel, security_settings=security)
+        routes.append(Route(MCP_PATH, guarded(StreamableHTTPASGIApp(sessions))))
+    if "sse" in options.transports:
+        sse = SseServerTransport(MESSAGES_PATH, security_settings=security)
+
+        async def handle_sse(scope: Scope, receive: Receive, send: Send) -> None:
+            async with sse.connect_sse(scope, receive, send) as (read, write):
+                await lowlevel.run(read, write, lowlevel.create_initialization_options())
+
+        routes.append(Route(SSE_PATH, guarded(handle_sse), methods=["GET"]))
+        routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
+    files = _Files(app)
+    routes.append(Route(FILES_PATH + "/{image_id}", guarded(files), methods=["GET", "HEAD"]))
+    routes += list(extra_routes)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if sessions is None:
+            yield
+            return
+        async with sessions.run():
+            yield
+
+    middleware = [Middleware(_HostCheck, settings=security), Middleware(_FilesURL, public_url=options.public_url)]
+    if verifier is not None:
+        middleware += [
+            Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
+            Middleware(AuthContextMiddleware),
+            Middleware(_OwnerScope),
+        ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+async def _health(_: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__}, headers={"Cache-Control": "no-store"})
+
+
+class _Files:
+    """``GET /files/{image_id}``: a library image, full size, to its owner only."""
+
+    def __init__(self, app: App) -> None:
+        self.manager = app.manager
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        image_id = str(request.path_params.get("image_id", ""))
+        image = await self.manager.find_image(image_id) if len(image_id) <= 200 else None
+        data = await self.manager.images.read(image.id) if image is not None else None
+        if image is None or data is None:
+            response: Response = JSONResponse({"error": "no such image"}, status_code=404)
+        else:
+            response = Response(
+                data if request.method == "GET" else b"",
+                media_type=image.mime_type or "application/octet-stream",
+                headers={
+                    "Content-Length": str(len(data)),
+                    "Cache-Control": "private, max-age=86400, immutable",  # an id names one picture forever
+                    "X-Content-Type-Options": "nosniff",
+                    "Content-Disposition": f'inline; filename="{image.id}{_extension(image.mime_type)}"',
+                },
+            )
+        await response(scope, receive, send)
+
+
+def _extension(mime: str | None) -> str:
+    return {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}.get(mime or "", "")
+
+
+def describe(options: HttpOptions, bound_port: int) -> list[str]:
+    """The endpoints to tell the operator about, with the port actually bound."""
+    host = options.host if ":" not in options.host else f"[{options.host}]"
+    base = f"http://{host}:{bound_port}"
+    lines = []
+    if "streamable-http" in options.transports:
+        lines.append(f"streamable HTTP: {base}{MCP_PATH}")
+    if "sse" in options.transports:
+        lines.append(f"SSE: {base}{SSE_PATH}")
+    lines.append(f"health: {base}/health")
+    return lines
