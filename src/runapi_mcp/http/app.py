@@ -30,6 +30,7 @@ from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
@@ -163,10 +164,18 @@ def build_http_app(
     metadata_url: AnyHttpUrl | None = None
     routes: list[BaseRoute] = [Route("/health", _health, methods=["GET"])]
     if verifier is not None and options.jwt_issuer and options.public_url:
-        resource = AnyHttpUrl(f"{options.public_url}{MCP_PATH}")
-        metadata_url = build_resource_metadata_url(resource)
+        # AuthSettings keeps a path-less issuer as given: RFC 8414 compares issuers as exact strings.
+        urls = AuthSettings.model_validate(
+            {
+                "issuer_url": options.jwt_issuer,
+                "resource_server_url": f"{options.public_url}{MCP_PATH}",
+                "validate_token_resource": False,  # the verifier checks the audience itself
+            }
+        )
+        assert urls.resource_server_url is not None
+        metadata_url = build_resource_metadata_url(urls.resource_server_url)
         routes += create_protected_resource_routes(
-            resource_url=resource, authorization_servers=[AnyHttpUrl(options.jwt_issuer)], resource_name="runapi-mcp"
+            resource_url=urls.resource_server_url, authorization_servers=[urls.issuer_url], resource_name="runapi-mcp"
         )
 
     def guarded(endpoint: ASGIApp) -> ASGIApp:
