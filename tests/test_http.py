@@ -169,9 +169,10 @@ async def test_a_bad_host_or_origin_is_refused(served: tuple[App, RunningServer,
 
 
 async def test_the_full_image_is_served_to_its_owner_behind_auth(served: tuple[App, RunningServer, str]) -> None:
+    # A 4K picture: the inline preview stays under the 1 MiB SSE event the Python client accepts.
     _, _, base = served
     async with connect(base, "streamable-http") as client:
-        result = await client.call_tool("generate_image", {"prompt": "a blue boat", "output_resolution": "2k"})
+        result = await client.call_tool("generate_image", {"prompt": "a blue boat", "output_resolution": "4k"})
     image = (result.structured_content or {})["images"][0]
     image_id = image["uri"].removeprefix("runapi://images/")
     assert image["download_url"] == f"{base}/files/{image_id}"
