@@ -101,7 +101,7 @@ async def test_another_users_tasks_and_images_are_not_found(
             listed = await bob.call_tool("list_tasks", {})
             assert task_id not in text_of(listed) and not (listed.structured_content or {})["tasks"]
             for uri in (f"runapi://tasks/{task_id}", image_uri):
-                with pytest.raises(Exception, match="not a task|no image"):  # not found, as if never made
+                with pytest.raises(Exception, match=r"not a task|no image"):  # not found, as if never made
                     await bob.read_resource(uri)
             resources = await bob.list_resources()
             assert not any(task_id in str(r.uri) or image_id in str(r.uri) for r in resources.resources)
@@ -131,10 +131,12 @@ async def test_a_spending_cap_per_user(sim: Simulator, home: Path, inputs: Path,
 
 async def test_clients_discover_the_issuer(sim: Simulator, home: Path, inputs: Path, issuer: Issuer) -> None:
     public = "http://127.0.0.1:9"  # as clients would reach it; only the metadata is read here
-    async with serving(sim, home, inputs, issuer, public_url=public) as (_, base):
-        async with httpx.AsyncClient(base_url=base) as http:
-            refused = await http.post("/mcp", json={})
-            metadata = await http.get("/.well-known/oauth-protected-resource/mcp")
+    async with (
+        serving(sim, home, inputs, issuer, public_url=public) as (_, base),
+        httpx.AsyncClient(base_url=base) as http,
+    ):
+        refused = await http.post("/mcp", json={})
+        metadata = await http.get("/.well-known/oauth-protected-resource/mcp")
     assert refused.status_code == 401
     assert "resource_metadata=" in refused.headers["www-authenticate"]
     assert metadata.status_code == 200

@@ -130,7 +130,8 @@ class Settings(BaseModel):
     def _check_http_url(cls, value: str | None, info: Any) -> str | None:
         if value is None or not value.strip():
             return None
-        value = value.strip().rstrip("/")
+        # An issuer is compared as an exact string (RFC 8414): "https://tenant.auth0.com/" keeps its slash.
+        value = value.strip() if info.field_name == "jwt_issuer" else value.strip().rstrip("/")
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query:
             raise ValueError(f"must be an http(s) URL with a host and no query, got {value[:200]!r}")

@@ -103,9 +103,7 @@ class _Key:
 
     def fits(self, alg: str) -> bool:
         kty, curves = _KEY_FOR_ALG[alg]
-        return (
-            True and (curves is None or self.crv in curves) and (self.alg is None or self.alg == alg)
-        )
+        return self.kty == kty and (curves is None or self.crv in curves) and (self.alg is None or self.alg == alg)
 
 
 @dataclass(frozen=True)
