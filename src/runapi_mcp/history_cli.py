@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the CLI imports this module for every command: keep it ligh
     from runapi_mcp.config import Settings
     from runapi_mcp.tasks import TaskRecord, TaskState
 
-STATES: tuple[str, ...] = ("submitting", "pending", "processing", "completed", "failed")
+STATES: tuple[str, ...] = ("submitting", "pending", "processing", "completed", "failed", "cancelled")
 HEADER = ("TASK", "STATUS", "MODEL", "CREATED", "PRICE", "IMAGES")
 
 

@@ -91,10 +91,10 @@ ActionFilterArg = Annotated[
 # list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
 MAX_PAGE = 100
 # One flat Literal (TaskState is a union of two): pydantic then names the argument alone in its error.
-TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed"]
+TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed", "cancelled"]
 TaskStatusArg = Annotated[
     TaskStateName | None,
-    Field(description="Only tasks in this state: submitting, pending, processing, completed or failed"),
+    Field(description="Only tasks in this state: submitting, pending, processing, completed, failed or cancelled"),
 ]
 ModelFilterArg = Annotated[
     Annotated[str, Field(max_length=200), _PLAIN] | None,

@@ -33,6 +33,7 @@ from runapi_mcp.server.arguments import describe_argument_names, describe_invali
 from runapi_mcp.server.compat import ProtocolCompat
 from runapi_mcp.server.cost import SpendLimitError
 from runapi_mcp.server.history import TaskHistory
+from runapi_mcp.server.mcp_tasks import McpTasks
 from runapi_mcp.server.owners import owner_scope
 from runapi_mcp.server.resources import LibraryResources
 from runapi_mcp.server.subscriptions import LiveUpdates
@@ -78,6 +79,13 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.history = TaskHistory(deps.manager)
         self.bus = InMemorySubscriptionBus()
         self.live = LiveUpdates(self.bus, self.history.resource_exists)
+        # MCP Tasks (2025-11-25 clients only): task-augmented image tool calls, tasks/*, status notifications.
+        self.tasks = McpTasks(
+            deps.manager,
+            self.image_tools,
+            finish=self._redacted,
+            has_tool=lambda name: self._tool_manager.get_tool(name) is not None,
+        )
         super().__init__(
             "runapi-mcp",
             title="RunAPI images",
@@ -85,11 +93,12 @@ class RunAPIMCPServer(MCPServer[Any]):
             version=__version__,
             subscriptions=self.bus,
             tools=self.image_tools.tools() + self.history.tools(),
-            middleware=[owner_scope, ProtocolCompat(), self.live.track],
+            middleware=[owner_scope, ProtocolCompat(), self.live.track, self.tasks.middleware],
         )
         LibraryResources(deps.manager, deps.catalog).register(self)
         self.history.register(self)
         self.live.install(self._lowlevel_server)
+        self.tasks.install(self._lowlevel_server)
         # Every change of a task reaches listen streams (2026 era) and resources/subscribe clients (2025 era).
         deps.manager.add_listener(self.live.task_changed)
 

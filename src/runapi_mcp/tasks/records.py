@@ -11,16 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from runapi_mcp.client import TaskStatus
 
-# A task's state here: RunAPI's four, and "submitting" before RunAPI has confirmed the create (the
-# task is recorded first, so a create whose answer was lost is still known, and re-sent with its key).
-TaskState = Literal["submitting"] | TaskStatus
+# A task's state here: RunAPI's four, "submitting" before RunAPI has confirmed the create (the task is
+# recorded first, so a create whose answer was lost is still known, and re-sent with its key), and
+# "cancelled" once a client cancelled it (MCP tasks/cancel): RunAPI has no cancel, so this server only
+# stops tracking it; the state is final, whatever RunAPI does with the task afterwards.
+TaskState = Literal["submitting", "cancelled"] | TaskStatus
 LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one shared token)
 # Whose request is being served. The MCP layer sets it for each request from the caller's token; the
 # manager stamps it on the tasks it creates and answers "not found" for another owner's task. Set
 # per request (not passed down every call) so that every path to a task, including image references
 # resolved deep in the resolver, sees the same caller.
 current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
-TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed"})
+TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed", "cancelled"})
 UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
 
 
