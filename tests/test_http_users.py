@@ -11,12 +11,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import httpx2
 import pytest
 from mcp.client import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import ResourcesListChanged, ResourceUpdated
+from mcp.types import ResourceListChangedNotification, ResourceUpdatedNotification
 
 from runapi_mcp.app import App, open_app
 from runapi_mcp.http.app import HttpOptions
@@ -47,14 +51,14 @@ def token_for(keys: Keys, issuer: Issuer, subject: str, **overrides: Any) -> str
     return mint(keys.rsa, claims(issuer.url, sub=subject, **overrides))
 
 
-def connect(base: str, token: str, transport: str = "streamable-http") -> Client:
+def connect(base: str, token: str, transport: str = "streamable-http", mode: str = "legacy") -> Client:
     headers = {"Authorization": f"Bearer {token}"}
     stream: AbstractAsyncContextManager[Any]
     if transport == "sse":
         stream = sse_client(f"{base}/sse", headers=headers)
     else:
         stream = streamable_http_client(f"{base}/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30))
-    return Client(stream, mode="legacy")
+    return Client(stream, mode=mode)
 
 
 async def test_jwt_checks_at_the_door(
@@ -143,3 +147,61 @@ async def test_clients_discover_the_issuer(sim: Simulator, home: Path, inputs: P
     document = metadata.json()
     assert document["resource"] == f"{public}/mcp"
     assert document["authorization_servers"] == [issuer.url]
+
+
+async def test_live_updates_reach_only_the_owner_in_both_eras(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer, keys: Keys
+) -> None:
+    alice_token, bob_token = token_for(keys, issuer, "alice"), token_for(keys, issuer, "bob")
+    bob_heard: list[object] = []
+    alice_heard: list[object] = []
+
+    async def bob_messages(message: object) -> None:
+        bob_heard.append(message)
+
+    async with serving(sim, home, inputs, issuer) as (_, base):
+        headers = {"Authorization": f"Bearer {bob_token}"}
+        modern_stream = streamable_http_client(
+            f"{base}/mcp", http_client=httpx2.AsyncClient(headers=headers, timeout=30)
+        )
+        async with (
+            Client(modern_stream, mode="2026-07-28") as bob_modern,
+            Client(sse_client(f"{base}/sse", headers=headers), mode="legacy", message_handler=bob_messages),
+            connect(base, alice_token) as alice,
+        ):
+            sim.set_task_outcome(None, "running")
+            made = await alice.call_tool("generate_image", {"prompt": "alice's", "wait": False})
+            data = made.structured_content or {}
+            uri = f"runapi://tasks/{data['task_id']}"
+            assert "not a resource" in await bob_legacy_subscribe(base, bob_token, uri)
+            async with (
+                bob_modern.listen(resource_subscriptions=[uri], resources_list_changed=True) as bob_listen,
+                connect(base, alice_token, mode="2026-07-28") as alice_modern,
+                alice_modern.listen(resource_subscriptions=[uri], resources_list_changed=True) as alice_listen,
+            ):
+                sim.set_task_outcome(data["runapi_task_id"], "completed")
+                with anyio.fail_after(10):
+                    async for event in alice_listen:
+                        alice_heard.append(event)
+                        if isinstance(event, ResourceUpdated):
+                            break
+                done = await alice.call_tool("get_task", {"task_id": data["task_id"], "wait": True})
+                assert (done.structured_content or {})["status"] == "completed"
+                with anyio.move_on_after(1.0):
+                    async for event in bob_listen:
+                        bob_heard.append(event)
+    assert alice_heard
+    assert not [m for m in bob_heard if isinstance(m, ResourceUpdated | ResourcesListChanged)]
+    assert not [
+        m for m in bob_heard if isinstance(m, ResourceUpdatedNotification | ResourceListChangedNotification)
+    ]
+
+
+async def bob_legacy_subscribe(base: str, token: str, uri: str) -> str:
+    """The error a 2025-era subscribe to ``uri`` gets ("" if it is accepted)."""
+    async with connect(base, token) as bob:
+        try:
+            await bob.subscribe_resource(uri)
+        except MCPError as exc:
+            return str(exc)
+    return ""

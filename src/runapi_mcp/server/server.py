@@ -13,7 +13,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
@@ -36,7 +35,7 @@ from runapi_mcp.server.history import TaskHistory
 from runapi_mcp.server.mcp_tasks import McpTasks
 from runapi_mcp.server.owners import owner_scope
 from runapi_mcp.server.resources import LibraryResources
-from runapi_mcp.server.subscriptions import LiveUpdates
+from runapi_mcp.server.subscriptions import LiveUpdates, OwnerScopedBus
 from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
 from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageReferenceError, InvalidCursorError, UnknownTaskError
 
@@ -77,7 +76,7 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.redactor = redactor
         self.image_tools = ImageTools(deps)
         self.history = TaskHistory(deps.manager)
-        self.bus = InMemorySubscriptionBus()
+        self.bus = OwnerScopedBus()
         self.live = LiveUpdates(self.bus, self.history.resource_exists)
         # MCP Tasks (2025-11-25 clients only): task-augmented image tool calls, tasks/*, status notifications.
         self.tasks = McpTasks(

@@ -25,7 +25,13 @@ from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent, SubscriptionBus
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ServerEvent,
+    SubscriptionBus,
+)
 from mcp.shared.exceptions import MCPError
 from mcp.types import (
     INVALID_PARAMS,
@@ -67,6 +73,24 @@ def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
     # client and has the exit stack that runs when it closes.
     connection = getattr(ctx.session, "_connection", None)
     return connection if isinstance(connection, Connection) else None
+
+
+class OwnerScopedBus(InMemorySubscriptionBus):
+    """The SDK's in-process bus, with each 2026-era listen stream hearing only its own user's tasks.
+
+    A stream is subscribed while its request runs as its owner; an event is published as the owner of
+    the task it is about (``LiveUpdates`` sets it). Per-user tokens over HTTP must not let one user
+    learn even that another's task changed.
+    """
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        owner = current_owner.get()
+
+        def scoped(event: ServerEvent) -> None:
+            if current_owner.get() == owner:
+                listener(event)
+
+        return super().subscribe(scoped)
 
 
 class LiveUpdates:
@@ -163,11 +187,15 @@ class LiveUpdates:
         events: list[ServerEvent] = [ResourceUpdated(uri=uri) for uri in uris]
         if added:
             events.append(ResourcesListChanged())
-        for event in events:
-            try:
-                await self.bus.publish(event)
-            except Exception:  # a custom (networked) bus may fail; the 2025-era clients still hear of it
-                log.exception("publishing %s on the subscription bus failed", event)
+        publishing_as = current_owner.set(record.owner)  # whose listeners hear it (OwnerScopedBus)
+        try:
+            for event in events:
+                try:
+                    await self.bus.publish(event)
+                except Exception:  # a custom (networked) bus may fail; the 2025-era clients still hear of it
+                    log.exception("publishing %s on the subscription bus failed", event)
+        finally:
+            current_owner.reset(publishing_as)
         await self._notify_clients(uris, added, record.owner)
 
     def _added(self, record: TaskRecord) -> bool:
