@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/latency.py [--scale 1] [--tasks 96] [--concurrency 16] [--seed 0]
     .venv/bin/python bench/latency.py --cold [--sessions 5] [--per-res 4] [--concurrency 4] [--scale 1]
+    .venv/bin/python bench/latency.py --webhook [--tasks 96] [--concurrency 16] [--scale 1]
 
 The default run is real time (about seven minutes): the targets are about real time, and the download and
 preview of a 4K picture do not shrink with a scaled clock. ``--scale 0.2`` runs in about 130 s and reports a
@@ -27,6 +28,13 @@ gpt-image-2 tasks at 1k/2k/4k take 12/19/27 s +-10 % (uniform), with every durat
   of 12 tasks is a noisy measure of requests per task: its 4k tasks alone swing it by +-0.1x) and given
   per session. Targets: p50 <= 0.5 s, p95 <= 1.0 s (the real-time equivalent when scaled) and at most
   1.3x the 5-s loop's requests per task. About 12 minutes at ``--scale 1``, 3 at ``--scale 0.25``.
+* ``--webhook``: completion webhooks, as a shared deployment RunAPI can reach runs them. The server is
+  started with ``public_url`` pointing at a callback server in this process (``http.webhook``'s routes on
+  uvicorn, loopback), the simulator calls each task's ``callback_url`` when it ends, and polling runs at
+  the fallback pace only. A fresh install, no warm-up: the callback path needs nothing learned. Targets:
+  p50 <= 0.1 s (not scaled: a callback arrives when the task ends, whatever the clock) and at most 2
+  upstream API requests per task (the create and one status read; downloads and the price quote are
+  shown apart). About 1/3 of the default run's time.
 
 Latency = the moment the client has the finished result - the moment the simulator's task completed
 (``Simulator.completed_at``). Requests per task are read from the simulator's request log: the create,
@@ -53,25 +61,30 @@ import multiprocessing
 import os
 import platform
 import random
+import socket
 import sys
 import tempfile
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import uvicorn
 from mcp.client import Client
+from starlette.applications import Starlette
 
-from runapi_mcp.app import open_app
+from runapi_mcp.app import App, open_app
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import load_settings
+from runapi_mcp.http.webhook import callback_routes
 from runapi_mcp.simulator import Simulator, SimulatorConfig
 from runapi_mcp.tasks import PollPolicy, TaskRecord
 
@@ -85,6 +98,8 @@ BASELINE_INTERVAL_S = 5.0
 TARGET_P50_S = 0.5
 TARGET_P95_S = 1.0
 COLD_REQUESTS_RATIO = 1.3  # a first session may cost this much more than the 5-s loop
+WEBHOOK_P50_S = 0.1  # completion to client with callbacks (no polling lag: not scaled)
+WEBHOOK_API_REQUESTS = 2.0  # per task with callbacks: the create and one status read
 
 
 @dataclass
@@ -186,6 +201,8 @@ def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
             command, arg = conn.recv()
             if command == "completed_at":
                 conn.send({task_id: sim.completed_at(task_id) for task_id in arg})
+            elif command == "callbacks":
+                conn.send([(c.status, c.error) for c in sim.callbacks])
             elif command == "take_log":
                 log = [(r.method, r.path, r.time) for r in sim.requests]
                 sim.clear_log()
@@ -217,6 +234,10 @@ class RemoteSimulator:
     def completed_at(self, task_ids: Iterable[str]) -> dict[str, float | None]:
         return cast(dict[str, float | None], self._ask("completed_at", list(task_ids)))
 
+    def callbacks(self) -> list[tuple[int | None, str | None]]:
+        """(HTTP status, error) of each completion callback made since the last ``take_log``."""
+        return cast(list[tuple[int | None, str | None]], self._ask("callbacks"))
+
     def take_log(self) -> list[tuple[str, str, float]]:
         """The requests answered since the last call (method, path, arrival time)."""
         return cast(list[tuple[str, str, float]], self._ask("take_log"))
@@ -246,24 +267,51 @@ _PROMPTS = itertools.count()  # every prompt different, across servers and sessi
 
 
 @asynccontextmanager
-async def ours(sim: RemoteSimulator, home: Path, scale: float) -> AsyncIterator[JobFactory]:
-    """A server on a home of its own (nothing learned, unless it learns it here) and an MCP client to it;
-    yields ``job(resolution)``: one ``generate_image(wait=true)`` call, timed."""
-    settings = load_settings(
-        {"api_key": KEY, "base_url": sim.base_url, "home": str(home), "allowed_dirs": str(home), "wait_s": 60},
-        environ={},
-        config_file=home / "no-config.json",
+async def callback_server(app: App, sock: socket.socket) -> AsyncIterator[None]:
+    """The server's completion-callback routes on uvicorn, on ``sock`` (this process, loopback)."""
+    config = uvicorn.Config(
+        Starlette(routes=callback_routes(app.manager)), log_config=None, access_log=False, lifespan="off",
+        log_level="warning",
     )
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(server.serve, sockets=[sock]))
+        for _ in range(2000):  # up to 10 s (uvicorn has no event to wait on)
+            if server.started:
+                break
+            await anyio.sleep(0.005)
+        else:
+            raise RuntimeError("the callback server did not start")
+        try:
+            yield
+        finally:
+            server.should_exit = True
+
+
+@asynccontextmanager
+async def ours(
+    sim: RemoteSimulator, home: Path, scale: float, callbacks: socket.socket | None = None
+) -> AsyncIterator[JobFactory]:
+    """A server on a home of its own (nothing learned, unless it learns it here) and an MCP client to it;
+    yields ``job(resolution)``: one ``generate_image(wait=true)`` call, timed. With ``callbacks`` (a bound
+    loopback socket) webhooks are on: ``public_url`` is that socket's address, served by ``callback_server``."""
+    values: dict[str, Any] = {
+        "api_key": KEY, "base_url": sim.base_url, "home": str(home), "allowed_dirs": str(home), "wait_s": 60,
+    }
+    if callbacks is not None:
+        values["public_url"] = f"http://127.0.0.1:{callbacks.getsockname()[1]}"
+    settings = load_settings(values, environ={}, config_file=home / "no-config.json")
     in_library: dict[str, float] = {}
 
     async def note(record: TaskRecord) -> None:
         if record.status == "completed":
             in_library.setdefault(record.task_id, time.monotonic())
 
-    async with (
-        open_app(settings, policy=PollPolicy().scaled(scale)) as app,
-        Client(app.server, mode="legacy") as client,
-    ):
+    async with AsyncExitStack() as stack:
+        app = await stack.enter_async_context(open_app(settings, policy=PollPolicy().scaled(scale)))
+        client = await stack.enter_async_context(Client(app.server, mode="legacy"))
+        if callbacks is not None:
+            await stack.enter_async_context(callback_server(app, callbacks))
         app.manager.add_listener(note)
 
         def job(resolution: str) -> Callable[[], Awaitable[Sample]]:
@@ -319,6 +367,23 @@ async def run_cold(
         dest.mkdir()
         loops.append(await run_baseline(sim, dest, scale, plan, concurrency, f"5-s loop, session {n}"))
     return first, loops
+
+
+async def run_webhook(
+    sim: RemoteSimulator, home: Path, scale: float, plan: list[str], concurrency: int
+) -> tuple[Phase, list[tuple[int | None, str | None]]]:
+    """The plan through a fresh server with completion webhooks on: (the phase, the callbacks made)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))  # bound first: the server's public_url names its port
+        async with ours(sim, home, scale, callbacks=sock) as job:
+            started = time.monotonic()
+            samples = await bounded([job(res) for res in plan], concurrency)
+            sent = sim.callbacks()  # before take_phase: taking the log clears them
+            return take_phase(sim, "ours, webhooks", samples, started), sent
+    finally:
+        sock.close()
 
 
 # -- the baseline: a fixed 5-s poll loop -------------------------------------------------------------------
@@ -532,6 +597,51 @@ def report_cold(args: argparse.Namespace, first: list[Phase], loops: list[Phase]
     return all(ok for text, ok in checks if scale == 1 or not text.startswith("[as run"))
 
 
+def report_webhook(
+    args: argparse.Namespace, phase: Phase, sent: list[tuple[int | None, str | None]], wall_s: float
+) -> bool:
+    scale = args.scale
+    polls = sum(len(v) for v in phase.polls.values())
+    api = (phase.creates + polls) / max(1, phase.n)
+    o50, o95 = pct(lat(phase), 50), pct(lat(phase), 95)
+    print()
+    print(f"Completion webhooks: {phase.n} tasks, {args.concurrency} at a time, a fresh install (nothing learned);")
+    print("completion-to-client latency (not scaled: a callback comes when the task ends) and upstream requests")
+    print(f"{'strategy':<27} {'tasks':>5} {'p50_ms':>7} {'p95_ms':>7} {'p50_target':>10} {'api/task':>8} "
+          f"{'polls/task':>10} {'dl/task':>7} {'quotes/task':>11}")
+    print("-" * 100)
+    print(f"{'ours, webhooks':<27} {phase.n:5d} {ms(o50)} {ms(o95)} {WEBHOOK_P50_S * 1000:10.0f} {api:8.2f} "
+          f"{phase.polls_per_task():10.2f} {phase.downloads / max(1, phase.n):7.2f} "
+          f"{phase.quotes / max(1, phase.n):11.2f}")
+    lib = [s.library - s.completed for s in phase.samples if s.library is not None]
+    if lib:
+        print(f"{'ours, images in library +':<27} {len(lib):5d} {ms(pct(lib, 50))} {ms(pct(lib, 95))}")
+        print("+ information only: when the manager had the images in the library, before the MCP server made the")
+        print("  preview and replied")
+    answered = sum(1 for status, _ in sent if status == 204)
+    others = sorted({f"{status}" if status is not None else f"{error}" for status, error in sent if status != 204})
+    tail = f"; others: {', '.join(others)}" if others else ""
+    print(f"callbacks: {len(sent)} made, {answered} answered 204{tail}")
+    print("api/task = creates + status GETs per task; downloads (dl) and the price quote before each create are")
+    print("counted apart.")
+    breakdown([("ours, webhooks", phase)])
+    checks = [
+        (f"p50 latency {o50 * 1000:.0f} ms <= {WEBHOOK_P50_S * 1000:.0f} ms (p95 {o95 * 1000:.0f} ms)",
+         o50 <= WEBHOOK_P50_S),
+        (f"upstream API requests/task {api:.2f} <= {WEBHOOK_API_REQUESTS:g} (create + status reads)",
+         api <= WEBHOOK_API_REQUESTS),
+    ]
+    print()
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    durations = ", ".join(f"{k} {v * scale:.1f} s" for k, v in DURATIONS_S.items())
+    print(f"machine: {cores} cores usable, Python {platform.python_version()}, {platform.machine()}; scale {scale:g} "
+          f"(task durations {durations} +-{JITTER:.0%}); seed {args.seed}; concurrency {args.concurrency}; "
+          f"wall {wall_s:.0f} s")
+    return all(ok for _, ok in checks)
+
+
 async def main_async(args: argparse.Namespace) -> bool:
     rng = random.Random(args.seed)
     plan = [RESOLUTIONS[i % len(RESOLUTIONS)] for i in range(args.tasks)]
@@ -548,7 +658,10 @@ async def main_async(args: argparse.Namespace) -> bool:
         prerender=True,  # real outputs exist when the task completes; rendering must not land on downloads
     )
     started = time.monotonic()
-    if args.cold:
+    if args.webhook:
+        print(f"latency benchmark, webhooks: {args.tasks} tasks, concurrency {args.concurrency}, scale {args.scale:g}, "
+              f"seed {args.seed}", flush=True)
+    elif args.cold:
         print(f"latency benchmark, cold: {args.sessions} fresh installs, a first session of {args.per_res} tasks per "
               f"resolution each, concurrency {args.concurrency}, scale {args.scale:g}, seed {args.seed}", flush=True)
     else:
@@ -558,6 +671,9 @@ async def main_async(args: argparse.Namespace) -> bool:
     sim = RemoteSimulator(config)
     try:
         with tempfile.TemporaryDirectory(prefix="runapi-bench-") as tmp:
+            if args.webhook:
+                phase, sent = await run_webhook(sim, Path(tmp) / "home", args.scale, plan, args.concurrency)
+                return report_webhook(args, phase, sent, time.monotonic() - started)
             if args.cold:
                 first, loops = await run_cold(sim, Path(tmp), args.scale, plans, args.concurrency)
                 return report_cold(args, first, loops, time.monotonic() - started)
@@ -583,7 +699,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="first sessions of fresh installs instead (no warm-up)")
     parser.add_argument("--sessions", type=int, default=5, help="--cold: fresh installs, one first session each")
     parser.add_argument("--per-res", type=int, default=4, help="--cold: tasks per resolution in a first session")
+    parser.add_argument("--webhook", action="store_true", help="completion webhooks instead (callbacks on)")
     args = parser.parse_args(argv)
+    if args.cold and args.webhook:
+        parser.error("--cold and --webhook are separate runs")
     if args.concurrency is None:
         args.concurrency = 4 if args.cold else 16
     logging.basicConfig(level=logging.WARNING)

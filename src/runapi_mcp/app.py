@@ -105,6 +105,8 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
             if settings.remembers_durations
             else None
         ),
+        # http.webhook serves these (CALLBACK_PATH); a server RunAPI cannot reach is polled only.
+        callback_base=f"{settings.public_url}/callbacks/runapi" if settings.public_url else None,
     )
     resolver = ImageResolver(
         client,

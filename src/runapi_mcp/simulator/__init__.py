@@ -22,6 +22,7 @@ from runapi_mcp.simulator._models import (
     FaultWhere,
     IdStyle,
     LoggedRequest,
+    SentCallback,
     SimulatorConfig,
     TaskOutcome,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "IdStyle",
     "ImageHost",
     "LoggedRequest",
+    "SentCallback",
     "Simulator",
     "SimulatorConfig",
     "TaskOutcome",

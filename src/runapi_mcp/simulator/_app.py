@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hmac
 import json
 import logging
 import math
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -30,7 +32,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from runapi_mcp.simulator import _png
-from runapi_mcp.simulator._models import Fault, LoggedRequest
+from runapi_mcp.simulator._models import Fault, LoggedRequest, SentCallback
 from runapi_mcp.simulator._state import Outcome, SimState, Task, UploadedFile, fingerprint, iso
 from runapi_mcp.simulator._tasks import ApiError, plan_task, validate_body
 
@@ -108,6 +110,7 @@ PLANTED_STRINGS: dict[str, str] = {
 }
 """The strings an ``invalid_unicode`` fault plants, by ``body`` name."""
 _PAD = b"A" * 65536
+CALLBACK_TIMEOUT_S = 5.0  # a receiver that does not answer in time is given up on (RunAPI does not wait long)
 
 
 class JSONAnswer(JSONResponse):
@@ -244,6 +247,13 @@ def _mark_url(url: str, fault: Fault, key: str | None) -> str:
     else:
         query = "u=" + _planted(fault, key)
     return url + ("&" if "?" in url else "?") + query
+
+
+@functools.cache
+def _callback_tls() -> ssl.SSLContext:
+    """One TLS context for every callback: building one (loading the CA bundle) takes tens of ms of CPU,
+    which each callback would otherwise spend before it is sent."""
+    return ssl.create_default_context()
 
 
 def error_response(err: ApiError) -> JSONAnswer:
@@ -691,18 +701,24 @@ class SimulatorApp:
         return JSONAnswer(answer, headers=headers)
 
     def _schedule_callback(self, task: Task, url: str, base: str) -> None:
+        """Call ``url`` back when the task ends (completed or failed), in the background."""
         try:
-            host = (urlsplit(url).hostname or "").lower()
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
         except ValueError:
             return
         if host not in ("127.0.0.1", "localhost", "::1"):
-            logger.info("not calling back %s: the simulator only calls loopback URLs", url)
+            # Without the query: a callback URL carries its receiver's secret.
+            logger.info("not calling back %s://%s%s: the simulator only calls loopback URLs",
+                        parts.scheme, parts.netloc, parts.path)
             return
         job = asyncio.get_running_loop().create_task(self._callback(task, url, base))
         self._background.add(job)
         job.add_done_callback(self._background.discard)
 
     async def _callback(self, task: Task, url: str, base: str) -> None:
+        """POST the terminal task (its status answer, as RunAPI does) to ``url`` once it ends; recorded in
+        ``SimState.callbacks``. ``drop_callback`` and ``slow_callback`` task faults drop or delay it."""
         while True:
             answer, running = self.status_answer(task, base)
             if not running:
@@ -710,13 +726,26 @@ class SimulatorApp:
             at = task.terminal_at()
             wait = 0.25 if at is None else max(0.005, min(0.25, at - time.monotonic()))
             await anyio.sleep(wait)
+        kinds = {fault.kind: fault for fault in task.faults}
+        status = str(answer.get("status"))
+        if "drop_callback" in kinds:
+            self.state.record_callback(SentCallback(task.id, url, status, time.monotonic(), error="dropped"))
+            return
+        if "slow_callback" in kinds:
+            await anyio.sleep(kinds["slow_callback"].delay)
+        sent = time.monotonic()
         try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
+            async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT_S, verify=_callback_tls()) as client:
                 # ASCII escapes, as in every answer: a planted lone surrogate must not break the call.
                 body = json.dumps(answer, ensure_ascii=True).encode("ascii")
-                await client.post(url, content=body, headers={"Content-Type": "application/json"})
+                response = await client.post(url, content=body, headers={"Content-Type": "application/json"})
         except httpx.HTTPError as exc:
-            logger.info("callback to %s failed: %s", url, exc)
+            # The URL without its query (the receiver's secret), and the error by type only (httpx may quote it).
+            where = urlsplit(url)._replace(query="", fragment="").geturl()
+            logger.info("callback to %s failed: %s", where, type(exc).__name__)
+            self.state.record_callback(SentCallback(task.id, url, status, sent, error=type(exc).__name__))
+            return
+        self.state.record_callback(SentCallback(task.id, url, status, sent, status=response.status_code))
 
     # -- downloads -------------------------------------------------------------------------------
     def _not_found_xml(self, key: str, ctx: _Ctx) -> Response:
@@ -997,6 +1026,8 @@ class SimulatorApp:
                 for fault in faults:
                     state.inject(fault)
                 return JSONAnswer({"faults": [f.to_dict() for f in state.faults()]}, status_code=201)
+        elif path == "/_sim/callbacks" and method == "GET":
+            return JSONAnswer({"callbacks": [c.to_dict() for c in state.callbacks()]})
         elif path == "/_sim/requests":
             if method == "GET":
                 return JSONAnswer({"requests": [r.to_dict() for r in state.requests()]})

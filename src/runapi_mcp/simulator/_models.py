@@ -29,6 +29,8 @@ FaultKind = Literal[
     "echo_key",
     "image_urls",
     "odd_json",
+    "drop_callback",
+    "slow_callback",
 ]
 FaultWhere = Literal["error", "status", "id", "image_url", "message", "request_id"]
 FaultBody = Literal[
@@ -71,7 +73,7 @@ _DEFAULT_STATUS: dict[str, int] = {
 }
 DOWNLOAD_KINDS = frozenset({"expired_url", "not_image", "bomb", "huge_image", "trickle", "redirect"})
 """Kinds that only hit downloads (GET under ``/images/`` and ``/files/``), whatever else they match."""
-_TASK_KINDS = frozenset({"fail_task", "image_urls"})
+_TASK_KINDS = frozenset({"fail_task", "image_urls", "drop_callback", "slow_callback"})
 _TASK_WHERES = frozenset({"error", "status", "id", "image_url"})
 _WHERES: dict[str, tuple[FaultWhere, ...]] = {
     "invalid_unicode": ("error", "status", "id", "image_url", "message"),
@@ -196,6 +198,8 @@ class Fault:
     against the create path, e.g. ``"/gpt_image_2"``) and shape that task's answers, every poll:
 
     - ``fail_task``: the task ends ``failed`` with ``reason``.
+    - ``drop_callback``: the task's ``callback_url`` is never called (recorded as dropped).
+    - ``slow_callback``: the task's ``callback_url`` is called ``delay`` seconds after it ends.
     - ``image_urls``: its completed answer lists ``urls`` (verbatim: any scheme, host, length), or
       ``count`` copies of its first real image URL; with both, ``urls`` repeated to ``count`` entries.
     - ``invalid_unicode``/``echo_key`` with ``where``: ``error`` (the task ends ``failed`` with the
@@ -227,7 +231,7 @@ class Fault:
     times: int | None = 1
     """How many requests (task faults: tasks) the fault hits; ``None``: forever."""
     delay: float = 1.0
-    """Seconds to wait, for ``slow``; seconds between chunks, for ``trickle``."""
+    """Seconds to wait, for ``slow``; seconds between chunks, for ``trickle``; seconds late, for ``slow_callback``."""
     reason: str = DEFAULT_FAIL_REASON
     """The task's ``error``, for ``fail_task``."""
     message: str | None = None
@@ -400,6 +404,26 @@ class LoggedRequest:
     ``[key]`` (the log never stores a key)."""
     carried_key: bool = False
     """Whether the query carried a key an ``echo_key`` fault planted (a client followed such a URL)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SentCallback:
+    """One completion callback the simulator made (or dropped) to a task's ``callback_url``."""
+
+    task_id: str
+    url: str
+    """The ``callback_url`` as the create gave it (its query included: tests compare it)."""
+    task_status: str
+    """The status the callback's body reported (``completed``, ``failed``, or a fault's string)."""
+    time: float
+    """``time.monotonic()`` when it was sent (or dropped)."""
+    status: int | None = None
+    """The HTTP status the callback got; None when it was dropped or not answered."""
+    error: str | None = None
+    """Why there is no status: ``dropped`` (a ``drop_callback`` fault) or the transport error."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

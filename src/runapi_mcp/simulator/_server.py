@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
 
 from runapi_mcp.simulator._app import SimulatorApp
-from runapi_mcp.simulator._models import Fault, LoggedRequest, SimulatorConfig, TaskOutcome
+from runapi_mcp.simulator._models import Fault, LoggedRequest, SentCallback, SimulatorConfig, TaskOutcome
 from runapi_mcp.simulator._state import Outcome, SimState
 
 
@@ -170,7 +170,14 @@ class Simulator:
         return self._state.requests()
 
     def clear_log(self) -> None:
+        """Forget the requests answered and the callbacks made."""
         self._state.clear_log()
+
+    @property
+    def callbacks(self) -> list[SentCallback]:
+        """Every completion callback made to a task's ``callback_url`` (or dropped by a fault), oldest
+        first. A task created with a ``callback_url`` (loopback only) is called back once when it ends."""
+        return self._state.callbacks()
 
     @property
     def open_streams(self) -> int:

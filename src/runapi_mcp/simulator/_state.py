@@ -31,6 +31,7 @@ from runapi_mcp.simulator._models import (
     DEFAULT_FAIL_REASON,
     Fault,
     LoggedRequest,
+    SentCallback,
     SimulatorConfig,
     TaskOutcome,
 )
@@ -187,6 +188,7 @@ class SimState:
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._faults: list[Fault] = []
         self._log: list[LoggedRequest] = []
+        self._callbacks: list[SentCallback] = []
         self._next_outcomes: list[Outcome] = []
         self._render_locks: dict[tuple[str, int], threading.Lock] = {}
         self._prerender: ThreadPoolExecutor | None = None
@@ -281,8 +283,20 @@ class SimState:
             return list(self._log)
 
     def clear_log(self) -> None:
+        """Forget the requests answered and the callbacks made."""
         with self.lock:
             self._log.clear()
+            self._callbacks.clear()
+
+    def record_callback(self, entry: SentCallback) -> None:
+        with self.lock:
+            self._callbacks.append(entry)
+            if len(self._callbacks) > MAX_LOG:
+                del self._callbacks[: len(self._callbacks) - MAX_LOG]
+
+    def callbacks(self) -> list[SentCallback]:
+        with self.lock:
+            return list(self._callbacks)
 
     # -- tasks -----------------------------------------------------------------------------------
     def get_task(self, task_id: str) -> Task | None:

@@ -7,7 +7,8 @@ one whose model was timed at another resolution, or one whose duration RunAPI do
 fresh install's first task is found within a spacing of finishing. A kind with none of that closes in
 on a guessed duration geometrically instead, since fine polls across a guessed window would cost ~25
 polls a task before anything is learned. Past the window the spacing backs off gently. A model that
-reports its own progress sets the pace of its task.
+reports its own progress sets the pace of its task. A task RunAPI calls back when it ends (completion
+webhooks) is woken by the callback, and polled only at a slow fallback pace in case it never comes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class PollPolicy:
     # Longest a single output may take to download, all attempts and redirects included: a host that
     # trickles bytes cannot hold a download slot (or the task) for longer.
     download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S
+    # With completion webhooks (a task created with our callback_url), RunAPI's callback wakes the task and
+    # polls only catch a callback that never came: no early look (a refused or failed task is called back
+    # too), the first look past the kind's latest likely finish plus callback_margin_s and no sooner than
+    # callback_fallback_s, then one every callback_fallback_s. A task whose callback arrives costs one read.
+    callback_margin_s: float = 5.0
+    callback_fallback_s: float = 30.0
+    # Callbacks wake a task at most this often: a flood of valid callbacks costs at most one status read
+    # per interval. A guard against the caller, not part of the task's clock, so ``scaled`` keeps it.
+    callback_min_gap_s: float = 1.0
 
     def scaled(self, factor: float) -> PollPolicy:
         """The same policy on a clock running ``1/factor`` times faster (benchmarks, tests)."""
@@ -49,6 +59,8 @@ class PollPolicy:
             fine_interval_s=self.fine_interval_s * factor,
             coarse_max_s=self.coarse_max_s * factor,
             prior_scale=self.prior_scale * factor,
+            callback_margin_s=self.callback_margin_s * factor,
+            callback_fallback_s=self.callback_fallback_s * factor,
         )
 
 
@@ -64,6 +76,8 @@ class PollState:
     last_poll: float = 0.0
     prev_poll: float = 0.0
     progress: float | None = None  # the model's own progress, 0..1, where it reports one
+    callback: bool = False  # RunAPI calls this task back when it ends: polls are only the fallback
+    called_back: float = 0.0  # when the first valid completion callback for it arrived (0: none yet)
 
     def polled(self, now: float) -> None:
         """Count a look made at ``now``."""
@@ -107,7 +121,11 @@ class PollSchedule:
         timed = window is not None
         if window is not None and state.progress is None:
             window_start, window_end = window
-        if state.polls == 0:
+        if state.callback:
+            # The callback wakes the task when it ends; these looks only catch one that never came.
+            first = max(window_end + policy.callback_margin_s, policy.callback_fallback_s)
+            target = first if state.polls == 0 else max(first, elapsed + policy.callback_fallback_s)
+        elif state.polls == 0:
             # Every task gets an early look: a refused or instantly failed task is reported in seconds.
             target = min(policy.early_check_s, max(window_start, policy.fine_interval_s))
         elif elapsed + policy.fine_interval_s < window_start:
@@ -138,4 +156,10 @@ class PollSchedule:
         """A task was found finished at its last look: it finished between the look before and that one."""
         seen = (state.last_poll or now) - state.started
         before = (state.prev_poll or state.started) - state.started
+        if state.prev_poll < state.called_back <= (state.last_poll or now):
+            # Found done by the read a callback asked for. RunAPI calls back when a task ends, so it ended
+            # by the callback, and (a prompt callback) not much before: as close a bound as a fine poll's.
+            # A late callback teaches a late window, which the first looks into it then correct.
+            seen = state.called_back - state.started
+            before = max(before, seen - self.policy.fine_interval_s)
         self.durations.observe(state.kind, before, seen)
