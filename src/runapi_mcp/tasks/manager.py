@@ -251,6 +251,7 @@ class TaskManager:
                     record.route, self._create_body(record), idempotency_key=record.idempotency_key
                 )
         except RunAPIError as exc:
+            _hide_callback_token(record, exc)  # an answer quoting the body's callback_url
             if not _unconfirmed(exc):
                 raise
             log.warning("task %s: RunAPI has not confirmed the create (%s); it will be sent again", record.task_id, exc)
@@ -715,3 +716,11 @@ async def _first_of(*events: anyio.Event) -> None:
 
         for event in events:
             tg.start_soon(wait, event)
+
+
+def _hide_callback_token(record: TaskRecord, exc: RunAPIError) -> None:
+    """Cut the task's webhook secret out of an error RunAPI answered to its create (a 422 may quote the
+    body's ``callback_url``): the error reaches the caller, the log and the store."""
+    token = record.callback_token
+    if token and token in exc.message:
+        exc.message = exc.message.replace(token, "***")
