@@ -204,6 +204,35 @@ async def test_loopback_without_auth_serves_without_a_token(sim: Simulator, home
         assert not (await client.call_tool("list_tasks", {})).is_error
 
 
+class RawSession:
+    """MCP over streamable HTTP on the wire, one request at a time (what a client does, byte for byte)."""
+
+    def __init__(self, http: httpx.AsyncClient, version: str) -> None:
+        self.http = http
+        self.version = version
+        self.headers: dict[str, str] = {}
+        self.next_id = 1
+
+    async def start(self) -> None:
+        hello = {"protocolVersion": self.version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
+        init = await self.http.post("/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello})
+        self.headers = {"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": self.version}
+        await self.http.post("/mcp", headers=self.headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        message = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        async with self.http.stream("POST", "/mcp", headers=self.headers, json=message) as response:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    answer = json.loads(line[5:])
+                    if answer.get("id") == self.next_id:
+                        if "error" in answer:
+                            raise AssertionError(f"{method}: {answer['error']}")
+                        return dict(answer["result"])
+        raise AssertionError(f"{method}: no answer")
+
+
 async def raw_tool_call(base: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """One tools/call over streamable HTTP on the wire (a session of its own, no listening stream): the
     answer as the server sent it, even when the server shuts down right after."""
@@ -289,3 +318,54 @@ async def test_sigterm_answers_waiting_calls_and_the_task_resumes_on_the_next_st
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
+
+
+async def test_the_mcp_tasks_flow_over_streamable_http(served: tuple[App, RunningServer, str], sim: Simulator) -> None:
+    _, _, base = served
+    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "application/json, text/event-stream"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+        session = RawSession(http, "2025-11-25")
+        await session.start()
+        listed = await session.request("tools/list", {})
+        support = {t["name"]: t.get("execution", {}).get("taskSupport") for t in listed["tools"]}
+        assert support["generate_image"] == "optional"
+        sim.set_task_outcome(None, "running")
+        created = await session.request(
+            "tools/call", {"name": "generate_image", "arguments": {"prompt": "as a task"}, "task": {"ttl": 60000}}
+        )
+        task = created["task"]
+        assert task["status"] == "working"
+        assert (await session.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "working"
+        assert any(t["taskId"] == task["taskId"] for t in (await session.request("tasks/list", {}))["tasks"])
+        record = await served[0].manager.store.get(task["taskId"])
+        assert record is not None and record.upstream_id
+        sim.set_task_outcome(record.upstream_id, "completed")
+        result = await session.request("tasks/result", {"taskId": task["taskId"]})
+        assert result["structuredContent"]["status"] == "completed"
+        assert any(block["type"] == "image" for block in result["content"])
+        assert (await session.request("tasks/get", {"taskId": task["taskId"]}))["status"] == "completed"
+
+
+async def test_runapi_calls_back_through_the_served_app(sim: Simulator, home: Path, inputs: Path) -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    public = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = make_settings(sim, home, inputs, auth_token=TOKEN, public_url=public)
+    async with (
+        open_app(settings, policy=FAST_POLICY) as app,
+        http_server(app, HttpOptions(port=0, public_url=public), settings, sock=sock),
+        connect(public, "streamable-http") as client,
+    ):
+        result = await client.call_tool("generate_image", {"prompt": "called back"})
+        data = result.structured_content or {}
+        assert data["status"] == "completed", text_of(result)
+        called = [c for c in sim.callbacks if data["task_id"] in c.url]
+        assert called and called[0].status == 204
+        record = await app.manager.store.get(data["task_id"])
+        assert record is not None and record.callback_token
+        async with httpx.AsyncClient(base_url=public) as http:
+            wrong = await http.post(f"/callbacks/runapi/{data['task_id']}?token=wrong", json={})
+            unknown = await http.post(f"/callbacks/runapi/task-nope?token={record.callback_token}", json={})
+            right = await http.post(f"/callbacks/runapi/{data['task_id']}?token={record.callback_token}", json={})
+        assert wrong.status_code == unknown.status_code == 404 and wrong.json() == unknown.json()
+        assert right.status_code == 204  # already completed: acknowledged, nothing to do
