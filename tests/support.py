@@ -148,6 +148,15 @@ class RawStdioServer:
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return answer
 
+    def remaining(self, timeout: float = 10) -> list[dict[str, Any]]:
+        """Every message written until the server closed stdout (it must end within ``timeout``)."""
+        out: list[dict[str, Any]] = []
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+            out.append(json.loads(line))
+        self.messages += out
+        return out
+
     def notifications(self, method: str) -> list[dict[str, Any]]:
         return [m for m in self.messages if m.get("method") == method]
 

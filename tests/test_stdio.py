@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY, server_env, text_of
+from tests.support import SIM_KEY, RawStdioServer, server_env, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -133,3 +135,24 @@ def test_bad_configuration_is_named(tmp_path: Path) -> None:
     assert "RUNAPI_MCP_WAIT_S" in proc.stderr and proc.stdout == ""
     proc = _serve_with({"RUNAPI_BASE_URL": "ftp://nope", "RUNAPI_API_KEY": SIM_KEY})
     assert proc.returncode == 2 and "RUNAPI_BASE_URL" in proc.stderr and SIM_KEY not in proc.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_answers_the_waiting_call_and_ends_the_server(
+    sim: Simulator, home: Path, inputs: Path, signum: signal.Signals
+) -> None:
+    sim.set_task_outcome(None, "running")  # the call would wait its whole 20 s
+    with RawStdioServer(server_env(sim, home, inputs)) as server:
+        server.initialize("2025-06-18")
+        call = {"name": "generate_image", "arguments": {"prompt": "a long wait"}}
+        server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": call})
+        deadline = time.monotonic() + 10
+        while not [r for r in sim.requests if r.method == "GET" and "/api/v1/" in r.path]:
+            assert time.monotonic() < deadline, "the task was never polled"
+            time.sleep(0.05)
+        server.proc.send_signal(signum)
+        assert server.proc.wait(timeout=10) == 0  # stdin is still open: the signal alone ends it
+        answers = server.remaining()
+    answer = next(a for a in answers if a.get("id") == 99)
+    data = answer["result"]["structuredContent"]
+    assert data["status"] in ("pending", "processing") and data["task_id"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -126,6 +128,33 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         yield App(settings=settings, client=client, manager=manager, server=server)
 
 
+# After SIGINT/SIGTERM, how long waiting tool calls have to answer before the process ends.
+STDIO_STOP_GRACE_S = 0.5
+
+
 async def serve_stdio(settings: Settings) -> None:
-    async with open_app(settings) as app:
+    """Serve one client over stdin/stdout until it closes stdin, or a signal stops the server."""
+    async with open_app(settings) as app, anyio.create_task_group() as tg:
+        tg.start_soon(_stop_on_signal, app)
         await app.server.run_stdio_async()
+        tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(app: App) -> None:
+    """SIGINT or SIGTERM (``docker stop``, a supervisor): every waiting call answers with its task id
+    ("still running"), then the store is closed and the process ends. The tasks resume on the next start.
+
+    The process is ended here rather than by unwinding: the SDK reads stdin in a worker thread that no
+    cancellation reaches, so a client that keeps stdin open would otherwise hold the process for ever.
+    """
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            logging.getLogger("runapi_mcp").info("%s: answering the waiting calls, then stopping", name)
+            app.manager.stop_waiting()
+            await anyio.sleep(STDIO_STOP_GRACE_S)
+            with anyio.CancelScope(shield=True):
+                await app.manager.store.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
