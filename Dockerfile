@@ -54,9 +54,9 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "/usr/local/lib/runapi-mcp/healthcheck.py"]
 
-# SIGINT, not SIGTERM: the server is PID 1, where a signal with no handler is ignored, and Python handles
-# SIGINT in every mode (KeyboardInterrupt) but SIGTERM only under uvicorn. An HTTP server shuts down
-# gracefully on it; a stdio server ends when its client closes stdin (`docker run -i` passes that on).
+# Both transports stop gracefully on SIGINT and SIGTERM (waiting calls answer with their task id, the
+# store is closed; tasks resume on the next start). SIGINT also stops a plain Python program, so it is
+# the safe choice for PID 1, where a signal with no handler is ignored.
 STOPSIGNAL SIGINT
 
 ENTRYPOINT ["runapi-mcp"]
