@@ -29,6 +29,7 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from _common import status_mb
 from runapi_mcp.simulator import Fault, Simulator, SimulatorConfig
 
 KEY = "sk-bench-hostile-0123456789abcdef"
@@ -51,10 +52,10 @@ def _server_pid(marker: str) -> int | None:
 
 
 def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc status")
+    peak = status_mb("VmHWM", pid)
+    if peak is None:
+        raise RuntimeError("no VmHWM in /proc status")
+    return peak
 
 
 async def _timed(label: str, call: Callable[[], Awaitable[Any]], rows: list[tuple[str, float, str]]) -> Any:

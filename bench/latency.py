@@ -57,8 +57,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import multiprocessing
-import os
 import platform
 import random
 import socket
@@ -67,25 +65,25 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import uvicorn
 from mcp.client import Client
 from starlette.applications import Starlette
 
+from _common import RemoteSimulator, pct, print_checks, print_machine
 from runapi_mcp.app import App, open_app
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import load_settings
 from runapi_mcp.http.webhook import callback_routes
-from runapi_mcp.simulator import Simulator, SimulatorConfig
+from runapi_mcp.simulator import SimulatorConfig
 from runapi_mcp.tasks import PollPolicy, TaskRecord
 
 KEY = "sk-bench-0123456789abcdef0123456789abcdef"
@@ -162,17 +160,6 @@ class Phase:
         return max(times) if times else s.client
 
 
-def pct(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100), linear between closest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def prompt_for(i: int, resolution: str) -> str:
     return f"benchmark picture {i}: a lighthouse on a cliff at dawn, {resolution}"
 
@@ -190,62 +177,6 @@ async def bounded(jobs: Sequence[Callable[[], Awaitable[Sample]]], concurrency: 
         for job in jobs:
             tg.start_soon(run, job)
     return samples
-
-
-# -- the simulator, in a child process ---------------------------------------------------------------------
-def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    with Simulator(config) as sim:
-        conn.send((sim.base_url, time.monotonic()))
-        while True:
-            command, arg = conn.recv()
-            if command == "completed_at":
-                conn.send({task_id: sim.completed_at(task_id) for task_id in arg})
-            elif command == "callbacks":
-                conn.send([(c.status, c.error) for c in sim.callbacks])
-            elif command == "take_log":
-                log = [(r.method, r.path, r.time) for r in sim.requests]
-                sim.clear_log()
-                conn.send(log)
-            else:
-                conn.send(None)
-                return
-
-
-class RemoteSimulator:
-    """The simulator served from a child process; ``time.monotonic()`` is the same clock in both (Linux:
-    CLOCK_MONOTONIC), which is checked at start."""
-
-    def __init__(self, config: SimulatorConfig) -> None:
-        self._conn, child = multiprocessing.get_context("spawn").Pipe()
-        self._proc = multiprocessing.get_context("spawn").Process(
-            target=_simulator_process, args=(config, child), daemon=True, name="runapi-simulator"
-        )
-        before = time.monotonic()
-        self._proc.start()
-        self.base_url, child_now = self._conn.recv()
-        if not before <= child_now <= time.monotonic():
-            raise RuntimeError("the simulator process does not share this process's monotonic clock")
-
-    def _ask(self, command: str, arg: Any = None) -> Any:
-        self._conn.send((command, arg))
-        return self._conn.recv()
-
-    def completed_at(self, task_ids: Iterable[str]) -> dict[str, float | None]:
-        return cast(dict[str, float | None], self._ask("completed_at", list(task_ids)))
-
-    def callbacks(self) -> list[tuple[int | None, str | None]]:
-        """(HTTP status, error) of each completion callback made since the last ``take_log``."""
-        return cast(list[tuple[int | None, str | None]], self._ask("callbacks"))
-
-    def take_log(self) -> list[tuple[str, str, float]]:
-        """The requests answered since the last call (method, path, arrival time)."""
-        return cast(list[tuple[str, str, float]], self._ask("take_log"))
-
-    def close(self) -> None:
-        if self._proc.is_alive():
-            self._ask("close")
-        self._proc.join(10)
 
 
 def take_phase(sim: RemoteSimulator, name: str, samples: list[Sample], started: float) -> Phase:
@@ -445,6 +376,21 @@ def row(label: str, n: int, values: list[float], p50_target: float, p95_target: 
           f"{p50_target * 1000:10.0f} {p95_target * 1000:10.0f}{tail}")
 
 
+def phase_row(label: str, phase: Phase, p50_target: float, p95_target: float) -> None:
+    """A row of latencies with the phase's requests and polls per task."""
+    row(label, phase.n, lat(phase), p50_target, p95_target,
+        f" {phase.requests_per_task():8.2f} {phase.polls_per_task():10.2f}")
+
+
+def as_run_table(main_rows: Sequence[tuple[str, Phase]], scale: float) -> None:
+    """The table's title, head and the main rows, against the targets x ``scale``."""
+    print(f"Completion-to-client latency (as run: clock x{scale:g}, targets x{scale:g}) and upstream requests per task")
+    print(f"{HEADER} {'req/task':>8} {'polls/task':>10}")
+    print("-" * (len(HEADER) + 20))
+    for label, phase in main_rows:
+        phase_row(label, phase, TARGET_P50_S * scale, TARGET_P95_S * scale)
+
+
 def merged(name: str, phases: Sequence[Phase]) -> Phase:
     return Phase(name, [s for p in phases for s in p.samples], [r for p in phases for r in p.requests],
                  sum(p.wall_s for p in phases))
@@ -506,6 +452,16 @@ def latency_checks(ours: Phase, scale: float) -> list[tuple[str, bool]]:
     return checks
 
 
+def machine(args: argparse.Namespace, wall_s: float, clock: str = "") -> None:
+    """The machine line: cores, Python, the scaled clock (``clock``: more of it, after the task durations), the
+    run's settings and its wall time."""
+    scale = args.scale
+    durations = ", ".join(f"{k} {v * scale:.1f} s" for k, v in DURATIONS_S.items())
+    print_machine(f", Python {platform.python_version()}, {platform.machine()}; scale {scale:g} "
+                  f"(task durations {durations} +-{JITTER:.0%}{clock}); seed {args.seed}; "
+                  f"concurrency {args.concurrency}; wall {wall_s:.0f} s")
+
+
 def footer(args: argparse.Namespace, ours: Phase, base: Phase, wall_s: float) -> None:
     scale = args.scale
     o50, o95 = pct(lat(ours), 50), pct(lat(ours), 95)
@@ -515,11 +471,7 @@ def footer(args: argparse.Namespace, ours: Phase, base: Phase, wall_s: float) ->
           f"requests/task {ours.requests_per_task() / base.requests_per_task():.2f}x, "
           f"polls/task {ours.polls_per_task() / base.polls_per_task():.2f}x "
           f"(latency {b50 / o50:.1f}x lower at p50, {b95 / o95:.1f}x at p95)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    durations = ", ".join(f"{k} {v * scale:.1f} s" for k, v in DURATIONS_S.items())
-    print(f"machine: {cores} cores usable, Python {platform.python_version()}, {platform.machine()}; scale {scale:g} "
-          f"(task durations {durations} +-{JITTER:.0%}, 5-s loop sleeps {BASELINE_INTERVAL_S * scale:.2f} s); "
-          f"seed {args.seed}; concurrency {args.concurrency}; wall {wall_s:.0f} s")
+    machine(args, wall_s, f", 5-s loop sleeps {BASELINE_INTERVAL_S * scale:.2f} s")
     if scale != 1:
         print("note: only task durations and poll intervals are scaled; HTTP, download and preview time is not, so")
         print("at a small --scale that fixed cost weighs 1/scale times more against the targets than in real time")
@@ -529,17 +481,11 @@ def footer(args: argparse.Namespace, ours: Phase, base: Phase, wall_s: float) ->
 def report(args: argparse.Namespace, warmups: list[Phase], ours: Phase, base: Phase, wall_s: float) -> bool:
     scale = args.scale
     t50, t95 = TARGET_P50_S * scale, TARGET_P95_S * scale
-    print()
-    print(f"Completion-to-client latency (as run: clock x{scale:g}, targets x{scale:g}) and upstream requests per task")
-    print(f"{HEADER} {'req/task':>8} {'polls/task':>10}")
-    print("-" * (len(HEADER) + 20))
     main_rows = [("ours (TaskManager, warm)", ours), ("5-s poll loop", base)]
-    for label, phase in main_rows:
-        row(label, phase.n, lat(phase), t50, t95, f" {phase.requests_per_task():8.2f} {phase.polls_per_task():10.2f}")
+    print()
+    as_run_table(main_rows, scale)
     if warmups:
-        cold = warmups[0]
-        row("ours, cold first round *", cold.n, lat(cold), t50, t95,
-            f" {cold.requests_per_task():8.2f} {cold.polls_per_task():10.2f}")
+        phase_row("ours, cold first round *", warmups[0], t50, t95)
     lib = [s.library - s.completed for s in ours.samples if s.library is not None]
     if lib:
         row("ours, images in library +", len(lib), lib, t50, t95)
@@ -556,26 +502,19 @@ def report(args: argparse.Namespace, warmups: list[Phase], ours: Phase, base: Ph
     checks = latency_checks(ours, scale)
     checks.append((f"requests/task {ours.requests_per_task():.2f} <= 5-s loop {base.requests_per_task():.2f}",
                    ours.requests_per_task() <= base.requests_per_task()))
-    print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    passed = print_checks(checks)
     footer(args, ours, base, wall_s)
-    return all(ok for _, ok in checks)
+    return passed
 
 
 def report_cold(args: argparse.Namespace, first: list[Phase], loops: list[Phase], wall_s: float) -> bool:
     scale = args.scale
-    t50, t95 = TARGET_P50_S * scale, TARGET_P95_S * scale
     ours, base = merged("ours, first sessions", first), merged("5-s poll loop", loops)
     print()
     print(f"First sessions of fresh installs (nothing learned): {len(first)} x {first[0].n} tasks, "
           f"{args.per_res} per resolution, {args.concurrency} at a time")
-    print(f"Completion-to-client latency (as run: clock x{scale:g}, targets x{scale:g}) and upstream requests per task")
-    print(f"{HEADER} {'req/task':>8} {'polls/task':>10}")
-    print("-" * (len(HEADER) + 20))
     main_rows = [("ours (TaskManager, cold)", ours), ("5-s poll loop", base)]
-    for label, phase in main_rows:
-        row(label, phase.n, lat(phase), t50, t95, f" {phase.requests_per_task():8.2f} {phase.polls_per_task():10.2f}")
+    as_run_table(main_rows, scale)
     for n, (mine, loop) in enumerate(zip(first, loops, strict=True), 1):
         mine_rt, loop_rt = mine.requests_per_task(), loop.requests_per_task()
         print(f"  session {n}: ours {mine_rt:.2f} requests/task, 5-s loop {loop_rt:.2f} ({mine_rt / loop_rt:.2f}x); "
@@ -588,19 +527,15 @@ def report_cold(args: argparse.Namespace, first: list[Phase], loops: list[Phase]
     checks = latency_checks(ours, scale)
     checks.append((f"requests/task {ours.requests_per_task():.2f} <= {COLD_REQUESTS_RATIO:g} x 5-s loop "
                    f"{base.requests_per_task():.2f} ({ratio:.2f}x)", ratio <= COLD_REQUESTS_RATIO))
-    print()
-    for text, ok in checks:
-        # Scaled, the real-time equivalent is what the targets mean (see the module's docstring).
-        verdict = "PASS" if ok else "FAIL" if scale == 1 or not text.startswith("[as run") else "info"
-        print(f"{verdict:<4}  {text}")
+    # Scaled, the real-time equivalent is what the targets mean (see the module's docstring).
+    passed = print_checks(checks, info=lambda text: scale != 1 and text.startswith("[as run"))
     footer(args, ours, base, wall_s)
-    return all(ok for text, ok in checks if scale == 1 or not text.startswith("[as run"))
+    return passed
 
 
 def report_webhook(
     args: argparse.Namespace, phase: Phase, sent: list[tuple[int | None, str | None]], wall_s: float
 ) -> bool:
-    scale = args.scale
     polls = sum(len(v) for v in phase.polls.values())
     api = (phase.creates + polls) / max(1, phase.n)
     o50, o95 = pct(lat(phase), 50), pct(lat(phase), 95)
@@ -631,15 +566,9 @@ def report_webhook(
         (f"upstream API requests/task {api:.2f} <= {WEBHOOK_API_REQUESTS:g} (create + status reads)",
          api <= WEBHOOK_API_REQUESTS),
     ]
-    print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    durations = ", ".join(f"{k} {v * scale:.1f} s" for k, v in DURATIONS_S.items())
-    print(f"machine: {cores} cores usable, Python {platform.python_version()}, {platform.machine()}; scale {scale:g} "
-          f"(task durations {durations} +-{JITTER:.0%}); seed {args.seed}; concurrency {args.concurrency}; "
-          f"wall {wall_s:.0f} s")
-    return all(ok for _, ok in checks)
+    passed = print_checks(checks)
+    machine(args, wall_s)
+    return passed
 
 
 async def main_async(args: argparse.Namespace) -> bool:

@@ -36,7 +36,6 @@ import argparse
 import collections
 import itertools
 import logging
-import multiprocessing
 import os
 import re
 import secrets
@@ -48,7 +47,6 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +58,8 @@ from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import ProgressNotification
 
-from runapi_mcp.simulator import Simulator, SimulatorConfig
+from _common import RemoteSimulator, pct, print_checks, print_machine, status_mb
+from runapi_mcp.simulator import SimulatorConfig
 
 KEY = "sk-bench-load-0123456789abcdef01234"
 MODEL = "gpt-image-2"
@@ -69,21 +68,6 @@ ASPECT = "3:1"  # the smallest GPT Image 2 picture at 1k (1024 x 341): the load 
 CALL_TIMEOUT_S = 600
 # Any task id a progress message could name: the server's own and RunAPI's (the simulator's UUIDs).
 TASK_ID = re.compile(r"task-[0-9a-f]{12}-[0-9a-f]{12}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-# -- the simulator, in a child process ---------------------------------------------------------------------
-def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    with Simulator(config) as sim:
-        conn.send(sim.base_url)
-        while conn.recv() == "counts":
-            creates = sum(
-                1 for r in sim.requests
-                if r.method == "POST" and r.path.startswith("/api/v1/")
-                and r.path not in ("/api/v1/files", "/api/v1/price_quotes")
-            )
-            conn.send({"creates": creates, "tasks": sim.tasks_created})
-        conn.send(None)
 
 
 # -- the server, as an operator starts it ------------------------------------------------------------------
@@ -131,12 +115,11 @@ class ServerProcess:
             time.sleep(0.1)
         raise TimeoutError(f"the server was not healthy within {timeout} s:\n" + "\n".join(self.stderr))
 
-    def _status(self) -> dict[str, str]:
-        lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
-        return {name: value.strip() for name, _, value in (line.partition(":") for line in lines)}
-
     def peak_rss_mb(self) -> float:
-        return int(self._status()["VmHWM"].split()[0]) / 1024  # kB
+        peak = status_mb("VmHWM", self.proc.pid)
+        if peak is None:
+            raise RuntimeError(f"no VmHWM in /proc/{self.proc.pid}/status")
+        return peak
 
     def cpu_s(self) -> float:
         # /proc/<pid>/stat: utime and stime (fields 14, 15) in clock ticks; the name (field 2) may hold spaces.
@@ -290,16 +273,6 @@ def routing_problem(call: Call) -> str | None:
     return f"names other tasks: {sorted(foreign)}" if foreign else None
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 def auth_refused(base: str) -> bool:
     """No token: 401 at /mcp; /health open to all."""
     body = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
@@ -339,23 +312,19 @@ def main(argv: list[str] | None = None) -> int:
         api_key=KEY, duration_jitter=0.10, time_scale=args.time_scale, seed=args.seed,
         initial_balance_cents=100_000_000, prerender=True,
     )
-    context = multiprocessing.get_context("spawn")
-    conn, child = context.Pipe()
-    sim_proc = context.Process(target=_simulator_process, args=(config, child), daemon=True, name="runapi-simulator")
-    sim_proc.start()
+    sim = RemoteSimulator(config)
     token = secrets.token_urlsafe(24)
     n = args.clients * args.calls
     sessions = [Session(c, [Call(c, i) for i in range(args.calls)]) for c in range(args.clients)]
     server: ServerProcess | None = None
     try:
-        base_url = conn.recv()
         with tempfile.TemporaryDirectory(prefix="runapi-load-") as tmp:
-            server = ServerProcess(base_url, Path(tmp) / "home", token, free_port())
+            server = ServerProcess(sim.base_url, Path(tmp) / "home", token, free_port())
             server.wait_healthy()
             print(f"load benchmark: {args.clients} sessions x {args.calls} generate_image calls at once over "
                   f"streamable HTTP ({n} in flight), {MODEL} {RESOLUTION} {ASPECT}, tasks of "
                   f"{12 * args.time_scale:.1f} s +-10 %; server pid {server.proc.pid} on {server.base}, "
-                  f"simulator pid {sim_proc.pid}", flush=True)
+                  f"simulator pid {sim.pid}", flush=True)
             auth_ok = auth_refused(server.base)
             wall = anyio.run(drive, sessions, f"{server.base}/mcp", token, args.mode)
             calls = [call for session in sessions for call in session.calls]
@@ -363,15 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             with_picture = [c for c in done if saved(c)]
             peak_mb, cpu = server.peak_rss_mb(), server.cpu_s()
             exit_code = server.stop()
-        conn.send("counts")
-        counts = conn.recv()
+        counts = sim.counts()
     finally:
         if server is not None:
             server.stop()
-        if sim_proc.is_alive():
-            conn.send("close")
-            conn.recv()
-        sim_proc.join(10)
+        sim.close()
 
     streams = {id(c): stream_problem(c) for c in calls}
     routes = {id(c): routing_problem(c) for c in calls}
@@ -418,13 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         ("no token: 401 at /mcp; /health answers without one", auth_ok),
         ("the server exits cleanly on SIGINT", exit_code == 0),
     ]
-    print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cores} cores usable (server, simulator and clients share them); time scale "
-          f"{args.time_scale:g}; seed {args.seed}; client mode {args.mode}")
-    return 0 if all(ok for _, ok in checks) else 1
+    passed = print_checks(checks)
+    print_machine(f" (server, simulator and clients share them); time scale {args.time_scale:g}; seed {args.seed}; "
+                  f"client mode {args.mode}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":

@@ -25,22 +25,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import resource
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from _common import RemoteSimulator, print_checks, print_machine, status_mb
 from runapi_mcp.app import open_app
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.config import load_settings
-from runapi_mcp.simulator import Simulator, SimulatorConfig
+from runapi_mcp.simulator import SimulatorConfig
 from runapi_mcp.tasks import PollPolicy, TaskRecord
 
 KEY = "sk-bench-scale-0123456789abcdef0123"
@@ -50,35 +49,14 @@ ASPECT = "3:1"  # the smallest picture GPT Image 2 makes at 1k (1024 x 341)
 RSS_LIMIT_MB = 150.0
 
 
-# -- the simulator, in a child process ---------------------------------------------------------------------
-def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    with Simulator(config) as sim:
-        conn.send(sim.base_url)
-        while conn.recv() == "counts":
-            creates = sum(
-                1 for r in sim.requests
-                if r.method == "POST" and r.path.startswith("/api/v1/")
-                and r.path not in ("/api/v1/files", "/api/v1/price_quotes")
-            )
-            polls = sum(1 for r in sim.requests if r.method == "GET" and r.path.startswith("/api/v1/"))
-            downloads = sum(1 for r in sim.requests if r.path.startswith("/images/"))
-            conn.send({"creates": creates, "tasks": sim.tasks_created, "polls": polls, "downloads": downloads})
-        conn.send(None)
-
-
 def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    peak = status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
 
 
 def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    rss = status_mb("VmRSS")
+    return rss if rss is not None else float("nan")
 
 
 def _cpu_s() -> float:
@@ -141,17 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         api_key=KEY, duration_jitter=0.10, time_scale=args.time_scale, seed=args.seed,
         initial_balance_cents=100_000_000, prerender=True,
     )
-    context = multiprocessing.get_context("spawn")
-    conn, child = context.Pipe()
-    proc = context.Process(target=_simulator_process, args=(config, child), daemon=True, name="runapi-simulator")
-    proc.start()
+    sim = RemoteSimulator(config)
     try:
-        base_url = conn.recv()
         print(f"scale benchmark: {args.tasks} x {MODEL} {RESOLUTION} {ASPECT} submitted at once, tasks of "
-              f"{12 * args.time_scale:.1f} s +-10 %, simulator pid {proc.pid}, this process pid {os.getpid()}",
+              f"{12 * args.time_scale:.1f} s +-10 %, simulator pid {sim.pid}, this process pid {os.getpid()}",
               flush=True)
         with tempfile.TemporaryDirectory(prefix="runapi-scale-") as tmp:
-            result = anyio.run(run, args, base_url, Path(tmp))
+            result = anyio.run(run, args, sim.base_url, Path(tmp))
             records: list[TaskRecord] = result["records"]
             saved = [
                 r for r in records
@@ -161,13 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             ]
             stored_ok = sum(1 for r in result["stored"] if r is not None and r.status == "completed")
             library_mb = sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file()) / 2**20
-        conn.send("counts")
-        counts = conn.recv()
+        counts = sim.counts()
     finally:
-        if proc.is_alive():
-            conn.send("close")
-            conn.recv()
-        proc.join(10)
+        sim.close()
     peak = _peak_rss_mb()
     total_cpu = _cpu_s()
 
@@ -192,13 +162,9 @@ def main(argv: list[str] | None = None) -> int:
          counts["creates"] == n and counts["tasks"] == n),
         (f"peak RSS {peak:.0f} MB <= {RSS_LIMIT_MB:.0f} MB", peak <= RSS_LIMIT_MB),
     ]
-    print()
-    for text, ok in checks:
-        print(f"{'PASS' if ok else 'FAIL'}  {text}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"machine: {cores} cores usable (the simulator's rendering and HTTP share them); time scale "
-          f"{args.time_scale:g}; seed {args.seed}")
-    return 0 if all(ok for _, ok in checks) else 1
+    passed = print_checks(checks)
+    print_machine(f" (the simulator's rendering and HTTP share them); time scale {args.time_scale:g}; seed {args.seed}")
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
