@@ -12,6 +12,8 @@ from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Simulator, SimulatorConfig
 from tests.support import FAST_POLICY, SIM_KEY, TIME_SCALE, Harness, make_settings
 
+pytest_plugins = ["tests.browser"]  # the `browser` fixture (headless Chromium)
+
 
 @pytest.fixture
 def anyio_backend() -> str:
