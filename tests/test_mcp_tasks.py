@@ -154,7 +154,8 @@ async def test_the_sdk_client_reads_the_offer_and_2026_clients_get_none(harness:
     assert listed == {name: ("optional" if name in TASK_TOOLS else None) for name in listed}
     async with Client(harness.app.server, mode="2026-07-28") as modern:
         discovered = await modern.session.send_discover("2026-07-28")
-        assert "tasks" not in discovered["capabilities"] and "extensions" not in discovered["capabilities"]
+        assert "tasks" not in discovered["capabilities"]
+        assert "io.modelcontextprotocol/tasks" not in discovered["capabilities"].get("extensions", {})
         assert all(t.execution is None for t in (await modern.list_tools()).tools)
         request = GetTaskRequest(params=GetTaskRequestParams(task_id="x"))
         failed = await error_of(modern.session.send_request(request, GetTaskResult))

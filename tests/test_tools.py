@@ -81,11 +81,12 @@ async def test_image_and_task_resources(harness: Harness) -> None:
     assert payload["status"] == "completed" and payload["images"][0]["uri"] == image["uri"]
     [models] = (await harness.client.read_resource("runapi://models")).contents
     assert isinstance(models, TextResourceContents)
-    assert any(m["model"] == "gpt-image-2" for m in json.loads(models.text))
+    assert "gpt-image-2" in json.loads(models.text)["models"]  # the index (runapi://models/{model}: the fields)
     templates = await harness.client.list_resource_templates()
     assert {t.uri_template for t in templates.resource_templates} == {
         "runapi://tasks/{task_id}",
         "runapi://images/{image_id}",
+        "runapi://models/{model}",
     }
 
 
@@ -354,13 +355,14 @@ async def test_upload_happens_only_when_every_entry_is_valid(harness: Harness, i
 
 async def test_list_models_and_balance(harness: Harness) -> None:
     every = await harness.call("list_models")
-    models = every.structured_content["models"]
-    assert {m["model"] for m in models} >= {"gpt-image-2", "gpt-4o-image", "flux-kontext-pro", "topaz-upscale-image"}
+    models = every.structured_content["models"]  # the index: a few words a model (test_tool_surface has more)
+    assert set(models) >= {"gpt-image-2", "gpt-4o-image", "flux-kontext-pro", "topaz-upscale-image"}
     assert every.structured_content["aliases"]["gpt-image-2-image-to-image"].startswith("gpt-image-2")
     edits = await harness.call("list_models", {"action": "edit_image"})
-    assert {m["action"] for m in edits.structured_content["models"]} == {"edit_image"}
-    gpt = next(m for m in models if m["model"] == "gpt-image-2" and m["action"] == "text_to_image")
-    assert "16:9" in gpt["fields"]["aspect_ratio"]["spec"]
+    assert {m["action"] for m in edits.structured_content["details"]} == {"edit_image"}
+    gpt = await harness.call("list_models", {"model": "gpt-image-2"})
+    fields = next(m for m in gpt.structured_content["details"] if m["action"] == "text_to_image")["fields"]
+    assert "16:9" in fields["aspect_ratio"]["spec"]
     before = (await harness.call("check_balance")).structured_content["balance_cents"]
     await harness.call("generate_image", {"prompt": "costs money"})
     after = (await harness.call("check_balance")).structured_content["balance_cents"]
@@ -370,7 +372,8 @@ async def test_list_models_and_balance(harness: Harness) -> None:
 async def test_tool_annotations_and_instructions(harness: Harness) -> None:
     tools = {t.name: t for t in (await harness.client.list_tools()).tools}
     assert set(tools) == {
-        "generate_image", "edit_image", "upscale_image", "get_task", "list_models", "check_balance", "list_tasks"
+        "generate_image", "edit_image", "upscale_image", "get_task", "list_models", "check_balance", "list_tasks",
+        "gallery",
     }
     annotations = {name: tool.annotations for name, tool in tools.items()}
     for name in ("get_task", "list_models", "check_balance", "list_tasks"):

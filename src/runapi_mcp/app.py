@@ -121,7 +121,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
     server = build_server(
         ServerDeps(manager=manager, resolver=resolver, catalog=get_catalog(), wait_s=settings.wait_s,
                    has_key=client.has_key, max_spend_cents=settings.max_spend_cents,
-                   user_spend_cents=settings.user_caps),
+                   user_spend_cents=settings.user_caps, confirm_above_cents=settings.confirm_above_cents),
         settings.redactor,
     )
     async with client, manager.running():

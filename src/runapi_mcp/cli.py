@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--status", choices=STATES, help="Only tasks in this state")
     tasks.add_argument("--limit", type=_positive_int, default=20, help="How many tasks (default 20)")
     _add_settings_flags(tasks, sub=True)
+
+    gallery = sub.add_parser("gallery", help="Browse the image library in a web browser (served on loopback)")
+    gallery.add_argument("--host", default="127.0.0.1", help="A loopback address to bind (default 127.0.0.1)")
+    gallery.add_argument("--port", type=_port, default=None, help="Port (default 8766, or any free one if taken)")
+    _add_settings_flags(gallery, sub=True)
+
+    from runapi_mcp import doctor as doctor_cmd
+    from runapi_mcp import install as install_cmd
+
+    setup = sub.add_parser("install", help="Add this server to an MCP client's config (backs the file up first)")
+    install_cmd.add_arguments(setup)
+    doctor = sub.add_parser("doctor", help="Check the setup (key, RunAPI, home, client configs) and say what to fix")
+    doctor_cmd.add_arguments(doctor)
+    _add_settings_flags(doctor, sub=True)
     return parser
 
 
@@ -101,6 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(args.host, args.port, SimulatorConfig(api_key=args.sim_key, time_scale=args.time_scale))
         return 0
+    if command == "install":
+        from runapi_mcp.install import run as run_install
+
+        return run_install(args)
+    if command == "doctor":  # before load_settings: a bad setting is one of the things it reports
+        from runapi_mcp.doctor import run as run_doctor
+
+        return run_doctor(args, _settings_overrides(args))
     if command == "demo":
         from runapi_mcp.demo import run_demo
 
@@ -118,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runapi_mcp.history_cli import print_history
 
         return anyio.run(print_history, settings, args.status, args.limit)
+    if command == "gallery":
+        from runapi_mcp.http.gallery import run_gallery
+
+        return run_gallery(settings, args.host, args.port)
     transport = getattr(args, "transport", "stdio")
     if transport == "stdio":
         with contextlib.suppress(KeyboardInterrupt):

@@ -62,6 +62,11 @@ class Settings(BaseModel):
         description="Most cents this server may spend per UTC day, by RunAPI's quotes (unset: no cap)",
         json_schema_extra={"env": "RUNAPI_MCP_MAX_SPEND_CENTS"},
     )
+    confirm_above_cents: int | None = Field(
+        None,
+        description="Ask the user (elicitation) before a task quoted above this many cents (unset: never ask)",
+        json_schema_extra={"env": "RUNAPI_MCP_CONFIRM_ABOVE_CENTS"},
+    )
     # -- shared deployments (HTTP transports) ------------------------------------------------------
     auth_token: SecretStr | None = Field(
         None,
@@ -113,7 +118,7 @@ class Settings(BaseModel):
             raise ValueError(f"RUNAPI_MCP_WAIT_S must be between 0 and 3600 seconds, got {value}")
         return value
 
-    @field_validator("max_spend_cents", mode="before")
+    @field_validator("max_spend_cents", "confirm_above_cents", mode="before")
     @classmethod
     def _check_spend_cap(cls, value: object) -> object:
         # Text from the environment or a flag: whole cents only ("5.5" or "-1" is a typo, not a cap).

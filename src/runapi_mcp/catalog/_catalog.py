@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -17,6 +18,9 @@ from pydantic import BaseModel, ConfigDict
 # generate_image, edit_image, upscale_image: which of a model's actions a tool call means.
 RequestKind = Literal["generate", "edit", "upscale"]
 FieldType = Literal["string", "integer", "number", "boolean", "array"]
+
+# The tool kinds, in the order list_models' index names them (``generate`` is generate_image, ...).
+_TOOL_KINDS: tuple[RequestKind, ...] = ("generate", "edit", "upscale")
 
 # Endpoints that work on an existing image, in the order `edit_image` picks them for a model.
 EDIT_ENDPOINTS = (
@@ -765,27 +769,89 @@ class Catalog:
                 f"'images' takes at most {image_field.items_limit} image(s) {where}, got {count}", field="images"
             )
 
-    def describe(self, action_filter: str | None = None) -> list[dict[str, Any]]:
-        """The catalog as plain data, for ``list_models`` and ``runapi://models``."""
+    def find_model(self, name: str) -> tuple[str, str | None]:
+        """The slug ``name`` means (a slug or an alias, in any case) and, for an alias, its endpoint.
+
+        An unknown name is a CatalogError on 'model' naming the closest slugs: a typo's fix should not
+        need the whole list (which is what the index is for).
+        """
+        wanted = name.strip().lower()
+        if wanted in ALIASES:
+            return ALIASES[wanted]
+        if wanted in self._by_model:
+            return wanted, None
+        close = self.close_matches(name)
+        hint = f"close matches: {', '.join(close)}" if close else f"none of the {len(self._by_model)} is close"
+        raise CatalogError(
+            f"'model' {_show(name)} is not a RunAPI image model; {hint} (list_models lists them all)",
+            field="model",
+            allowed=close,
+        )
+
+    def close_matches(self, name: str, limit: int = 5) -> list[str]:
+        """Slugs and aliases spelled like ``name``, best first; then those containing it (``banana``)."""
+        wanted = name.strip().lower()[:200]  # difflib is quadratic: a long name is no one's typo
+        names = self.model_names + sorted(ALIASES)
+        close = difflib.get_close_matches(wanted, names, n=limit, cutoff=0.6)
+        if len(wanted) >= 3:
+            close += [n for n in names if wanted in n]
+        return list(dict.fromkeys(close))[:limit]
+
+    def summaries(self, slugs: Iterable[str] | None = None) -> dict[str, str]:
+        """Each model in a few words, for ``list_models``' index: its actions, then what takes it.
+
+        ``nano-banana: text_to_image; generate, edit``: ``generate``, ``edit`` and ``upscale`` name the
+        tools (generate_image, edit_image, upscale_image) that accept the model. The tools are worked
+        out as a call would pick the action (``_pick``), so the index cannot promise what a call refuses.
+        """
+        wanted = self.model_names if slugs is None else sorted(set(slugs))
+        out: dict[str, str] = {}
+        for slug in wanted:
+            actions = self._by_model[slug]
+            verbs = [kind for kind in _TOOL_KINDS if self._pick(actions, slug, kind) is not None]
+            endpoints = ", ".join(sorted({a.endpoint for a in actions}))
+            out[slug] = f"{endpoints}; {', '.join(verbs) or 'no tool takes it'}"
+        return out
+
+    def describe(self, action_filter: str | None = None, *, model: str | None = None) -> list[dict[str, Any]]:
+        """The catalog as plain data (every field's type, allowed values, limits, default), for
+        ``list_models(model=...)``/``(action=...)`` and ``runapi://models/{model}``; ``model`` is a slug or
+        an alias (an unknown one is an error naming close matches)."""
+        slug: str | None = None
+        endpoint: str | None = None
+        if model is not None:
+            slug, endpoint = self.find_model(model)
         out: list[dict[str, Any]] = []
         for action in self.actions_for(action_filter):
-            for slug, spec in action.models.items():
+            if endpoint is not None and action.endpoint != endpoint:
+                continue
+            for name, spec in action.models.items():
+                if slug is not None and name != slug:
+                    continue
                 out.append(
                     {
-                        "model": slug,
+                        "model": name,
                         "family": action.title,
                         "action": action.endpoint,
                         "route": f"POST {action.path}",
-                        "tool": self._tool_for(action, slug),
+                        "tool": self._tool_for(action, name),
                         "image_field": spec.image_field.name if spec.image_field else None,
                         "max_outputs": spec.max_outputs,
+                        # An empty description is left out: it says nothing and is sent once per field.
                         "fields": {
-                            name: {"description": f.doc, "spec": f.describe()}
-                            for name, f in spec.fields.items()
-                            if name != "model"
+                            field_name: {"spec": f.describe(), **({"description": f.doc} if f.doc else {})}
+                            for field_name, f in spec.fields.items()
+                            if field_name != "model"
                         },
                     }
                 )
+        if slug is not None and not out:
+            raise CatalogError(
+                f"'model' {slug!r} has no action matching 'action' {action_filter!r}; its actions: "
+                f"{', '.join(a.endpoint for a in self._by_model[slug])}",
+                field="action",
+                allowed=[a.endpoint for a in self._by_model[slug]],
+            )
         return out
 
     def _tool_for(self, action: ActionSpec, slug: str) -> str:

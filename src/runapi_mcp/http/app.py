@@ -46,6 +46,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from runapi_mcp import __version__
 from runapi_mcp.app import App
 from runapi_mcp.http.auth import owner_of
+from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
 from runapi_mcp.server.owners import FILES_URL_SCOPE_KEY, OWNER_SCOPE_KEY
 from runapi_mcp.tasks import current_owner
 
@@ -196,6 +197,8 @@ def build_http_app(
         routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
     files = _Files(app)
     routes.append(Route(FILES_PATH + "/{image_id}", guarded(files), methods=["GET", "HEAD"]))
+    # Not guarded(): a browser carries the token in a cookie that only the gallery reads (see gallery.py).
+    routes += Gallery(app.manager.store, app.manager.images, verifier).routes()
     routes += list(extra_routes)
 
     @asynccontextmanager
@@ -260,5 +263,6 @@ def describe(options: HttpOptions, bound_port: int) -> list[str]:
         lines.append(f"streamable HTTP: {base}{MCP_PATH}")
     if "sse" in options.transports:
         lines.append(f"SSE: {base}{SSE_PATH}")
+    lines.append(f"gallery: {base}{GALLERY_PATH}")
     lines.append(f"health: {base}/health")
     return lines

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast, get_args
 
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp.types import ToolAnnotations
-from pydantic import AfterValidator, ConfigDict, Field, ValidationError
+from mcp.types import Icon, ToolAnnotations
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from runapi_mcp.catalog import IMAGE_ARRAY_MAX_ITEMS, MAX_PARAMS, PROMPT_MAX_LENGTH, text_problem
+from runapi_mcp.server.icons import tool_icons
 
 MAX_TIMEOUT_S = 3600.0
 # The catalog's limits for what the source leaves open are the tools' limits too.
@@ -40,53 +41,60 @@ _PLAIN = AfterValidator(_plain_text)
 Text = Annotated[str, _PLAIN]
 
 # Length constraints stand before the validator: they apply to the string itself (and read as such).
-PromptArg = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), _PLAIN]
-ModelArg = Annotated[str, Field(max_length=200, description="RunAPI model; list_models shows all"), _PLAIN]
+#
+# Every model reads every tools/list answer in full, in every conversation, so the input schemas say what
+# choosing a value needs and no more (tests/test_tool_surface.py keeps them all under 5 KB): descriptions in
+# a few words, the long explanations in the server's instructions and the README, the per-model rules
+# (ratios, resolutions, factors) in list_models. Each type names what its schema shows (``_shows``): its
+# JSON type and the limits that guide a choice (up to 16 images, tasks per page). The guards against absurd
+# input (a 200-character model name, 32,000 characters of prompt, a timeout past an hour, factor 0) are
+# validated all the same, and their errors name the limit, but are not shown; nor is ``null`` for an
+# optional argument: leaving it out says the same.
+
+
+def _shows(json_type: str, **limits: Any) -> WithJsonSchema:
+    return WithJsonSchema({"type": json_type, **limits})
+
+
+PromptArg = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), _PLAIN, _shows("string")]
+ModelArg = Annotated[str, Field(max_length=200, description="See list_models"), _PLAIN, _shows("string")]
 GPT_IMAGE_2_RATIOS = "auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21"
-AspectRatioArg = Annotated[str, Field(max_length=20, description=f"For gpt-image-2: {GPT_IMAGE_2_RATIOS}"), _PLAIN]
-ResolutionArg = Annotated[str, Field(max_length=20, description="For gpt-image-2: 1k, 2k or 4k"), _PLAIN]
+AspectRatioArg = Annotated[str, Field(max_length=20, description="e.g. 1:1, 16:9, 9:16"), _PLAIN, _shows("string")]
+ResolutionArg = Annotated[str, Field(max_length=20, description="1k, 2k or 4k"), _PLAIN, _shows("string")]
 ParamsArg = Annotated[
     dict[str, Any] | None,
-    Field(max_length=MAX_PARAMS, description="Extra model fields (list_models shows each model's)"),
+    Field(max_length=MAX_PARAMS, description="The model's other fields (list_models)"),
+    _shows("object"),
 ]
-WaitArg = Annotated[bool, Field(description="Wait for the image (true) or return the task id at once")]
+WaitArg = Annotated[bool, Field(description="false: return the task_id at once")]
 TimeoutArg = Annotated[
     float | None,
-    Field(ge=0, le=MAX_TIMEOUT_S, description="Longest wait in seconds before returning 'still running'"),
+    Field(ge=0, le=MAX_TIMEOUT_S, description="Longest wait (s)"),
+    _shows("number"),
 ]
+# Every form an image reference takes (tasks.ImageResolver reads them): the same words for both arguments.
+IMAGE_FORMS = "runapi://images/..., a task_id, an absolute path, an http(s) URL or a data: URI"
 ImagesArg = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_REF_CHARS), _PLAIN]],
-    Field(
-        min_length=1,
-        max_length=MAX_IMAGES,
-        description="Source images: runapi://images/{id}, an earlier task_id, an absolute local path "
-        "or file:// URI, an http(s) URL, or a data: URI",
-    ),
+    Field(min_length=1, max_length=MAX_IMAGES, description=f"Each: {IMAGE_FORMS}"),
+    _shows("array", items={"type": "string"}, maxItems=MAX_IMAGES),
 ]
 ImageArg = Annotated[
     str,
-    Field(
-        min_length=1,
-        max_length=MAX_IMAGE_REF_CHARS,
-        description="The image: runapi://images/{id}, an earlier task_id, an absolute local path or file:// URI, "
-        "an http(s) URL, or a data: URI",
-    ),
+    Field(min_length=1, max_length=MAX_IMAGE_REF_CHARS, description=IMAGE_FORMS),
     _PLAIN,
+    _shows("string"),
 ]
 # The model's allowed values (topaz-upscale-image: 1, 2, 4, 8) are the catalog's to check.
-FactorArg = Annotated[
-    int, Field(ge=1, description="How many times larger, e.g. 2 or 4 (list_models shows each model's values)")
-]
-TaskIdArg = Annotated[
-    str, Field(min_length=1, max_length=512, description="The task_id from generate_image or edit_image"), _PLAIN
-]
+FactorArg = Annotated[int, Field(ge=1, description="e.g. 2 or 4"), _shows("integer")]
+TaskIdArg = Annotated[str, Field(min_length=1, max_length=512), _PLAIN, _shows("string")]
+_Name = Annotated[str, Field(max_length=200), _PLAIN]
 ActionFilterArg = Annotated[
-    Annotated[str, Field(max_length=200), _PLAIN] | None,
-    Field(
-        description="Filter: an action (text_to_image, edit_image, upscale_image, remix_image, ...), "
-        "a family (flux-kontext) or a model name",
-    ),
+    _Name | None,
+    Field(description="e.g. text_to_image, or a family: its models' fields"),
+    _shows("string"),
 ]
+ModelNameArg = Annotated[_Name | None, Field(description="A model: its fields"), _shows("string")]
 
 # list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
 MAX_PAGE = 100
@@ -94,16 +102,15 @@ MAX_PAGE = 100
 TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed", "cancelled"]
 TaskStatusArg = Annotated[
     TaskStateName | None,
-    Field(description="Only tasks in this state: submitting, pending, processing, completed, failed or cancelled"),
+    Field(description="Only tasks in this state"),
+    _shows("string", enum=list(get_args(TaskStateName))),
 ]
-ModelFilterArg = Annotated[
-    Annotated[str, Field(max_length=200), _PLAIN] | None,
-    Field(description="Only tasks of this model (list_models shows the names)"),
-]
-LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description=f"Tasks per page, 1..{MAX_PAGE}")]
+ModelFilterArg = Annotated[_Name | None, Field(description="Only tasks of this model"), _shows("string")]
+LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Tasks per page")]
 CursorArg = Annotated[
     Annotated[str, Field(min_length=1, max_length=1000), _PLAIN] | None,
-    Field(description="The next_cursor of the previous page, to get the page after it"),
+    Field(description="next_cursor of the previous page"),
+    _shows("string"),
 ]
 
 # Unknown arguments refused, no coercion ("5" is not a number), no NaN or infinity.
@@ -120,10 +127,18 @@ class _ArgumentsMetadata(FuncMetadata):
         return {key: value if isinstance(value, list | dict) else data[key] for key, value in parsed.items()}
 
 
-def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: ToolAnnotations) -> Tool:
+def strict_tool(
+    fn: Callable[..., Any],
+    *,
+    name: str,
+    title: str,
+    annotations: ToolAnnotations,
+    icons: list[Icon] | None = None,
+) -> Tool:
     """A tool for ``fn`` whose argument model and input schema refuse unknown and coerced arguments.
 
-    The description is ``fn``'s docstring, dedented (clients show it as it is sent).
+    The description is ``fn``'s docstring, dedented (clients show it as it is sent). ``icons`` default to the
+    tool's kind (``icons.tool_icons``): every tool has some without its registration naming them.
     """
     tool = Tool.from_function(
         fn,
@@ -131,6 +146,7 @@ def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: T
         title=title,
         description=inspect.cleandoc(fn.__doc__ or ""),
         annotations=annotations,
+        icons=icons if icons is not None else tool_icons(name),
     )
     base = tool.fn_metadata.arg_model
     strict = cast(
@@ -139,8 +155,42 @@ def strict_tool(fn: Callable[..., Any], *, name: str, title: str, annotations: T
     )
     fields = {name: getattr(tool.fn_metadata, name) for name in FuncMetadata.model_fields}
     tool.fn_metadata = _ArgumentsMetadata(**{**fields, "arg_model": strict})
-    tool.parameters = strict.model_json_schema(by_alias=True)
+    tool.parameters = _lean(strict.model_json_schema(by_alias=True))
     return tool
+
+
+def _lean(schema: Any) -> Any:
+    """``schema`` without pydantic's generated titles ("Timeout S", "generate_imageArguments"),
+    ``"default": null`` and the ``{"type": "null"}`` branch of an optional argument's ``anyOf``.
+
+    Titles repeat the property names; a null default and a null branch say what leaving an argument out
+    says. Every model reads every tools/list answer in full, and these were a fifth of all the schemas'
+    bytes. Keys of ``properties`` are names, not keywords (an argument called ``title`` stays), and values
+    (``default``, ``enum``) are data, left as they are. Validation is the argument model's, unchanged:
+    an explicit null is still accepted.
+    """
+    if isinstance(schema, list):
+        return [_lean(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    branches = schema.get("anyOf")
+    if isinstance(branches, list) and len(branches) == 2 and {"type": "null"} in branches:
+        kept = [branch for branch in branches if branch != {"type": "null"}]
+        if len(kept) == 1 and isinstance(kept[0], dict):
+            schema = {**kept[0], **{k: v for k, v in schema.items() if k != "anyOf"}}
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _VALUE_KEYWORDS:
+            if key != "default" or value is not None:
+                out[key] = value
+        elif key == "properties" and isinstance(value, dict):
+            out[key] = {name: _lean(sub) for name, sub in value.items()}
+        elif key != "title" or not isinstance(value, str):
+            out[key] = _lean(value)
+    return out
+
+
+_VALUE_KEYWORDS = frozenset({"default", "enum", "const", "examples"})
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError, allowed: Sequence[str]) -> str:

@@ -136,10 +136,7 @@ class TaskHistory:
         limit: LimitArg = 20,
         cursor: CursorArg = None,
     ) -> Annotated[CallToolResult, TaskList]:
-        """The tasks this server has made, newest first, with their state, price and saved images.
-
-        Filter by status or model; if next_cursor is set, pass it as cursor for the next page.
-        """
+        """Tasks made here, newest first: state, price, saved images. Pass next_cursor as cursor for more."""
         records, next_cursor = await self._page(status=status, model=model, limit=limit, cursor=cursor)
         listing = TaskList(tasks=[self._result(r) for r in records], next_cursor=next_cursor)
         filters = ", ".join(f"{k}={v}" for k, v in (("status", status), ("model", model)) if v)

@@ -1,14 +1,15 @@
-"""The MCP resources: a task's state, a library image, the model catalog."""
+"""The MCP resources: a task's state, a library image, the model catalog (an index, and each model)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
-from runapi_mcp.catalog import Catalog
+from runapi_mcp.catalog import Catalog, CatalogError
+from runapi_mcp.server.catalog_view import MODELS_URI, model_details, model_index
+from runapi_mcp.server.icons import icon_for
 from runapi_mcp.server.results import task_result
 from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager, UnknownTaskError
 
@@ -34,11 +35,22 @@ class LibraryResources:
             description="A picture from the local library, full size",
         )(self.image)
         server.resource(
-            "runapi://models",
+            MODELS_URI,
             name="models",
+            title="Image models",
             mime_type="application/json",
-            description="The catalog of RunAPI image models and their fields",
+            description="Every RunAPI image model in a few words (list_models' index)",
+            icons=icon_for("models"),
         )(self.models)
+        server.resource(
+            MODELS_URI + "/{model}",
+            name="model",
+            title="Image model",
+            mime_type="application/json",
+            description="One model's actions and fields (types, allowed values, limits), as list_models(model=...);"
+            " a slug with a slash is written with %2F",
+            icons=icon_for("models"),
+        )(self.model)
 
     async def task(self, task_id: str) -> str:
         try:
@@ -55,4 +67,11 @@ class LibraryResources:
         return data
 
     def models(self) -> str:
-        return json.dumps(self.catalog.describe(), indent=1)
+        return model_index(self.catalog).model_dump_json(indent=1, exclude={"details"})
+
+    def model(self, model: str) -> str:
+        try:
+            listing = model_details(self.catalog, model=model)
+        except CatalogError as exc:  # names the close matches
+            raise ResourceNotFoundError(str(exc)) from None
+        return listing.model_dump_json(indent=1)

@@ -28,12 +28,16 @@ from runapi_mcp import __version__
 from runapi_mcp.catalog import CatalogError
 from runapi_mcp.client import RunAPIError
 from runapi_mcp.redaction import Redactor
+from runapi_mcp.server.apps_ui import AppsUI
 from runapi_mcp.server.arguments import describe_argument_names, describe_invalid_arguments
 from runapi_mcp.server.compat import ProtocolCompat
+from runapi_mcp.server.completions import Completions
+from runapi_mcp.server.confirm import ConfirmationRefused
 from runapi_mcp.server.cost import SpendLimitError
 from runapi_mcp.server.history import TaskHistory
 from runapi_mcp.server.mcp_tasks import McpTasks
 from runapi_mcp.server.owners import owner_scope
+from runapi_mcp.server.prompts import ImagePrompts, library_sizes
 from runapi_mcp.server.resources import LibraryResources
 from runapi_mcp.server.subscriptions import LiveUpdates, OwnerScopedBus
 from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
@@ -43,18 +47,22 @@ log = logging.getLogger("runapi_mcp.server")
 
 INSTRUCTIONS = """\
 RunAPI image models (GPT Image 2 by default) behind one API key.
-- To make a picture: call generate_image with a prompt; it waits (up to about 50 s), then returns the
-  picture as a preview, a runapi://images/... resource link and the saved file path.
+- To make a picture: call generate_image with a prompt; it waits (up to about 50 s, or timeout_s), then
+  returns the picture as a preview, a runapi://images/... resource link and the saved file path.
 - To change a picture: call edit_image with a prompt and images=[...]: a runapi://images/... URI, the task_id
-  of an earlier task, an absolute local path, an http(s) URL or a data: URI.
-- To make a picture larger: call upscale_image with image=... (any of those forms) and factor (2 by default).
+  of an earlier task (its first image), an absolute local path or file:// URI (uploaded for you), an http(s)
+  URL or a data: URI.
+- To make a picture larger: call upscale_image with image=... (any of those forms) and factor (2 by default;
+  topaz-upscale-image takes 1, 2, 4 or 8, recraft-crisp-upscale no factor).
 - If a result says the task is still running, call get_task(task_id, wait=true): the task keeps running and
-  is never paid for twice.
+  is never paid for twice. wait=false returns the task_id at once. A failed task is never retried silently.
 - To find earlier tasks and their pictures (also from before a restart): call list_tasks (newest first;
   filter by status or model; pass next_cursor back as cursor for more).
+- To show the user their recent pictures: call gallery (a grid in clients that render MCP Apps, text elsewhere).
 - aspect_ratio (auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21) and
-  output_resolution (1k, 2k, 4k) shape GPT Image 2 output. Other models (list_models shows them and their
-  fields) take extra fields in params, e.g. model="topaz-upscale-image", params={"upscale_factor": 2}.
+  output_resolution (1k, 2k, 4k) shape GPT Image 2 output. list_models lists every model in one line each;
+  list_models(model=...) shows a model's fields (allowed values, limits), which other fields go in params,
+  e.g. model="imagen-4", params={"seed": 7}.
 """
 
 # Errors that are the caller's to fix: their text is the whole answer.
@@ -65,6 +73,7 @@ _INPUT_ERRORS: tuple[type[Exception], ...] = (
     MissingKeyError,
     InvalidCursorError,
     SpendLimitError,
+    ConfirmationRefused,
 )
 
 
@@ -78,6 +87,8 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.history = TaskHistory(deps.manager)
         self.bus = OwnerScopedBus()
         self.live = LiveUpdates(self.bus, self.history.resource_exists)
+        # MCP Apps: the picture viewer and gallery hosts render in the chat (others get plain results).
+        self.apps = AppsUI(deps.manager)
         # MCP Tasks (2025-11-25 clients only): task-augmented image tool calls, tasks/*, status notifications.
         self.tasks = McpTasks(
             deps.manager,
@@ -91,11 +102,16 @@ class RunAPIMCPServer(MCPServer[Any]):
             instructions=INSTRUCTIONS,
             version=__version__,
             subscriptions=self.bus,
-            tools=self.image_tools.tools() + self.history.tools(),
-            middleware=[owner_scope, ProtocolCompat(), self.live.track, self.tasks.middleware],
+            tools=self.apps.bind(self.image_tools.tools()) + self.history.tools() + self.apps.tools(),
+            extensions=[self.apps.extension],
+            middleware=[owner_scope, self.apps.middleware, ProtocolCompat(), self.live.track, self.tasks.middleware],
         )
         LibraryResources(deps.manager, deps.catalog).register(self)
         self.history.register(self)
+        # Prompts (each one call of our tools) and completion of their arguments and of our resource templates.
+        self.prompts = ImagePrompts(deps.catalog, library_sizes(deps.manager))
+        self.prompts.register(self)
+        Completions(self.prompts, deps.manager.store).register(self)
         self.live.install(self._lowlevel_server)
         self.tasks.install(self._lowlevel_server)
         # Every change of a task reaches listen streams (2026 era) and resources/subscribe clients (2025 era).

@@ -17,10 +17,10 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, RequestKind
+from runapi_mcp.catalog import Catalog, CatalogError, RequestKind
 from runapi_mcp.client import NO_API_KEY_MESSAGE
 from runapi_mcp.server.arguments import (
     ActionFilterArg,
@@ -29,6 +29,7 @@ from runapi_mcp.server.arguments import (
     ImageArg,
     ImagesArg,
     ModelArg,
+    ModelNameArg,
     ParamsArg,
     PromptArg,
     ResolutionArg,
@@ -37,6 +38,8 @@ from runapi_mcp.server.arguments import (
     WaitArg,
     strict_tool,
 )
+from runapi_mcp.server.catalog_view import ModelList, listing_result, model_details, model_index
+from runapi_mcp.server.confirm import SpendConfirmation
 from runapi_mcp.server.cost import SpendGuard
 from runapi_mcp.server.progress import ProgressReporter
 from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
@@ -72,6 +75,7 @@ class ServerDeps:
     has_key: bool
     max_spend_cents: int | None = None  # RUNAPI_MCP_MAX_SPEND_CENTS: per UTC day, None for no cap
     user_spend_cents: Mapping[str, int] = field(default_factory=dict)  # per-user caps (per-user tokens)
+    confirm_above_cents: int | None = None  # RUNAPI_MCP_CONFIRM_ABOVE_CENTS: ask the user above it; None: never
 
 
 @dataclass(frozen=True)
@@ -110,22 +114,6 @@ class TaskRequest:
         return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s)
 
 
-class ModelInfo(BaseModel):
-    model: str
-    family: str
-    action: str
-    route: str
-    tool: str
-    image_field: str | None
-    max_outputs: int | None = None
-    fields: dict[str, dict[str, str]]
-
-
-class ModelList(BaseModel):
-    models: list[ModelInfo]
-    aliases: dict[str, str] = Field(description="Other names accepted for a model")
-
-
 class BalanceResult(BaseModel):
     balance_cents: int | None
     paid_balance_cents: int | None = None
@@ -153,6 +141,7 @@ class ImageTools:
             deps.max_spend_cents,
             user_caps=deps.user_spend_cents,
         )
+        self.confirm = SpendConfirmation(deps.confirm_above_cents)
 
     def tools(self) -> list[Tool]:
         """The tools to register, each with strict arguments."""
@@ -170,7 +159,7 @@ class ImageTools:
     # -- the tools -------------------------------------------------------------------------
     async def generate_image(
         self,
-        prompt: Annotated[PromptArg, Field(description="What to draw. Be specific: subject, style, text to render.")],
+        prompt: Annotated[PromptArg, Field(description="Subject, style, any text to render")],
         ctx: Context[Any, Any],
         model: ModelArg = "gpt-image-2",
         aspect_ratio: AspectRatioArg = "auto",
@@ -178,12 +167,9 @@ class ImageTools:
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Create an image from a text prompt and return it (preview, resource link, saved file path).
-
-        Waits for RunAPI to finish (about 10-30 s for gpt-image-2); if the wait runs out, the result says the
-        task is still running: call get_task(task_id, wait=true). Failed tasks are never retried silently.
-        """
+    ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
+        """Make an image from a prompt; returns a preview, its runapi://images/ URI and file path. Waits
+        ~10-30 s; if still running, call get_task(task_id, wait=true)."""
         request = TaskRequest.from_arguments(
             "generate", prompt=prompt, model=model, aspect_ratio=aspect_ratio,
             output_resolution=output_resolution, params=params, wait=wait, timeout_s=timeout_s,
@@ -192,7 +178,7 @@ class ImageTools:
 
     async def edit_image(
         self,
-        prompt: Annotated[PromptArg, Field(description="The change to make, e.g. 'make the sky purple'")],
+        prompt: Annotated[PromptArg, Field(description="The change, e.g. 'make the sky purple'")],
         images: ImagesArg,
         ctx: Context[Any, Any],
         model: ModelArg = "gpt-image-2",
@@ -201,12 +187,9 @@ class ImageTools:
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Edit or transform existing images with an instruction (also upscale, remix, background removal).
-
-        Local files are uploaded for you; library images and earlier task ids are reused. Returns the new
-        image like generate_image does.
-        """
+    ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
+        """Edit images by instruction (other models: remix, reframe, remove background). Returns like
+        generate_image."""
         request = TaskRequest.from_arguments(
             "edit", prompt=prompt, model=model, aspect_ratio=aspect_ratio, output_resolution=output_resolution,
             params=params, images=images, wait=wait, timeout_s=timeout_s,
@@ -221,14 +204,8 @@ class ImageTools:
         model: ModelArg = "topaz-upscale-image",
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
-    ) -> Annotated[CallToolResult, TaskResult]:
-        """Make an image larger (topaz-upscale-image by default, 2x) and return it like generate_image does.
-
-        image takes every form edit_image's images do: a runapi://images/... URI, the task_id of an earlier
-        task (its first image), a local path, an http(s) URL or a data: URI. factor must be one the model
-        allows (topaz-upscale-image: 1, 2, 4 or 8); a model without a factor (recraft-crisp-upscale) takes
-        only the default.
-        """
+    ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
+        """Enlarge an image (topaz-upscale-image: factor 1, 2, 4 or 8). Returns like generate_image."""
         spec = self.catalog.resolve(model, "upscale")[1]
         options: dict[str, Any] = {}
         target = spec.upscale_field
@@ -259,24 +236,28 @@ class ImageTools:
         self,
         task_id: TaskIdArg,
         ctx: Context[Any, Any],
-        wait: Annotated[bool, Field(description="Wait for the task to finish")] = False,
+        wait: Annotated[bool, Field(description="Wait until it finishes")] = False,
         timeout_s: TimeoutArg = None,
     ) -> Annotated[CallToolResult, TaskResult]:
-        """The status of an image task, with its pictures once it has completed."""
+        """A task's status, and its images once completed."""
         record = await self.manager.get(task_id)
         if wait and not record.terminal:
             return await self.wait_for(ctx, record, self._timeout(timeout_s))
         return await self.result(record)
 
-    async def list_models(self, action: ActionFilterArg = None) -> ModelList:
-        """Every RunAPI image model with its action, route and fields (types, allowed values, limits)."""
-        return ModelList(
-            models=[ModelInfo.model_validate(m) for m in self.catalog.describe(action)],
-            aliases={alias: f"{slug} ({endpoint})" for alias, (slug, endpoint) in ALIASES.items()},
-        )
+    async def list_models(
+        self, model: ModelNameArg = None, action: ActionFilterArg = None
+    ) -> Annotated[CallToolResult, ModelList]:
+        """All models, one line each. With model= or action=: their fields (types, allowed values, limits)."""
+        # The index alone by default: every field of every model is ~17k tokens (catalog_view says why). A blank
+        # filter is a client filling in a default, not a request for every field of every model.
+        model, action = (value if value and value.strip() else None for value in (model, action))
+        if model is None and action is None:
+            return listing_result(model_index(self.catalog))
+        return listing_result(model_details(self.catalog, model=model, action=action))
 
     async def check_balance(self) -> BalanceResult:
-        """The RunAPI account balance in cents, what this server's tasks cost today (UTC), and the daily cap."""
+        """Account balance (cents), spend here today (UTC) and the daily cap."""
         if not self.deps.has_key:
             raise MissingKeyError
         balance = await self.manager.client.get_balance()
@@ -285,10 +266,11 @@ class ImageTools:
         return BalanceResult.model_validate({**balance.model_dump(), **here})
 
     # -- the shared path of generate, edit and upscale --------------------------------------
-    async def run(self, ctx: Context[Any, Any], request: TaskRequest) -> CallToolResult:
+    async def run(self, ctx: Context[Any, Any], request: TaskRequest) -> CallToolResult | InputRequiredResult:
         """Validate everything, quote, then upload, create, and wait as asked.
 
-        Nothing is sent for a bad call, and nothing is uploaded or created for one the spend cap refuses.
+        Nothing is sent for a bad call, and nothing is uploaded or created for one the spend cap refuses
+        or the user does not confirm (``RUNAPI_MCP_CONFIRM_ABOVE_CENTS``).
         """
         timeout = self._timeout(request.timeout_s)
         validated = self.catalog.validate(
@@ -312,6 +294,11 @@ class ImageTools:
         priced = dict(validated.with_images(known).body) if known is not None else dict(validated.body)
         quote = await self.spend.quote(validated.action.service, validated.action.endpoint, priced)
         async with self.spend.admit(quote):
+            # Above RUNAPI_MCP_CONFIRM_ABOVE_CENTS the user says yes first. Inside the cap's block: a task the
+            # cap refuses is never asked about, and the budget the user is asked to spend stays reserved.
+            question = await self.confirm.check(ctx, validated, quote.cents)
+            if question is not None:
+                return question  # 2026 era: the client asks and calls again with the answer
             urls = await resolver.upload(plan) if plan is not None else []
             record = await self.manager.submit(
                 validated.with_images(urls), prompt=request.prompt, price_cents=quote.cents

@@ -1,0 +1,601 @@
+"""The web gallery: the library in a browser, at ``/gallery``.
+
+Two ways to reach it:
+
+- ``runapi-mcp gallery`` (:func:`run_gallery`) serves only the gallery on loopback, for stdio users. It
+  opens the task store and the image library read-mostly; no task manager runs (a stdio server on the
+  same home polls its own tasks), so it needs no RunAPI key and spends nothing. No auth: only this
+  machine can connect, and the Host/Origin check of ``http.app`` keeps other sites' pages out.
+- ``runapi-mcp serve --transport http|streamable-http|sse`` mounts the same routes beside ``/files``.
+
+Each caller sees only their own tasks and images (the owner ``http.app`` puts in ``current_owner``: a
+JWT's subject, or the local owner for the shared token); another owner's image is 404, exactly as one
+that does not exist.
+
+Browser auth. A browser cannot send an ``Authorization`` header from the address bar, so the gallery
+(and only the gallery: ``/files`` and ``/mcp`` never read it) also takes the same bearer token from a
+cookie. The cookie is set by ``GET /gallery?token=...`` (checked first, then a redirect to the URL
+without it) or by the sign-in form (``POST /gallery/login``, which keeps the token out of the URL and
+the browser history). It is HttpOnly, SameSite=Strict, scoped to ``Path=/gallery``, Secure over HTTPS,
+and lives as long as the token (a JWT's ``exp``; the shared token: :data:`SHARED_COOKIE_MAX_AGE_S`).
+It holds the token itself, checked by the same verifier on every request, so a rotated shared token or
+an expired JWT ends the session at once and no session state is kept. The token is never logged.
+
+Thumbnails are ``ImageStore`` previews at their own size (:data:`THUMB_EDGE`), so they are made once,
+under the process-wide decode budget of ``tasks/previews.py``, and cached in the library's
+``.previews/`` beside the MCP previews.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import logging
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import cast
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import anyio
+import uvicorn
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from runapi_mcp.catalog import get_catalog
+from runapi_mcp.config import ConfigError, Settings
+from runapi_mcp.history_cli import STATES
+from runapi_mcp.http.auth import owner_of
+from runapi_mcp.http.gallery_page import Filters, GalleryView, Tile, render_gallery, render_problem, render_signin
+from runapi_mcp.server.owners import FILES_URL_SCOPE_KEY
+from runapi_mcp.tasks import (
+    ImageRecord,
+    ImageStore,
+    InvalidCursorError,
+    Preview,
+    TaskRecord,
+    TaskState,
+    TaskStore,
+    current_owner,
+)
+from runapi_mcp.tasks.images import valid_image_id
+from runapi_mcp.tasks.previews import make_preview
+from runapi_mcp.tasks.store import encode_cursor
+
+log = logging.getLogger("runapi_mcp.http.gallery")
+
+GALLERY_PATH = "/gallery"
+COOKIE_NAME = "runapi_gallery"
+SHARED_COOKIE_MAX_AGE_S = 7 * 86400  # the shared token does not expire; the browser session does
+PAGE_TASKS = 24
+THUMB_EDGE = 512  # twice the grid's cell width, for high-density screens
+THUMB_BYTES = 150_000
+# A text search reads the owner's tasks page by page and filters the prompts here (the store has no
+# text index). One request reads at most SCAN_LIMIT tasks; past that the page links on from where
+# the search stopped, so no request's work grows with the size of the history.
+SCAN_BATCH = 200
+SCAN_LIMIT = 5000
+MAX_QUERY_CHARS = 200
+MAX_FORM_BYTES = 16 * 1024
+DEFAULT_PORT = 8766
+
+_PAGE_CSP = (
+    "default-src 'self'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Images (and the placeholder) opened on their own: nothing may run or load in that document.
+_IMAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; sandbox"
+_COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # Another site's page may not embed these (an <img> of a loopback gallery needs no cookie).
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
+               "image/bmp": ".bmp", "image/tiff": ".tiff"}  # fmt: skip
+_NO_PREVIEW_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512" viewBox="0 0 512 512">'
+    b'<rect width="512" height="512" fill="#d8d8d4"/><text x="256" y="262" font-family="sans-serif" '
+    b'font-size="28" text-anchor="middle" fill="#55555a">no preview</text></svg>'
+)
+
+_FAVICON_SVG = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" '
+    b'fill="#2457c5"/><path d="M6 24l7-9 5 6 3-4 5 7z" fill="#fff"/><circle cx="22" cy="10" r="3" fill="#fff"/></svg>'
+)
+
+
+@dataclass(frozen=True)
+class _Caller:
+    owner: str
+    signed_in: bool  # by the cookie (offer "Sign out")
+
+
+class Gallery:
+    """The gallery's routes over a task store and an image library.
+
+    ``verifier``: the HTTP server's bearer verifier (the cookie's token is checked with it); None when
+    the server has no auth (loopback only), and then every caller is the local owner.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        images: ImageStore,
+        verifier: TokenVerifier | None = None,
+        *,
+        models: Sequence[str] | None = None,
+    ) -> None:
+        self.store = store
+        self.images = images
+        self.verifier = verifier
+        self.models = list(models) if models is not None else list(get_catalog().model_names)
+
+    def routes(self) -> list[BaseRoute]:
+        base = GALLERY_PATH
+        return [
+            Route(base, self.page, methods=["GET"]),
+            Route(base + "/thumbs/{image_id}", self.thumb, methods=["GET"]),
+            Route(base + "/images/{image_id}", self.full, methods=["GET"]),
+            Route(base + "/download/{image_id}", self.download, methods=["GET"]),
+            Route(base + "/login", self.login, methods=["POST"]),
+            Route(base + "/logout", self.logout, methods=["POST"]),
+            Route(base + "/favicon.svg", _favicon, methods=["GET"]),  # static; else the browser asks /favicon.ico
+        ]
+
+    # -- auth ------------------------------------------------------------------------------------
+
+    async def _verify(self, token: str) -> AccessToken | None:
+        """The verified token, or None. Same checks as the bearer header gets (``BearerAuthBackend``)."""
+        if self.verifier is None or not token:
+            return None
+        access = await self.verifier.verify_token(token)
+        if access is None or (access.expires_at is not None and access.expires_at < int(time.time())):
+            return None
+        try:
+            owner_of(access)
+        except ValueError:
+            return None
+        return access
+
+    async def _caller(self, request: Request) -> _Caller | None:
+        """Who is asking, or None (not signed in)."""
+        user = request.scope.get("user")
+        if isinstance(user, AuthenticatedUser):
+            # A valid Authorization header: http.app's _OwnerScope has put this owner in current_owner.
+            return _Caller(owner_of(user.access_token), signed_in=False)
+        if self.verifier is None:
+            return _Caller(current_owner.get(), signed_in=False)  # no auth: loopback, the local owner
+        token = _cookie_token(request)
+        access = await self._verify(token) if token else None
+        return _Caller(owner_of(access), signed_in=True) if access is not None else None
+
+    def _refused(self, request: Request, *, error: str | None = None) -> Response:
+        """401 with the sign-in page. ``error``: a token just offered was refused (a session the
+        cookie may hold is left alone); without it, the cookie itself failed and is cleared."""
+        nonce = secrets.token_urlsafe(16)
+        response = HTMLResponse(render_signin(GALLERY_PATH, nonce, error=error), status_code=401)
+        _page_headers(response, nonce)
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        if error is None and COOKIE_NAME in request.cookies:
+            _clear_cookie(response, request)  # expired or rotated: drop it rather than send it again
+        return response
+
+    def _signed_in(self, request: Request, access: AccessToken | None, target: str) -> Response:
+        """A redirect to ``target`` that keeps ``access`` in the gallery cookie (when there is auth)."""
+        response = RedirectResponse(target, status_code=303)
+        response.headers.update(_COMMON_HEADERS)
+        response.headers["Cache-Control"] = "no-store"
+        if access is not None:
+            max_age = SHARED_COOKIE_MAX_AGE_S
+            if access.expires_at is not None:
+                max_age = max(0, min(max_age, int(access.expires_at - time.time())))
+            response.set_cookie(
+                COOKIE_NAME,
+                base64.urlsafe_b64encode(access.token.encode("utf-8", "surrogatepass")).decode().rstrip("="),
+                max_age=max_age,
+                path=GALLERY_PATH,
+                secure=_is_https(request),
+                httponly=True,
+                samesite="strict",
+            )
+        return response
+
+    async def login(self, request: Request) -> Response:
+        """``POST /gallery/login`` (the sign-in form): check the token, keep it in the cookie."""
+        if not _same_origin(request):
+            return _plain(403, "cross-site sign-in refused")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return _plain(413, "form too large")
+        token = dict(parse_qsl(body.decode("utf-8", "replace"))).get("token", "").strip()
+        if self.verifier is None:
+            return self._signed_in(request, None, GALLERY_PATH)
+        access = await self._verify(token)
+        if access is None:
+            return self._refused(request, error="That token was not accepted.")
+        return self._signed_in(request, access, GALLERY_PATH)
+
+    async def logout(self, request: Request) -> Response:
+        if not _same_origin(request):
+            return _plain(403, "cross-site sign-out refused")
+        response = RedirectResponse(GALLERY_PATH, status_code=303)
+        response.headers.update(_COMMON_HEADERS)
+        _clear_cookie(response, request)
+        return response
+
+    # -- the page --------------------------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        params = request.query_params
+        if "token" in params:
+            # Once, from a link: check it, keep it in the cookie, and leave the URL (history, screen,
+            # any Referer) without it.
+            rest = urlencode([(k, v) for k, v in params.multi_items() if k != "token"])
+            target = GALLERY_PATH + (f"?{rest}" if rest else "")
+            if self.verifier is None:
+                return self._signed_in(request, None, target)
+            access = await self._verify(params["token"])
+            if access is None:
+                return self._refused(request, error="That token was not accepted.")
+            return self._signed_in(request, access, target)
+        caller = await self._caller(request)
+        if caller is None:
+            return self._refused(request)
+        filters = _filters(params.get("q"), params.get("model"), params.get("status"))
+        nonce = secrets.token_urlsafe(16)
+        try:
+            records, next_cursor, note = await self._records(caller.owner, filters, params.get("cursor") or None)
+        except InvalidCursorError as exc:
+            response: Response = HTMLResponse(render_problem(GALLERY_PATH, nonce, str(exc)), status_code=400)
+            _page_headers(response, nonce)
+            return response
+        models = self.models if not filters.model or filters.model in self.models else [filters.model, *self.models]
+        view = GalleryView(
+            base=GALLERY_PATH,
+            tiles=[tile for record in records for tile in _tiles(record)],
+            filters=filters,
+            models=models,
+            statuses=STATES,
+            next_cursor=next_cursor,
+            first_page=not params.get("cursor"),
+            scan_note=note,
+            signed_in=caller.signed_in,
+        )
+        response = HTMLResponse(render_gallery(view, nonce, thumb_edge=THUMB_EDGE))
+        _page_headers(response, nonce)
+        return response
+
+    async def _records(
+        self, owner: str, filters: Filters, cursor: str | None
+    ) -> tuple[list[TaskRecord], str | None, str | None]:
+        """One page of the owner's tasks, newest first: (records, the next page's cursor, a note)."""
+        status = cast("TaskState | None", filters.status or None)  # one of STATES (_filters checked it)
+        model = filters.model or None
+        if not filters.q:
+            page = await self.store.page(owner=owner, status=status, model=model, limit=PAGE_TASKS, cursor=cursor)
+            return page.records, page.next_cursor, None
+        needle = filters.q.casefold()
+        found: list[TaskRecord] = []
+        scanned = 0
+        last: TaskRecord | None = None
+        while scanned < SCAN_LIMIT:
+            page = await self.store.page(owner=owner, status=status, model=model, limit=SCAN_BATCH, cursor=cursor)
+            for record in page.records:
+                scanned += 1
+                last = record
+                if needle in (record.prompt or "").casefold():
+                    found.append(record)
+                    if len(found) > PAGE_TASKS:  # one more than shown: there is a next page
+                        shown = found[:PAGE_TASKS]
+                        return shown, encode_cursor(shown[-1]), None
+            if page.next_cursor is None:
+                return found, None, None
+            cursor = page.next_cursor
+        assert last is not None
+        return found, encode_cursor(last), f"Searched {scanned} tasks; older ones are on the next page"
+
+    # -- pictures --------------------------------------------------------------------------------
+
+    async def _image(self, request: Request) -> tuple[Response | None, ImageRecord | None]:
+        """The requested image if the caller may see it; else the response to send."""
+        caller = await self._caller(request)
+        if caller is None:
+            return self._refused(request), None
+        image_id = str(request.path_params.get("image_id", ""))
+        image = await self._visible(caller.owner, image_id)
+        if image is None:
+            return _plain(404, "no such image"), None
+        return None, image
+
+    async def _visible(self, owner: str, image_id: str) -> ImageRecord | None:
+        """A library image of one of ``owner``'s tasks, or None (as for one that does not exist).
+
+        Stricter than ``TaskManager.find_image``: the gallery serves only images it lists, so an image
+        must be one of its task's recorded outputs (a library file with no task record is not shown).
+        """
+        if not valid_image_id(image_id):
+            return None
+        image = await self.images.lookup(image_id)
+        if image is None or not image.task_id:
+            return None
+        record = await self.store.get(image.task_id)
+        if record is None or record.owner != owner or all(i.id != image.id for i in record.images):
+            return None
+        return image
+
+    async def thumb(self, request: Request) -> Response:
+        refused, image = await self._image(request)
+        if image is None:
+            assert refused is not None
+            return refused
+        made = await make_preview(self.images, image, THUMB_EDGE, THUMB_BYTES)
+        if isinstance(made, Preview):
+            response = Response(made.data, media_type=made.mime_type)
+            # An image id names one picture for ever, and so does its thumbnail.
+            response.headers["Cache-Control"] = "private, max-age=86400, immutable"
+        else:
+            response = Response(_NO_PREVIEW_SVG, media_type="image/svg+xml")
+            response.headers["Cache-Control"] = "private, max-age=300"
+        response.headers.update(_COMMON_HEADERS)
+        response.headers["Content-Security-Policy"] = _IMAGE_CSP
+        return response
+
+    async def full(self, request: Request) -> Response:
+        return await self._file(request, "inline")
+
+    async def download(self, request: Request) -> Response:
+        return await self._file(request, "attachment")
+
+    async def _file(self, request: Request, disposition: str) -> Response:
+        refused, image = await self._image(request)
+        if image is None:
+            assert refused is not None
+            return refused
+        data = await self.images.read(image.id)
+        if data is None:
+            return _plain(404, "no such image")
+        mime = image.mime_type or "application/octet-stream"
+        response = Response(data, media_type=mime)
+        response.headers.update(_COMMON_HEADERS)
+        response.headers["Content-Security-Policy"] = _IMAGE_CSP
+        response.headers["Cache-Control"] = "private, max-age=86400, immutable"
+        # Image ids are [A-Za-z0-9_-] (valid_image_id): nothing to quote in the file name.
+        response.headers["Content-Disposition"] = f'{disposition}; filename="{image.id}{_EXTENSIONS.get(mime, "")}"'
+        return response
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _filters(q: str | None, model: str | None, status: str | None) -> Filters:
+    """The filters the page accepts; anything else is dropped (shown as "any")."""
+    q = (q or "").strip()[:MAX_QUERY_CHARS]
+    model = (model or "").strip()
+    if len(model) > 200 or not model.isprintable():
+        model = ""
+    return Filters(q=q, model=model, status=status if status in STATES else "")
+
+
+def _tiles(record: TaskRecord) -> list[Tile]:
+    common = {
+        "task_id": record.task_id,
+        "model": record.model,
+        "status": record.status,
+        "prompt": record.prompt,
+        "created_at": record.created_at,
+        "price_cents": record.price_cents,
+    }
+    saved = [image for image in record.images if image.path]
+    if not saved:
+        if record.status == "completed":
+            note = "Not downloaded into the library"
+        elif record.status in ("failed", "cancelled"):
+            note = record.error or record.status.capitalize()
+        else:
+            note = f"{record.status.capitalize()}…"
+        return [Tile(**common, note=note)]  # type: ignore[arg-type]
+    many = len(record.images) > 1
+    return [
+        Tile(
+            **common,  # type: ignore[arg-type]
+            image_id=image.id,
+            width=image.width,
+            height=image.height,
+            bytes=image.bytes,
+            note=f"Image {image.index + 1} of {len(record.images)}" if many else None,
+        )
+        for image in saved
+    ]
+
+
+def _cookie_token(request: Request) -> str | None:
+    raw = request.cookies.get(COOKIE_NAME)
+    if not raw or len(raw) > 16 * 1024:
+        return None
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _clear_cookie(response: Response, request: Request) -> None:
+    response.delete_cookie(COOKIE_NAME, path=GALLERY_PATH, secure=_is_https(request), httponly=True, samesite="strict")
+
+
+def _is_https(request: Request) -> bool:
+    # Behind a TLS-terminating proxy the request may arrive as http: the public URL says how clients
+    # reach this server (http.app puts it, or the request's own base, in FILES_URL_SCOPE_KEY).
+    files_url = request.scope.get(FILES_URL_SCOPE_KEY)
+    return request.url.scheme == "https" or (isinstance(files_url, str) and files_url.startswith("https://"))
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser's POST from this server's own page (or no browser at all: no Origin, no Sec-Fetch-Site).
+
+    Stops another site from signing a visitor in to a gallery under the other site's token.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        return request.headers.get("sec-fetch-site") in (None, "same-origin", "none")
+    host = request.headers.get("host", "")
+    return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
+
+
+async def _favicon(_: Request) -> Response:
+    response = Response(_FAVICON_SVG, media_type="image/svg+xml")
+    response.headers.update(_COMMON_HEADERS)
+    response.headers["Content-Security-Policy"] = _IMAGE_CSP
+    response.headers["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
+def _page_headers(response: Response, nonce: str) -> None:
+    response.headers.update(_COMMON_HEADERS)
+    response.headers["Content-Security-Policy"] = _PAGE_CSP.format(nonce=nonce)
+    response.headers["Cache-Control"] = "no-store"  # private, and the nonce is per response
+
+
+def _plain(status: int, text: str) -> Response:
+    response = Response(text + "\n", status_code=status, media_type="text/plain")
+    response.headers.update(_COMMON_HEADERS)
+    return response
+
+
+# -- runapi-mcp gallery --------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn that stops on SIGINT/SIGTERM without re-raising the signal (the store closes first)."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        self.should_exit = True
+
+
+def _bind(host: str, port: int, *, fallback: bool) -> socket.socket:
+    """A listening socket on ``host:port``; with ``fallback``, any free port when that one is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        if not (fallback and exc.errno == errno.EADDRINUSE):
+            sock.close()
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        sock.bind((host, 0))
+    return sock
+
+
+def standalone_app(store: TaskStore, images: ImageStore, host: str, port: int) -> Starlette:
+    """The gallery alone, with no auth, behind http.app's Host/Origin check (loopback names only)."""
+    from runapi_mcp.http.app import HttpOptions, _HostCheck, transport_security  # http.app imports this module
+
+    async def home(_: Request) -> Response:
+        return RedirectResponse(GALLERY_PATH, status_code=307)
+
+    security = transport_security(HttpOptions(host=host, port=port))
+    routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *Gallery(store, images).routes()]
+    return Starlette(routes=routes, middleware=[Middleware(_HostCheck, settings=security)])
+
+
+@dataclass
+class RunningGallery:
+    """A serving gallery: its URL, and an event set once it has stopped (a signal, or ``stop()``)."""
+
+    url: str
+    stopped: anyio.Event
+    server: uvicorn.Server
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+@asynccontextmanager
+async def serving_gallery(
+    settings: Settings, host: str, port: int, *, fallback: bool = False
+) -> AsyncIterator[RunningGallery]:
+    """Serve the gallery of ``settings.home`` on loopback for as long as the block lasts.
+
+    SIGINT and SIGTERM stop the server (uvicorn's handlers, without its re-raise: the store is closed
+    on the way out); ``stopped`` is set then.
+    """
+    from runapi_mcp.app import open_store
+    from runapi_mcp.http.app import is_loopback_host
+
+    if not is_loopback_host(host):
+        raise ConfigError(
+            f"the gallery has no auth, so it serves on loopback only, not {host}; to share it, use "
+            "`runapi-mcp serve --transport http` with RUNAPI_MCP_AUTH_TOKEN (its /gallery needs the token)"
+        )
+    sock = _bind(host, port, fallback=fallback)
+    bound = int(sock.getsockname()[1])
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        async with open_store(settings) as store:
+            images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
+            config = uvicorn.Config(
+                standalone_app(store, images, host, bound), log_config=None, access_log=False, lifespan="off"
+            )
+            running = RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", anyio.Event(), _Server(config))
+
+            async def serve() -> None:
+                try:
+                    await running.server.serve(sockets=[sock])
+                finally:
+                    running.stopped.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve)
+                while not running.server.started:
+                    if running.stopped.is_set():
+                        raise ConfigError(f"could not serve the gallery on {host}:{bound}")
+                    await anyio.sleep(0.02)
+                try:
+                    yield running
+                finally:
+                    running.stop()
+    finally:
+        sock.close()
+
+
+async def _serve_until_stopped(settings: Settings, host: str, port: int, fallback: bool) -> None:
+    async with serving_gallery(settings, host, port, fallback=fallback) as running:
+        print(f"runapi-mcp gallery: serving {settings.images_dir} at {running.url} (Ctrl-C to stop)", file=sys.stderr)
+        print(running.url, flush=True)  # one line on stdout, for scripts
+        await running.stopped.wait()
+    print("runapi-mcp gallery: stopped", file=sys.stderr)
+
+
+def run_gallery(settings: Settings, host: str, port: int | None) -> int:
+    """``runapi-mcp gallery``: serve until Ctrl-C (or SIGTERM); the exit code.
+
+    With no ``--port``, :data:`DEFAULT_PORT` (a stable, bookmarkable address), or any free port when
+    another process has it; a port given explicitly is used or the command fails.
+    """
+    from runapi_mcp.tasks.sqlite_store import StoreError
+
+    try:
+        anyio.run(_serve_until_stopped, settings, host, DEFAULT_PORT if port is None else port, port is None)
+    except (ConfigError, StoreError) as exc:
+        print(f"runapi-mcp gallery: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

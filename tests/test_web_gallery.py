@@ -1,0 +1,381 @@
+"""The web gallery (``/gallery``, ``runapi-mcp gallery``) over real loopback HTTP, in headless Chromium
+where one is installed, and with plain HTTP for auth, isolation, caching and the CLI.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from playwright.async_api import Browser
+
+from runapi_mcp.app import App, open_app
+from runapi_mcp.http import gallery
+from runapi_mcp.http.app import HttpOptions
+from runapi_mcp.http.serve import http_server
+from runapi_mcp.simulator import Simulator
+from runapi_mcp.tasks import ImageRecord, ImageStore, Preview
+from tests.browser import screenshot_path
+from tests.support import FAST_POLICY, Harness, make_settings, server_env, text_of
+from tests.test_auth_tokens import AUDIENCE, JWKS_PATH, Issuer, Keys, claims, issuer, keys, mint
+
+pytestmark = pytest.mark.anyio
+
+__all__ = ["issuer", "keys"]  # fixtures used here, defined beside the verifier's own tests
+
+TOKEN = "gallery-shared-token-0123456789abcdef"
+XSS_PROMPT = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> "quoted" & more'
+
+
+async def generate(client: Client, prompt: str, model: str = "gpt-image-2") -> dict[str, Any]:
+    result = await client.call_tool("generate_image", {"prompt": prompt, "model": model})
+    assert not result.is_error, text_of(result)
+    data = result.structured_content
+    assert data is not None and data["status"] == "completed", data
+    return dict(data)
+
+
+async def generate_all(client: Client, jobs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Several tasks at once (each takes a fraction of a second on the simulator)."""
+    out: list[dict[str, Any]] = [{} for _ in jobs]
+
+    async def one(n: int, prompt: str, model: str) -> None:
+        out[n] = await generate(client, prompt, model)
+
+    async with anyio.create_task_group() as tg:
+        for n, (prompt, model) in enumerate(jobs):
+            tg.start_soon(one, n, prompt, model)
+    return out
+
+
+def image_id(task: dict[str, Any]) -> str:
+    return str(task["images"][0]["uri"]).removeprefix("runapi://images/")
+
+
+@asynccontextmanager
+async def served(app: App) -> AsyncIterator[str]:
+    async with http_server(app, HttpOptions(port=0), app.settings) as running:
+        yield f"http://127.0.0.1:{running.port}"
+
+
+@asynccontextmanager
+async def served_with_token(sim: Simulator, home: Path, inputs: Path) -> AsyncIterator[tuple[App, Client, str]]:
+    settings = make_settings(sim, home, inputs, auth_token=TOKEN)
+    async with (
+        open_app(settings, policy=FAST_POLICY) as app,
+        Client(app.server, mode="legacy") as client,  # in process: the local owner, as the shared token is
+        http_server(app, HttpOptions(port=0), settings) as running,
+    ):
+        yield app, client, f"http://127.0.0.1:{running.port}"
+
+
+def cookie_of(answer: httpx.Response) -> str:
+    header = answer.headers["set-cookie"]
+    match = re.match(r"runapi_gallery=([^;]*);", header)
+    assert match is not None, header
+    return match.group(1)
+
+
+# -- in the browser --------------------------------------------------------------------------------
+
+
+async def test_the_gallery_in_a_browser(harness: Harness, browser: Browser) -> None:
+    fox, whale, hostile = await generate_all(
+        harness.client,
+        [
+            ("a red fox in fresh snow", "gpt-image-2"),
+            ("a blue whale under the sea", "imagen-4"),
+            (XSS_PROMPT, "gpt-image-2"),
+        ],
+    )
+    async with served(harness.app) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+        problems: list[str] = []  # a CSP violation (a blocked inline style or script) is a console error
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        answer = await page.goto(f"{base}/gallery")
+        assert answer is not None and answer.status == 200
+        tiles = page.locator("li.tile")
+        assert await tiles.count() == 3
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('li.tile img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=10_000,
+        )
+        assert await page.locator("li.tile img").count() == 3
+        body = await page.inner_text("main")
+        for text in (
+            "a red fox in fresh snow",
+            "a blue whale under the sea",
+            "imagen-4",
+            "gpt-image-2",
+            fox["task_id"],
+        ):
+            assert text in body
+        assert re.search(r"\d+×\d+", body)  # the size
+        # The hostile prompt is text on the page, and nothing of it ran.
+        assert XSS_PROMPT in body
+        assert await page.evaluate("() => window.__pwned") is None and not dialogs
+        await page.screenshot(path=str(screenshot_path("web-gallery")), full_page=True)
+        assert not problems, problems
+
+        # Filters: the model select submits by itself (JavaScript) ...
+        async with page.expect_navigation():
+            await page.select_option("select[name=model]", "imagen-4")
+        assert "model=imagen-4" in page.url
+        assert await tiles.count() == 1 and whale["task_id"] in await tiles.first.inner_text()
+        # ... the query string works without it ...
+        await page.goto(f"{base}/gallery?q=FOX")
+        assert await tiles.count() == 1 and fox["task_id"] in await tiles.first.inner_text()
+        await page.goto(f"{base}/gallery?status=failed")
+        assert await tiles.count() == 0
+        # ... and typing narrows the page at once.
+        await page.goto(f"{base}/gallery")
+        await page.fill("input[name=q]", "whale")
+        assert await page.locator("li.tile:visible").count() == 1
+        await page.screenshot(path=str(screenshot_path("web-gallery-filtered")), full_page=True)
+
+        # The full size and the download.
+        await page.goto(f"{base}/gallery")
+        wanted = image_id(fox)
+        link = page.locator(f'a.thumb[href="/gallery/images/{wanted}"]')
+        async with page.expect_navigation():
+            await link.click()
+        assert page.url.endswith(f"/gallery/images/{wanted}")
+        width = await page.evaluate("() => document.images[0].naturalWidth")
+        assert width == fox["images"][0]["width"]
+        download = await page.request.get(f"{base}/gallery/download/{wanted}")
+        assert download.status == 200
+        assert download.headers["content-disposition"].startswith("attachment;")
+        assert download.headers["content-type"] == "image/png"
+        assert hostile["task_id"]  # made, shown as text above
+        await page.close()
+
+
+# -- over plain HTTP -------------------------------------------------------------------------------
+
+
+async def test_the_page_escapes_every_text_and_sends_the_security_headers(harness: Harness) -> None:
+    (made,) = await generate_all(harness.client, [(XSS_PROMPT, "gpt-image-2")])
+    async with served(harness.app) as base, httpx.AsyncClient(base_url=base) as http:
+        answer = await http.get("/gallery")  # loopback, no auth configured: no token needed
+    assert answer.status_code == 200
+    page = answer.text
+    assert "<script>window.__pwned" not in page and 'onerror="window' not in page
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&quot;window.__pwned" in page
+    assert made["task_id"] in page
+    csp = answer.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp
+    nonce = re.search(r"'nonce-([^']+)'", csp)
+    assert nonce is not None
+    assert page.count(f'nonce="{nonce.group(1)}"') == 2  # the one <style> and the one <script>
+    assert page.count("<script") == 1
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_http_mode_needs_the_token_and_a_browser_keeps_it_in_a_cookie(
+    sim: Simulator, home: Path, inputs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with served_with_token(sim, home, inputs) as (_, client, base), httpx.AsyncClient(base_url=base) as http:
+        made = await generate(client, "a lighthouse at dusk")
+        wanted = image_id(made)
+        pictures = [f"/gallery/thumbs/{wanted}", f"/gallery/images/{wanted}", f"/gallery/download/{wanted}"]
+
+        refused = await http.get("/gallery")
+        assert refused.status_code == 401 and 'name="token"' in refused.text
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+        assert "lighthouse" not in refused.text
+        for path in pictures:
+            assert (await http.get(path)).status_code == 401, path
+        wrong = await http.get("/gallery", params={"token": "not-the-token"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+
+        # ?token= once: checked, kept in a cookie, and the URL is cleaned (other parameters kept).
+        signed = await http.get("/gallery", params={"token": TOKEN, "model": "gpt-image-2"})
+        assert signed.status_code == 303
+        assert signed.headers["location"] == "/gallery?model=gpt-image-2"
+        set_cookie = signed.headers["set-cookie"]
+        for attribute in ("HttpOnly", "Path=/gallery", "SameSite=strict", "Max-Age="):
+            assert attribute.lower() in set_cookie.lower(), set_cookie
+        assert TOKEN not in set_cookie
+        cookie = {"Cookie": f"runapi_gallery={cookie_of(signed)}"}
+        http.cookies.clear()  # each request below says what it carries
+
+        page = await http.get("/gallery?model=gpt-image-2", headers=cookie)
+        assert page.status_code == 200 and "a lighthouse at dusk" in page.text and "Sign out" in page.text
+        thumb = await http.get(pictures[0], headers=cookie)
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        full = await http.get(pictures[1], headers=cookie)
+        assert full.status_code == 200 and full.headers["content-disposition"].startswith("inline;")
+        download = await http.get(pictures[2], headers=cookie)
+        assert download.status_code == 200 and download.headers["content-disposition"].startswith("attachment;")
+        assert download.content == full.content
+        # The bearer header works too; the cookie works nowhere but the gallery.
+        assert (await http.get("/gallery", headers={"Authorization": f"Bearer {TOKEN}"})).status_code == 200
+        assert (await http.get(f"/files/{wanted}", headers=cookie)).status_code == 401
+        assert (await http.post("/mcp", headers=cookie, json={})).status_code == 401
+
+        # The sign-in form: only from this server's own page; a bad token sets nothing.
+        form = {"token": TOKEN}
+        cross = await http.post("/gallery/login", data=form, headers={"Origin": base.replace("127.0.0.1", "localhost")})
+        assert cross.status_code == 403 and "set-cookie" not in cross.headers
+        bad = await http.post("/gallery/login", data={"token": "nope"}, headers={"Origin": base})
+        assert bad.status_code == 401 and "set-cookie" not in bad.headers
+        login = await http.post("/gallery/login", data=form, headers={"Origin": base})
+        assert login.status_code == 303 and login.headers["location"] == "/gallery"
+        again = {"Cookie": f"runapi_gallery={cookie_of(login)}"}
+        http.cookies.clear()
+        assert (await http.get("/gallery", headers=again)).status_code == 200
+        logout = await http.post("/gallery/logout", headers={**again, "Origin": base})
+        assert logout.status_code == 303 and 'runapi_gallery=""' in logout.headers["set-cookie"]
+        # A cookie that no longer verifies (a rotated token) is refused and cleared.
+        stale = {"Cookie": "runapi_gallery=" + base64.urlsafe_b64encode(b"rotated-away").decode()}
+        gone = await http.get("/gallery", headers=stale)
+        assert gone.status_code == 401 and "runapi_gallery=" in gone.headers.get("set-cookie", "")
+    # The server's logs (not the test client's, which logs its own request URLs) never carry the token.
+    server_logs = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
+    assert server_logs and TOKEN not in server_logs and cookie_of(signed) not in server_logs
+
+
+async def test_each_user_sees_only_their_own(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer, keys: Keys
+) -> None:
+    settings = make_settings(
+        sim, home, inputs, jwt_issuer=issuer.url, jwt_audience=AUDIENCE, jwt_jwks_url=issuer.url + JWKS_PATH
+    )
+    alice_token = mint(keys.rsa, claims(issuer.url, sub="alice"))
+    bob_token = mint(keys.rsa, claims(issuer.url, sub="bob"))
+    options = HttpOptions(port=0, jwt_issuer=settings.jwt_issuer)
+    async with open_app(settings, policy=FAST_POLICY) as app, http_server(app, options, settings) as running:
+        base = f"http://127.0.0.1:{running.port}"
+        http_client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {alice_token}"}, timeout=30)
+        async with Client(streamable_http_client(f"{base}/mcp", http_client=http_client), mode="legacy") as alice:
+            made = await generate(alice, "alice's private picture")
+        wanted = image_id(made)
+        pictures = [f"/gallery/thumbs/{wanted}", f"/gallery/images/{wanted}", f"/gallery/download/{wanted}"]
+        async with httpx.AsyncClient(base_url=base) as http:
+            as_alice = {"Authorization": f"Bearer {alice_token}"}
+            page = await http.get("/gallery", headers=as_alice)
+            assert page.status_code == 200 and "alice&#x27;s private picture" in page.text
+            for path in pictures:
+                assert (await http.get(path, headers=as_alice)).status_code == 200, path
+            # Bob, by header or by cookie: nothing of alice's, and her pictures are not found.
+            signed = await http.get("/gallery", params={"token": bob_token})
+            assert signed.status_code == 303
+            max_age = int(re.search(r"Max-Age=(\d+)", signed.headers["set-cookie"]).group(1))  # type: ignore[union-attr]
+            assert 0 < max_age <= 300  # no longer than the JWT lives
+            for as_bob in ({"Authorization": f"Bearer {bob_token}"}, {"Cookie": f"runapi_gallery={cookie_of(signed)}"}):
+                page = await http.get("/gallery", headers=as_bob)
+                assert (
+                    page.status_code == 200 and "private picture" not in page.text and made["task_id"] not in page.text
+                )
+                assert "No images yet" in page.text
+                for path in pictures:
+                    assert (await http.get(path, headers=as_bob)).status_code == 404, path
+                assert (await http.get("/gallery?q=private", headers=as_bob)).text.count("li class") == 0
+
+
+async def test_a_thumbnail_is_made_once_and_cached_on_disk(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    (made,) = await generate_all(harness.client, [("a cached thumbnail", "gpt-image-2")])
+    renders: list[tuple[str, int]] = []
+    real = ImageStore.render_preview
+
+    def counting(store: ImageStore, image: ImageRecord, max_edge: int = 1024, *args: Any, **kw: Any) -> Preview:
+        renders.append((image.id, max_edge))
+        return real(store, image, max_edge, *args, **kw)
+
+    monkeypatch.setattr(ImageStore, "render_preview", counting)
+    wanted = image_id(made)
+    async with served(harness.app) as base, httpx.AsyncClient(base_url=base) as http:
+        first = await http.get(f"/gallery/thumbs/{wanted}")
+        second = await http.get(f"/gallery/thumbs/{wanted}")
+    assert first.status_code == second.status_code == 200
+    assert first.content == second.content and first.content[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert renders == [(wanted, gallery.THUMB_EDGE)]  # decoded once; the second came from the cache
+    assert "immutable" in first.headers["cache-control"]
+    previews = harness.app.manager.images.root / ".previews"
+    assert (previews / f"{wanted}-{gallery.THUMB_EDGE}-{gallery.THUMB_BYTES}.jpg").is_file()
+
+
+async def test_pages_newest_first_with_a_cursor(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    for prompt in ("first kite", "second kite", "third kite"):  # one after another: distinct creation times
+        await generate(harness.client, prompt)
+    monkeypatch.setattr(gallery, "PAGE_TASKS", 2)
+    async with served(harness.app) as base, httpx.AsyncClient(base_url=base) as http:
+        page = (await http.get("/gallery")).text
+        assert page.index("third kite") < page.index("second kite") and "first kite" not in page
+        older = re.search(r'<a rel="next" href="([^"]+)"', page)
+        assert older is not None
+        page = (await http.get(older.group(1).replace("&amp;", "&"))).text
+        assert "first kite" in page and "second kite" not in page and 'rel="next"' not in page
+        assert (await http.get("/gallery?cursor=not-a-cursor")).status_code == 400
+        # A text search that reaches its scan limit links on from where it stopped.
+        monkeypatch.setattr(gallery, "SCAN_BATCH", 1)
+        monkeypatch.setattr(gallery, "SCAN_LIMIT", 2)
+        page = (await http.get("/gallery?q=first")).text
+        assert "first kite" not in page and "Searched 2 tasks" in page
+        older = re.search(r'<a rel="next" href="([^"]+)"', page)
+        assert older is not None and "q=first" in older.group(1)
+        assert "first kite" in (await http.get(older.group(1).replace("&amp;", "&"))).text
+
+
+def _first_line(stream: Any, timeout: float) -> str:
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    return lines.get(timeout=timeout)
+
+
+async def test_the_gallery_command_serves_on_loopback_and_prints_its_url(
+    harness: Harness, sim: Simulator, home: Path, inputs: Path
+) -> None:
+    (made,) = await generate_all(harness.client, [("a picture for the command", "gpt-image-2")])
+    env = {**os.environ, **server_env(sim, home, inputs), "RUNAPI_API_KEY": ""}  # no key needed to browse
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runapi_mcp", "gallery", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        url = _first_line(proc.stdout, timeout=15).strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/gallery", url), url
+        async with httpx.AsyncClient() as http:
+            page = await http.get(url)
+            assert page.status_code == 200 and "a picture for the command" in page.text
+            thumb = await http.get(url + f"/thumbs/{image_id(made)}")
+            assert thumb.status_code == 200
+            rebound = await http.get(url, headers={"Host": "attacker.example"})  # DNS rebinding
+            assert rebound.status_code == 421
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        stdout_rest, stderr = proc.communicate(timeout=5)
+        assert url in stderr and not stdout_rest.strip()  # the URL is the only line on stdout
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    refused = await anyio.run_process(
+        [sys.executable, "-m", "runapi_mcp", "gallery", "--host", "0.0.0.0"], env=env, check=False
+    )
+    assert refused.returncode == 2 and b"loopback" in refused.stderr
