@@ -31,6 +31,7 @@ def test_a_client_pinned_to_each_handshake_version_reads_every_answer(
         assert init["protocolVersion"] == version
         tools = server.request("tools/list")["result"]["tools"]
         templates = server.request("resources/templates/list")["result"]["resourceTemplates"]
+        prompts = server.request("prompts/list")["result"]["prompts"]
         call = server.request(
             "tools/call",
             {"name": "generate_image", "arguments": {"prompt": f"for {version}"}, "_meta": {"progressToken": 7}},
@@ -56,6 +57,8 @@ def test_a_client_pinned_to_each_handshake_version_reads_every_answer(
         assert "structuredContent" not in call
         assert all("outputSchema" not in t and "title" not in t for t in tools)
         assert all("title" not in t for t in templates)
+        assert prompts and all("title" not in p and "icons" not in p for p in prompts)
+        assert all("title" not in a for p in prompts for a in p.get("arguments", []))
         assert "title" not in init["serverInfo"]
         if version == "2024-11-05":
             assert all("message" not in p for p in progress)

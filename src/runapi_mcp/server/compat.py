@@ -26,6 +26,8 @@ _TOOL_FIELDS = {
     "execution": "2025-11-25",
 }
 _RESOURCE_FIELDS = {"title": "2025-06-18", "size": "2025-06-18", "_meta": "2025-06-18", "icons": "2025-11-25"}
+_PROMPT_FIELDS = {"title": "2025-06-18", "_meta": "2025-06-18", "icons": "2025-11-25"}
+_PROMPT_ARGUMENT_FIELDS = {"title": "2025-06-18"}
 _IMPLEMENTATION_FIELDS = {"title": "2025-06-18", "icons": "2025-11-25", "websiteUrl": "2025-11-25",
                           "description": "2025-11-25"}
 _CALL_RESULT_FIELDS = {"structuredContent": "2025-06-18"}
@@ -75,6 +77,19 @@ def _each(key: str, fields: Mapping[str, str]) -> Callable[[dict[str, Any], str]
     return downgrade
 
 
+def _prompts(result: dict[str, Any], version: str) -> dict[str, Any]:
+    result = _each("prompts", _PROMPT_FIELDS)(result, version)
+    prompts = result.get("prompts")
+    if isinstance(prompts, list):
+        result["prompts"] = [
+            {**p, "arguments": _each("arguments", _PROMPT_ARGUMENT_FIELDS)(dict(p), version)["arguments"]}
+            if isinstance(p, Mapping) and isinstance(p.get("arguments"), list)
+            else p
+            for p in prompts
+        ]
+    return result
+
+
 def _initialize(result: dict[str, Any], version: str) -> dict[str, Any]:
     info = result.get("serverInfo")
     if isinstance(info, Mapping):
@@ -88,6 +103,7 @@ _DOWNGRADES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "tools/list": _each("tools", _TOOL_FIELDS),
     "resources/list": _each("resources", _RESOURCE_FIELDS),
     "resources/templates/list": _each("resourceTemplates", _RESOURCE_FIELDS),
+    "prompts/list": _prompts,
 }
 
 
