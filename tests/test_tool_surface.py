@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from typing import Any
 
 import pytest
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextResourceContents
-from pydantic import TypeAdapter
 
 from runapi_mcp.catalog import ALIASES, get_catalog
 from runapi_mcp.server.arguments import IMAGE_FORMS
@@ -29,8 +27,8 @@ CATALOG = get_catalog()
 
 
 def _report(line: str) -> None:
-    """A figure in the test output even without -s (pytest shows captured output only for failures)."""
-    sys.__stderr__.write(f"\n{line}\n") if sys.__stderr__ is not None else None
+    """A figure for the record: shown with ``-s`` (or ``-rP``); a failure's message has it as well."""
+    print(line)
 
 
 # -- tools/list --------------------------------------------------------------------------------------------
@@ -62,6 +60,14 @@ async def test_every_tool_has_a_title_and_an_svg_icon(harness: Harness) -> None:
     for name, kind in TOOL_KINDS.items():
         if name in tools:
             assert tools[name].icons == icon_for(kind), name
+
+
+async def test_every_prompt_has_a_title_and_an_icon(harness: Harness) -> None:
+    prompts = (await harness.client.list_prompts()).prompts
+    assert len(prompts) >= 6
+    for prompt in prompts:
+        assert prompt.title, prompt.name
+        assert prompt.icons == icon_for("prompt"), prompt.name
 
 
 def test_icon_for_gives_each_caller_its_own_list() -> None:
@@ -205,7 +211,7 @@ async def test_the_models_resources(harness: Harness) -> None:
     one = await _read_json(harness, "runapi://models/gpt-image-2")
     assert {d["action"] for d in one["details"]} == {"text_to_image", "edit_image"}
     listed = (await harness.call("list_models", {"model": "gpt-image-2"})).structured_content
-    assert one == TypeAdapter(dict[str, Any]).validate_python(listed)  # the same answer both ways
+    assert one == listed  # the same answer both ways
     slashed = await _read_json(harness, "runapi://models/grok-imagine%2Fupscale-image")
     assert [d["model"] for d in slashed["details"]] == ["grok-imagine/upscale-image"]
     with pytest.raises(MCPError) as refused:

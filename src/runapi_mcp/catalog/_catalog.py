@@ -550,8 +550,10 @@ class Catalog:
             name, forced_endpoint = ALIASES[name]
         candidates = self._by_model.get(name)
         if candidates is None:
+            close = self.close_matches(name, limit=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise CatalogError(
-                f"'model' {_show(model)} is not a RunAPI image model; allowed: "
+                f"'model' {_show(model)} is not a RunAPI image model; {hint}allowed: "
                 f"{', '.join(self.model_names + sorted(ALIASES))} (list_models shows each one's fields)",
                 field="model",
                 allowed=self.model_names + sorted(ALIASES),

@@ -28,6 +28,7 @@ from mcp.types import INVALID_PARAMS, InputRequiredResult
 from pydantic import Field
 
 from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, ModelSpec, RequestKind, text_problem
+from runapi_mcp.server.icons import icon_for
 from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager
 
 # Free text that goes into an image prompt (a product, a scene): long enough for any description.
@@ -159,7 +160,8 @@ def print_pixels(print_size: str, dpi: int) -> tuple[int, int, str]:
         unit = _UNITS.get((match.group(3) or "").lower()) if match else None
         if match is None or unit is None:
             raise _bad(
-                "'print_size' must be a paper size (" + ", ".join(n.upper() if n[0] == "a" else n for n in PAPER_MM)
+                "'print_size' must be a paper size ("
+                + ", ".join(n.upper() if n[0] == "a" else n for n in PAPER_MM)
                 + ") or a size with its unit, like '30x40 cm', '8x10 in' or '7200x4800 px'; "
                 f"got {print_size[:60]!r}"
             )
@@ -296,17 +298,26 @@ class ImagePrompts:
             (self.consistent_character, "Consistent character across scenes"),
             (self.upscale_for_print, "Upscale for print"),
         ):
-            server.add_prompt(_StrictPrompt.from_function(fn, name=fn.__name__, title=title))
+            server.add_prompt(
+                _StrictPrompt.from_function(fn, name=fn.__name__, title=title, icons=icon_for("prompt"))
+            )
 
     # -- the prompts --------------------------------------------------------------------------------------------
     async def product_shot(
         self,
-        product: Annotated[str, _arg("The product and what matters about it, e.g. 'a matte black ceramic mug "
-                                     "with a bamboo lid'")],
-        background: Annotated[str, _arg("The clean background, e.g. 'light grey seamless studio sweep' "
-                                        "(default: seamless pure white)")] = "",
-        image: Annotated[str, _arg("Optional photo of the real product to restage: runapi://images/..., a task id, "
-                                   "a local path or a URL (without one the product is drawn from the text)")] = "",
+        product: Annotated[
+            str, _arg("The product and what matters about it, e.g. 'a matte black ceramic mug with a bamboo lid'")
+        ],
+        background: Annotated[
+            str, _arg("The clean background, e.g. 'light grey seamless studio sweep' (default: seamless pure white)")
+        ] = "",
+        image: Annotated[
+            str,
+            _arg(
+                "Optional photo of the real product to restage: runapi://images/..., a task id, "
+                "a local path or a URL (without one the product is drawn from the text)"
+            ),
+        ] = "",
         aspect_ratio: Annotated[str, _arg("Shape of the picture (default 1:1; completion lists the model's)")] = "",
         output_resolution: Annotated[str, _arg("1k, 2k or 4k for gpt-image-2 (default 2k)")] = "",
         model: Annotated[str, _arg(f"The model (default {DEFAULT_MODEL}; completion lists the others)")] = "",
@@ -389,12 +400,14 @@ class ImagePrompts:
 
     async def poster_with_text(
         self,
-        text: Annotated[str, _arg("The exact words to print, e.g. 'GRAND OPENING · MAY 3' (kept character for "
-                                  "character)")],
+        text: Annotated[
+            str, _arg("The exact words to print, e.g. 'GRAND OPENING · MAY 3' (kept character for character)")
+        ],
         theme: Annotated[str, _arg("What the design shows and its mood, e.g. 'a bakery at dawn, warm watercolour'")],
         format: Annotated[str, _arg("poster (default, portrait) or banner (wide)")] = "",
-        aspect_ratio: Annotated[str, _arg("Shape (default: 2:3 for a poster, 3:1 for a banner, or the closest the "
-                                          "model has)")] = "",
+        aspect_ratio: Annotated[
+            str, _arg("Shape (default: 2:3 for a poster, 3:1 for a banner, or the closest the model has)")
+        ] = "",
         output_resolution: Annotated[str, _arg("1k, 2k or 4k for gpt-image-2 (default 2k)")] = "",
         model: Annotated[str, _arg(f"The model (default {DEFAULT_MODEL}, which renders text well)")] = "",
     ) -> str:
@@ -426,10 +439,13 @@ class ImagePrompts:
     async def background_edit(
         self,
         image: Annotated[str, _arg("The picture: runapi://images/..., a task id, a local path or a URL")],
-        new_background: Annotated[str, _arg("What to put behind the subject instead, e.g. 'a sunny beach'; "
-                                            "leave empty to remove the background")] = "",
-        model: Annotated[str, _arg("The edit model (default: recraft-remove-background to remove, gpt-image-2 "
-                                   "to replace)")] = "",
+        new_background: Annotated[
+            str,
+            _arg("What to put behind the subject instead, e.g. 'a sunny beach'; leave empty to remove the background"),
+        ] = "",
+        model: Annotated[
+            str, _arg("The edit model (default: recraft-remove-background to remove, gpt-image-2 to replace)")
+        ] = "",
     ) -> str:
         """Remove a picture's background (a cut-out) or replace it with another: edit_image on the given image."""
         replacement = self._text(new_background, "new_background", optional=True)
@@ -456,11 +472,17 @@ class ImagePrompts:
 
     async def consistent_character(
         self,
-        reference_image: Annotated[str, _arg("The picture that shows the character: runapi://images/..., a task "
-                                             "id, a local path or a URL")],
+        reference_image: Annotated[
+            str, _arg("The picture that shows the character: runapi://images/..., a task id, a local path or a URL")
+        ],
         scene: Annotated[str, _arg("The new scene, e.g. 'ordering coffee in a rainy Paris cafe, evening'")],
-        character: Annotated[str, _arg("Optional name or short description that helps keep details, e.g. 'Mina, "
-                                       "a red-haired courier in a yellow jacket'")] = "",
+        character: Annotated[
+            str,
+            _arg(
+                "Optional name or short description that helps keep details, e.g. 'Mina, "
+                "a red-haired courier in a yellow jacket'"
+            ),
+        ] = "",
         aspect_ratio: Annotated[str, _arg("Shape of the new picture (default: the model's own choice)")] = "",
         model: Annotated[str, _arg(f"The edit model (default {DEFAULT_MODEL})")] = "",
     ) -> str:
@@ -488,11 +510,21 @@ class ImagePrompts:
     async def upscale_for_print(
         self,
         image: Annotated[str, _arg("The picture: runapi://images/..., a task id, a local path or a URL")],
-        print_size: Annotated[str, _arg("The print: a paper size (A4, A3, letter, ...) or a size with its unit, "
-                                        "e.g. '30x40 cm', '8x10 in', '7200x4800 px'")],
+        print_size: Annotated[
+            str,
+            _arg(
+                "The print: a paper size (A4, A3, letter, ...) or a size with its unit, "
+                "e.g. '30x40 cm', '8x10 in', '7200x4800 px'"
+            ),
+        ],
         dpi: Annotated[str, _arg(f"Print density in dots per inch (default {DEFAULT_DPI})")] = "",
-        image_size: Annotated[str, _arg("The picture's size in pixels, e.g. '1024x1536' (needed only when it is "
-                                        "not a picture of this server's library)")] = "",
+        image_size: Annotated[
+            str,
+            _arg(
+                "The picture's size in pixels, e.g. '1024x1536' (needed only when it is "
+                "not a picture of this server's library)"
+            ),
+        ] = "",
         model: Annotated[str, _arg(f"The upscale model (default {DEFAULT_UPSCALER})")] = "",
     ) -> str:
         """Enlarge a picture enough to print it at a size: upscale_image with the factor the print needs."""
