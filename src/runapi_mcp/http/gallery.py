@@ -175,7 +175,8 @@ class Gallery:
         """Who is asking, or None (not signed in)."""
         user = request.scope.get("user")
         if isinstance(user, AuthenticatedUser):
-            # A valid Authorization header: http.app's _OwnerScope has put this owner in current_owner.
+            # A valid Authorization header: the owner http.app's _OwnerScope put in current_owner, taken
+            # from the token itself so that it cannot depend on the order of the middleware.
             return _Caller(owner_of(user.access_token), signed_in=False)
         if self.verifier is None:
             return _Caller(current_owner.get(), signed_in=False)  # no auth: loopback, the local owner
@@ -200,6 +201,7 @@ class Gallery:
         response.headers.update(_COMMON_HEADERS)
         response.headers["Cache-Control"] = "no-store"
         if access is not None:
+            log.info("gallery: browser session for %s", owner_of(access) or "the shared token")  # never the token
             max_age = SHARED_COOKIE_MAX_AGE_S
             if access.expires_at is not None:
                 max_age = max(0, min(max_age, int(access.expires_at - time.time())))
