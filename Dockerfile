@@ -14,8 +14,8 @@ FROM python:${PYTHON_VERSION}-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /build
-# Only what the wheel is built from (pyproject's readme is README.md), so edits elsewhere keep the cache.
-COPY pyproject.toml README.md ./
+# Only what the wheel is built from (the readme and licence files pyproject names), so edits elsewhere keep the cache.
+COPY pyproject.toml README.md LICENSE ./
 COPY src/ src/
 RUN pip wheel --wheel-dir /wheels .
 

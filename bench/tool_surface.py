@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 import anyio
-from _common import print_checks
 from mcp.client import Client
 
+from _common import print_checks
 from runapi_mcp.app import open_app
 from runapi_mcp.config import load_settings
 from runapi_mcp.server.catalog_view import INDEX_BUDGET_BYTES

@@ -152,9 +152,22 @@ async def test_each_protocol_version_gets_the_link_only_where_it_can_read_it(har
         resources = [r["uri"] for r in (await apps.request("resources/list"))["resources"]]
         assert apps.init["capabilities"]["extensions"] == {EXTENSION_ID: {}}
         assert apps.init["protocolVersion"] == version
+        (content,) = (await apps.request("resources/read", {"uri": UI_URI}))["contents"]
+        assert content["mimeType"] == APP_MIME_TYPE and content["text"].startswith("<!doctype html>")
     # A client that advertised Apps reads _meta.ui whatever its version.
     assert {n for n, t in tools.items() if t.get("_meta", {}).get("ui", {}).get("resourceUri") == UI_URI} == UI_TOOLS
     assert UI_URI in resources
+
+
+async def test_the_2026_era_gets_the_sdk_advertisement_and_the_same_per_client_listing(harness: Harness) -> None:
+    for extensions in ([], [advertise(EXTENSION_ID, APPS_SETTINGS)]):
+        async with Client(harness.app.server, mode="2026-07-28", extensions=extensions) as client:
+            discovered = await client.session.send_discover("2026-07-28")
+            assert discovered["capabilities"]["extensions"][EXTENSION_ID] == {}
+            listed = [str(r.uri) for r in (await client.list_resources()).resources]
+            assert (UI_URI in listed) == bool(extensions)
+            gallery = await client.call_tool("gallery", {})
+            assert (THUMBNAILS_META_KEY in (gallery.meta or {})) == bool(extensions)
 
 
 async def test_tool_results_are_the_same_with_or_without_apps(harness: Harness) -> None:

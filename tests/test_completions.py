@@ -36,9 +36,7 @@ def completions(store: MemoryTaskStore | None = None) -> Completions:
     return Completions(ImagePrompts(get_catalog(), no_sizes), store or MemoryTaskStore())
 
 
-async def prompt_values(
-    name: str, argument: str, typed: str = "", context: dict[str, str] | None = None
-) -> Completion:
+async def prompt_values(name: str, argument: str, typed: str = "", context: dict[str, str] | None = None) -> Completion:
     return await completions().for_prompt(name, argument, typed, context or {})
 
 

@@ -24,6 +24,7 @@ from mcp.types import (
     ErrorData,
     FormElicitationCapability,
     InputRequiredResult,
+    InputResponses,
     UrlElicitationCapability,
 )
 from PIL import Image
@@ -67,7 +68,7 @@ class Asker:
         self.asked.append(params)
         if self.fail:
             return ErrorData(code=-32603, message="the form could not be shown")
-        return ElicitResult(action=self.action, content=self.content)  # type: ignore[arg-type]
+        return ElicitResult(action=self.action, content=self.content)
 
 
 @pytest.fixture
@@ -126,7 +127,7 @@ def test_who_is_asked_and_what_they_read() -> None:
 def test_an_answer_counts_only_for_the_question_it_answered() -> None:
     asked = question().input_required()
     assert list(asked.input_requests or {}) == [INPUT_KEY]
-    yes = {INPUT_KEY: ElicitResult(action="accept", content={"confirm": True})}
+    yes: InputResponses = {INPUT_KEY: ElicitResult(action="accept", content={"confirm": True})}
     assert question().answer_from(yes, asked.request_state) == yes[INPUT_KEY]
     assert question().answer_from(yes, None) is None  # answered without being asked: ask
     assert question(13).answer_from(yes, asked.request_state) is None  # the price moved: ask again
@@ -156,9 +157,9 @@ def test_anything_but_a_ticked_box_refuses(action: str, content: dict[str, Any] 
 async def test_an_accepted_question_creates_the_task_once(app: App, sim: Simulator, mode: str) -> None:
     asker = Asker()
     async with Client(app.server, mode=mode, elicitation_callback=asker) as client:
-        result = await client.call_tool("generate_image", {"prompt": "a fox", "output_resolution": "2k"})
+        result = await client.call_tool("generate_image", {"prompt": "a fox", "output_resolution": "2k", "wait": False})
     assert not result.is_error, text_of(result)
-    assert result.structured_content and result.structured_content["status"] == "completed"
+    assert result.structured_content and result.structured_content["task_id"]
     assert result.structured_content["price_cents"] == 6
     [params] = asker.asked
     for fact in ("$0.06 (6 cents)", "gpt-image-2", "2k", "1 image"):
@@ -210,7 +211,7 @@ async def test_a_client_without_elicitation_is_not_asked(app: App, sim: Simulato
 async def test_a_quote_under_the_threshold_is_not_asked(app: App, sim: Simulator, mode: str) -> None:
     asker = Asker("decline")
     async with Client(app.server, mode=mode, elicitation_callback=asker) as client:
-        result = await client.call_tool("generate_image", {"prompt": "a fox", "output_resolution": "1k"})
+        result = await client.call_tool("generate_image", {"prompt": "a fox", "output_resolution": "1k", "wait": False})
     assert not result.is_error, text_of(result)
     assert asker.asked == [] and len(upstream_creates(sim)) == 1
 
@@ -228,8 +229,8 @@ async def test_without_the_setting_nobody_is_asked(sim: Simulator, home: Path, i
 async def test_the_2026_question_is_an_input_required_result_bound_to_its_call(app: App, sim: Simulator) -> None:
     """The raw rounds: the question, a forged answer without our state, then the real retry."""
     asker = Asker()
-    arguments = {"prompt": "a fox", "output_resolution": "2k"}
-    yes = {INPUT_KEY: ElicitResult(action="accept", content={"confirm": True})}
+    arguments = {"prompt": "a fox", "output_resolution": "2k", "wait": False}
+    yes: InputResponses = {INPUT_KEY: ElicitResult(action="accept", content={"confirm": True})}
     async with Client(app.server, mode="2026-07-28", elicitation_callback=asker) as client:
         session = client.session
         first = await session.call_tool("generate_image", arguments, allow_input_required=True)

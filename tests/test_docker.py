@@ -154,7 +154,7 @@ def test_the_build_context_leaves_local_state_out() -> None:
     lines = {line.strip() for line in (ROOT / ".dockerignore").read_text("utf-8").splitlines()}
     for needed in (".venv", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", ".mypy_cache", ".hypothesis"):
         assert needed in lines, needed
-    for kept in ("src", "pyproject.toml", "README.md", "docker", "docker/healthcheck.py"):
+    for kept in ("src", "pyproject.toml", "README.md", "LICENSE", "docker", "docker/healthcheck.py"):
         assert kept not in lines and f"/{kept}" not in lines, f"{kept} is needed by the build"
 
 

@@ -93,6 +93,7 @@ ARGUMENTS: dict[str, dict[str, str]] = {
     "list_models": {"model": "str?", "action": "str?"},
     "check_balance": {},
     "list_tasks": {"status": "str?", "model": "str?", "limit": "int", "cursor": "str?"},
+    "gallery": {"status": "str?", "model": "str?", "query": "str?", "limit": "int"},
 }
 REQUIRED = {
     "generate_image": ["prompt"],
@@ -269,6 +270,7 @@ class Served:
             "list_models": {},
             "check_balance": {},
             "list_tasks": {},
+            "gallery": {},
         }
         return calls[tool]
 
@@ -631,6 +633,7 @@ def invalid_calls(served: Served) -> st.SearchStrategy[Invalid]:
         "image": str(served.files.png),
         "status": "completed",
         "cursor": "bm90LWEtY3Vyc29y",
+        "query": "fox",
     }
     bad_text = each(
         STRING_ARGUMENTS,

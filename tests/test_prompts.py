@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, GetPromptResult, TextContent
 
@@ -112,7 +113,9 @@ async def test_a_bad_argument_is_refused_by_name(harness: Harness) -> None:
     assert "'kind' must be logo or sticker" in await refused("transparent_logo", {"subject": "x", "kind": "badge"})
     assert "data: URI" in await refused("background_edit", {"image": "data:image/png;base64,AAAA"})
     assert "'image_size'" in await refused("upscale_for_print", {"image": "/tmp/x.png", "print_size": "A4"})
-    assert "'print_size'" in await refused("upscale_for_print", {"image": "x", "print_size": "huge", "image_size": "9x9"})
+    assert "'print_size'" in await refused(
+        "upscale_for_print", {"image": "x", "print_size": "huge", "image_size": "9x9"}
+    )
     assert "'dpi'" in await refused("upscale_for_print", {"image": "x", "print_size": "A4", "dpi": "9000"})
 
 
@@ -125,7 +128,7 @@ async def test_poster_text_is_quoted_exactly_and_never_escaped_for_the_image_mod
     assert call["model"] == "gpt-image-2" and call["aspect_ratio"] == "2:3" and call["output_resolution"] == "2k"
     banner = the_call(await prompts().poster_with_text(text="SALE", theme="x", format="banner", model="imagen-4"))[1]
     assert banner["aspect_ratio"] == "16:9" and "output_resolution" not in banner  # imagen-4 has no 3:1, no size
-    assert quote_exactly("a “b” \"c\"") == "«a “b” \"c\"»"
+    assert quote_exactly('a “b” "c"') == '«a “b” "c"»'
 
 
 async def test_the_logo_uses_a_transparency_option_when_a_model_has_one() -> None:
@@ -210,3 +213,12 @@ async def test_a_prompt_never_leads_to_a_call_the_catalog_refuses() -> None:
     assert call["aspect_ratio"] == "1:1" and "output_resolution" not in call
     call = the_call(await prompts().product_shot(product="a mug", model="midjourney-v8.1"))[1]
     assert "aspect_ratio" not in call and "output_resolution" not in call
+
+
+async def test_the_2026_era_lists_renders_and_refuses_alike(harness: Harness) -> None:
+    async with Client(harness.app.server, mode="2026-07-28") as client:
+        assert {p.name for p in (await client.list_prompts()).prompts} == set(PROMPTS)
+        tool, call = the_call(message_text(await client.get_prompt("poster_with_text", {"text": "HI", "theme": "x"})))
+        assert tool == "generate_image" and call["aspect_ratio"] == "2:3"
+        with pytest.raises(MCPError, match="needs 'theme'"):
+            await client.get_prompt("poster_with_text", {"text": "HI"})

@@ -81,9 +81,10 @@ class Report:
 
 def _tilde(path: Path) -> str:
     try:
-        return "~/" + path.relative_to(Path.home()).as_posix()
+        relative = path.relative_to(Path.home()).as_posix()
     except ValueError:
         return str(path)
+    return "~" if relative == "." else "~/" + relative
 
 
 # -- the checks ----------------------------------------------------------------------------------------------

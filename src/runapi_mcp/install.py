@@ -333,13 +333,16 @@ def backup(path: Path, *, now: datetime | None = None) -> Path:
 def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
     """Replace ``path`` with ``text`` in one step: a crash leaves the old file or the new one, never half.
 
-    The old file's permissions are kept; a new file is created private (0600) when ``private``.
+    The old file's permissions are kept, except that ``private`` (the file now holds the key) takes away
+    every permission of other users; a new private file is 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode: int | None = path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        mode = 0o600 if private else None
+        mode = None
+    if private:
+        mode = (0o600 if mode is None else mode) & 0o700
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
@@ -837,8 +840,6 @@ def _install_json(options: Options, client: Client, launch: Launch, key: KeyPlan
     verb = "updated" if old is not None else "added"
     outcome.messages.append(f"{client.title}: {verb} '{options.name}' in {path} (command {launch.command})")
     outcome.messages += [f"backup: {b}" for b in outcome.backups]
-    if key.secret and path.stat().st_mode & 0o077 and os.name != "nt":
-        outcome.messages.append(f"warning: {path} is readable by other users (chmod 600 {shlex.quote(str(path))})")
 
 
 def _vscode_input() -> dict[str, Any]:

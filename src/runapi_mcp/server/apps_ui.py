@@ -77,9 +77,9 @@ def _plain(value: str) -> str:
 
 QueryArg = Annotated[
     Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)] | None,
-    Field(description="Only tasks whose prompt (or task id) contains this text, ignoring case"),
+    Field(description="Text the prompt contains"),
 ]
-GalleryLimitArg = Annotated[int, Field(ge=1, le=GALLERY_MAX, description=f"How many tasks, 1..{GALLERY_MAX}")]
+GalleryLimitArg = Annotated[int, Field(ge=1, le=GALLERY_MAX, description=f"How many, 1..{GALLERY_MAX}")]
 
 
 def app_html() -> str:
@@ -156,12 +156,7 @@ class AppsUI:
         query: QueryArg = None,
         limit: GalleryLimitArg = GALLERY_DEFAULT,
     ) -> Annotated[CallToolResult, Gallery]:
-        """Show the newest image tasks as a gallery, newest first, with their pictures' saved paths.
-
-        Clients that render MCP Apps show a grid the user can filter (model, status, prompt text) and open
-        a picture from, to edit, upscale or vary it; every client gets the same list as text. Filter by
-        status, model or query (text in the prompt); list_tasks pages through the whole history.
-        """
+        """Show the user their newest image tasks as a picture grid (a text list where MCP Apps are not shown)."""
         records, more = await self._select(status, model, query, limit)
         listing = Gallery(
             tasks=[task_result(r, self.manager.estimated_progress(r)) for r in records],

@@ -1,0 +1,166 @@
+"""``runapi-mcp doctor``: a broken setup gets FAIL lines and exit 1, a good one (against the simulator) passes,
+and the key is never printed."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from runapi_mcp.cli import main
+from runapi_mcp.doctor import Report, diagnose, jsonc_loads
+from runapi_mcp.install import KEY_VAR, Options, config_path, install
+from runapi_mcp.simulator import Simulator
+from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore
+from tests.support import SIM_KEY
+
+LITERAL = "sk-in-a-config-file-7d2e9a1b4c6f8e0d"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh HOME (client configs, ~/.config/runapi) with no key anywhere; the cwd has no project configs."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    for var in ("XDG_CONFIG_HOME", "APPDATA", "LOCALAPPDATA", "CLAUDE_CONFIG_DIR", "HERMES_HOME", KEY_VAR):
+        monkeypatch.delenv(var, raising=False)
+    for var in ("RUNAPI_BASE_URL", "RUNAPI_MCP_HOME", "RUNAPI_MCP_ALLOWED_DIRS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(path)
+    yield path
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def lines_of(report: Report) -> dict[str, str]:
+    """Each check's name to its status (the last one when a name repeats)."""
+    return {check.name: check.status for check in report.checks}
+
+
+def doctor(overrides: dict[str, Any], environ: dict[str, str], **kw: Any) -> Report:
+    report: Report = anyio.run(lambda: diagnose(overrides, environ=environ, request_s=3, **kw))
+    return report
+
+
+def test_a_broken_setup_fails_with_what_to_fix(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = home / "not-a-dir"
+    blocker.write_text("a file where the home's parent should be")
+    cursor = config_path("cursor")
+    cursor.parent.mkdir()
+    cursor.write_text('{"mcpServers": {"runapi": {"command": "/gone/runapi-mcp"}')  # cut off
+    desktop = config_path("claude-desktop")
+    desktop.parent.mkdir(parents=True)
+    desktop.write_text(json.dumps({"mcpServers": {"runapi": {"command": "/gone/runapi-mcp", "args": ["serve"]}}}))
+
+    code = main(["doctor", "--home", str(blocker / "home"), "--base-url", f"http://127.0.0.1:{closed_port()}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    fails = {line.split(":")[0].split(None, 1)[1] for line in out.splitlines() if line.startswith("FAIL")}
+    assert {"key", "runapi", "home"} <= fails, out
+    assert any(name.startswith("cursor ~/.cursor/mcp.json") for name in fails), out
+    assert any(name.startswith("claude-desktop") and "runapi" in name for name in fails), "its command is gone"
+    for line in out.splitlines():
+        if line.startswith(("FAIL", "WARN")) and not line.startswith("WARN  key works"):
+            assert "Fix: " in line, f"says what to fix: {line}"
+    assert "is not valid JSON" in out and "does not exist" in out and "cannot reach" in out
+
+
+def test_a_good_setup_against_the_simulator(home: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_VAR, SIM_KEY)
+    install(Options(client="cursor", key_mode="env"))  # the real command of this install
+    data = home / "data"
+    report = doctor({"base_url": sim.base_url, "home": str(data)}, {KEY_VAR: SIM_KEY})
+    status = lines_of(report)
+    assert not report.failed, list(report.lines())
+    assert status["key"] == status["key works"] == status["runapi"] == "OK"
+    assert status["home"] == status["task store"] == status["allowed dirs"] == "OK"
+    [entry] = [c for c in report.checks if c.name.startswith("cursor ~/.cursor/mcp.json [user] runapi")]
+    assert entry.status == "OK" and "${env:RUNAPI_API_KEY}" in entry.detail
+    assert "clients" not in status, "a client is set up"
+    assert any(r.path == "/api/v1/me/balance" for r in sim.requests), "the key was really tried"
+
+
+def test_a_refused_key_and_an_offline_run(home: Path, sim: Simulator) -> None:
+    refused = doctor({"base_url": sim.base_url, "home": str(home / "d")}, {KEY_VAR: "sk-wrong-key-0123456789"})
+    assert lines_of(refused)["key works"] == "FAIL" and lines_of(refused)["runapi"] == "OK"
+    assert "refused the key" in next(c.detail for c in refused.checks if c.name == "key works")
+    sim.clear_log()
+    offline = doctor({"base_url": sim.base_url, "home": str(home / "d")}, {KEY_VAR: SIM_KEY}, offline=True)
+    assert lines_of(offline)["runapi"] == "WARN" and not sim.requests
+
+
+def test_the_key_is_never_printed(
+    home: Path, sim: Simulator, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    desktop = config_path("claude-desktop")
+    desktop.parent.mkdir(parents=True)
+    entry = {"command": "/gone/runapi-mcp", "env": {KEY_VAR: LITERAL}}
+    desktop.write_text(json.dumps({"mcpServers": {"runapi": entry}}))
+    monkeypatch.setenv(KEY_VAR, SIM_KEY)
+    main(["doctor", "--home", str(home / "d"), "--base-url", sim.base_url])
+    main(["doctor", "--home", str(home / "d"), "--base-url", sim.base_url, "--api-key", "sk-wrong-key-0123456789"])
+    out = capsys.readouterr().out
+    assert "written in the file" in out
+    for secret in (SIM_KEY, LITERAL, "sk-wrong-key-0123456789"):
+        assert secret not in out
+
+
+def test_placeholder_keys_are_caught(home: Path) -> None:
+    report = doctor({"home": str(home / "d")}, {KEY_VAR: "${RUNAPI_API_KEY}"}, offline=True)
+    assert lines_of(report)["key"] == "FAIL"
+    hermes = config_path("hermes")
+    hermes.parent.mkdir()
+    install(Options(client="hermes", key_mode="env"))
+    check = next(c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes"))
+    assert check.status == "FAIL" and "would pass the text ${RUNAPI_API_KEY}" in check.detail
+    (hermes.parent / ".env").write_text(f"{KEY_VAR}=sk-x\n")
+    check = next(c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes"))
+    assert check.status == "OK" and "trust: untrusted" in check.detail
+
+
+def test_the_task_store_layout(home: Path) -> None:
+    data = home / "d"
+    data.mkdir()
+
+    async def make_store() -> None:
+        store = await SQLiteTaskStore.open(data / "tasks.sqlite3")
+        await store.close()
+
+    anyio.run(make_store)
+    check = next(c for c in doctor({"home": str(data)}, {}, offline=True).checks if c.name == "task store")
+    assert check.status == "OK" and f"layout {SCHEMA_VERSION}, 0 tasks" in check.detail
+    db = sqlite3.connect(data / "tasks.sqlite3")
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    check = next(c for c in doctor({"home": str(data)}, {}, offline=True).checks if c.name == "task store")
+    assert check.status == "FAIL" and "newer" in check.detail
+    (data / "tasks.sqlite3").unlink()
+    (data / "tasks.sqlite3").write_bytes(b"not a database at all, just text" * 10)
+    check = next(c for c in doctor({"home": str(data)}, {}, offline=True).checks if c.name == "task store")
+    assert check.status == "FAIL" and "cannot be read" in check.detail
+
+
+def test_settings_errors_and_missing_allowed_dirs(home: Path) -> None:
+    report = doctor({"wait_s": "forever"}, {}, offline=True)
+    assert lines_of(report)["settings"] == "FAIL"
+    report = doctor({"home": str(home / "d"), "allowed_dirs": str(home / "nowhere")}, {}, offline=True)
+    assert lines_of(report)["allowed dirs"] == "WARN"
+
+
+def test_vscode_jsonc_is_read() -> None:
+    text = (
+        '{\n  // mine\n  "servers": {"a": {"command": "x", "args": ["//not a comment", "/*nor*/",],},},\n  /* end */\n}'
+    )
+    assert jsonc_loads(text) == {"servers": {"a": {"command": "x", "args": ["//not a comment", "/*nor*/"]}}}

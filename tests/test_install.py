@@ -1,0 +1,516 @@
+"""``runapi-mcp install``: each client's entry merged into its own config, and the packaging metadata.
+
+Every test works on sample configs in a temporary HOME: other servers and unrelated keys survive, the old
+file is backed up, a second run changes nothing, a file that cannot be parsed is refused byte for byte
+unchanged, and ``--print`` writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runapi_mcp import __version__
+from runapi_mcp.cli import main
+from runapi_mcp.config import settings_from_environment
+from runapi_mcp.install import (
+    KEY_VAR,
+    InstallError,
+    KeyPlan,
+    Launch,
+    Options,
+    Outcome,
+    config_path,
+    hermes_servers,
+    hermes_updated,
+    install,
+    server_launch,
+)
+from tests.support import Harness
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = Launch("/opt/runapi/bin/runapi-mcp", ("serve",))
+SECRET = "sk-live-4f1c2a9e8b7d6c5a4f3e2d1c0b9a8f7e"
+
+HERMES_SAMPLE = """\
+# Hermes Agent configuration
+model:
+  default: "anthropic/claude-sonnet"   # the main model
+toolsets:
+- web
+- terminal
+
+mcp_servers:
+  github:
+    command: "npx"
+    args: ["-y", "@modelcontextprotocol/server-github"]
+    env:
+      GITHUB_PERSONAL_ACCESS_TOKEN: "${GITHUB_TOKEN}"
+# the filesystem server, for one project
+  fs:
+    command: npx
+    args:
+      - -y
+      - "@modelcontextprotocol/server-filesystem"
+
+# ---- display ----
+display:
+  compact: true
+"""
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh HOME with no client installed, no key and no `claude` on PATH."""
+    path = tmp_path / "home"
+    path.mkdir()
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    for var in ("XDG_CONFIG_HOME", "APPDATA", "LOCALAPPDATA", "CLAUDE_CONFIG_DIR", "HERMES_HOME", KEY_VAR):
+        monkeypatch.delenv(var, raising=False)
+    yield path
+
+
+def run_install(client: str, **kw: Any) -> Outcome:
+    return install(Options(client=client, launch=LAUNCH, environ=dict(os.environ), **kw))
+
+
+def backups(path: Path) -> list[Path]:
+    return sorted(path.parent.glob(path.name + ".*.bak"))
+
+
+# -- where the files are --------------------------------------------------------------------------------------
+
+
+def test_config_paths_follow_each_os(tmp_path: Path) -> None:
+    home = tmp_path
+    env = {"APPDATA": r"C:\Users\me\AppData\Roaming", "LOCALAPPDATA": r"C:\Users\me\AppData\Local"}
+    mac = {c: config_path(c, system="darwin", home=home, environ={}) for c in ("claude-desktop", "vscode")}
+    assert mac["claude-desktop"] == home / "Library/Application Support/Claude/claude_desktop_config.json"
+    assert mac["vscode"] == home / "Library/Application Support/Code/User/mcp.json"
+    assert config_path("claude-desktop", system="win32", home=home, environ=env) == Path(env["APPDATA"]) / "Claude" / (
+        "claude_desktop_config.json"
+    )
+    assert config_path("vscode", system="win32", home=home, environ=env) == Path(env["APPDATA"]) / "Code/User/mcp.json"
+    assert (
+        config_path("hermes", system="win32", home=home, environ=env)
+        == Path(env["LOCALAPPDATA"]) / "hermes/config.yaml"
+    )
+    assert config_path("claude-desktop", system="linux", home=home, environ={}) == (
+        home / ".config/Claude/claude_desktop_config.json"
+    )
+    assert config_path("claude-desktop", system="linux", home=home, environ={"XDG_CONFIG_HOME": "/x"}) == Path(
+        "/x/Claude/claude_desktop_config.json"
+    )
+    for system in ("darwin", "win32", "linux"):
+        assert config_path("cursor", system=system, home=home, environ=env) == home / ".cursor/mcp.json"
+        assert config_path("claude-code", system=system, home=home, environ={}) == home / ".claude.json"
+    assert config_path("claude-code", home=home, environ={"CLAUDE_CONFIG_DIR": "/cc"}) == Path("/cc/.claude.json")
+    assert config_path("hermes", system="linux", home=home, environ={}) == home / ".hermes/config.yaml"
+    assert config_path("hermes", home=home, environ={"HERMES_HOME": "/h"}) == Path("/h/config.yaml")
+
+
+def test_the_command_is_this_install_by_absolute_path() -> None:
+    launch = server_launch()
+    assert Path(launch.command).is_absolute() and Path(launch.command).exists()
+    assert launch.args[-1] == "serve"
+    probe = subprocess.run([launch.command, *launch.args[:-1], "--version"], capture_output=True, text=True, timeout=30)
+    assert probe.returncode == 0 and __version__ in probe.stdout
+
+
+# -- JSON clients ---------------------------------------------------------------------------------------------
+
+JSON_CLIENTS = {
+    # client: (servers key, whether the entry carries "type": "stdio")
+    "claude-desktop": ("mcpServers", False),
+    "claude-code": ("mcpServers", True),
+    "cursor": ("mcpServers", False),
+    "vscode": ("servers", True),
+}
+
+
+@pytest.mark.parametrize("client", list(JSON_CLIENTS))
+def test_json_clients_merge_back_up_and_are_idempotent(home: Path, client: str) -> None:
+    key, typed = JSON_CLIENTS[client]
+    path = config_path(client)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    other = {"command": "npx", "args": ["-y", "other-server"], "env": {"TOKEN": "t"}}
+    original: dict[str, Any] = {
+        key: {"other": other},
+        "unrelated": {"keep": [1, 2, 3]},
+        "numStartups": 42,
+    }
+    path.write_text(json.dumps(original, indent=4))
+    before = path.read_bytes()
+
+    outcome = run_install(client)
+    assert outcome.changed and outcome.path == path
+    data = json.loads(path.read_text())
+    assert data[key]["other"] == other, "other servers are kept as they were"
+    assert data["unrelated"] == original["unrelated"] and data["numStartups"] == 42
+    entry = data[key]["runapi"]
+    assert entry["command"] == LAUNCH.command and entry["args"] == ["serve"]
+    assert ("type" in entry) == typed and entry.get("type", "stdio") == "stdio"
+    [saved] = backups(path)
+    assert saved.read_bytes() == before, "the backup is the old file"
+    assert SECRET not in path.read_text()
+
+    after_first = path.read_bytes()
+    again = run_install(client)
+    assert not again.changed and "nothing changed" in " ".join(again.messages)
+    assert path.read_bytes() == after_first and len(backups(path)) == 1, "a second run changes nothing"
+
+
+@pytest.mark.parametrize("client", ["claude-desktop", "cursor", "vscode"])
+def test_a_missing_file_is_created(home: Path, client: str) -> None:
+    outcome = run_install(client)
+    path = config_path(client)
+    assert outcome.changed and path.exists() and not backups(path)
+    assert json.loads(path.read_text())[JSON_CLIENTS[client][0]]["runapi"]["command"] == LAUNCH.command
+
+
+def test_an_existing_entry_keeps_its_own_extra_keys(home: Path) -> None:
+    path = config_path("claude-desktop")
+    path.parent.mkdir(parents=True)
+    old = {"command": "runapi-mcp", "env": {KEY_VAR: SECRET, "RUNAPI_MCP_HOME": "/data"}, "disabled": False}
+    path.write_text(json.dumps({"mcpServers": {"runapi": old}}))
+    outcome = run_install("claude-desktop")
+    entry = json.loads(path.read_text())["mcpServers"]["runapi"]
+    assert outcome.changed and "updated" in " ".join(outcome.messages)
+    assert entry == {
+        "command": LAUNCH.command,
+        "args": ["serve"],
+        "env": {KEY_VAR: SECRET, "RUNAPI_MCP_HOME": "/data"},  # the user's key is not thrown away
+        "disabled": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("client", "text", "why"),
+    [
+        ("vscode", '{\n  // my servers\n  "servers": {},\n}\n', "comments"),
+        ("cursor", '{"mcpServers": {"a": {"command": "x",}}}', "not plain JSON"),
+        ("claude-desktop", '[{"mcpServers": {}}]', "not an object"),
+        ("cursor", '{"mcpServers": ["x"]}', "not an object"),
+    ],
+)
+def test_a_file_that_cannot_be_parsed_is_refused_unchanged(
+    home: Path, client: str, text: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_path(client)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    before = path.read_bytes(), path.stat().st_mtime_ns
+    assert main(["install", client]) == 1
+    err = capsys.readouterr().err
+    assert why in err and "--print" in err, err
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before and not backups(path)
+
+
+@pytest.mark.parametrize("client", ["claude-desktop", "claude-code", "cursor", "vscode", "hermes"])
+def test_print_writes_nothing(home: Path, client: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["install", client, "--print"]) == 0
+    out = capsys.readouterr().out
+    assert not any(home.rglob("*")), "nothing written under HOME"
+    if client == "hermes":
+        entry = hermes_servers(out)["runapi"]
+    else:
+        doc = json.loads(out)
+        entry = doc[JSON_CLIENTS[client][0]]["runapi"]
+    assert entry["args"][-1] == "serve" and Path(entry["command"]).is_absolute()
+
+
+# -- the key --------------------------------------------------------------------------------------------------
+
+
+def test_key_references_in_each_clients_syntax(home: Path) -> None:
+    run_install("cursor", key_mode="env")
+    assert json.loads(config_path("cursor").read_text())["mcpServers"]["runapi"]["env"] == {
+        KEY_VAR: "${env:RUNAPI_API_KEY}"
+    }
+    run_install("vscode", key_mode="env")
+    assert json.loads(config_path("vscode").read_text())["servers"]["runapi"]["env"][KEY_VAR] == "${env:RUNAPI_API_KEY}"
+
+    desktop = run_install("claude-desktop", key_mode="env")
+    assert "cannot refer to environment variables" in " ".join(desktop.messages)
+    assert "env" not in json.loads(config_path("claude-desktop").read_text())["mcpServers"]["runapi"]
+
+
+def test_vscode_asks_for_the_key_by_default(home: Path) -> None:
+    path = config_path("vscode")
+    path.parent.mkdir(parents=True)
+    mine = {"type": "promptString", "id": "github-token", "password": True}
+    path.write_text(json.dumps({"inputs": [mine], "servers": {}}))
+    run_install("vscode")
+    data = json.loads(path.read_text())
+    assert data["servers"]["runapi"]["env"] == {KEY_VAR: "${input:runapi-api-key}"}
+    assert data["inputs"][0] == mine and data["inputs"][1]["id"] == "runapi-api-key" and data["inputs"][1]["password"]
+    assert not run_install("vscode").changed, "the input is not added twice"
+
+
+def test_claude_code_env_mode_drops_a_stale_literal_key(home: Path) -> None:
+    path = config_path("claude-code")
+    path.write_text(json.dumps({"mcpServers": {"runapi": {"type": "stdio", "command": "x", "env": {KEY_VAR: SECRET}}}}))
+    outcome = run_install("claude-code", key_mode="env")
+    assert json.loads(path.read_text())["mcpServers"]["runapi"]["env"] == {}
+    assert "passes its environment" in " ".join(outcome.messages)
+
+
+def test_copying_the_key_needs_it_and_warns(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["install", "claude-desktop", "--api-key-from-env"]) == 2
+    assert f"{KEY_VAR} is not set" in capsys.readouterr().err
+    assert not config_path("claude-desktop").exists()
+
+    monkeypatch.setenv(KEY_VAR, SECRET)
+    assert main(["install", "claude-desktop", "--api-key-from-env", "--print"]) == 0
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err and "<your RunAPI key>" in printed.out
+
+    assert main(["install", "claude-desktop", "--api-key-from-env"]) == 0
+    out = capsys.readouterr().out
+    assert "plain text" in out and SECRET not in out
+    path = config_path("claude-desktop")
+    assert json.loads(path.read_text())["mcpServers"]["runapi"]["env"] == {KEY_VAR: SECRET}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600, "a new file holding the key is private"
+
+
+def test_hermes_copies_the_key_into_its_dotenv(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dotenv = home / ".hermes" / ".env"
+    dotenv.parent.mkdir()
+    dotenv.write_text("OPENROUTER_API_KEY=or-123\nRUNAPI_API_KEY=old\n")
+    monkeypatch.setenv(KEY_VAR, SECRET)
+    outcome = run_install("hermes", key_mode="copy")
+    config = config_path("hermes").read_text()
+    assert SECRET not in config and hermes_servers(config)["runapi"]["env"] == {KEY_VAR: "${RUNAPI_API_KEY}"}
+    assert dotenv.read_text() == f"OPENROUTER_API_KEY=or-123\nRUNAPI_API_KEY={SECRET}\n"
+    assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600 and len(backups(dotenv)) == 1
+    assert not any(SECRET in m for m in outcome.messages)
+
+
+def test_hermes_reference_warns_when_dotenv_lacks_the_key(home: Path) -> None:
+    outcome = run_install("hermes", key_mode="env")
+    assert "add RUNAPI_API_KEY=sk-... to" in " ".join(outcome.messages)
+    (home / ".hermes" / ".env").write_text("RUNAPI_API_KEY=sk-x\n")
+    assert "add RUNAPI_API_KEY" not in " ".join(run_install("hermes", key_mode="env").messages)
+
+
+# -- Hermes (YAML edited as text) -------------------------------------------------------------------------------
+
+
+def test_hermes_entry_is_added_with_everything_else_byte_for_byte(home: Path) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(HERMES_SAMPLE)
+    outcome = run_install("hermes", key_mode="env")
+    new = path.read_text()
+    assert outcome.changed and backups(path)[0].read_text() == HERMES_SAMPLE
+    start = new.index("  runapi:\n")
+    block = new[start : new.index("\n", new.index("trust: untrusted")) + 1]
+    assert new[:start] + new[start + len(block) :] == HERMES_SAMPLE, "one block added; every other byte kept"
+    servers = hermes_servers(new)
+    assert set(servers) == {"github", "fs", "runapi"}
+    assert servers["runapi"] == {
+        "command": LAUNCH.command,
+        "args": ["serve"],
+        "env": {KEY_VAR: "${RUNAPI_API_KEY}"},
+        "trust": "untrusted",
+    }
+    assert servers["fs"]["args"] == ["-y", "@modelcontextprotocol/server-filesystem"]
+    assert new.index("  runapi:") < new.index("# ---- display ----"), "inside mcp_servers, before the next section"
+    assert not run_install("hermes", key_mode="env").changed and len(backups(path)) == 1
+
+
+def test_hermes_updates_an_entry_in_place(home: Path) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(
+        "mcp_servers:\n"
+        "  runapi:\n"
+        "    command: runapi-mcp   # from the README\n"
+        "    timeout: 300\n"
+        "    env:\n"
+        "      RUNAPI_MCP_HOME: /data\n"
+        "      RUNAPI_API_KEY: sk-literal\n"
+        "    trust: full\n"
+        "other: 1\n"
+    )
+    run_install("hermes", key_mode="env")
+    assert path.read_text() == (
+        "mcp_servers:\n"
+        "  runapi:\n"
+        f'    command: "{LAUNCH.command}"\n'
+        '    args: ["serve"]\n'
+        "    timeout: 300\n"
+        "    env:\n"
+        "      RUNAPI_MCP_HOME: /data\n"
+        '      RUNAPI_API_KEY: "${RUNAPI_API_KEY}"\n'
+        "    trust: full\n"
+        "other: 1\n"
+    ), "the user's trust, timeout and other variables stay"
+
+
+def test_hermes_without_mcp_servers_gets_the_section(home: Path) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text("model:\n  default: x\n")
+    run_install("hermes", trust="full")
+    assert (
+        path.read_text()
+        == f'model:\n  default: x\n\nmcp_servers:\n  runapi:\n    command: "{LAUNCH.command}"\n    args: ["serve"]\n'
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mcp_servers: {github: {command: npx}}\n",
+        "mcp_servers:\n\tgithub:\n\t\tcommand: npx\n",
+        "mcp_servers:\n  runapi: {command: x}\n",
+        "- a list\n- not a mapping\n",
+        "a: 1\n---\nb: 2\n",
+    ],
+)
+def test_hermes_layouts_it_cannot_edit_safely_are_refused(home: Path, text: str) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(text)
+    with pytest.raises(InstallError, match="left unchanged"):
+        run_install("hermes")
+    assert path.read_text() == text and not backups(path)
+
+
+def test_hermes_crlf_files_keep_their_line_endings() -> None:
+    text = "model: x\r\nmcp_servers:\r\n  a:\r\n    command: b\r\n"
+    new = hermes_updated(text, "runapi", LAUNCH, KeyPlan(), trust=None)
+    assert new.startswith(text) and "\n" not in new.replace("\r\n", "")
+
+
+# -- Claude Code through its CLI ------------------------------------------------------------------------------
+
+
+def test_claude_code_uses_the_cli_and_is_idempotent(home: Path) -> None:
+    calls: list[list[str]] = []
+    path = config_path("claude-code")
+    path.write_text(json.dumps({"mcpServers": {"other": {"command": "x"}}, "projects": {}}))
+
+    def fake_claude(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        # What `claude mcp add-json -s user` does to ~/.claude.json.
+        calls.append(argv)
+        data = json.loads(path.read_text())
+        if argv[2] == "add-json":
+            data["mcpServers"][argv[5]] = json.loads(argv[6])
+        else:
+            del data["mcpServers"][argv[5]]
+        path.write_text(json.dumps(data))
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    opts: dict[str, Any] = {"claude_cli": "/usr/local/bin/claude", "run": fake_claude}
+    first = run_install("claude-code", **opts)
+    assert first.changed and calls == [
+        [
+            "/usr/local/bin/claude",
+            "mcp",
+            "add-json",
+            "-s",
+            "user",
+            "runapi",
+            json.dumps({"type": "stdio", "command": LAUNCH.command, "args": ["serve"]}),
+        ]
+    ]
+    assert len(backups(path)) == 1
+    assert not run_install("claude-code", **opts).changed and len(calls) == 1
+    moved = install(Options(client="claude-code", launch=Launch("/new/runapi-mcp", ("serve",)), **opts))
+    assert moved.changed and [c[2] for c in calls[1:]] == ["remove", "add-json"]
+    assert json.loads(path.read_text())["mcpServers"]["other"] == {"command": "x"}
+
+
+def test_claude_code_cli_failure_is_reported(home: Path) -> None:
+    def failing(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 1, "", "MCP server runapi already exists in user config")
+
+    with pytest.raises(InstallError, match="already exists"):
+        run_install("claude-code", claude_cli="/usr/local/bin/claude", run=failing)
+
+
+def test_claude_code_cli_found_on_path(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "calls.jsonl"
+    script = tmp_path / "bin" / "claude"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    script.chmod(0o755)
+    assert main(["install", "claude-code", "--api-key-env"]) == 0
+    [argv] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert argv[:5] == ["mcp", "add-json", "-s", "user", "runapi"]
+    assert json.loads(argv[5])["args"] == ["serve"] and "env" not in json.loads(argv[5])
+    assert "claude mcp add-json" in capsys.readouterr().out
+
+
+def test_bad_names_are_usage_errors(home: Path) -> None:
+    assert main(["install", "cursor", "--name", "run api"]) == 2
+    assert not config_path("cursor").exists()
+
+
+# -- packaging metadata ---------------------------------------------------------------------------------------
+
+
+def test_registry_server_json_matches_the_package() -> None:
+    server = json.loads((ROOT / "server.json").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert server["$schema"].startswith("https://static.modelcontextprotocol.io/schemas/")
+    assert re.fullmatch(r"io\.github\.[A-Za-z0-9-]+/runapi-mcp", server["name"])
+    assert 1 <= len(server["description"]) <= 100, "the registry's limit"
+    assert server["version"] == __version__ == pyproject["project"]["version"]
+    [package] = server["packages"]
+    assert package["registryType"] == "pypi" and package["identifier"] == pyproject["project"]["name"]
+    assert package["version"] == __version__ and package["transport"] == {"type": "stdio"}
+    variables = {v["name"]: v for v in package["environmentVariables"]}
+    known = {s.variable for s in settings_from_environment().values()}
+    assert set(variables) <= known, "only variables the server reads"
+    assert variables[KEY_VAR]["isSecret"] is True
+    # The registry verifies PyPI ownership by this line in the package description (the README).
+    assert f"mcp-name: {server['name']}" in (ROOT / "README.md").read_text()
+    owner = server["name"].split("/")[0].removeprefix("io.github.")
+    assert server["repository"]["url"] == f"https://github.com/{owner}/runapi-mcp"
+    assert pyproject["project"]["urls"]["Repository"] == server["repository"]["url"]
+
+
+def test_desktop_extension_manifest() -> None:
+    manifest = json.loads((ROOT / "manifest.json").read_text())
+    assert manifest["version"] == __version__ and manifest["server"]["type"] == "python"
+    config = manifest["server"]["mcp_config"]
+    assert config["args"] == ["-m", "runapi_mcp", "serve"]
+    assert config["env"][KEY_VAR] == "${user_config.api_key}"
+    assert config["env"]["PYTHONPATH"] == "${__dirname}/server/lib"
+    api_key = manifest["user_config"]["api_key"]
+    assert api_key["sensitive"] is True and api_key["required"] is True and api_key["type"] == "string"
+    assert manifest["server"]["entry_point"] == "server/lib/runapi_mcp/__main__.py"
+
+
+def test_license_metadata() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]
+    assert any(r.replace(" ", "").startswith("setuptools>=77") for r in pyproject["build-system"]["requires"])
+    assert not any(c.startswith("License ::") for c in pyproject["project"]["classifiers"]), "PEP 639 forbids both"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 runapi-mcp contributors" in text
+
+
+@pytest.mark.anyio
+async def test_manifest_tools_are_the_servers_tools(harness: Harness) -> None:
+    manifest = json.loads((ROOT / "manifest.json").read_text())
+    listed = {tool.name for tool in (await harness.client.list_tools()).tools}
+    assert {tool["name"] for tool in manifest["tools"]} <= listed
