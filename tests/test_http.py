@@ -175,10 +175,22 @@ async def test_the_full_image_is_served_to_its_owner_behind_auth(served: tuple[A
         result = await client.call_tool("generate_image", {"prompt": "a blue boat", "output_resolution": "4k"})
     image = (result.structured_content or {})["images"][0]
     image_id = image["uri"].removeprefix("runapi://images/")
-    assert image["download_url"] == f"{base}/files/{image_id}"
-    assert image["download_url"] in text_of(result)
+    link = image["download_url"]
+    assert link.startswith(f"{base}/files/{image_id}?exp=") and "&sig=" in link
+    assert link in text_of(result)
     async with httpx.AsyncClient(base_url=base) as http:
         assert (await http.get(f"/files/{image_id}")).status_code == 401
+        # The signed link opens the picture without the token (a browser tab, the Apps view's "open")...
+        opened = await http.get(link)
+        assert opened.status_code == 200 and opened.content == Path(image["path"]).read_bytes()
+        # ...and nothing else: a changed signature, expiry or image id falls back to asking for the token.
+        forged = [
+            link[:-4] + ("AAAA" if not link.endswith("AAAA") else "BBBB"),
+            link.replace("?exp=", "?exp=9"),
+            link.replace(f"/files/{image_id}?", "/files/no-such-image?"),
+        ]
+        for url in forged:
+            assert (await http.get(url)).status_code == 401, url
         answer = await http.get(f"/files/{image_id}", headers={"Authorization": f"Bearer {TOKEN}"})
         assert answer.status_code == 200
         assert answer.headers["content-type"] == image["mime_type"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -47,7 +47,8 @@ from runapi_mcp import __version__
 from runapi_mcp.app import App
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
-from runapi_mcp.server.owners import FILES_URL_SCOPE_KEY, OWNER_SCOPE_KEY
+from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
+from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY, OWNER_SCOPE_KEY
 from runapi_mcp.tasks import current_owner
 
 log = logging.getLogger("runapi_mcp.http")
@@ -116,18 +117,26 @@ class _HostCheck:
         await self.app(scope, receive, send)
 
 
-class _FilesURL:
-    """Tells the MCP layer where this request's client fetches full images: the public URL when set,
-    else the address the client used (already through the Host check)."""
+class _FileLinkScope:
+    """Tells the MCP layer how this request's client fetches full images: a signed link under the public
+    URL when set, else under the address the client used (already through the Host check). The link is
+    made for whoever the request runs as (``current_owner`` when the result is built)."""
 
-    def __init__(self, app: ASGIApp, public_url: str | None) -> None:
+    def __init__(self, app: ASGIApp, public_url: str | None, links: FileLinks) -> None:
         self.app = app
         self.public_url = public_url
+        self.links = links
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             base = self.public_url or str(Request(scope).base_url).rstrip("/")
-            scope[FILES_URL_SCOPE_KEY] = base + FILES_PATH
+            scope[PUBLIC_BASE_SCOPE_KEY] = base
+            files_url = base + FILES_PATH
+
+            def link(image_id: str) -> str:
+                return self.links.url(files_url, current_owner.get(), image_id)
+
+            scope[FILE_LINK_SCOPE_KEY] = link
         await self.app(scope, receive, send)
 
 
@@ -195,8 +204,9 @@ def build_http_app(
 
         routes.append(Route(SSE_PATH, guarded(handle_sse), methods=["GET"]))
         routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
-    files = _Files(app)
-    routes.append(Route(FILES_PATH + "/{image_id}", guarded(files), methods=["GET", "HEAD"]))
+    links = FileLinks()
+    files = _Files(app, links, guarded)
+    routes.append(Route(FILES_PATH + "/{image_id}", files, methods=["GET", "HEAD"]))
     # Not guarded(): a browser carries the token in a cookie that only the gallery reads (see gallery.py).
     routes += Gallery(app.manager.store, app.manager.images, verifier).routes()
     routes += list(extra_routes)
@@ -209,7 +219,10 @@ def build_http_app(
         async with sessions.run():
             yield
 
-    middleware = [Middleware(_HostCheck, settings=security), Middleware(_FilesURL, public_url=options.public_url)]
+    middleware = [
+        Middleware(_HostCheck, settings=security),
+        Middleware(_FileLinkScope, public_url=options.public_url, links=links),
+    ]
     if verifier is not None:
         middleware += [
             Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
@@ -224,12 +237,34 @@ async def _health(_: Request) -> Response:
 
 
 class _Files:
-    """``GET /files/{image_id}``: a library image, full size, to its owner only."""
+    """``GET /files/{image_id}``: a library image, full size, to its owner only: with the bearer token,
+    or through a signed link (``links.py``) that a result handed out."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, links: FileLinks, guarded: Callable[[ASGIApp], ASGIApp]) -> None:
         self.manager = app.manager
+        self.links = links
+        self.with_token = guarded(self.serve)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        if "sig" not in request.query_params:
+            await self.with_token(scope, receive, send)
+            return
+        image_id = str(request.path_params.get("image_id", ""))
+        image = await self.manager.images.lookup(image_id) if len(image_id) <= 200 else None
+        owner = await self.manager.owner_of_image(image) if image is not None else None
+        params = request.query_params
+        if owner is None or not self.links.check(owner, image_id, params.get("exp"), params.get("sig")):
+            # Expired, forged or for another picture: the token is the way in (the same 401 as without one).
+            await self.with_token(scope, receive, send)
+            return
+        token = current_owner.set(owner)
+        try:
+            await self.serve(scope, receive, send)
+        finally:
+            current_owner.reset(token)
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         image_id = str(request.path_params.get("image_id", ""))
         image = await self.manager.find_image(image_id) if len(image_id) <= 200 else None

@@ -59,7 +59,7 @@ from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.history_cli import STATES
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery_page import Filters, GalleryView, Tile, render_gallery, render_problem, render_signin
-from runapi_mcp.server.owners import FILES_URL_SCOPE_KEY
+from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
 from runapi_mcp.tasks import (
     ImageRecord,
     ImageStore,
@@ -442,9 +442,9 @@ def _clear_cookie(response: Response, request: Request) -> None:
 
 def _is_https(request: Request) -> bool:
     # Behind a TLS-terminating proxy the request may arrive as http: the public URL says how clients
-    # reach this server (http.app puts it, or the request's own base, in FILES_URL_SCOPE_KEY).
-    files_url = request.scope.get(FILES_URL_SCOPE_KEY)
-    return request.url.scheme == "https" or (isinstance(files_url, str) and files_url.startswith("https://"))
+    # reach this server (http.app puts it, or the request's own base, under PUBLIC_BASE_SCOPE_KEY).
+    base = request.scope.get(PUBLIC_BASE_SCOPE_KEY)
+    return request.url.scheme == "https" or (isinstance(base, str) and base.startswith("https://"))
 
 
 def _same_origin(request: Request) -> bool:

@@ -8,6 +8,7 @@ the manager, the history and the resources all see the same caller. A request wi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -16,11 +17,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from runapi_mcp.tasks import LOCAL_OWNER, current_owner
 
 OWNER_SCOPE_KEY = "runapi_mcp.owner"
-FILES_URL_SCOPE_KEY = "runapi_mcp.files_url"  # where this request's client fetches full images (HTTP)
+FILE_LINK_SCOPE_KEY = "runapi_mcp.file_link"  # how this request's client fetches full images (HTTP)
 
-# Over HTTP, the authenticated URL prefix of full-size images (results link each picture there);
-# None over stdio, where the file path is the link.
-current_files_url: ContextVar[str | None] = ContextVar("runapi_mcp_files_url", default=None)
+FileLink = Callable[[str], str]
+"""An image id -> the URL its full-size picture is fetched at (over HTTP: a signed link)."""
+
+# Over HTTP, how results link each full-size picture at this server; None over stdio, where the file
+# path is the link.
+current_file_link: ContextVar[FileLink | None] = ContextVar("runapi_mcp_file_link", default=None)
 
 
 def _scope_value(ctx: ServerRequestContext[Any, Any], key: str) -> str | None:
@@ -34,11 +38,13 @@ def request_owner(ctx: ServerRequestContext[Any, Any]) -> str:
 
 
 async def owner_scope(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-    """Middleware: run the request as its owner (and with its files URL)."""
+    """Middleware: run the request as its owner (and with its way of linking full images)."""
     owner = current_owner.set(request_owner(ctx))
-    files = current_files_url.set(_scope_value(ctx, FILES_URL_SCOPE_KEY))
+    scope = getattr(ctx.request, "scope", None)
+    link = scope.get(FILE_LINK_SCOPE_KEY) if isinstance(scope, dict) else None
+    files = current_file_link.set(link if callable(link) else None)
     try:
         return await call_next(ctx)
     finally:
-        current_files_url.reset(files)
+        current_file_link.reset(files)
         current_owner.reset(owner)

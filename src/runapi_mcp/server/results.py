@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
-from runapi_mcp.server.owners import current_files_url
+from runapi_mcp.server.owners import current_file_link
 from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord, TaskState
 
 PreviewOutcome = Preview | PreviewSkipped | None
@@ -35,7 +35,7 @@ class ImageOut(BaseModel):
     bytes: int | None
     error: str | None = Field(None, description="Why the image is not in the local library (yet)")
     download_url: str | None = Field(
-        None, description="Over HTTP: the full-size image at this server (send the same Authorization header)"
+        None, description="Over HTTP: the full-size image at this server (a signed link, valid for a day)"
     )
 
 
@@ -67,9 +67,9 @@ def _iso(ts: float | None) -> str | None:
 
 def image_out(image: ImageRecord) -> ImageOut:
     out = ImageOut.model_validate(image, from_attributes=True)
-    files = current_files_url.get()
-    if files and image.path:
-        out.download_url = f"{files}/{image.id}"
+    link = current_file_link.get()
+    if link is not None and image.path:
+        out.download_url = link(image.id)
     return out
 
 
@@ -107,8 +107,9 @@ def summary_text(
         for n, image in enumerate(record.images):
             if image.path:
                 line = f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}"
-                if current_files_url.get():
-                    line += f" (full size over HTTP: {current_files_url.get()}/{image.id})"
+                link = current_file_link.get()
+                if link is not None:
+                    line += f" (full size over HTTP: {link(image.id)})"
                 if n in skipped:
                     line += f" (no preview: {skipped[n]})"
                 lines.append(line)

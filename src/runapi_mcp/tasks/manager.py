@@ -294,6 +294,11 @@ class TaskManager:
             return None
         return image if (await self.visible_images([image])) else None
 
+    async def owner_of_image(self, image: ImageRecord) -> str:
+        """Whose image it is: its task's owner; an image with no task record is the local user's."""
+        record = await self.store.get(image.task_id) if image.task_id else None
+        return record.owner if record is not None else LOCAL_OWNER
+
     async def visible_images(self, images: list[ImageRecord]) -> list[ImageRecord]:
         """Those of ``images`` whose task belongs to the current request's owner. An image with no task
         record (a library file of an earlier version, another home's) is the local user's."""
@@ -302,8 +307,7 @@ class TaskManager:
         visible: list[ImageRecord] = []
         for image in images:
             if image.task_id not in owners:
-                record = await self.store.get(image.task_id) if image.task_id else None
-                owners[image.task_id] = record.owner if record is not None else LOCAL_OWNER
+                owners[image.task_id] = await self.owner_of_image(image)
             if owners[image.task_id] == owner:
                 visible.append(image)
         return visible

@@ -1,0 +1,52 @@
+"""Signed links to full-size images: ``/files/{image_id}?exp=...&sig=...``.
+
+A tool result over HTTP links each picture at this server. A bearer header cannot ride along when a
+person opens that link in a browser tab (the MCP Apps view's "open full image", a link in a chat), so
+the link carries its own proof instead: an HMAC over the image's owner, its id and an expiry, with a key
+this process made at start. It opens that one picture, for its lifetime (a day), to whoever holds it,
+like any presigned URL; a plain ``/files/{image_id}`` still needs the bearer token. A restart changes
+the key: a link from before it asks for the token again (get_task gives a fresh one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+LINK_TTL_S = 24 * 3600
+# The base URL clients reach this server at (the public URL when set, else the request's own), in the
+# ASGI scope of every request: links are made under it, and cookies are Secure when it is https.
+PUBLIC_BASE_SCOPE_KEY = "runapi_mcp.public_base"
+_SIG_BYTES = 24
+
+
+class FileLinks:
+    """Makes and checks signed image links."""
+
+    def __init__(self, *, ttl_s: float = LINK_TTL_S, clock: Callable[[], float] = time.time) -> None:
+        self._key = secrets.token_bytes(32)
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    def url(self, files_url: str, owner: str, image_id: str) -> str:
+        """The signed link to ``image_id`` under ``files_url`` (``https://host/files``)."""
+        expires = int(self._clock() + self._ttl_s)
+        return f"{files_url}/{quote(image_id, safe='')}?exp={expires}&sig={self._sign(owner, image_id, expires)}"
+
+    def check(self, owner: str, image_id: str, exp: str | None, sig: str | None) -> bool:
+        """Whether ``sig`` is this process's signature of ``owner``/``image_id``/``exp`` and not expired."""
+        if not exp or not sig or not exp.isdigit() or len(exp) > 12 or len(sig) > 64:
+            return False
+        if int(exp) < self._clock():
+            return False
+        return hmac.compare_digest(sig, self._sign(owner, image_id, int(exp)))
+
+    def _sign(self, owner: str, image_id: str, expires: int) -> str:
+        message = f"{owner}\n{image_id}\n{expires}".encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._key, message, hashlib.sha256).digest()[:_SIG_BYTES]
+        return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
