@@ -101,6 +101,7 @@ class _Tracked:
     # Set by a completion callback: the poll loop's sleep ends and it reads the status at once.
     wake: anyio.Event = field(default_factory=anyio.Event)
     last_wake: float = -math.inf  # monotonic time a callback last set ``wake`` (floods are rate-limited)
+    wake_deferred: bool = False  # a callback inside the gap is kept: it wakes the loop when the gap ends
 
     @property
     def task_id(self) -> str:
@@ -399,11 +400,26 @@ class TaskManager:
             tracked = self._track(record)
         now = time.monotonic()
         tracked.poll.called_back = tracked.poll.called_back or now
-        if now - tracked.last_wake >= self.policy.callback_min_gap_s:
-            tracked.last_wake = now
-            tracked.wake.set()
-            log.info("task %s: RunAPI called back; reading its status", task_id)
+        gap = self.policy.callback_min_gap_s
+        if now - tracked.last_wake >= gap:
+            self._wake(tracked)
+        elif not tracked.wake_deferred and self._tg is not None:
+            # Inside the gap: not dropped (it may be the completion's own callback), but read once when the
+            # gap ends, however many more come meanwhile.
+            tracked.wake_deferred = True
+            self._tg.start_soon(self._wake_later, tracked, tracked.last_wake + gap - now)
         return True
+
+    def _wake(self, tracked: _Tracked) -> None:
+        tracked.last_wake = time.monotonic()
+        tracked.wake.set()
+        log.info("task %s: RunAPI called back; reading its status", tracked.task_id)
+
+    async def _wake_later(self, tracked: _Tracked, delay: float) -> None:
+        await anyio.sleep(delay)
+        tracked.wake_deferred = False
+        if not tracked.record.terminal:
+            self._wake(tracked)
 
     def _new_callback_token(self, prepared: PreparedRequest) -> str | None:
         """A fresh secret for a new task's callback URL, when webhooks are on and the model takes one.
