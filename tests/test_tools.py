@@ -153,8 +153,12 @@ async def test_waiters_share_one_poll_loop(harness: Harness) -> None:
 
 
 async def test_cancelled_call_stops_the_wait_not_the_task(harness: Harness) -> None:
-    with anyio.move_on_after(0.1):
-        await harness.call("generate_image", {"prompt": "cancel me", "output_resolution": "4k"})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(harness.call, "generate_image", {"prompt": "cancel me", "output_resolution": "4k"})
+        with anyio.fail_after(10):  # cancelled once the create is out, however slow the machine
+            while not upstream_creates(harness.sim):
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
     [create] = upstream_creates(harness.sim)
     task_id = None
     for _ in range(100):
