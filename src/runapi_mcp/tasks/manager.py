@@ -151,7 +151,7 @@ class TaskManager:
         self._callback_base = callback_base.rstrip("/") if callback_base else None
         # Set when the process is shutting down: every wait returns what it has at once, so a tool call
         # still waiting gets its answer (the task id, "still running") before the connection closes.
-        self._stopping = anyio.Event()
+        self._stopping = False
 
     @property
     def policy(self) -> PollPolicy:
@@ -191,7 +191,9 @@ class TaskManager:
     def stop_waiting(self) -> None:
         """Shutting down: every wait (now and later) returns at once; tasks stay in the store and resume
         on the next start."""
-        self._stopping.set()
+        self._stopping = True
+        for tracked in self._tracked.values():
+            tracked.changed.set()  # what every waiter sleeps on: it wakes, sees the stop and returns
 
     def add_listener(self, listener: Listener) -> None:
         """``listener(record)`` runs after every change of any task (e.g. resource-updated notices)."""
@@ -327,13 +329,13 @@ class TaskManager:
         """
         tracked = await self._lookup(task_id)
         deadline = anyio.current_time() + max(0.0, timeout_s)
-        while not tracked.record.terminal and not self._stopping.is_set():
+        while not tracked.record.terminal and not self._stopping:
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
             event = tracked.changed
             with anyio.move_on_after(min(tick_s, remaining)):
-                await _first_of(event, self._stopping)
+                await event.wait()
             if on_tick is not None:
                 await on_tick(tracked.record.model_copy(deep=True))
         return tracked.record.model_copy(deep=True)
@@ -725,17 +727,6 @@ def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:
         )
     return "; ".join(parts) or None
 
-
-async def _first_of(*events: anyio.Event) -> None:
-    """Return as soon as any of ``events`` is set."""
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        for event in events:
-            tg.start_soon(wait, event)
 
 
 def _hide_callback_token(record: TaskRecord, exc: RunAPIError) -> None:
