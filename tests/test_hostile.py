@@ -537,6 +537,9 @@ def test_hostile_strings_and_echoed_keys_over_a_real_stdio_pipe(sim: Simulator, 
         _assert_no_key(line, "a stdout line")
     assert "created task" in stderr  # the log did go to stderr...
     _assert_no_key(stderr, "the server's stderr")  # ...without the key
+    for path in home.rglob("*"):  # nor any file the server wrote: the store, the library, its sidecars
+        if path.is_file():
+            _assert_no_key(path.read_bytes(), str(path))
 
 
 # -- 7. echoed keys ----------------------------------------------------------------------------------
