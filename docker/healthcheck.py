@@ -5,8 +5,9 @@
 One image runs either way, and Docker applies its HEALTHCHECK to every container. A stdio server has no
 port to ask (its health is its client's pipe, and it exits when the client goes), so reporting it unhealthy
 would only be noise: orchestrators restart or drain unhealthy containers. Whether there is a port is read
-from the server's own command line (``/proc/<pid>/cmdline``) and environment, i.e. what it was told to do,
-not from what is listening: an HTTP server that never manages to listen is unhealthy, not mistaken for stdio.
+from the server's own command line (``/proc/<pid>/cmdline``: transport, host and port are flags only), i.e.
+what it was told to do, not from what is listening: an HTTP server that never manages to listen is unhealthy,
+not mistaken for stdio.
 
 Exit 0: healthy (stdio, or ``/health`` answered 200 with ``{"status": "ok"}``); 1: unhealthy. Standard
 library only: it runs in the slim image beside the server, under the same user.
@@ -41,15 +42,6 @@ def _read_argv(pid: str) -> list[str]:
     return [part.decode("utf-8", "replace") for part in raw.split(b"\0")[:-1]]
 
 
-def _read_environ(pid: str) -> dict[str, str]:
-    try:  # same user as the server, so readable; if a hardened runtime says no, flags still decide
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (part.decode("utf-8", "replace").partition("=") for part in raw.split(b"\0") if part)
-    return {name: value for name, _, value in pairs}
-
-
 def find_server() -> str | None:
     """The server's pid: PID 1 normally; the first ``runapi-mcp`` process under an init (``--init``)."""
     own = str(os.getpid())
@@ -74,16 +66,16 @@ def _option(argv: list[str], name: str) -> str | None:
     return value
 
 
-def health_url(argv: list[str], environ: dict[str, str]) -> str | None:
+def health_url(argv: list[str]) -> str | None:
     """Where the server answers ``/health``; None when it serves stdio (or runs no server at all)."""
     commands = [arg for arg in argv if arg in ("serve", "simulate", "demo", "tasks")]
     if commands and commands[0] != "serve":
         return None  # `docker run ... runapi-mcp demo` and the like: nothing to check
-    transport = _option(argv, "--transport") or environ.get("RUNAPI_MCP_TRANSPORT") or "stdio"
+    transport = _option(argv, "--transport") or "stdio"
     if transport == "stdio":
         return None
-    port = _option(argv, "--port") or environ.get("RUNAPI_MCP_PORT") or str(DEFAULT_PORT)
-    host = _option(argv, "--host") or environ.get("RUNAPI_MCP_HOST") or ""
+    port = _option(argv, "--port") or str(DEFAULT_PORT)
+    host = _option(argv, "--host") or ""
     host = "127.0.0.1" if host in _ANY else (f"[{host}]" if ":" in host and not host.startswith("[") else host)
     return f"http://{host}:{int(port)}/health"
 
@@ -101,7 +93,7 @@ def main(args: list[str]) -> int:
         print("healthcheck: no runapi-mcp process found", file=sys.stderr)
         return 1
     try:
-        url = health_url(_read_argv(pid), _read_environ(pid))
+        url = health_url(_read_argv(pid))
     except (OSError, ValueError) as exc:
         print(f"healthcheck: cannot read the server's command line: {exc}", file=sys.stderr)
         return 1

@@ -108,7 +108,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
             else None
         ),
         # http.webhook serves these (CALLBACK_PATH); a server RunAPI cannot reach is polled only.
-        callback_base=f"{settings.public_url}/callbacks/runapi" if settings.public_url else None,
+        callback_base=settings.callback_base,
     )
     resolver = ImageResolver(
         client,

@@ -24,6 +24,8 @@ from runapi_mcp.redaction import Redactor
 
 DEFAULT_WAIT_S = 50.0
 RUNAPI_CONFIG_FILE = Path("~/.config/runapi/config.json")
+CALLBACK_PATH = "/callbacks/runapi"
+"""Where ``http.webhook`` serves RunAPI's completion callbacks; ``Settings.callback_base`` is the public URL + this."""
 
 
 class ConfigError(ValueError):
@@ -123,9 +125,10 @@ class Settings(BaseModel):
     def _check_spend_cap(cls, value: object) -> object:
         # Text from the environment or a flag: whole cents only ("5.5" or "-1" is a typo, not a cap).
         if isinstance(value, str):
-            if not re.fullmatch(r"[0-9]{1,15}", value.strip()):
-                raise ValueError(f"must be a whole number of cents, 0 or more, got {value.strip()[:40]!r}")
-            return int(value.strip())
+            try:
+                return _cents(value)
+            except ValueError:
+                raise ValueError(f"must be a whole number of cents, 0 or more, got {value.strip()[:40]!r}") from None
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"must be a whole number of cents, 0 or more, got {value}")
         return value
@@ -174,14 +177,18 @@ class Settings(BaseModel):
         return self.home / "tasks.sqlite3"
 
     @property
+    def callback_base(self) -> str | None:
+        """Where RunAPI reaches this server's completion callbacks (None without a public URL: polling only)."""
+        return f"{self.public_url}{CALLBACK_PATH}" if self.public_url else None
+
+    @property
     def remembers_durations(self) -> bool:
         """Whether what the poll schedule learned about task durations is kept in the store.
 
         Not for an upstream on this machine: a simulator or test stand-in, whose timings change from
         run to run and must not shape the next run's polls (nor a later run against RunAPI's).
         """
-        host = urlsplit(self.base_url).hostname or ""
-        return not (host == "localhost" or host.endswith(".localhost") or _is_loopback(host))
+        return not is_loopback_host(urlsplit(self.base_url).hostname or "")
 
     @property
     def legacy_durations_file(self) -> Path:
@@ -298,14 +305,32 @@ def _parse_user_caps(text: str) -> dict[str, int]:
         if not item:
             continue
         user, eq, cents = item.rpartition("=")
-        if not eq or not user.strip() or not re.fullmatch(r"[0-9]{1,15}", cents.strip()):
-            raise ValueError(f"each entry must be user=cents (whole cents, 0 or more), got {item[:80]!r}")
-        caps[user.strip()] = int(cents.strip())
+        try:
+            if not eq or not user.strip():
+                raise ValueError(item)
+            caps[user.strip()] = _cents(cents)
+        except ValueError:
+            raise ValueError(f"each entry must be user=cents (whole cents, 0 or more), got {item[:80]!r}") from None
     return caps
 
 
-def _is_loopback(host: str) -> bool:
+def _cents(text: str) -> int:
+    """A whole number of cents written as text (0 or more, at most 15 digits; surrounding blanks ignored).
+
+    ValueError for anything else: "5.5" or "-1" is a typo, not an amount. The one rule for the server's
+    caps and the per-user ones; each caller words its own error.
+    """
+    text = text.strip()
+    if not re.fullmatch(r"[0-9]{1,15}", text):
+        raise ValueError(f"not a whole number of cents: {text[:40]!r}")
+    return int(text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name, an IP address, or an IPv6 address in brackets) is this machine's loopback."""
+    if host in ("localhost", "::1") or host.endswith(".localhost"):
+        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False

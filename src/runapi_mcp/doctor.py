@@ -36,8 +36,10 @@ from runapi_mcp.install import (
     KEY_VAR,
     YamlShapeError,
     config_path,
+    dotenv_has,
     hermes_home,
     hermes_servers,
+    runapi_config_has_key,
     server_launch,
 )
 from runapi_mcp.redaction import Redactor
@@ -405,7 +407,7 @@ def _check_entry_key(
         var = reference.group(1)
         if client == "hermes":
             dotenv = hermes_home(environ=environ) / ".env"
-            if _dotenv_has(dotenv, var) or environ.get(var):
+            if dotenv_has(dotenv, var) or environ.get(var):
                 return "OK", f"key: {value} (set in {_tilde(dotenv)})", ""
             return (
                 "FAIL",
@@ -433,14 +435,6 @@ def _check_entry_key(
         )
     report.secrets.append(value)
     return "OK", "key: written in the file", ""
-
-
-def _dotenv_has(path: Path, var: str) -> bool:
-    try:
-        text = path.read_text("utf-8")
-    except OSError:
-        return False
-    return re.search(rf"^\s*(?:export\s+)?{re.escape(var)}\s*=\s*\S", text, re.MULTILINE) is not None
 
 
 def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str, has_file_key: bool) -> None:
@@ -545,7 +539,7 @@ async def diagnose(
         if _home(report, settings):
             _store(report, settings)
         _allowed_dirs(report, settings)
-    has_file_key = "api_key" in _read_runapi_config(config_file)
+    has_file_key = runapi_config_has_key(config_file)
     _clients(report, environ, cwd or Path.cwd(), name, has_file_key)
     return report
 

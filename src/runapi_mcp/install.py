@@ -192,25 +192,27 @@ class KeyPlan:
     warnings: list[str] = field(default_factory=list)
 
 
-def _has_dotenv_key(path: Path) -> bool:
+def dotenv_has(path: Path, var: str = KEY_VAR) -> bool:
+    """Whether the ``.env`` file at ``path`` sets ``var`` to something (``VAR=...`` or ``export VAR=...``)."""
     try:
         text = path.read_text("utf-8")
     except OSError:
         return False
-    return re.search(rf"^\s*(?:export\s+)?{KEY_VAR}\s*=\s*\S", text, re.MULTILINE) is not None
+    return re.search(rf"^\s*(?:export\s+)?{re.escape(var)}\s*=\s*\S", text, re.MULTILINE) is not None
 
 
-def _runapi_config_has_key() -> bool:
+def runapi_config_has_key(config_file: Path | None = None) -> bool:
+    """Whether RunAPI's own config file (``~/.config/runapi/config.json`` by default) holds a key."""
     from runapi_mcp.config import RUNAPI_CONFIG_FILE, _read_runapi_config
 
-    return "api_key" in _read_runapi_config(RUNAPI_CONFIG_FILE)
+    return "api_key" in _read_runapi_config(RUNAPI_CONFIG_FILE if config_file is None else config_file)
 
 
 def plan_key(client: Client, mode: KeyMode, environ: Mapping[str, str], hermes_dir: Path) -> KeyPlan:
     plan = KeyPlan()
     fallback = (
         "the server reads the key from ~/.config/runapi/config.json"
-        if _runapi_config_has_key()
+        if runapi_config_has_key()
         else 'put {"apiKey": "sk-..."} in ~/.config/runapi/config.json, which the server reads'
     )
     if mode == "copy":
@@ -248,7 +250,7 @@ def plan_key(client: Client, mode: KeyMode, environ: Mapping[str, str], hermes_d
         else:
             plan.op, plan.value = "set", _env_ref(client, KEY_VAR)
             if client.name == "hermes":
-                if not _has_dotenv_key(hermes_dir / ".env"):
+                if not dotenv_has(hermes_dir / ".env"):
                     plan.warnings.append(
                         f"add {KEY_VAR}=sk-... to {hermes_dir / '.env'}: Hermes fills ${{{KEY_VAR}}} from there, and "
                         "an unset variable reaches the server as the literal text"

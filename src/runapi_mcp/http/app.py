@@ -18,14 +18,15 @@ authenticated request carries its owner in the ASGI scope, where the MCP layer r
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+import anyio
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.provider import TokenVerifier
@@ -45,11 +46,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runapi_mcp import __version__
 from runapi_mcp.app import App
+from runapi_mcp.config import is_loopback_host as is_loopback_host  # re-exported: serve.py, gallery.py, tests
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
+from runapi_mcp.http.responses import image_headers
 from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY, OWNER_SCOPE_KEY
-from runapi_mcp.tasks import current_owner
+from runapi_mcp.tasks import ImageRecord, ImageStore, current_owner
+from runapi_mcp.tasks.images import ImageFileError, inspect_image
 
 log = logging.getLogger("runapi_mcp.http")
 
@@ -70,15 +74,6 @@ class HttpOptions:
     port: int = 8000
     public_url: str | None = None  # as clients (and RunAPI) reach this server
     jwt_issuer: str | None = None  # advertised in the protected-resource metadata
-
-
-def is_loopback_host(host: str) -> bool:
-    if host in ("localhost", "::1") or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def transport_security(options: HttpOptions) -> TransportSecuritySettings:
@@ -247,46 +242,58 @@ class _Files:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        if "sig" not in request.query_params:
+        params = request.query_params
+        if "sig" not in params:
             await self.with_token(scope, receive, send)
             return
         image_id = str(request.path_params.get("image_id", ""))
         image = await self.manager.images.lookup(image_id) if len(image_id) <= 200 else None
-        owner = await self.manager.owner_of_image(image) if image is not None else None
-        params = request.query_params
-        if owner is None or not self.links.check(owner, image_id, params.get("exp"), params.get("sig")):
+        if image is None or not self.links.check(
+            await self.manager.owner_of_image(image), image_id, params.get("exp"), params.get("sig")
+        ):
             # Expired, forged or for another picture: the token is the way in (the same 401 as without one).
             await self.with_token(scope, receive, send)
             return
-        token = current_owner.set(owner)
-        try:
-            await self.serve(scope, receive, send)
-        finally:
-            current_owner.reset(token)
+        await self._send(image, scope, receive, send)  # the link names its owner's image: no second look-up
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        image_id = str(request.path_params.get("image_id", ""))
+        """With the bearer token: the image if the caller (``current_owner``) may see it."""
+        image_id = str(Request(scope, receive).path_params.get("image_id", ""))
         image = await self.manager.find_image(image_id) if len(image_id) <= 200 else None
-        data = await self.manager.images.read(image.id) if image is not None else None
-        if image is None or data is None:
+        await self._send(image, scope, receive, send)
+
+    async def _send(self, image: ImageRecord | None, scope: Scope, receive: Receive, send: Send) -> None:
+        data = b""
+        size: int | None = None
+        if image is not None and scope["method"] == "HEAD":
+            size = await anyio.to_thread.run_sync(_head_size, self.manager.images, image)
+        elif image is not None:
+            read = await self.manager.images.read(image.id)
+            if read is not None:
+                data, size = read, len(read)
+        if image is None or size is None:
             response: Response = JSONResponse({"error": "no such image"}, status_code=404)
         else:
             response = Response(
-                data if request.method == "GET" else b"",
+                data,
                 media_type=image.mime_type or "application/octet-stream",
-                headers={
-                    "Content-Length": str(len(data)),
-                    "Cache-Control": "private, max-age=86400, immutable",  # an id names one picture forever
-                    "X-Content-Type-Options": "nosniff",
-                    "Content-Disposition": f'inline; filename="{image.id}{_extension(image.mime_type)}"',
-                },
+                headers={"Content-Length": str(size), **image_headers(image, "inline")},
             )
         await response(scope, receive, send)
 
 
-def _extension(mime: str | None) -> str:
-    return {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}.get(mime or "", "")
+def _head_size(images: ImageStore, image: ImageRecord) -> int | None:
+    """The Content-Length a GET of ``image`` sends, without reading the file (blocking): the size the
+    look-up saw, when the file is one ``ImageStore.read`` accepts (within ``max_bytes``, and its header
+    the format its name says); else None (a GET would be 404)."""
+    if image.path is None or image.bytes is None or image.bytes > images.max_bytes:
+        return None
+    path = Path(image.path)
+    try:
+        info = inspect_image(path)  # the header only, through the sandbox
+    except (ImageFileError, OSError):
+        return None
+    return image.bytes if info.extension == path.suffix else None
 
 
 def describe(options: HttpOptions, bound_port: int) -> list[str]:

@@ -29,6 +29,7 @@ import httpx
 import jwt
 from mcp.server.auth.provider import AccessToken
 
+from runapi_mcp.catalog import is_http_url
 from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.tasks import LOCAL_OWNER
 
@@ -341,7 +342,7 @@ class BearerVerifier:
                 problems.append(f"{url} names issuer {str(metadata.get('issuer'))[:200]!r}, not {issuer!r}")
                 continue
             uri = metadata.get("jwks_uri")
-            if not isinstance(uri, str) or not _is_http_url(uri):
+            if not isinstance(uri, str) or not is_http_url(uri):
                 problems.append(f"{url} has no http(s) jwks_uri")
                 continue
             log.debug("JWT signing keys of %s are at %s", issuer, uri)
@@ -416,11 +417,6 @@ def _scopes(claims: Mapping[str, Any]) -> list[str]:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_http_url(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _metadata_urls(issuer: str) -> list[str]:

@@ -30,18 +30,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import logging
 import secrets
-import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import FrameType
-from typing import cast
+from typing import Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
@@ -60,6 +56,7 @@ from runapi_mcp.history_cli import STATES
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery_page import Filters, GalleryView, Tile, render_gallery, render_problem, render_signin
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
+from runapi_mcp.http.responses import IMMUTABLE_CACHE, image_headers
 from runapi_mcp.tasks import (
     ImageRecord,
     ImageStore,
@@ -104,8 +101,6 @@ _COMMON_HEADERS = {
     # Another site's page may not embed these (an <img> of a loopback gallery needs no cookie).
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
-               "image/bmp": ".bmp", "image/tiff": ".tiff"}  # fmt: skip
 _NO_PREVIEW_SVG = (
     b'<svg xmlns="http://www.w3.org/2000/svg" width="512" height="512" viewBox="0 0 512 512">'
     b'<rect width="512" height="512" fill="#d8d8d4"/><text x="256" y="262" font-family="sans-serif" '
@@ -350,7 +345,7 @@ class Gallery:
         if isinstance(made, Preview):
             response = Response(made.data, media_type=made.mime_type)
             # An image id names one picture for ever, and so does its thumbnail.
-            response.headers["Cache-Control"] = "private, max-age=86400, immutable"
+            response.headers["Cache-Control"] = IMMUTABLE_CACHE
         else:
             response = Response(_NO_PREVIEW_SVG, media_type="image/svg+xml")
             response.headers["Cache-Control"] = "private, max-age=300"
@@ -364,7 +359,7 @@ class Gallery:
     async def download(self, request: Request) -> Response:
         return await self._file(request, "attachment")
 
-    async def _file(self, request: Request, disposition: str) -> Response:
+    async def _file(self, request: Request, disposition: Literal["inline", "attachment"]) -> Response:
         refused, image = await self._image(request)
         if image is None:
             assert refused is not None
@@ -372,13 +367,10 @@ class Gallery:
         data = await self.images.read(image.id)
         if data is None:
             return _plain(404, "no such image")
-        mime = image.mime_type or "application/octet-stream"
-        response = Response(data, media_type=mime)
+        response = Response(data, media_type=image.mime_type or "application/octet-stream")
         response.headers.update(_COMMON_HEADERS)
         response.headers["Content-Security-Policy"] = _IMAGE_CSP
-        response.headers["Cache-Control"] = "private, max-age=86400, immutable"
-        # Image ids are [A-Za-z0-9_-] (valid_image_id): nothing to quote in the file name.
-        response.headers["Content-Disposition"] = f'{disposition}; filename="{image.id}{_EXTENSIONS.get(mime, "")}"'
+        response.headers.update(image_headers(image, disposition))
         return response
 
 
@@ -482,29 +474,6 @@ def _plain(status: int, text: str) -> Response:
 # -- runapi-mcp gallery --------------------------------------------------------------------------
 
 
-class _Server(uvicorn.Server):
-    """uvicorn that stops on SIGINT/SIGTERM without re-raising the signal (the store closes first)."""
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        self.should_exit = True
-
-
-def _bind(host: str, port: int, *, fallback: bool) -> socket.socket:
-    """A listening socket on ``host:port``; with ``fallback``, any free port when that one is taken."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        if not (fallback and exc.errno == errno.EADDRINUSE):
-            sock.close()
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        sock.bind((host, 0))
-    return sock
-
-
 def standalone_app(store: TaskStore, images: ImageStore, host: str, port: int) -> Starlette:
     """The gallery alone, with no auth, behind http.app's Host/Origin check (loopback names only)."""
     from runapi_mcp.http.app import HttpOptions, _HostCheck, transport_security  # http.app imports this module
@@ -540,13 +509,17 @@ async def serving_gallery(
     """
     from runapi_mcp.app import open_store
     from runapi_mcp.http.app import is_loopback_host
+    from runapi_mcp.http.serve import _Server, bind_socket  # http.serve imports http.app, which imports this
 
     if not is_loopback_host(host):
         raise ConfigError(
             f"the gallery has no auth, so it serves on loopback only, not {host}; to share it, use "
             "`runapi-mcp serve --transport http` with RUNAPI_MCP_AUTH_TOKEN (its /gallery needs the token)"
         )
-    sock = _bind(host, port, fallback=fallback)
+    try:
+        sock = bind_socket(host, port, fallback=fallback)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     bound = int(sock.getsockname()[1])
     shown = f"[{host}]" if ":" in host else host
     try:
@@ -555,20 +528,21 @@ async def serving_gallery(
             config = uvicorn.Config(
                 standalone_app(store, images, host, bound), log_config=None, access_log=False, lifespan="off"
             )
-            running = RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", anyio.Event(), _Server(config))
+            server = _Server(config)
+            running = RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", anyio.Event(), server)
 
             async def serve() -> None:
                 try:
-                    await running.server.serve(sockets=[sock])
+                    await server.serve(sockets=[sock])
                 finally:
+                    server.settled.set()
                     running.stopped.set()
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(serve)
-                while not running.server.started:
-                    if running.stopped.is_set():
-                        raise ConfigError(f"could not serve the gallery on {host}:{bound}")
-                    await anyio.sleep(0.02)
+                await server.settled.wait()
+                if not server.started:
+                    raise ConfigError(f"could not serve the gallery on {host}:{bound}")
                 try:
                     yield running
                 finally:

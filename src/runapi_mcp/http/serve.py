@@ -8,6 +8,7 @@ next start.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import socket
@@ -34,9 +35,12 @@ GRACEFUL_SHUTDOWN_S = 3.0
 
 
 class _Server(uvicorn.Server):
-    """uvicorn with a hook run first thing at shutdown."""
+    """uvicorn with an optional hook run first thing at shutdown, and no re-raise of the stopping signal.
 
-    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+    Also serves the standalone gallery (``gallery.py``).
+    """
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self._on_shutdown = on_shutdown
         self.settled = anyio.Event()  # started, or failed to
@@ -48,7 +52,8 @@ class _Server(uvicorn.Server):
             self.settled.set()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self._on_shutdown()
+        if self._on_shutdown is not None:
+            self._on_shutdown()
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -58,6 +63,24 @@ class _Server(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+
+def bind_socket(host: str, port: int, *, fallback: bool = False) -> socket.socket:
+    """A socket bound to ``host:port`` (port 0: any free port); with ``fallback``, any free port when that
+    one is taken. Raises the ``OSError`` of a failed bind."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if not (fallback and exc.errno == errno.EADDRINUSE):
+                raise
+            sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
@@ -107,9 +130,7 @@ async def http_server(
     )
     server = _Server(config, app.manager.stop_waiting)
     if sock is None:
-        sock = socket.socket(socket.AF_INET6 if ":" in options.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((options.host, options.port))
+        sock = bind_socket(options.host, options.port)
     running = RunningServer(server, int(sock.getsockname()[1]), anyio.Event())
 
     async def serve() -> None:

@@ -21,12 +21,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+# Defined in config (Settings.callback_base is built from it); re-exported here, where the routes are.
+from runapi_mcp.config import CALLBACK_PATH as CALLBACK_PATH
 from runapi_mcp.tasks import TaskManager
 
 log = logging.getLogger("runapi_mcp.http")
 
-CALLBACK_PATH = "/callbacks/runapi"
-"""Where the routes are served; ``Settings.public_url`` + this is the manager's ``callback_base``."""
 MAX_CALLBACK_BODY = 64 * 1024
 _BODY_DEADLINE_S = 5.0
 _TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&#\s\"]*")

@@ -39,13 +39,15 @@ from mcp.server.apps import APP_MIME_TYPE, EXTENSION_ID, Apps, client_supports_a
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, TextContent
 from pydantic import AfterValidator, BaseModel, Field
 
-from runapi_mcp.catalog import ALIASES, text_problem
-from runapi_mcp.server.arguments import ModelFilterArg, TaskStatusArg, strict_tool
+from runapi_mcp.server.arguments import READ_LOCAL, ModelFilterArg, TaskStatusArg, plain_text, strict_tool
+from runapi_mcp.server.compat import mark_tools, with_capability
+from runapi_mcp.server.history import model_filter
+from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import TaskResult, task_result
-from runapi_mcp.tasks import Preview, TaskManager, TaskRecord, TaskState, current_owner
+from runapi_mcp.tasks import Preview, TaskManager, TaskRecord, TaskState
 from runapi_mcp.tasks.previews import make_preview
 
 UI_URI = "ui://runapi/images.html"
@@ -65,18 +67,8 @@ THUMB_EDGE = 256
 THUMB_BYTES = 16_000
 THUMB_BUDGET_BYTES = 400_000
 
-_READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
-
-
-def _plain(value: str) -> str:
-    problem = text_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
 QueryArg = Annotated[
-    Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_plain)] | None,
+    Annotated[str, Field(min_length=1, max_length=200), AfterValidator(plain_text)] | None,
     Field(description="Text the prompt contains"),
 ]
 GalleryLimitArg = Annotated[int, Field(ge=1, le=GALLERY_MAX, description=f"How many, 1..{GALLERY_MAX}")]
@@ -144,9 +136,7 @@ class AppsUI:
         return list(tools)
 
     def tools(self) -> list[Tool]:
-        return self.bind(
-            [strict_tool(self.gallery, name="gallery", title="Image gallery", annotations=_READ_LOCAL)]
-        )
+        return self.bind([strict_tool(self.gallery, name="gallery", title="Image gallery", annotations=READ_LOCAL)])
 
     async def gallery(
         self,
@@ -187,22 +177,16 @@ class AppsUI:
         self, status: TaskState | None, model: str | None, query: str | None, limit: int
     ) -> tuple[list[TaskRecord], bool]:
         """The newest ``limit`` tasks that match, and whether more match."""
-        if model is not None:
-            # The store keeps the model's slug: an alias or another spelling finds the same tasks.
-            name = model.strip().lower()
-            model = ALIASES[name][0] if name in ALIASES else name
-        owner = current_owner.get()
+        model = model_filter(model)
         if query is None:
-            page = await self.manager.store.page(status=status, model=model, limit=limit, owner=owner)
+            page = await owned_page(self.manager.store, status=status, model=model, limit=limit)
             return page.records, page.next_cursor is not None
         needle = query.casefold()
         found: list[TaskRecord] = []
         cursor: str | None = None
         scanned = 0
         while len(found) <= limit and scanned < QUERY_SCAN_MAX:
-            page = await self.manager.store.page(
-                status=status, model=model, limit=_SCAN_PAGE, cursor=cursor, owner=owner
-            )
+            page = await owned_page(self.manager.store, status=status, model=model, limit=_SCAN_PAGE, cursor=cursor)
             scanned += len(page.records)
             found += [
                 r for r in page.records if needle in (r.prompt or "").casefold() or needle in r.task_id.casefold()
@@ -252,23 +236,12 @@ class AppsUI:
 
 
 def _advertise(result: dict[str, Any]) -> dict[str, Any]:
-    capabilities = dict(result.get("capabilities") or {})
-    capabilities["extensions"] = {**(capabilities.get("extensions") or {}), EXTENSION_ID: {}}
-    return {**result, "capabilities": capabilities}
+    return with_capability(result, "extensions", {EXTENSION_ID: {}})
 
 
 def _relink_tools(result: dict[str, Any]) -> dict[str, Any]:
     """``_meta.ui`` back on the view's tools where an older version's answer lost it."""
-    tools = result.get("tools")
-    if not isinstance(tools, list):
-        return result
-    linked = [
-        {**tool, "_meta": {**(tool.get("_meta") or {}), **UI_META}}
-        if isinstance(tool, Mapping) and tool.get("name") in UI_TOOLS
-        else tool
-        for tool in tools
-    ]
-    return {**result, "tools": linked}
+    return mark_tools(result, UI_TOOLS, "_meta", UI_META)
 
 
 def _without_views(result: dict[str, Any]) -> dict[str, Any]:

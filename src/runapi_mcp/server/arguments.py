@@ -28,16 +28,20 @@ MAX_IMAGES = IMAGE_ARRAY_MAX_ITEMS
 # A data: URI of the largest input image (20 MiB) is about 28 MB of base64.
 MAX_IMAGE_REF_CHARS = 30_000_000
 
+# The annotations of a tool that only reads this server's own state (the catalog, the task history).
+READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
-def _plain_text(value: str) -> str:
-    """Text that can travel on: no NUL or other control characters, no lone surrogates (the catalog's rule)."""
+
+def plain_text(value: str) -> str:
+    """Text that can travel on: no NUL or other control characters, no lone surrogates (the catalog's rule).
+    A pydantic ``AfterValidator`` for any text argument."""
     problem = text_problem(value)
     if problem is not None:
         raise ValueError(problem)
     return value
 
 
-_PLAIN = AfterValidator(_plain_text)
+_PLAIN = AfterValidator(plain_text)
 Text = Annotated[str, _PLAIN]
 
 # Length constraints stand before the validator: they apply to the string itself (and read as such).

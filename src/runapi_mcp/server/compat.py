@@ -10,11 +10,11 @@ middleware takes out, on the way to an older client, what its version does not h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
-from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, is_version_at_least
+from mcp_types.version import KNOWN_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, is_version_at_least
 
 # Fields, by the object they sit on, and the first version that has them.
 _TOOL_FIELDS = {
@@ -97,6 +97,28 @@ def _initialize(result: dict[str, Any], version: str) -> dict[str, Any]:
     return result
 
 
+def mark_tools(result: dict[str, Any], names: Collection[str], key: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``tools/list`` result with ``extra`` merged into ``key`` (e.g. ``execution``, ``_meta``) of the
+    tools named in ``names``; every other tool, and a result without a tool list, as it was."""
+    tools = result.get("tools")
+    if not isinstance(tools, list):
+        return result
+    marked = [
+        {**tool, key: {**(tool.get(key) or {}), **extra}}
+        if isinstance(tool, Mapping) and tool.get("name") in names
+        else tool
+        for tool in tools
+    ]
+    return {**result, "tools": marked}
+
+
+def with_capability(result: dict[str, Any], key: str, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """An ``initialize`` result with ``extra`` merged into ``capabilities[key]``."""
+    capabilities = dict(result.get("capabilities") or {})
+    capabilities[key] = {**(capabilities.get(key) or {}), **extra}
+    return {**result, "capabilities": capabilities}
+
+
 _DOWNGRADES: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "initialize": _initialize,
     "tools/call": _tool_call,
@@ -119,6 +141,6 @@ class ProtocolCompat:
         version = ctx.protocol_version
         if ctx.method == "initialize" and isinstance(result.get("protocolVersion"), str):
             version = result["protocolVersion"]
-        if has_feature(version, KNOWN_PROTOCOL_VERSIONS[-2]):
-            return result  # 2025-11-25 and later: the SDK's own shape is right
+        if has_feature(version, LATEST_HANDSHAKE_VERSION):
+            return result  # the newest handshake version (2025-11-25) and later: the SDK's own shape is right
         return downgrade(result, version)

@@ -26,14 +26,14 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp.types import Completion, CompletionArgument, CompletionContext, PromptReference, ResourceTemplateReference
 
+from runapi_mcp.server.history import IMAGE_TEMPLATE, TASK_TEMPLATE
+from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.prompts import ImagePrompts
-from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskRecord, TaskStore, current_owner
+from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskRecord, TaskStore
 
 MAX_VALUES = 100  # the spec's cap on one answer
 RECENT_TASKS = 500  # how far back ids are offered (each keystroke reads this many records at most)
 _PAGE = 100
-TASK_TEMPLATE = "runapi://tasks/{task_id}"
-IMAGE_TEMPLATE = IMAGE_URI_PREFIX + "{image_id}"
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,10 @@ class Completions:
 
     async def recent(self) -> Recent:
         """The current caller's newest tasks (the store is asked for this owner only)."""
-        owner = current_owner.get()
         records: list[TaskRecord] = []
         cursor: str | None = None
         while len(records) < self.recent_tasks:
-            page = await self.store.page(limit=min(_PAGE, self.recent_tasks - len(records)), cursor=cursor, owner=owner)
+            page = await owned_page(self.store, limit=min(_PAGE, self.recent_tasks - len(records)), cursor=cursor)
             records += page.records
             cursor = page.next_cursor
             if cursor is None:

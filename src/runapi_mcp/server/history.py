@@ -14,11 +14,13 @@ from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools import Tool
-from mcp.types import CallToolResult, ListResourcesResult, Resource, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ListResourcesResult, Resource, TextContent
 from pydantic import BaseModel, Field
 
 from runapi_mcp.catalog import ALIASES
-from runapi_mcp.server.arguments import CursorArg, LimitArg, ModelFilterArg, TaskStatusArg, strict_tool
+from runapi_mcp.server.arguments import READ_LOCAL, CursorArg, LimitArg, ModelFilterArg, TaskStatusArg, strict_tool
+from runapi_mcp.server.catalog_view import MODELS_URI
+from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import TaskResult, task_result
 from runapi_mcp.tasks import (
     IMAGE_URI_PREFIX,
@@ -27,20 +29,19 @@ from runapi_mcp.tasks import (
     TaskManager,
     TaskRecord,
     TaskState,
-    current_owner,
 )
 
 TASK_URI_PREFIX = "runapi://tasks/"
 TASKS_INDEX_URI = "runapi://tasks"
-MODELS_URI = "runapi://models"
+# The resource templates (a completion names them as registered).
+TASK_TEMPLATE = TASK_URI_PREFIX + "{task_id}"
+IMAGE_TEMPLATE = IMAGE_URI_PREFIX + "{image_id}"
 
 # resources/list pages: small enough for any client to take in one answer, big enough to be few.
 RESOURCE_PAGE_SIZE = 50
 _MAX_CURSOR_CHARS = 2000
 # How far past a page's last image the next page looks for it again (images made meanwhile come first).
 _IMAGE_ANCHOR_SLACK = 200
-
-_READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
 
 class TaskList(BaseModel):
@@ -52,6 +53,15 @@ class TaskList(BaseModel):
 
 def task_uri(task_id: str) -> str:
     return TASK_URI_PREFIX + task_id
+
+
+def model_filter(model: str | None) -> str | None:
+    """A model filter as the store keeps the model: its slug (an alias or another spelling finds the
+    same tasks)."""
+    if model is None:
+        return None
+    name = model.strip().lower()
+    return ALIASES[name][0] if name in ALIASES else name
 
 
 def _when(ts: float) -> str:
@@ -118,7 +128,7 @@ class TaskHistory:
         self.resource_page_size = RESOURCE_PAGE_SIZE
 
     def tools(self) -> list[Tool]:
-        return [strict_tool(self.list_tasks, name="list_tasks", title="List tasks", annotations=_READ_LOCAL)]
+        return [strict_tool(self.list_tasks, name="list_tasks", title="List tasks", annotations=READ_LOCAL)]
 
     def register(self, server: MCPServer[Any]) -> None:
         server.resource(
@@ -155,13 +165,8 @@ class TaskHistory:
     async def _page(
         self, *, status: TaskState | None, model: str | None, limit: int, cursor: str | None
     ) -> tuple[list[TaskRecord], str | None]:
-        if model is not None:
-            # The store keeps the model's slug: an alias or another spelling finds the same tasks.
-            name = model.strip().lower()
-            model = ALIASES[name][0] if name in ALIASES else name
-        page = await self.manager.store.page(
-            status=status, model=model, limit=limit, cursor=cursor, owner=current_owner.get()
-        )
+        store = self.manager.store
+        page = await owned_page(store, status=status, model=model_filter(model), limit=limit, cursor=cursor)
         return page.records, page.next_cursor
 
     def _result(self, record: TaskRecord) -> TaskResult:
@@ -191,7 +196,7 @@ class TaskHistory:
         image_after, image_offset = "", 0
         data: list[Any] = ["t", None] if cursor is None else _ResourceCursor.decode(cursor)
         if data[0] == "t":
-            page = await self.manager.store.page(limit=size, cursor=data[1], owner=current_owner.get())
+            page = await owned_page(self.manager.store, limit=size, cursor=data[1])
             listed += [self._task_resource(r) for r in page.records]
             if page.next_cursor is not None:
                 more = _ResourceCursor.encode(["t", page.next_cursor])

@@ -72,10 +72,12 @@ from mcp.types import (
 from mcp_types.methods import serialize_server_result
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from runapi_mcp.server.compat import mark_tools, with_capability
+from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import CANCELLED_NOTE
-from runapi_mcp.server.subscriptions import SEND_DEADLINE_S
+from runapi_mcp.server.subscriptions import Note, connection_of, send_best_effort
 from runapi_mcp.server.tools import ImageTools
-from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError, current_owner
+from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError
 from runapi_mcp.tasks.manager import TaskEndedError
 
 log = logging.getLogger("runapi_mcp.server")
@@ -236,7 +238,7 @@ class TaskCore:
 
     async def page(self, cursor: str | None) -> tuple[list[TaskRecord], str | None]:
         """One page of the caller's tasks, newest first; raises InvalidCursorError for a foreign cursor."""
-        page = await self.manager.store.page(limit=self.page_size, cursor=cursor, owner=current_owner.get())
+        page = await owned_page(self.manager.store, limit=self.page_size, cursor=cursor)
         return page.records, page.next_cursor
 
     async def cancel(self, task_id: str) -> TaskRecord:
@@ -299,12 +301,6 @@ def _not_found(task_id: str) -> MCPError:
         message=f"Failed to retrieve task: 'taskId' {task_id[:200]!r} is not a task this server knows",
         data={"taskId": task_id[:1000]},
     )
-
-
-def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
-    # As in subscriptions.py: the per-request session hides the Connection that lives as long as the client.
-    connection = getattr(ctx.session, "_connection", None)
-    return connection if isinstance(connection, Connection) else None
 
 
 @dataclass(eq=False)
@@ -437,7 +433,7 @@ class Tasks2025:
 
     # -- notifications/tasks/status -------------------------------------------------------------
     def _watch(self, ctx: ServerRequestContext[Any, Any], record: TaskRecord) -> None:
-        connection = _connection_of(ctx)
+        connection = connection_of(ctx)
         if connection is None or record.terminal:
             return  # nothing to tell, or nobody to tell it (notifications are optional: clients poll)
         token = ctx.meta.get("progress_token") if ctx.meta else None
@@ -456,7 +452,7 @@ class Tasks2025:
             self._watches.pop(record.task_id, None)
         if connection is None:
             return
-        notes: list[tuple[str, dict[str, Any]]] = []
+        notes: list[Note] = []
         if watch.progress_token is not None:
             value = 100.0 if record.terminal else min(99.9, self.core.manager.estimated_progress(record) * 100)
             if value > watch.progress:
@@ -470,41 +466,18 @@ class Tasks2025:
             task = self.core.view(record).task()
             notes.append(("notifications/tasks/status", task.model_dump(by_alias=True, mode="json", exclude_none=True)))
         if notes:
-            await _send(connection, notes)
-
-
-async def _send(connection: Connection, notes: list[tuple[str, dict[str, Any]]]) -> None:
-    # The manager's poll loop awaits its listeners: a stuck client costs it one deadline at most.
-    with anyio.move_on_after(SEND_DEADLINE_S) as scope:
-        for method, params in notes:
-            try:
-                await connection.notify(method, params)
-            except Exception:  # the client went away mid-send: its loss only
-                log.debug("could not send %s to a client", method, exc_info=True)
-                return
-    if scope.cancelled_caught:
-        log.warning("a client did not take a task notification within %.0f s; skipped", SEND_DEADLINE_S)
+            # The manager's poll loop awaits its listeners: a stuck client costs it one deadline at most.
+            await send_best_effort(connection, notes, "task notification")
 
 
 def advertise_capabilities(result: dict[str, Any]) -> dict[str, Any]:
     """``capabilities.tasks`` on an initialize result: list, cancel and task-augmented tools/call."""
-    capabilities = dict(result.get("capabilities") or {})
-    capabilities["tasks"] = {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}
-    return {**result, "capabilities": capabilities}
+    return with_capability(result, "tasks", {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}})
 
 
 def advertise_tools(result: dict[str, Any]) -> dict[str, Any]:
     """``execution.taskSupport: optional`` on the image tools of a tools/list result."""
-    tools = result.get("tools")
-    if not isinstance(tools, list):
-        return result
-    marked = [
-        {**tool, "execution": {**(tool.get("execution") or {}), "taskSupport": "optional"}}
-        if isinstance(tool, Mapping) and tool.get("name") in TASK_TOOLS
-        else tool
-        for tool in tools
-    ]
-    return {**result, "tools": marked}
+    return mark_tools(result, TASK_TOOLS, "execution", {"taskSupport": "optional"})
 
 
 class McpTasks:

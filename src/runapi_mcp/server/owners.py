@@ -14,7 +14,7 @@ from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
-from runapi_mcp.tasks import LOCAL_OWNER, current_owner
+from runapi_mcp.tasks import LOCAL_OWNER, TaskPage, TaskState, TaskStore, current_owner
 
 OWNER_SCOPE_KEY = "runapi_mcp.owner"
 FILE_LINK_SCOPE_KEY = "runapi_mcp.file_link"  # how this request's client fetches full images (HTTP)
@@ -25,6 +25,19 @@ FileLink = Callable[[str], str]
 # Over HTTP, how results link each full-size picture at this server; None over stdio, where the file
 # path is the link.
 current_file_link: ContextVar[FileLink | None] = ContextVar("runapi_mcp_file_link", default=None)
+
+
+async def owned_page(
+    store: TaskStore,
+    *,
+    status: TaskState | None = None,
+    model: str | None = None,
+    limit: int,
+    cursor: str | None = None,
+) -> TaskPage:
+    """One page of the current caller's tasks (``TaskStore.page`` filtered by ``current_owner``, always:
+    every listing a client sees goes through here, so none shows another user's tasks)."""
+    return await store.page(status=status, model=model, limit=limit, cursor=cursor, owner=current_owner.get())
 
 
 def _scope_value(ctx: ServerRequestContext[Any, Any], key: str) -> str | None:

@@ -9,9 +9,10 @@ from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
 from runapi_mcp.catalog import Catalog, CatalogError
 from runapi_mcp.server.catalog_view import MODELS_URI, model_details, model_index
+from runapi_mcp.server.history import IMAGE_TEMPLATE, TASK_TEMPLATE
 from runapi_mcp.server.icons import icon_for
 from runapi_mcp.server.results import task_result
-from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager, UnknownTaskError
+from runapi_mcp.tasks import TaskManager, UnknownTaskError
 
 
 class LibraryResources:
@@ -23,13 +24,13 @@ class LibraryResources:
 
     def register(self, server: MCPServer[Any]) -> None:
         server.resource(
-            "runapi://tasks/{task_id}",
+            TASK_TEMPLATE,
             name="task",
             mime_type="application/json",
             description="A task's state as JSON (the same fields as the task tools' results)",
         )(self.task)
         server.resource(
-            IMAGE_URI_PREFIX + "{image_id}",
+            IMAGE_TEMPLATE,
             name="image",
             mime_type="image/png",
             description="A picture from the local library, full size",

@@ -95,8 +95,15 @@ def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult
 
 
 def summary_text(
-    record: TaskRecord, previews: Sequence[PreviewOutcome] = (), *, waited_out: bool = False
+    record: TaskRecord,
+    previews: Sequence[PreviewOutcome] = (),
+    *,
+    waited_out: bool = False,
+    download_urls: Sequence[str | None] | None = None,
 ) -> str:
+    """What a person (and the model) reads about the task. ``download_urls``, one per image, are the
+    links the structured result carries (``tool_result`` passes them, so both say the same); without
+    them each saved image is linked afresh through ``current_file_link``."""
     elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
     price = f", {record.price_cents} cents" if record.price_cents is not None else ""
     head = f"Task {record.task_id} ({record.model}, {record.action}{price})"
@@ -104,12 +111,13 @@ def summary_text(
         saved = [i for i in record.images if i.path]
         lines = [f"{head} completed in {elapsed:.0f}s: {len(record.images)} image(s)."]
         skipped = {n: p.reason for n, p in enumerate(previews) if isinstance(p, PreviewSkipped)}
+        link = current_file_link.get() if download_urls is None else None
         for n, image in enumerate(record.images):
             if image.path:
                 line = f"- {image.uri}: {image.width}x{image.height} {image.mime_type}, saved to {image.path}"
-                link = current_file_link.get()
-                if link is not None:
-                    line += f" (full size over HTTP: {link(image.id)})"
+                url = download_urls[n] if download_urls is not None else link(image.id) if link is not None else None
+                if url is not None:
+                    line += f" (full size over HTTP: {url})"
                 if n in skipped:
                     line += f" (no preview: {skipped[n]})"
                 lines.append(line)
@@ -145,7 +153,11 @@ def tool_result(
     progress: float | None = None,
 ) -> CallToolResult:
     """Text, then per image its preview and a link to the full file (older clients: see ``compat``)."""
-    text = summary_text(record, previews, waited_out=waited_out)
+    # The structured result first: its signed links are the ones the text shows (made once, so the two
+    # never differ across a second boundary).
+    structured = task_result(record, progress)
+    download_urls = [image.download_url for image in structured.images]
+    text = summary_text(record, previews, waited_out=waited_out, download_urls=download_urls)
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
     for image, preview in zip(record.images, previews, strict=True):
         if isinstance(preview, Preview):
@@ -166,6 +178,6 @@ def tool_result(
             )
     return CallToolResult(
         content=content,
-        structured_content=task_result(record, progress).model_dump(mode="json"),
+        structured_content=structured.model_dump(mode="json"),
         is_error=record.status == "failed",
     )

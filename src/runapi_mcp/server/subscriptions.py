@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,12 +67,38 @@ class _Client:
     owner: str = LOCAL_OWNER  # whose connection: only that user's tasks are announced to it
 
 
-def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
+def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
+    """The client connection a request came on (None where there is none to notify later)."""
     # The SDK hands handlers a per-request ServerSession, which sends connection-wide notifications
     # through its Connection but does not expose it; the Connection is what lives as long as the
     # client and has the exit stack that runs when it closes.
     connection = getattr(ctx.session, "_connection", None)
     return connection if isinstance(connection, Connection) else None
+
+
+Note = tuple[str, dict[str, Any] | None]
+"""A notification as sent: its method and its params (JSON)."""
+
+
+async def send_best_effort(connection: Connection, notes: Sequence[Note], what: str) -> None:
+    """Send ``notes`` in order within :data:`SEND_DEADLINE_S`; a client that is gone or stuck loses the
+    rest (logged, naming ``what``), and the caller (the manager's poll loop awaits its listeners) never
+    waits longer than the deadline."""
+    deadline = SEND_DEADLINE_S  # read at call time: tests shorten it
+    with anyio.move_on_after(deadline) as scope:
+        for method, params in notes:
+            try:
+                await connection.notify(method, params)
+            except Exception:  # the client went away mid-send: its loss only
+                log.debug("could not send %s to a client", method, exc_info=True)
+                return
+    if scope.cancelled_caught:
+        log.warning("a client did not take a %s within %.0f s; skipped", what, deadline)
+
+
+def _wire(note: ServerNotification) -> Note:
+    data = note.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return data["method"], data.get("params")
 
 
 class OwnerScopedBus(InMemorySubscriptionBus):
@@ -135,7 +161,7 @@ class LiveUpdates:
         return len(self._clients)
 
     def _client(self, ctx: ServerRequestContext[Any, Any]) -> _Client | None:
-        connection = _connection_of(ctx)
+        connection = connection_of(ctx)
         if connection is None:
             return None
         client = self._clients.get(connection)
@@ -208,37 +234,24 @@ class LiveUpdates:
 
     async def _notify_clients(self, uris: tuple[str, ...], list_changed: bool, owner: str) -> None:
         # Resource updates before list_changed on each connection: a client that sees the latter has
-        # seen everything this change sent it.
-        plans: list[tuple[Connection, list[ServerNotification]]] = []
+        # seen everything this change sent it. Each notification is dumped once, whoever it goes to.
+        updated = {
+            uri: _wire(ResourceUpdatedNotification(params=ResourceUpdatedNotificationParams(uri=uri))) for uri in uris
+        }
+        listed = _wire(ResourceListChangedNotification()) if list_changed else None
+        plans: list[tuple[Connection, list[Note]]] = []
         for connection, client in list(self._clients.items()):
             if not connection.initialized.is_set():
                 continue  # the spec: nothing but pings and logs before the client said it is ready
             if client.owner != owner:
                 continue  # another user's task: not even that something changed
-            notes: list[ServerNotification] = [
-                ResourceUpdatedNotification(params=ResourceUpdatedNotificationParams(uri=uri))
-                for uri in uris
-                if uri in client.uris
-            ]
-            if list_changed:
-                notes.append(ResourceListChangedNotification())
+            notes = [updated[uri] for uri in uris if uri in client.uris]
+            if listed is not None:
+                notes.append(listed)
             if notes:
                 plans.append((connection, notes))
         if not plans:
             return
         async with anyio.create_task_group() as tg:
             for connection, notes in plans:
-                tg.start_soon(self._send, connection, notes)
-
-    @staticmethod
-    async def _send(connection: Connection, notes: list[ServerNotification]) -> None:
-        with anyio.move_on_after(SEND_DEADLINE_S) as scope:
-            for note in notes:
-                data = note.model_dump(by_alias=True, mode="json", exclude_none=True)
-                try:
-                    await connection.notify(data["method"], data.get("params"))
-                except Exception:  # the client went away mid-send: its loss only
-                    log.debug("could not send %s to a client", data["method"], exc_info=True)
-                    return
-        if scope.cancelled_caught:
-            log.warning("a client did not take a resource notification within %.0f s; skipped", SEND_DEADLINE_S)
+                tg.start_soon(send_best_effort, connection, notes, "resource notification")

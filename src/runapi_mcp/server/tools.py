@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from runapi_mcp.catalog import Catalog, CatalogError, RequestKind
 from runapi_mcp.client import NO_API_KEY_MESSAGE
 from runapi_mcp.server.arguments import (
+    READ_LOCAL,
     ActionFilterArg,
     AspectRatioArg,
     FactorArg,
@@ -49,7 +50,6 @@ TICK_S = 1.0  # progress at least this often while waiting (the spec asks for no
 
 _WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
 _READ_REMOTE = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
-_READ_LOCAL = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
 
 # The tools' defaults for GPT Image 2: sent only where the chosen model takes that value.
 _SOFT_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}
@@ -150,7 +150,7 @@ class ImageTools:
             strict_tool(self.edit_image, name="edit_image", title="Edit an image", annotations=_WRITE),
             strict_tool(self.upscale_image, name="upscale_image", title="Upscale an image", annotations=_WRITE),
             strict_tool(self.get_task, name="get_task", title="Get a task", annotations=_READ_REMOTE),
-            strict_tool(self.list_models, name="list_models", title="List image models", annotations=_READ_LOCAL),
+            strict_tool(self.list_models, name="list_models", title="List image models", annotations=READ_LOCAL),
             strict_tool(
                 self.check_balance, name="check_balance", title="Check RunAPI balance", annotations=_READ_REMOTE
             ),

@@ -117,7 +117,8 @@ class DurationModel:
         self._windows: dict[tuple[str, float], tuple[float, float] | None] = {}
 
     def prior(self, model: str, resolution: str | None) -> float:
-        return _PRIOR_S.get(model, {}).get(resolution or "1k", _DEFAULT_PRIOR_S) * self._prior_scale
+        documented = self._documented(model, resolution)
+        return _DEFAULT_PRIOR_S * self._prior_scale if documented is None else documented
 
     def learned(self, key: str) -> bool:
         return key in self._stats
@@ -133,7 +134,7 @@ class DurationModel:
     def finish_window(self, key: str, sigmas: float) -> tuple[float, float] | None:
         """(earliest, latest) likely finish of a kind in seconds, or None while nothing is known.
 
-        ``key`` is ``TaskRecord.kind_key`` (``model@resolution``): a kind not timed yet borrows from
+        ``key`` is :func:`kind_key` (``model@resolution``): a kind not timed yet borrows from
         the other resolutions of its model and from the documented priors.
         """
         if (key, sigmas) not in self._windows:
@@ -195,7 +196,7 @@ class DurationModel:
 
     def _documented_kinds(self, model: str) -> list[tuple[str, float]]:
         """(kind key, prior) of each resolution of ``model`` whose duration RunAPI documents."""
-        return [(_kind_key(model, r), seconds * self._prior_scale) for r, seconds in _PRIOR_S.get(model, {}).items()]
+        return [(kind_key(model, r), seconds * self._prior_scale) for r, seconds in _PRIOR_S.get(model, {}).items()]
 
     def _docs_hold(self, model: str) -> bool:
         """Whether the tasks of a documented model finished where the docs say.
@@ -378,13 +379,14 @@ class DurationMemory:
         return {"format": _FORMAT, "saved_at": time.time(), "kinds": section["kinds"]}
 
 
-def _kind_key(model: str, resolution: str | None) -> str:
-    """``TaskRecord.kind_key`` of a model and resolution."""
+def kind_key(model: str, resolution: str | None) -> str:
+    """What tasks of similar duration share, the key the model learns under: ``model@resolution``
+    (``TaskRecord.kind_key`` is this of the task's model and resolution; ``_split_kind`` reads it back)."""
     return f"{model}@{resolution or 'default'}"
 
 
 def _split_kind(key: str) -> tuple[str, str | None]:
-    """(model, resolution) of a ``TaskRecord.kind_key``; a key of another shape has no model."""
+    """(model, resolution) of a :func:`kind_key`; a key of another shape has no model."""
     model, at, resolution = key.rpartition("@")
     if not at:
         return "", None

@@ -52,6 +52,7 @@ _FORMATS = {
     "TIFF": ("image/tiff", ".tiff"),
 }
 _EXTENSION_FORMATS = {ext: fmt for fmt, (_, ext) in _FORMATS.items()}
+_MIME_EXTENSIONS = dict(_FORMATS.values())
 ACCEPTED_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 # Outputs over this are saved and linked but get no inline preview: decoding a 40 MP RGBA image takes
 # 160 MB, and previews.py keeps the sum of decodes in flight under its own budget.
@@ -158,6 +159,11 @@ def image_id_for(task_id: str, index: int) -> str:
 
 def valid_image_id(image_id: object) -> bool:
     return isinstance(image_id, str) and _ID.match(image_id) is not None
+
+
+def extension_for(mime: str | None) -> str:
+    """The library's file extension for an image MIME type (``".png"``); ``""`` for any other type."""
+    return _MIME_EXTENSIONS.get(mime or "", "")
 
 
 # -- header-only inspection --------------------------------------------------------------------------

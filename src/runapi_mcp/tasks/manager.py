@@ -145,9 +145,14 @@ class TaskManager:
         self._downloads = anyio.CapacityLimiter(max_concurrent_downloads)
         self._tracked: dict[str, _Tracked] = {}  # by the server's task id
         self._aliases: dict[str, str] = {}  # RunAPI's task id -> the server's
+        # Owners of tasks read from the store for their images (a task's owner never changes after submit):
+        # a gallery or history page asks for the same tasks again and again. Only found records are kept;
+        # an image without a task record is looked up each time (its task may yet be saved, by another
+        # instance sharing the store).
+        self._owners: dict[str, str] = {}
         self._listeners: list[Listener] = []
         self._tg: TaskGroup | None = None
-        # Where RunAPI reaches this server's completion callbacks (".../callbacks/runapi"); None: polling only.
+        # Where RunAPI reaches this server's completion callbacks (Settings.callback_base); None: polling only.
         self._callback_base = callback_base.rstrip("/") if callback_base else None
         # Set when the process is shutting down: every wait returns what it has at once, so a tool call
         # still waiting gets its answer (the task id, "still running") before the connection closes.
@@ -299,8 +304,19 @@ class TaskManager:
 
     async def owner_of_image(self, image: ImageRecord) -> str:
         """Whose image it is: its task's owner; an image with no task record is the local user's."""
-        record = await self.store.get(image.task_id) if image.task_id else None
-        return record.owner if record is not None else LOCAL_OWNER
+        task_id = image.task_id
+        if not task_id:
+            return LOCAL_OWNER
+        tracked = self._tracked.get(self._aliases.get(task_id, task_id))
+        if tracked is not None:
+            return tracked.record.owner
+        owner = self._owners.get(task_id)
+        if owner is None:
+            record = await self.store.get(task_id)
+            if record is None:
+                return LOCAL_OWNER
+            owner = self._owners[task_id] = record.owner
+        return owner
 
     async def visible_images(self, images: list[ImageRecord]) -> list[ImageRecord]:
         """Those of ``images`` whose task belongs to the current request's owner. An image with no task
@@ -622,8 +638,6 @@ class TaskManager:
     async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
         self._learn(tracked.poll)
-        if self._durations_memory is not None:
-            await self._durations_memory.save(self.durations)  # a few KB, once per finished task
         urls = list(dict.fromkeys(image.url for image in info.images))  # in order, each once
         listed = max(info.listed_images, len(urls))
         cap = record.max_outputs if record.max_outputs is not None else len(urls)
@@ -635,8 +649,9 @@ class TaskManager:
                 f"(this model makes at most {cap})"
             )
         urls = urls[:cap]
-        images = await self._download_all(tracked, [self.images.undownloaded(record.task_id, i, u) for i, u in
-                                                    enumerate(urls)])
+        images = await self._download_all(
+            tracked, [self.images.undownloaded(record.task_id, i, u) for i, u in enumerate(urls)]
+        )
         await self._update(
             tracked,
             status="completed",
@@ -646,15 +661,13 @@ class TaskManager:
             error=_download_note(images, notes),
             completed_at=time.time(),
         )
+        # After the update: the waiters (woken by it) need not wait for a store write about the schedule.
+        if self._durations_memory is not None:
+            await self._durations_memory.save(self.durations)  # a few KB, once per finished task
 
     def _wants_refetch(self, tracked: _Tracked) -> bool:
         """A completed task with outputs not in the library, last tried long enough ago."""
-        record = tracked.record
-        return (
-            record.status == "completed"
-            and any(image.path is None and image.url for image in record.images)
-            and time.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
-        )
+        return tracked.record.missing_outputs and time.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
 
     async def _refetch(self, tracked: _Tracked) -> None:
         if tracked.fetching.locked():
@@ -726,7 +739,6 @@ def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:
             + "; the RunAPI URLs are kept: call get_task again to retry"
         )
     return "; ".join(parts) or None
-
 
 
 def _hide_callback_token(record: TaskRecord, exc: RunAPIError) -> None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runapi_mcp.client import TaskStatus
+from runapi_mcp.tasks.durations import kind_key
 
 # A task's state here: RunAPI's four, "submitting" before RunAPI has confirmed the create (the task is
 # recorded first, so a create whose answer was lost is still known, and re-sent with its key), and
@@ -112,5 +113,12 @@ class TaskRecord(BaseModel):
 
     @property
     def kind_key(self) -> str:
-        """What tasks of similar duration share: model and resolution."""
-        return f"{self.model}@{self.resolution or 'default'}"
+        """What tasks of similar duration share: model and resolution (``durations.kind_key``)."""
+        return kind_key(self.model, self.resolution)
+
+    @property
+    def missing_outputs(self) -> bool:
+        """Completed, with an output RunAPI listed that is not in the library (a download to try again).
+
+        The one rule for the store (a task to take up after a restart) and the manager (a refetch)."""
+        return self.status == "completed" and any(image.path is None and image.url for image in self.images)

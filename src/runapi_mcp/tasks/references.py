@@ -58,6 +58,9 @@ class _Upload:
     data: bytes
     filename: str
     mime_type: str
+    # SHA-256 of ``data`` (hex), taken once when the bytes are checked: the upload cache's key and the
+    # upload's idempotency key. Hashing up to 20 MiB again for every look-up would be wasted work.
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -222,20 +225,24 @@ class ImageResolver:
             raise ImageReferenceError(f"{where} is {exc}") from None
         # The name goes into a multipart header: keep it to plain characters.
         safe_stem = _UNSAFE_NAME.sub("-", stem).strip("-.")[:80] or "image"
-        return _Upload(data=data, filename=f"{safe_stem}{info.extension}", mime_type=info.mime_type)
+        return _Upload(
+            data=data,
+            filename=f"{safe_stem}{info.extension}",
+            mime_type=info.mime_type,
+            digest=hashlib.sha256(data).hexdigest(),
+        )
 
     def _cached_upload(self, plan: _Upload) -> str | None:
-        cached = self._uploaded.get(hashlib.sha256(plan.data).hexdigest())
+        cached = self._uploaded.get(plan.digest)
         return cached[0] if cached and cached[1] > time.time() else None
 
     async def _upload(self, plan: _Upload) -> str:
         cached = self._cached_upload(plan)
         if cached is not None:
             return cached
-        digest = hashlib.sha256(plan.data).hexdigest()
         uploaded = await self._client.upload_file(
-            plan.data, filename=plan.filename, mime_type=plan.mime_type, idempotency_key=f"upload-{digest[:48]}"
+            plan.data, filename=plan.filename, mime_type=plan.mime_type, idempotency_key=f"upload-{plan.digest[:48]}"
         )
         # Uploaded files are temporary too; reuse the URL for at most an hour.
-        self._uploaded[digest] = (uploaded.url, time.time() + 3600)
+        self._uploaded[plan.digest] = (uploaded.url, time.time() + 3600)
         return uploaded.url

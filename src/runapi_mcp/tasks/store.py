@@ -89,9 +89,7 @@ class TaskStore(Protocol):
 
 def needs_taking_up(record: TaskRecord) -> bool:
     """Unfinished, or completed with an output that is not in the library."""
-    if record.status in UNFINISHED:
-        return True
-    return record.status == "completed" and any(image.path is None and image.url for image in record.images)
+    return record.status in UNFINISHED or record.missing_outputs
 
 
 def matches(record: TaskRecord, status: TaskState | None, model: str | None, owner: str | None = None) -> bool:
