@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from mcp.client import Client
 
 from runapi_mcp.app import open_app
@@ -13,6 +15,13 @@ from runapi_mcp.simulator import Simulator, SimulatorConfig
 from tests.support import FAST_POLICY, SIM_KEY, TIME_SCALE, Harness, make_settings
 
 pytest_plugins = ["tests.browser"]  # the `browser` fixture (headless Chromium)
+
+# CI runs the same examples every time (a failure there is a regression, never a lucky seed); locally every run
+# draws new ones, which is how the fuzz finds what CI then keeps. Loaded here, before any test module builds its
+# settings from the default profile.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from runapi_mcp.catalog import ALIASES, CatalogError, FieldSpec, RequestKind, ge
 from runapi_mcp.config import Settings
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.server import RunAPIMCPServer
+from runapi_mcp.server.arguments import no_filter
 from runapi_mcp.simulator import Simulator
 from tests.support import FAST_POLICY, SIM_KEY, make_settings, text_of, upstream_creates
 
@@ -673,7 +674,9 @@ def invalid_calls(served: Served) -> st.SearchStrategy[Invalid]:
         replace("get_task", "task_id", st.text(min_size=1, max_size=80).filter(lambda t: t != served.task_id)),
     )
     bad_action = st.one_of(
-        replace("list_models", "action", st.text(max_size=40).filter(lambda a: not _is_known_action(a))),
+        replace(
+            "list_models", "action", st.text(max_size=40).filter(lambda a: not no_filter(a) and not _is_known_action(a))
+        ),
         replace("list_models", "action", st.integers(201, 300).map(lambda n: "a" * n)),
     )
     return st.one_of(

@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import TextResourceContents
 
 from runapi_mcp.catalog import ALIASES, get_catalog
-from runapi_mcp.server.arguments import IMAGE_FORMS
+from runapi_mcp.server.arguments import IMAGE_FORMS, no_filter
 from runapi_mcp.server.catalog_view import INDEX_BUDGET_BYTES
 from runapi_mcp.server.icons import TOOL_KINDS, icon_for
 from runapi_mcp.server.surface import TOOLS_BUDGET_BYTES, result_bytes, visible, visible_bytes
@@ -194,6 +194,24 @@ async def test_action_filters_and_combines_with_model(harness: Harness) -> None:
     # A blank filter is no filter: the index, not every field of every model.
     blank = await harness.call("list_models", {"action": "", "model": " "})
     assert not blank.is_error and "details" not in blank.structured_content
+    # The value a random fuzz seed once found: the tool and the fuzz now read blank by the same rule.
+    spaces = await harness.call("list_models", {"action": " "})
+    assert not spaces.is_error and "details" not in spaces.structured_content
+    assert no_filter(" ") and no_filter("") and no_filter(None) and not no_filter("\t") and not no_filter(" x")
+    # A tab is no blank: it is checked as a name, and refused by name.
+    tab = await harness.call("list_models", {"action": "\t"})
+    assert tab.is_error and "'action'" in text_of(tab)
+
+
+async def test_a_blank_model_filter_is_no_filter_in_every_tool(harness: Harness) -> None:
+    made = await harness.call("generate_image", {"prompt": "a red fox in snow"})
+    assert not made.is_error, text_of(made)
+    for tool in ("list_tasks", "gallery"):
+        result = await harness.call(tool, {"model": "   "})
+        assert not result.is_error, text_of(result)
+        unfiltered = await harness.call(tool, {})
+        assert result.structured_content == unfiltered.structured_content
+        assert made.structured_content["task_id"] in json.dumps(result.structured_content)
 
 
 # -- resources ---------------------------------------------------------------------------------------------

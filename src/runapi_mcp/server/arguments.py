@@ -93,12 +93,30 @@ ImageArg = Annotated[
 FactorArg = Annotated[int, Field(ge=1, description="e.g. 2 or 4"), _shows("integer")]
 TaskIdArg = Annotated[str, Field(min_length=1, max_length=512), _PLAIN, _shows("string")]
 _Name = Annotated[str, Field(max_length=200), _PLAIN]
+
+
+def no_filter(value: str | None) -> bool:
+    """Whether a name filter (list_models' model and action, list_tasks' and gallery's model) asks for nothing.
+
+    The one rule for every filter, kept here so the tools and their tests cannot disagree: absent, empty or
+    only spaces is a client filling in a default, not a name; anything else (a tab, a control character) is
+    checked like any name and refused by name if it is none.
+    """
+    return value is None or not value.strip(" ")
+
+
+def _filter_value(value: str | None) -> str | None:
+    return None if no_filter(value) else value
+
+
+# The blank rule runs after the text checks: a control character is refused even among spaces.
+_Filter = Annotated[_Name | None, AfterValidator(_filter_value)]
 ActionFilterArg = Annotated[
-    _Name | None,
+    _Filter,
     Field(description="e.g. text_to_image, or a family: its models' fields"),
     _shows("string"),
 ]
-ModelNameArg = Annotated[_Name | None, Field(description="A model: its fields"), _shows("string")]
+ModelNameArg = Annotated[_Filter, Field(description="A model: its fields"), _shows("string")]
 
 # list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
 MAX_PAGE = 100
@@ -109,7 +127,7 @@ TaskStatusArg = Annotated[
     Field(description="Only tasks in this state"),
     _shows("string", enum=list(get_args(TaskStateName))),
 ]
-ModelFilterArg = Annotated[_Name | None, Field(description="Only tasks of this model"), _shows("string")]
+ModelFilterArg = Annotated[_Filter, Field(description="Only tasks of this model"), _shows("string")]
 LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Tasks per page")]
 CursorArg = Annotated[
     Annotated[str, Field(min_length=1, max_length=1000), _PLAIN] | None,

@@ -250,9 +250,7 @@ class ImageTools:
     ) -> Annotated[CallToolResult, ModelList]:
         """All models, one line each. With model= or action=: their fields (types, allowed values, limits)."""
         # The index alone by default: every field of every model is ~17k tokens (catalog_view says why). A blank
-        # filter ("" or spaces) is a client filling in a default, not a request for every field of every model;
-        # anything else (a control character, say) is checked like any name, and refused by name.
-        model, action = (value if value and value.strip(" ") else None for value in (model, action))
+        # filter is no filter (arguments.no_filter): the argument types hand it over as None.
         if model is None and action is None:
             return listing_result(model_index(self.catalog))
         return listing_result(model_details(self.catalog, model=model, action=action))
