@@ -1,12 +1,13 @@
-"""The model catalog: faithful to RunAPI's contract, strict where the contract is open.
+"""The model catalog: RunAPI's own published contracts, strict where the contract is open.
 
-The first tests compare the shipped catalog to the shared source facts field by field, so a
-constraint dropped on the way (as every ``min: 0`` once was, letting a negative seed through) fails
-here. The rest check the validation API: refusals name the field and the limit, images are counted
-before any upload, and the body built afterwards is what the server sent before.
+The first tests compare the shipped catalog with the contracts RunAPI's SDKs last published
+(``runapi-image-contracts.json``) field by field: every route, model, constraint and rule the
+contracts state is in the catalog, no constraint they do not state is, and a model's forbidden
+fields are gone. The rest check the validation API: refusals name the field and the limit, images
+are counted before any upload, and the body built afterwards is what the server sent before.
 
-The facts live beside the repository (``../shared/reference``), as in CI; ``RUNAPI_FACTS`` points
-elsewhere.
+The contracts live beside the repository (``../shared/reference``), as in CI; ``RUNAPI_CONTRACTS``
+points elsewhere.
 """
 
 from __future__ import annotations
@@ -32,58 +33,41 @@ from runapi_mcp.catalog import (
     Catalog,
     CatalogError,
     FieldSpec,
+    ItemSpec,
     RequestKind,
+    Rule,
     ValidatedRequest,
     get_catalog,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-FACTS_PATH = Path(os.environ.get("RUNAPI_FACTS") or ROOT.parent / "shared" / "reference" / "runapi-image-actions.json")
-FACTS: dict[str, Any] | None = json.loads(FACTS_PATH.read_text("utf-8")) if FACTS_PATH.is_file() else None
-SOURCE_ACTIONS: dict[str, Any] = FACTS["actions"] if FACTS else {}
-# A clone on its own (a new user's) has no ../shared: the comparisons with the facts skip there, saying
-# so; where the facts are (CI's checkout beside shared/), they run.
-needs_facts = pytest.mark.skipif(
-    FACTS is None, reason=f"RunAPI facts not found at {FACTS_PATH}; set RUNAPI_FACTS or add ../shared"
+CONTRACTS_PATH = Path(
+    os.environ.get("RUNAPI_CONTRACTS") or ROOT.parent / "shared" / "reference" / "runapi-image-contracts.json"
 )
-# Every key a source field may carry. A new one fails the comparison until the catalog learns it.
-SOURCE_FIELD_KEYS = {
-    "type",
-    "required",
-    "enum",
-    "default",
-    "min",
-    "max",
-    "length",
-    "min_items",
-    "max_items",
-    "pattern",
-    "items",
-    "description",
-}
-SOURCE_ITEM_KEYS = {"type", "min", "max"}
-COMPARED = (
-    "type",
-    "required",
-    "enum",
-    "default",
-    "min",
-    "max",
-    "min_length",
-    "max_length",
-    "min_items",
-    "max_items",
-    "pattern",
-    "items",
-    "doc",
+CONTRACTS: dict[str, Any] | None = (
+    json.loads(CONTRACTS_PATH.read_text("utf-8")) if CONTRACTS_PATH.is_file() else None
 )
+# "family/action" -> the contract of that action.
+CONTRACT_ACTIONS: dict[str, Any] = (
+    {f"{a['family']}/{a['action']}": a for a in CONTRACTS["actions"]} if CONTRACTS else {}
+)
+# A clone on its own (a new user's) has no ../shared: the comparisons with the contracts skip there, saying
+# so; where the contracts are (CI's checkout beside shared/), they run.
+needs_contracts = pytest.mark.skipif(
+    CONTRACTS is None, reason=f"RunAPI contracts not found at {CONTRACTS_PATH}; set RUNAPI_CONTRACTS or add ../shared"
+)
+# Every key a contract field may carry. A new one fails the comparison until the catalog learns it.
+CONTRACT_FIELD_KEYS = {"type", "required", "enum", "min", "max", "length", "min_items", "max_items"}
+CONSTRAINTS = ("required", "enum", "min", "max", "min_length", "max_length", "min_items", "max_items", "pattern")
+SHIPPED = ROOT / "src" / "runapi_mcp" / "catalog" / "actions.json"
 
 
 def catalog_name(key: str, slug: str) -> str:
     return key if slug == "_" else slug  # as scripts/build_catalog.py names a model-less action
 
 
-MODEL_CASES = [(key, slug) for key, action in sorted(SOURCE_ACTIONS.items()) for slug in action["fields_by_model"]]
+MODEL_CASES = [(key, slug) for key, action in sorted(CONTRACT_ACTIONS.items()) for slug in action["fields_by_model"]]
+CATALOG_CASES = [(a.key, slug) for a in get_catalog().actions for slug in a.models]
 
 
 @pytest.fixture(scope="module")
@@ -108,113 +92,146 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def expected_field(source: dict[str, Any]) -> dict[str, Any]:
-    """What the catalog must hold for one source field, derived here independently of the builder."""
-    assert set(source) <= SOURCE_FIELD_KEYS, f"unknown source keys {set(source) - SOURCE_FIELD_KEYS}"
+def expected_constraints(source: dict[str, Any]) -> dict[str, Any]:
+    """What the catalog must hold for one contract field, derived here independently of the builder."""
+    assert set(source) <= CONTRACT_FIELD_KEYS, f"unknown contract keys {set(source) - CONTRACT_FIELD_KEYS}"
     length = bool(source.get("length"))
-    items = source.get("items")
-    if items is not None:
-        assert set(items) <= SOURCE_ITEM_KEYS, f"unknown item keys {set(items) - SOURCE_ITEM_KEYS}"
     return {
-        "type": source["type"],
         "required": bool(source.get("required", False)),
         "enum": source.get("enum"),
-        "default": source.get("default"),
         "min": None if length else source.get("min"),
         "max": None if length else source.get("max"),
         "min_length": source.get("min") if length else None,
         "max_length": source.get("max") if length else None,
         "min_items": source.get("min_items"),
         "max_items": source.get("max_items"),
-        "pattern": source.get("pattern"),
-        "items": {k: v for k, v in items.items() if v is not None} if items is not None else None,
-        "doc": source.get("description") or "",
+        "pattern": None,
     }
 
 
-def actual_field(spec: FieldSpec) -> dict[str, Any]:
-    out = {name: getattr(spec, name) for name in COMPARED}
-    if spec.items is not None:
-        out["items"] = spec.items.model_dump(exclude_none=True)
-    return out
+def actual_constraints(spec: FieldSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in CONSTRAINTS}
 
 
-def forbidden_for(action: dict[str, Any], slug: str) -> set[str]:
-    fields: set[str] = set()
+UNCONSTRAINED = dict.fromkeys(CONSTRAINTS) | {"required": False}
+
+
+def split_rules(action: dict[str, Any], slug: str) -> tuple[set[str], list[dict[str, Any]]]:
+    """The fields the contract's model rules take from ``slug``, and the rules across fields."""
+    forbidden: set[str] = set()
+    kept = []
     for rule in action.get("rules", []):
-        assert set(rule["when"]) == {"model"}, f"rule with a condition the catalog cannot fold: {rule}"
-        if rule["when"]["model"] == slug:
-            fields.update(rule["forbidden"])
-    return fields
+        if set(rule.get("when", {})) == {"model"}:
+            if rule["when"]["model"] == slug:
+                forbidden.update(rule["forbidden"])
+        else:
+            kept.append(rule)
+    return forbidden, kept
 
 
-# -- the catalog is the source facts -------------------------------------------------------------
+# -- the catalog is RunAPI's contracts ------------------------------------------------------------
 
 
-@needs_facts
-def test_source_facts_are_present() -> None:
-    assert FACTS is not None, f"RunAPI facts not found at {FACTS_PATH}; set RUNAPI_FACTS or add ../shared"
+@needs_contracts
+def test_contracts_are_present() -> None:
+    assert CONTRACTS is not None
     assert MODEL_CASES
 
 
-@needs_facts
-def test_every_action_is_in_the_catalog(catalog: Catalog) -> None:
+@needs_contracts
+def test_every_contract_action_is_in_the_catalog(catalog: Catalog) -> None:
+    assert CONTRACTS is not None
     built = {a.key: a for a in catalog.actions}
-    assert set(built) == set(SOURCE_ACTIONS)
-    for key, source in SOURCE_ACTIONS.items():
+    without = {
+        f"{f['family']}/{action}": f for f in CONTRACTS["families_without_contract"] for action in f["endpoints"]
+    }
+    assert set(built) == set(CONTRACT_ACTIONS) | set(without)
+    for excluded in CONTRACTS["excluded_actions"]:  # Grok's "upscale" upscales a video
+        assert f"{excluded['family']}/{excluded['action']}" not in built
+    sources = {g["repo"]: g for g in CONTRACTS["generated_from"]}
+    for key, contract in CONTRACT_ACTIONS.items():
         action = built[key]
-        family = key.split("/", 1)[0]
-        assert (action.family, action.title, action.endpoint) == (family, source["model"], source["endpoint"])
-        assert action.path == f"/api/v1/{family.replace('-', '_')}/{source['endpoint']}"
-        assert set(action.models) == {catalog_name(key, slug) for slug in source["fields_by_model"]}
-        # Every slug the action lists has fields (none is lost between the list and the fields).
-        assert set(source["models"]) <= set(source["fields_by_model"])
+        assert action.path == contract["endpoint"]
+        assert set(action.models) == {catalog_name(key, slug) for slug in contract["models"]}
+        origin = sources[action.source["repo"]]
+        assert action.source["repo"] == f"runapi-ai/{action.family}-sdk"
+        assert (action.source["commit"], action.source["sdk_version"]) == (origin["commit"], origin["sdk_version"])
+    for key, family in without.items():
+        assert built[key].path == family["endpoints"][key.split("/", 1)[1]]
+        assert set(built[key].models) <= set(family["models_named_in_readme"])
 
 
+@needs_contracts
 @pytest.mark.parametrize(("key", "slug"), MODEL_CASES, ids=[f"{k}:{s}" for k, s in MODEL_CASES])
-def test_model_matches_source_field_by_field(catalog: Catalog, key: str, slug: str) -> None:
-    source = SOURCE_ACTIONS[key]
+def test_model_matches_the_contract_field_by_field(catalog: Catalog, key: str, slug: str) -> None:
+    contract = CONTRACT_ACTIONS[key]
     action = next(a for a in catalog.actions if a.key == key)
     model = action.models[catalog_name(key, slug)]
     assert model.send_model is (slug != "_")
-    assert model.endpoint == source["endpoint"]
-
-    forbidden = forbidden_for(source, slug)
-    source_fields = source["fields_by_model"][slug]
-    # The rules are applied: a forbidden field does not exist for the model; every other one does.
-    assert set(model.fields) == set(source_fields) - forbidden
+    forbidden, rules = split_rules(contract, slug)
+    fields = contract["fields_by_model"][slug]
+    # Every field the contract constrains is there, with exactly its constraints; a forbidden one is gone.
+    assert set(fields) - forbidden <= set(model.fields)
     assert not forbidden & set(model.fields)
+    for name, spec in model.fields.items():
+        expected = expected_constraints(fields[name]) if name in fields else UNCONSTRAINED
+        actual = actual_constraints(spec)
+        for attr in CONSTRAINTS:
+            assert same(actual[attr], expected[attr]), f"{key} {slug} {name}.{attr}: {actual[attr]!r} != {expected[attr]!r}"
+        if name in fields and "type" in fields[name]:
+            assert spec.type == fields[name]["type"]
+    # The rules across fields are the contract's, in its order.
+    assert list(model.rules) == [Rule.model_validate(r) for r in rules]
+    for rule in model.rules:  # every field a rule names exists, so its error can describe it
+        assert set(rule.when) | set(rule.forbidden) | set(rule.required_any) <= set(model.fields)
 
-    for name, field_source in source_fields.items():
-        if name in forbidden:
-            continue
-        expected, actual = expected_field(field_source), actual_field(model.fields[name])
-        assert model.fields[name].name == name
-        for attr in COMPARED:
-            assert same(actual[attr], expected[attr]), (
-                f"{key} {slug} {name}.{attr}: {actual[attr]!r} != {expected[attr]!r}"
-            )
 
-
-@needs_facts
-def test_shipped_actions_json_is_the_build_of_the_facts() -> None:
+@needs_contracts
+def test_shipped_actions_json_is_the_build_of_the_contracts() -> None:
+    """Re-running the build on the contracts and its own output changes nothing (it is re-runnable)."""
     builder = load_builder()
-    assert FACTS is not None
-    shipped = (ROOT / "src" / "runapi_mcp" / "catalog" / "actions.json").read_text("utf-8")
-    assert shipped == builder.render(builder.build(FACTS)), "run scripts/build_catalog.py on the facts"
+    assert CONTRACTS is not None
+    shipped = SHIPPED.read_text("utf-8")
+    assert shipped == builder.render(builder.build(CONTRACTS, json.loads(shipped))), (
+        "run scripts/build_catalog.py on the contracts"
+    )
+
+
+def test_the_tests_read_no_retired_facts() -> None:
+    """The catalog comparison moved to the contracts: nothing reads the retired file of image actions."""
+    retired = "runapi-image-" + "actions"
+    for path in [*ROOT.joinpath("tests").glob("*.py"), *ROOT.joinpath("scripts").glob("*.py")]:
+        assert retired not in path.read_text("utf-8"), path
 
 
 def test_builder_keeps_falsy_constraints_and_refuses_unknown_keys() -> None:
     builder = load_builder()
-    converted = builder.convert_field({"type": "integer", "min": 0, "max": 10, "default": 0, "required": False})
-    assert converted == {"type": "integer", "min": 0, "max": 10, "default": 0, "required": False}
-    assert builder.convert_field({"type": "boolean", "default": False}) == {"type": "boolean", "default": False}
-    text = builder.convert_field({"type": "string", "min": 0, "max": 50, "length": True})
+    converted = builder.contract_field("seed", {"type": "integer", "min": 0, "max": 10}, None, "seed")
+    assert converted == {"type": "integer", "min": 0, "max": 10}
+    carried = {"type": "boolean", "default": False, "doc": "Safety."}
+    assert builder.inventory_field({**carried, "required": True, "enum": [True]}) == carried
+    text = builder.contract_field("note", {"min": 0, "max": 50, "length": True}, None, "note")
     assert text == {"type": "string", "min_length": 0, "max_length": 50}
+    assert builder.contract_field("urls", {"max_items": 3}, None, "urls")["type"] == "array"
     with pytest.raises(builder.SourceError, match="multiple_of"):
-        builder.convert_field({"type": "integer", "multiple_of": 8})
-    with pytest.raises(builder.SourceError, match="items"):
-        builder.convert_field({"type": "array", "items": {"type": "integer", "max_length": 3}})
+        builder.contract_field("n", {"type": "integer", "multiple_of": 8}, None, "n")
+    with pytest.raises(builder.SourceError, match="shape"):
+        builder.build(
+            {
+                "actions": [
+                    {
+                        "family": "x",
+                        "action": "text-to-image",
+                        "endpoint": "/api/v1/x/text_to_image",
+                        "models": ["x-1"],
+                        "fields_by_model": {"x-1": {}},
+                        "rules": [{"when": {"a": 1}, "forbidden": ["b"], "required_any": ["c"]}],
+                    }
+                ],
+                "generated_from": [],
+            },
+            {"actions": []},
+        )
 
 
 def test_falsy_constraints_reach_the_catalog(catalog: Catalog) -> None:
@@ -226,7 +243,7 @@ def test_falsy_constraints_reach_the_catalog(catalog: Catalog) -> None:
     assert strength.fields["strength"].min == 0
 
 
-@pytest.mark.parametrize(("key", "slug"), MODEL_CASES, ids=[f"{k}:{s}" for k, s in MODEL_CASES])
+@pytest.mark.parametrize(("key", "slug"), CATALOG_CASES, ids=[f"{k}:{s}" for k, s in CATALOG_CASES])
 def test_documented_values_pass_the_catalogs_own_limits(catalog: Catalog, key: str, slug: str) -> None:
     # The project's limits for open fields must never refuse what the contract documents.
     model = next(a for a in catalog.actions if a.key == key).models[catalog_name(key, slug)]
@@ -237,12 +254,7 @@ def test_documented_values_pass_the_catalogs_own_limits(catalog: Catalog, key: s
 
 # -- refusals name the field and the limit -------------------------------------------------------
 
-QWEN3 = sorted(
-    (slug, source["endpoint"])
-    for key, source in SOURCE_ACTIONS.items()
-    if key.startswith("qwen-3/")
-    for slug in source["fields_by_model"]
-)
+QWEN3 = sorted((slug, a.endpoint) for a in get_catalog().actions if a.family == "qwen-3" for slug in a.models)
 
 
 def kind_of(endpoint: str) -> RequestKind:
@@ -262,8 +274,7 @@ def check(
     return catalog.validate(kind, model, prompt=prompt, image_count=count, params=params)
 
 
-@needs_facts
-def test_qwen3_models_are_found_in_the_facts() -> None:
+def test_qwen3_models_are_found_in_the_catalog() -> None:
     assert {slug for slug, _ in QWEN3} >= {"qwen-3-text-to-image", "qwen-3-edit-image"}
 
 
@@ -416,12 +427,13 @@ def test_bad_values_are_refused_naming_field_and_limit(
 
 
 def test_array_items_keep_their_own_limits(catalog: Catalog) -> None:
-    grok = next(a for a in catalog.actions if a.key == "grok-imagine/edit-image").models["grok-imagine-image-2-0"]
-    mask = grok.fields["mask_indices"]
-    assert mask.check([1, 2], model=grok.slug) == [1, 2]
+    # No field of today's contracts bounds its items (Grok's mask_indices did until its edit changed): the
+    # mechanism stays, for the next contract that does.
+    mask = FieldSpec(name="mask_indices", type="array", items=ItemSpec(type="integer", min=1))
+    assert mask.check([1, 2], model="m") == [1, 2]
     for bad, needle in (([0], f"1..{JSON_SAFE_INTEGER}"), ([True], "an integer"), ([10**400], "1..")):
         with pytest.raises(CatalogError, match=needle.replace(".", r"\.")) as err:
-            mask.check(bad, model=grok.slug)
+            mask.check(bad, model="m")
         assert err.value.field == "mask_indices"
 
 
@@ -592,3 +604,88 @@ def test_max_outputs_covers_every_count_a_model_accepts(catalog: Catalog) -> Non
                     count.check(int(top) + 1, model=spec.slug)
     listed = {(m["model"], m["action"]): m["max_outputs"] for m in catalog.describe()}
     assert listed[("gpt-4o-image", "text_to_image")] == 4
+
+
+# -- the contract's rules across fields ------------------------------------------------------------
+
+GPT_25 = ("gpt-image-2.5-flare", "gpt-image-2.5-sunburst")
+TOOL_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}  # what generate_image fills in
+
+
+@pytest.mark.parametrize("slug", GPT_25)
+@pytest.mark.parametrize("kind", ["generate", "edit"])
+@pytest.mark.parametrize(
+    ("options", "field", "allowed_has", "allowed_lacks"),
+    [
+        ({"output_resolution": "4k", "aspect_ratio": "1:1"}, "aspect_ratio", "16:9", ["1:1", "auto"]),
+        ({"output_resolution": "4k", "aspect_ratio": "auto"}, "aspect_ratio", "3:2", ["1:1", "auto"]),
+        ({"output_resolution": "2k", "aspect_ratio": "auto"}, "aspect_ratio", "1:1", ["auto"]),
+        ({"output_resolution": "4k"}, "output_resolution", "1k", ["2k", "4k"]),
+        ({"output_resolution": "2k"}, "output_resolution", "1k", ["2k", "4k"]),
+    ],
+)
+def test_gpt_image_25_rules_are_refused_naming_the_field_and_what_is_allowed(
+    catalog: Catalog,
+    slug: str,
+    kind: RequestKind,
+    options: dict[str, str],
+    field: str,
+    allowed_has: str,
+    allowed_lacks: list[str],
+) -> None:
+    with pytest.raises(CatalogError) as err:
+        catalog.validate(
+            kind, slug, prompt="a fox", image_count=16 if kind == "edit" else 0, options=options, soft_options=TOOL_DEFAULTS
+        )
+    assert err.value.field == field and f"'{field}'" in str(err.value)
+    assert err.value.allowed is not None and allowed_has in err.value.allowed
+    assert not set(allowed_lacks) & set(err.value.allowed)
+    if field == "output_resolution":  # the way out is named too: give an aspect ratio
+        assert "give 'aspect_ratio'" in str(err.value) and "16:9" in str(err.value)
+
+
+def test_a_tool_default_never_takes_the_blame_for_a_rule(catalog: Catalog) -> None:
+    # generate_image fills in aspect_ratio auto; at 4k with a ratio of the user's own, the default steps aside.
+    done = catalog.validate(
+        "generate", "gpt-image-2.5-flare", prompt="a fox", image_count=0,
+        options={"output_resolution": "4k", "aspect_ratio": "16:9"}, soft_options=TOOL_DEFAULTS,
+    )
+    assert dict(done.body) == {
+        "model": "gpt-image-2.5-flare", "prompt": "a fox", "aspect_ratio": "16:9", "output_resolution": "4k"
+    }
+    plain = catalog.validate("generate", "gpt-image-2.5-flare", prompt="a fox", image_count=0, soft_options=TOOL_DEFAULTS)
+    assert plain.body["aspect_ratio"] == "auto" and plain.body["output_resolution"] == "1k"
+    assert catalog.resolve("gpt-image-2.5-sunburst", "edit")[0].path == "/api/v1/gpt_image_2_5/edit_image"
+
+
+def test_required_any_and_presence_rules(catalog: Catalog) -> None:
+    action, spec = catalog.resolve("grok-imagine-segment-map", "edit")
+    assert action.path == "/api/v1/grok_imagine/segment_map" and spec.slug == "grok-imagine-image-2-0"
+    assert catalog.validate("edit", "grok-imagine-segment-map", prompt=None, image_count=1).with_images(
+        ["https://example.com/a.png"]
+    ).body == {"model": "grok-imagine-image-2-0", "image_url": "https://example.com/a.png"}
+    with pytest.raises(CatalogError) as err:
+        catalog.validate("edit", "grok-imagine-segment-map", prompt=None, image_count=1, params={"source_task_id": "t"})
+    assert err.value.field == "source_task_id" and "'image_url' is given" in str(err.value)
+    with pytest.raises(CatalogError) as err:
+        spec.check_rules({"model": "grok-imagine-image-2-0"})
+    assert err.value.field == "image_url" and "'image_url' or 'source_task_id'" in str(err.value)
+    spec.check_rules({"model": "grok-imagine-image-2-0", "source_task_id": "t"})
+
+
+def test_todays_contract_changes_reach_the_tools(catalog: Catalog) -> None:
+    with pytest.raises(CatalogError) as err:
+        catalog.validate("upscale", "topaz-upscale-image", prompt=None, image_count=1, options={"upscale_factor": 8})
+    assert err.value.field == "upscale_factor" and err.value.allowed == [1, 2, 4]
+    # Grok Image 2.0's edit takes source images and a ratio now, never a source task or mask indices.
+    grok = catalog.validate(
+        "edit", "grok-imagine-image-2-0", prompt="make it dusk", image_count=5, options={"aspect_ratio": "16:9"}
+    )
+    assert grok.action.path == "/api/v1/grok_imagine/edit_image" and grok.image_field is not None
+    assert grok.image_field.name == "source_image_urls"
+    for gone in ("source_task_id", "mask_indices"):
+        with pytest.raises(CatalogError) as err:
+            check(catalog, "edit", "grok-imagine-image-2-0", params={gone: "x", "aspect_ratio": "1:1"})
+        assert err.value.field == gone
+    # Grok's "upscale" upscales a video: no image tool takes it.
+    assert not [a for a in catalog.actions if a.key == "grok-imagine/upscale-image"]

@@ -30,6 +30,7 @@ EDIT_ENDPOINTS = (
     "reframe_image",
     "remove_background",
     "decompose_layers",
+    "segment_map",
 )
 # The fields a model takes its input image(s) in, most general first.
 IMAGE_FIELDS = ("source_image_urls", "source_image_url", "image_url", "reference_image_urls")
@@ -40,6 +41,9 @@ UPSCALE_FIELDS = ("upscale_factor", "scale_factor", "scale", "factor")
 ALIASES: dict[str, tuple[str, str]] = {
     "gpt-image-2-text-to-image": ("gpt-image-2", "text_to_image"),
     "gpt-image-2-image-to-image": ("gpt-image-2", "edit_image"),
+    # Grok Image 2.0 names one model for three routes; its segment map (an image in, a map out) is asked
+    # for by this name, as edit_image's model.
+    "grok-imagine-segment-map": ("grok-imagine-image-2-0", "segment_map"),
 }
 _PYTHON_TYPES: dict[str, str] = {
     "string": "a string",
@@ -374,15 +378,103 @@ def _check_untyped(value: Any, where: str, field_name: str, *, level: int, budge
     )
 
 
+class Presence(BaseModel):
+    """A rule's test of whether a field is given at all (``{"present": false}``), not of its value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    present: bool
+
+
+class Rule(BaseModel):
+    """One of the contract's rules across fields, checked on the whole request body.
+
+    ``when`` + ``forbidden``: when every ``when`` entry holds (a field equals the value, or is given or
+    not per ``Presence``), none of the ``forbidden`` fields may be given. ``required_any``: at least
+    one of the fields must be given. (Rules of the form ``when: {model: ...}`` never reach here: the
+    build folds them into each model's fields.)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    when: dict[str, Presence | str | int | float | bool] = {}
+    forbidden: tuple[str, ...] = ()
+    required_any: tuple[str, ...] = ()
+
+    def broken_by(self, body: Mapping[str, Any]) -> str | None:
+        """The field this rule refuses in ``body`` (a forbidden one given, or the first of
+        ``required_any``), or None when the body keeps the rule."""
+        if self.required_any:
+            return None if any(name in body for name in self.required_any) else self.required_any[0]
+        if all(_holds(body, name, test) for name, test in self.when.items()):
+            return next((name for name in self.forbidden if name in body), None)
+        return None
+
+    def condition(self, leaving_out: str) -> str:
+        """The ``when`` part in words, without the entry on ``leaving_out`` itself."""
+        parts = [
+            (f"'{name}' is given" if test.present else f"no '{name}' is given")
+            if isinstance(test, Presence)
+            else f"'{name}' is {_json_text(test)}"
+            for name, test in self.when.items()
+            if name != leaving_out
+        ]
+        return " and ".join(parts)
+
+
+def _holds(body: Mapping[str, Any], name: str, test: Presence | str | int | float | bool) -> bool:
+    if isinstance(test, Presence):
+        return (name in body) == test.present
+    return name in body and body[name] == test and type(body[name]) is type(test)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model slug on one action, with the fields it takes (rules already applied)."""
+    """One model slug on one action, with the fields it takes (model rules already applied) and the
+    rules across its fields that the contract states."""
 
     slug: str
     send_model: bool
     fields: Mapping[str, FieldSpec]
     # The action's endpoint (``text_to_image``, ``decompose_layers``, ...): some outputs depend on it.
     endpoint: str = ""
+    rules: tuple[Rule, ...] = ()
+
+    def broken_rule(self, body: Mapping[str, Any]) -> tuple[Rule, str] | None:
+        """The first rule ``body`` breaks and the field it refuses, or None."""
+        for rule in self.rules:
+            name = rule.broken_by(body)
+            if name is not None:
+                return rule, name
+        return None
+
+    def check_rules(self, body: Mapping[str, Any]) -> None:
+        """Raise :class:`CatalogError` naming the field and what is allowed instead when ``body``
+        (a request body: field -> value) breaks one of the contract's rules."""
+        broken = self.broken_rule(body)
+        if broken is None:
+            return
+        rule, name = broken
+        where = f"for model '{self.slug}'"
+        if rule.required_any:
+            names = " or ".join(f"'{n}'" for n in rule.required_any)
+            raise CatalogError(f"{names} is required {where} (one of them, not both)", field=name)
+        others = {k: v for k, v in body.items() if k != name}
+        given = f"'{name}' {_show(body[name])}" if isinstance(rule.when.get(name), str | int | float) else f"'{name}'"
+        message = f"{given} is not allowed {where} when {rule.condition(name)}"
+        fspec = self.fields.get(name)
+        allowed: list[Any] | None = None
+        if fspec is not None and fspec.enum is not None:
+            allowed = [v for v in fspec.enum if self.broken_rule({**others, name: v}) is None]
+            message += f"; allowed then: {', '.join(map(str, allowed)) or 'none'}"
+        # A rule on a field left out ("an aspect ratio must be given"): say which values would do.
+        for absent, test in rule.when.items():
+            if isinstance(test, Presence) and not test.present and absent in self.fields:
+                choices = self.fields[absent].enum
+                if choices is not None:
+                    fits = [v for v in choices if self.broken_rule({**body, absent: v}) is None]
+                    message += f"; or give '{absent}', one of: {', '.join(map(str, fits))}"
+                else:
+                    message += f"; or give '{absent}'"
+        raise CatalogError(message, field=name, allowed=allowed)
 
     @property
     def image_field(self) -> FieldSpec | None:
@@ -430,6 +522,8 @@ class ActionSpec:
     service: str
     endpoint: str
     models: Mapping[str, ModelSpec]
+    # Where RunAPI published this action's contract: repo, commit, sdk_version (scripts/build_catalog.py).
+    source: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -664,6 +758,7 @@ class Catalog:
                 )
             merged[key] = (value, False)
 
+        defaults_sent: set[str] = set()
         for key, (value, soft) in merged.items():
             fspec = spec.fields.get(key)
             if fspec is None:
@@ -678,6 +773,8 @@ class Catalog:
             if soft and fspec.enum is not None and value not in fspec.enum:
                 continue  # the tool's default does not fit this model: let RunAPI apply its own
             body[key] = fspec.check(value, model=spec.slug)
+            if soft:
+                defaults_sent.add(key)
 
         self._check_image_count(kind, spec, image_count)
 
@@ -692,7 +789,32 @@ class Catalog:
                 field=name,
                 allowed=fspec.enum,
             )
+        self._apply_rules(spec, body, defaults_sent, image_count)
         return ValidatedRequest(action=action, model=spec, body=MappingProxyType(body), image_count=image_count)
+
+    @staticmethod
+    def _apply_rules(spec: ModelSpec, body: dict[str, Any], defaults_sent: set[str], image_count: int) -> None:
+        """Check the contract's rules across fields on ``body`` (changed in place).
+
+        A default the tool filled in never takes the blame: one that a broken rule names (GPT Image 2.5
+        refuses the tool's ``aspect_ratio`` auto at 2k) is left out, for RunAPI to apply its own, and the
+        rules are read again; whatever is still broken is the caller's own choice, and is refused.
+        """
+        if not spec.rules:
+            return
+        view = dict(body)
+        image_field = spec.image_field
+        if image_field is not None and image_count > 0:
+            view[image_field.name] = "<image>"  # filled by with_images; only its presence matters to a rule
+        while (broken := spec.broken_rule(view)) is not None:
+            rule, name = broken
+            blamed = [n for n in dict.fromkeys((name, *rule.when)) if n in defaults_sent and n in body]
+            if not blamed:
+                break
+            for n in blamed:
+                del body[n], view[n]
+                defaults_sent.discard(n)
+        spec.check_rules(view)
 
     def prepare(
         self,
@@ -906,6 +1028,7 @@ def get_catalog() -> Catalog:
                 send_model=m["send_model"],
                 fields={name: FieldSpec(name=name, **f) for name, f in m["fields"].items()},
                 endpoint=entry["endpoint"],
+                rules=tuple(Rule.model_validate(r) for r in m.get("rules", ())),
             )
             for slug, m in entry["models"].items()
         }
@@ -916,6 +1039,7 @@ def get_catalog() -> Catalog:
                 service=entry["service"],
                 endpoint=entry["endpoint"],
                 models=models,
+                source=MappingProxyType(dict(entry.get("source", {}))),
             )
         )
     return Catalog(tuple(actions))
