@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import io
 import json
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 
+from runapi_mcp.catalog import CatalogError, ModelSpec, get_catalog
 from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, ImageHost, Simulator, SimulatorConfig
+from runapi_mcp.simulator._tasks import ApiError, validate_body
 
 KEY = "sk-sim-test-key"
 T2I = "/api/v1/gpt_image_2/text_to_image"
@@ -72,6 +77,31 @@ def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
     return buf.getvalue()
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+def _prepare(client: httpx.Client, data: bytes, filename: str = "red.png") -> dict[str, Any]:
+    prepared = client.post(
+        "/api/v1/files/prepare", json={"filename": filename, "byte_size": len(data), "checksum": _md5(data)}
+    )
+    assert prepared.status_code == 200, prepared.text
+    answer: dict[str, Any] = prepared.json()
+    return answer
+
+
+def _upload(client: httpx.Client, data: bytes, filename: str = "red.png") -> dict[str, Any]:
+    """A local file the way RunAPI's SDK uploads it: prepare, PUT to storage (no key), confirm."""
+    prepared = _prepare(client, data, filename)
+    with _client() as storage:  # a bare client: the key must not go to storage
+        put = storage.put(prepared["upload_url"], content=data, headers=prepared["headers"])
+    assert put.status_code == 200, put.text
+    confirmed = client.post("/api/v1/files/confirm", json={"signed_id": prepared["signed_id"]})
+    assert confirmed.status_code == 200, confirmed.text
+    answer: dict[str, Any] = confirmed.json()
+    return answer
 
 
 # -- the task lifecycle ------------------------------------------------------------------------------
@@ -243,11 +273,7 @@ def test_upload_then_edit_is_derived_from_the_source(
     sim: Simulator, client: httpx.Client, anon: httpx.Client
 ) -> None:
     source = _png((230, 20, 20), (600, 400))
-    up = client.post(
-        "/api/v1/files", files={"file": ("red.png", source, "image/png")}, data={"file_name": "red.png"}
-    )
-    assert up.status_code == 200
-    info = up.json()
+    info = _upload(client, source, "red.png")
     assert set(info) == {"file_name", "url", "size_bytes", "mime_type", "created_at", "expires_at"}
     assert info["size_bytes"] == len(source) and info["mime_type"] == "image/png"
     assert anon.get(info["url"]).content == source
@@ -277,12 +303,19 @@ def test_upload_json_sources_and_limits(client: httpx.Client, anon: httpx.Client
     bad = client.post("/api/v1/files", json={"source": {"type": "base64", "data": "%%%"}})
     assert bad.status_code == 422
     with Simulator(_config(max_upload_bytes=1000)) as small:
+        headers = {"Authorization": f"Bearer {KEY}"}
         too_big = anon.post(
             small.base_url + "/api/v1/files",
-            files={"file": ("big.bin", b"x" * 5000)},
-            headers={"Authorization": f"Bearer {KEY}"},
+            json={"source": {"type": "base64", "data": base64.b64encode(b"x" * 5000).decode()}},
+            headers=headers,
         )
         assert too_big.status_code == 413
+        prepared = anon.post(
+            small.base_url + "/api/v1/files/prepare",
+            json={"filename": "big.bin", "byte_size": 5000, "checksum": _md5(b"x" * 5000)},
+            headers=headers,
+        )
+        assert prepared.status_code == 413 and prepared.json()["error"]["field"] == "byte_size"
 
 
 def test_edit_of_remote_and_missing_sources(client: httpx.Client) -> None:
@@ -298,9 +331,7 @@ def test_edit_of_remote_and_missing_sources(client: httpx.Client) -> None:
 
 
 def test_upscale_multiplies_the_source_size(client: httpx.Client, anon: httpx.Client) -> None:
-    up = client.post(
-        "/api/v1/files", files={"file": ("s.png", _png((9, 9, 9), (300, 200)), "image/png")}
-    ).json()
+    up = _upload(client, _png((9, 9, 9), (300, 200)), "s.png")
     task = client.post(
         "/api/v1/topaz/upscale_image",
         json={"model": "topaz-upscale-image", "source_image_url": up["url"], "upscale_factor": 4},
@@ -840,3 +871,260 @@ def test_prerender_renders_outputs_before_they_are_downloaded(anon: httpx.Client
         sim.set_task_outcome(task_id, "completed")
         url = c.get(f"{T2I}/{task_id}", headers=headers).json()["images"][0]["url"]
         assert Image.open(io.BytesIO(anon.get(url).content)).size == (1024, 1024)
+
+
+# -- today's contract: direct uploads, quotes, schedules, task headers (runapi-core 0.10.1) ------------
+def test_multipart_upload_is_refused_and_legacy_takes_it(sim: Simulator, client: httpx.Client) -> None:
+    multipart = client.post("/api/v1/files", files={"file": ("red.png", _png((1, 2, 3), (8, 8)), "image/png")})
+    assert multipart.status_code == 415
+    assert "/api/v1/files/prepare" in multipart.json()["error"]["message"]
+    sim.configure(legacy=True)
+    try:
+        old = client.post("/api/v1/files", files={"file": ("red.png", _png((1, 2, 3), (8, 8)), "image/png")})
+        assert old.status_code == 200 and old.json()["mime_type"] == "image/png"
+    finally:
+        sim.configure(legacy=False)
+
+
+def test_direct_upload_rules(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    data = _png((10, 200, 10), (40, 30))
+    prepared = _prepare(client, data, "green.png")
+    assert set(prepared) == {"signed_id", "upload_url", "headers"}
+    assert prepared["upload_url"].startswith(sim.base_url + "/storage/")
+    assert prepared["headers"] == {"Content-Type": "image/png", "Content-MD5": _md5(data)}
+    url, headers = prepared["upload_url"], prepared["headers"]
+    # Confirming before the bytes arrive, or an unknown id: 422 naming signed_id.
+    early = client.post("/api/v1/files/confirm", json={"signed_id": prepared["signed_id"]})
+    assert early.status_code == 422 and early.json()["error"]["field"] == "signed_id"
+    unknown = client.post("/api/v1/files/confirm", json={"signed_id": "sig_nope"})
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "signed_id"
+    # Storage refuses the key, other headers, other bytes.
+    keyed = anon.put(url, content=data, headers={**headers, "Authorization": f"Bearer {KEY}"})
+    assert keyed.status_code == 400 and "<Code>InvalidArgument</Code>" in keyed.text
+    assert anon.put(url, content=data, headers={"Content-Type": "image/png"}).status_code == 403  # no Content-MD5
+    assert anon.put(url, content=data, headers={**headers, "Content-Type": "image/jpeg"}).status_code == 403
+    assert anon.put(url, content=data + b"x", headers=headers).status_code == 400  # size
+    other = bytes(len(data))
+    digest = anon.put(url, content=other, headers=headers)
+    assert digest.status_code == 400 and "<Code>BadDigest</Code>" in digest.text
+    put = anon.put(url, content=data, headers=headers)
+    assert put.status_code == 200 and put.headers["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    confirmed = client.post("/api/v1/files/confirm", json={"signed_id": prepared["signed_id"]})
+    assert confirmed.status_code == 200
+    info = confirmed.json()
+    assert set(info) == {"file_name", "url", "size_bytes", "mime_type", "created_at", "expires_at"}
+    assert info["size_bytes"] == len(data) and info["mime_type"] == "image/png"
+    assert anon.get(info["url"]).content == data
+    # Confirmed: the same file again; the upload URL is spent.
+    assert client.post("/api/v1/files/confirm", json={"signed_id": prepared["signed_id"]}).json() == info
+    assert anon.put(url, content=data, headers=headers).status_code == 403
+    # The log has the steps, and whether each PUT carried a key.
+    steps = [(r.method, r.path.split("/storage/")[0] or "/storage", r.status, r.sent_auth) for r in sim.requests]
+    assert ("POST", "/api/v1/files/prepare", 200, True) in steps
+    assert ("PUT", "/storage", 400, True) in steps and ("PUT", "/storage", 200, False) in steps
+    assert ("POST", "/api/v1/files/confirm", 200, True) in steps
+    for bad, field in [
+        ({"filename": "a.png", "byte_size": 0, "checksum": _md5(b"")}, "byte_size"),
+        ({"filename": "a.png", "byte_size": 3, "checksum": "abc"}, "checksum"),
+        ({"filename": "", "byte_size": 3, "checksum": _md5(b"abc")}, "filename"),
+    ]:
+        refused = client.post("/api/v1/files/prepare", json=bad)
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == field
+
+
+def test_uploads_expire(client: httpx.Client, anon: httpx.Client) -> None:
+    with Simulator(_config(upload_lifetime_s=0.4)) as sim, _client(sim.base_url) as c:
+        c.headers["Authorization"] = f"Bearer {KEY}"
+        info = _upload(c, _png((200, 0, 0), (32, 32)))
+        created, expires = (
+            datetime.fromisoformat(info[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at")
+        )
+        assert timedelta(0) <= expires - created <= timedelta(seconds=1)
+        assert c.post(EDIT, json=_body(source_image_urls=[info["url"]])).status_code == 200
+        time.sleep(0.5)
+        assert anon.get(info["url"]).status_code == 403
+        before = sim.tasks_created
+        refused = c.post(EDIT, json=_body(source_image_urls=[info["url"]]))
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "source_image_urls"
+        assert sim.tasks_created == before
+        again = c.post("/api/v1/files", json={"source": {"type": "url", "url": info["url"]}})
+        assert again.status_code == 422
+    # The default: one hour.
+    info = _upload(client, _png((0, 0, 200), (8, 8)))
+    created, expires = (datetime.fromisoformat(info[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at"))
+    assert expires - created == timedelta(hours=1)
+
+
+def test_price_quote_nests_the_fields_under_params(client: httpx.Client, anon: httpx.Client, sim: Simulator) -> None:
+    quote = {"service": "gpt_image_2", "action": "text-to-image", "model": "gpt-image-2"}
+    answer = anon.post(sim.base_url + "/api/v1/price_quotes", json={**quote, "params": _body(output_resolution="2k")})
+    assert answer.status_code == 200  # no key needed
+    priced = answer.json()["price_quote"]
+    assert set(priced) >= {
+        "service", "action", "model", "pricing_status", "currency", "reservation_amount_cents", "estimate_basis", "as_of"
+    }
+    assert (priced["service"], priced["action"], priced["model"]) == ("gpt_image_2", "text_to_image", "gpt-image-2")
+    assert priced["reservation_amount_cents"] == 6 and priced["currency"] == "USD" and priced["pricing_status"]
+    assert client.post("/api/v1/price_quotes", json={**quote, "params": {"prompt": "x"}}).json()["price_quote"][
+        "reservation_amount_cents"
+    ] == 3  # with the key, too
+    wrong_key = anon.post(
+        sim.base_url + "/api/v1/price_quotes", json={**quote, "params": {}}, headers={"Authorization": "Bearer sk-no"}
+    )
+    assert wrong_key.status_code == 401  # a key that is sent is checked
+    for body, field in [
+        ({**quote, "prompt": "flat", "output_resolution": "2k"}, "params"),  # the old flat form
+        ({**quote, "params": "prompt=x"}, "params"),
+        ({**quote, "params": {"prompt": "x"}, "aspect_ratio": "1:1"}, "params"),
+        ({**quote, "params": {"prompt": "x", "colour": "red"}}, "params.colour"),
+        ({**quote, "params": {"prompt": "x", "aspect_ratio": "7:3"}}, "params.aspect_ratio"),
+        ({**quote, "params": {"prompt": "x", "model": "gpt-4o-image"}}, "model"),
+        ({**quote, "service": "nope", "params": {}}, "service"),
+        ({**quote, "action": "nope", "params": {}}, "action"),
+    ]:
+        refused = client.post("/api/v1/price_quotes", json=body)
+        assert refused.status_code == 422, body
+        assert refused.json()["error"]["field"] == field, body
+
+
+def test_price_schedules_etag_and_catalog_status(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    url = sim.base_url + "/api/v1/price_schedules"
+    listed = anon.get(url)  # no key needed
+    assert listed.status_code == 200
+    rows = listed.json()["price_schedules"]
+    assert listed.json()["as_of"]
+    keys = {
+        "service", "action", "model", "pricing_status", "catalog_status", "currency",
+        "billing_unit", "billing_strategy", "unit_price_cents", "billing_config",
+    }
+    assert rows and all(set(row) >= keys for row in rows)
+    assert all(row["catalog_status"] == "active" for row in rows)
+    gpt = anon.get(url, params={"service": "gpt-image-2", "action": "text-to-image"})
+    [row] = gpt.json()["price_schedules"]
+    assert (row["service"], row["action"], row["model"]) == ("gpt_image_2", "text_to_image", "gpt-image-2")
+    assert row["billing_config"] == {"resolution_prices_cents": {"1k": 3, "2k": 6, "4k": 12}}
+    assert [r["model"] for r in anon.get(url, params={"model": "z-image"}).json()["price_schedules"]] == ["z-image"]
+    etag = gpt.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    same = anon.get(url, params={"service": "gpt_image_2", "action": "text_to_image"}, headers={"If-None-Match": etag})
+    assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+    # Availability changes: the ETag changes and the model is no longer called.
+    with _client(sim.base_url) as control:
+        set_status = control.post("/_sim/catalog_status", json={"model": "z-image", "status": "maintenance"})
+        assert set_status.status_code == 200
+        assert control.post("/_sim/catalog_status", json={"model": "z-image", "status": "gone"}).status_code == 422
+        assert control.post("/_sim/catalog_status", json={"model": "nope", "status": "active"}).status_code == 422
+    try:
+        changed = anon.get(url, headers={"If-None-Match": listed.headers["etag"]})
+        assert changed.status_code == 200 and changed.headers["etag"] != listed.headers["etag"]
+        z_rows = [r for r in changed.json()["price_schedules"] if r["model"] == "z-image"]
+        assert [r["catalog_status"] for r in z_rows] == ["maintenance"]
+        z_body = {"model": "z-image", "prompt": "a cat", "aspect_ratio": "1:1"}
+        busy = client.post("/api/v1/z_image/text_to_image", json=z_body)
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "model_maintenance"
+        sim.set_catalog_status("z-image", "disabled", action="text-to-image")
+        off = client.post("/api/v1/z_image/text_to_image", json=z_body)
+        assert off.status_code == 422 and off.json()["error"]["field"] == "model"
+    finally:
+        sim.set_catalog_status("z-image", "active")
+    assert anon.get(url).json()["price_schedules"] == rows  # active again (``as_of`` moved on)
+    with Simulator(_config(extra_schedule_rows=[{"service": "sora-2", "action": "text-to-video", "model": "sora-2"}])) as s2:
+        [extra] = httpx.get(s2.base_url + "/api/v1/price_schedules", params={"model": "sora-2"}).json()["price_schedules"]
+        assert (extra["service"], extra["action"], extra["catalog_status"]) == ("sora_2", "text_to_video", "active")
+
+
+def test_legacy_mode_answers_the_old_way(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    with _client(sim.base_url) as control:
+        assert control.post("/_sim/config", json={"legacy": True}).json()["legacy"] is True
+        try:
+            quote = {"service": "gpt_image_2", "action": "text_to_image"}
+            flat = client.post("/api/v1/price_quotes", json={**quote, **_body()})
+            assert flat.status_code == 200 and flat.json()["price_quote"]["reservation_amount_cents"] == 3
+            nested = client.post("/api/v1/price_quotes", json={**quote, "params": _body()})
+            assert nested.status_code == 422 and nested.json()["error"]["field"] == "params"
+            assert anon.post(sim.base_url + "/api/v1/price_quotes", json={**quote, **_body()}).status_code == 401
+            rows = client.get("/api/v1/price_schedules").json()["price_schedules"]
+            assert rows and all("catalog_status" not in row for row in rows)
+            assert client.post("/api/v1/files/prepare", json={}).status_code == 404
+            assert client.post("/api/v1/files/confirm", json={}).status_code == 404
+        finally:
+            assert control.post("/_sim/config", json={"legacy": False}).json()["legacy"] is False
+        assert control.post("/_sim/config", json={"legacy": False, "colour": 1}).status_code == 422
+        assert control.post("/_sim/config", json={"upload_lifetime_s": -1}).status_code == 422
+        assert control.get("/_sim/config").json()["upload_lifetime_s"] == 3600.0
+
+
+def test_task_headers_usage_and_replay(sim: Simulator, client: httpx.Client) -> None:
+    created = client.post(T2I, json=_body(output_resolution="2k"), headers={"Idempotency-Key": "hdr-1"})
+    task_id = created.json()["id"]
+    assert created.headers["x-runapi-task-id"] == task_id and created.headers["x-request-id"]
+    assert "task_replayed" not in created.json()
+    running = client.get(f"{T2I}/{task_id}")
+    assert running.headers["x-runapi-task-id"] == task_id and "usage" not in running.json()
+    replay = client.post(T2I, json=_body(output_resolution="2k"), headers={"Idempotency-Key": "hdr-1"})
+    assert replay.json()["task_replayed"] is True and replay.json()["id"] == task_id
+    assert replay.headers["idempotent-replayed"] == "true" and replay.headers["x-runapi-task-id"] == task_id
+    done = _wait(client, f"{T2I}/{task_id}")
+    assert done["usage"] == {"cost": 6, "generated_images": 1}  # cents, as the quote's reservation_amount_cents
+    # Error answers about a known task carry its id too; a task on another route is not found.
+    sim.inject(Fault("status", status=422, method="GET", path_contains=task_id))
+    refused = client.get(f"/api/v1/gpt_image_2/{task_id}")
+    assert refused.status_code == 422 and refused.headers["x-runapi-task-id"] == task_id
+    elsewhere = client.get(f"{EDIT}/{task_id}")
+    assert elsewhere.status_code == 404 and "x-runapi-task-id" not in elsewhere.headers
+    assert client.get(f"{T2I}/nope").headers["x-request-id"]
+    with _client(sim.base_url) as control:
+        assert control.get("/_sim/state").headers["x-request-id"]
+    failing = client.post(T2I, json=_body("[sim:fail] a cat")).json()["id"]
+    assert _wait(client, f"{T2I}/{failing}")["usage"] == {"cost": 0, "generated_images": 0}
+
+
+@pytest.mark.parametrize("status_text", ["timeout", "canceled", "error", "exploded"])
+def test_tasks_can_end_with_any_status(sim: Simulator, client: httpx.Client, status_text: str) -> None:
+    task_id = client.post(T2I, json=_body()).json()["id"]
+    with _client(sim.base_url) as control:
+        forced = control.post(
+            "/_sim/outcome",
+            json={"task_id": task_id, "status": "failed", "status_text": status_text, "error": f"task {status_text}"},
+        )
+        assert forced.status_code == 200
+        assert control.post("/_sim/outcome", json={"task_id": task_id, "status_text": 3}).status_code == 422
+    answer = client.get(f"{T2I}/{task_id}").json()
+    assert (answer["status"], answer["error"]) == (status_text, f"task {status_text}")
+    assert answer["usage"]["cost"] == 0
+
+
+def test_create_error_fault_still_creates_the_task(sim: Simulator, client: httpx.Client) -> None:
+    sim.inject(Fault("create_error", method="POST", path_contains="/gpt_image_2/"))
+    before = sim.tasks_created
+    failed = client.post(T2I, json=_body(), headers={"Idempotency-Key": "create-error-1"})
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "bad_gateway"
+    task_id = failed.headers["x-runapi-task-id"]
+    assert sim.tasks_created == before + 1 and sim.task_ids[-1] == task_id
+    assert sim.requests[-1].fault == "create_error"
+    retry = client.post(T2I, json=_body(), headers={"Idempotency-Key": "create-error-1"})
+    assert retry.status_code == 200 and retry.json()["id"] == task_id and retry.json()["task_replayed"] is True
+    assert _wait(client, f"{T2I}/{task_id}")["status"] == "completed"
+    sim.inject(Fault("create_error", status=500, message="boom"))
+    nothing = client.get("/api/v1/me")  # no task: no task id
+    assert nothing.status_code == 500 and "x-runapi-task-id" not in nothing.headers
+
+
+def test_contract_rules_are_checked_when_the_catalog_has_them() -> None:
+    action = get_catalog().find_route("gpt_image_2", "text_to_image")
+    assert action is not None
+    spec = action.models["gpt-image-2"]
+
+    @dataclasses.dataclass(frozen=True)
+    class Ruled(ModelSpec):
+        def check_rules(self, body: Mapping[str, Any]) -> None:
+            if body.get("output_resolution") == "4k" and body.get("aspect_ratio") in (None, "1:1", "auto"):
+                raise CatalogError("at 4k an aspect ratio other than 1:1 and auto is required", field="aspect_ratio")
+
+    ruled = Ruled(slug=spec.slug, send_model=spec.send_model, fields=spec.fields, endpoint=spec.endpoint)
+    routed = dataclasses.replace(action, models={"gpt-image-2": ruled})
+    assert validate_body(routed, _body(output_resolution="4k", aspect_ratio="16:9")) is ruled
+    with pytest.raises(ApiError) as refused:
+        validate_body(routed, _body(output_resolution="4k"))
+    assert (refused.value.status, refused.value.field) == (422, "aspect_ratio")
+    assert refused.value.body()["error"]["code"] == "validation_error"

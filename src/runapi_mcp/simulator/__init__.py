@@ -16,6 +16,7 @@ Pictures are rendered with Pillow: the prompt, readable, on a colourful backgrou
 from runapi_mcp.simulator._app import PLANTED_STRINGS
 from runapi_mcp.simulator._host import HostRequest, ImageHost
 from runapi_mcp.simulator._models import (
+    CatalogStatus,
     Fault,
     FaultBody,
     FaultKind,
@@ -30,6 +31,7 @@ from runapi_mcp.simulator._server import Simulator, serve
 
 __all__ = [
     "PLANTED_STRINGS",
+    "CatalogStatus",
     "Fault",
     "FaultBody",
     "FaultKind",

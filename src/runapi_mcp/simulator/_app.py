@@ -6,10 +6,12 @@ import asyncio
 import base64
 import binascii
 import functools
+import hashlib
 import hmac
 import json
 import logging
 import math
+import mimetypes
 import re
 import ssl
 import time
@@ -31,16 +33,36 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from runapi_mcp.catalog import ActionSpec, ModelSpec
 from runapi_mcp.simulator import _png
-from runapi_mcp.simulator._models import Fault, LoggedRequest, SentCallback
+from runapi_mcp.simulator._models import SETTABLE_CONFIG, Fault, LoggedRequest, SentCallback
 from runapi_mcp.simulator._state import Outcome, SimState, Task, UploadedFile, fingerprint, iso
-from runapi_mcp.simulator._tasks import ApiError, plan_task, validate_body
+from runapi_mcp.simulator._tasks import (
+    PRICE_BY_LONG_SIDE,
+    PRICE_DEFAULT,
+    ApiError,
+    TaskPlan,
+    plan_task,
+    validate_body,
+)
 
 logger = logging.getLogger("runapi_mcp.simulator")
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_JSON_BODY = 1024 * 1024
 MAX_IDEMPOTENCY_KEY = 512
+TASK_ID_HEADER = "X-RunAPI-Task-Id"
+PUBLIC_PATHS = frozenset({"/api/v1/price_quotes", "/api/v1/price_schedules"})
+"""Routes that need no key (today's RunAPI; in legacy mode every ``/api/`` route needs one)."""
+CURRENCY = "USD"
+PRICING_STATUS = "priced"
+ESTIMATE_BASIS = "unit_price_x_images"
+_RESOLUTION_PRICES = dict(zip(("1k", "2k", "4k"), (cents for _, cents in PRICE_BY_LONG_SIDE), strict=True))
+_STATUS_PATH = re.compile(r"/api/v1/(?P<service>[^/]+)/(?:(?P<endpoint>[^/]+)/)?(?P<task_id>[^/]+)")
+_S3_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    "<Error><Code>{code}</Code><Message>{message}</Message><RequestId>{rid}</RequestId></Error>"
+)
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -306,6 +328,31 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_HEADER_UNSAFE_RE = re.compile(r"[^\x20-\x7e]")
+
+
+def _route_name(name: str) -> str:
+    """A service or action name as routes spell it: ``gpt-image-2.5`` -> ``gpt_image_2_5``."""
+    return name.strip().replace("-", "_").replace(".", "_")
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` names ``etag`` (or ``*``); weak forms match too (RFC 9110 weak comparison)."""
+    if not header:
+        return False
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or any(t.removeprefix("W/") == etag for t in tags)
+
+
+def _md5_digest(checksum: str) -> bytes | None:
+    """The 16 bytes a base64 MD5 checksum names, or None when it is not one."""
+    try:
+        digest = base64.b64decode(checksum, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return digest if len(digest) == 16 else None
+
+
 def _parse_json(raw: bytes) -> dict[str, Any]:
     try:
         body = json.loads(raw.decode("utf-8")) if raw.strip() else None
@@ -323,6 +370,8 @@ class SimulatorApp:
         self.state = state
         self._background: set[asyncio.Task[None]] = set()
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = [
+            ("POST", re.compile(r"/api/v1/files/prepare"), self.prepare_upload),
+            ("POST", re.compile(r"/api/v1/files/confirm"), self.confirm_upload),
             ("POST", re.compile(r"/api/v1/files/?"), self.upload),
             ("GET", re.compile(r"/api/v1/me/balance"), self.balance),
             ("GET", re.compile(r"/api/v1/me"), self.me),
@@ -338,6 +387,7 @@ class SimulatorApp:
             ("GET", re.compile(r"/v1/models"), self.models),
             ("GET", re.compile(r"/images/(?P<task_id>[^/]+)/(?P<name>[^/]+)"), self.image),
             ("GET", re.compile(r"/files/(?P<name>[^/]+)"), self.file),
+            ("PUT", re.compile(r"/storage/(?P<token>[^/]+)"), self.storage_put),
             ("GET", re.compile(r"/"), self.index),
         ]
         self.app = Starlette(routes=[Route("/{path:path}", self.dispatch, methods=ALL_METHODS)])
@@ -347,9 +397,11 @@ class SimulatorApp:
         path = request.url.path
         if path == "/_sim" or path.startswith("/_sim/"):
             try:
-                return await self.control(request)
+                answer = await self.control(request)
             except ApiError as err:
-                return error_response(err)
+                answer = error_response(err)
+            answer.headers["x-request-id"] = "req_" + uuid.uuid4().hex[:24]
+            return answer
         arrived = time.monotonic()
         header = request.headers.get("authorization")
         key = _bearer(header)
@@ -371,6 +423,7 @@ class SimulatorApp:
             response = await self._handle(request, ctx)
             if fault is not None:
                 response = await self._reshape(fault, request, response)
+        self._tag_task(request, response)
         echo = fault is not None and fault.kind == "echo_key" and fault.where == "request_id"
         # The log keeps the real request id below: an echoed key must never reach the log.
         response.headers["x-request-id"] = (ctx.key or "") if echo else ctx.request_id
@@ -393,6 +446,21 @@ class SimulatorApp:
         )
         return response
 
+    def _tag_task(self, request: Request, response: Response) -> None:
+        """Every answer about a task carries ``X-RunAPI-Task-Id``: status reads of a known task get it here
+        (fault answers included); creates set it themselves."""
+        if TASK_ID_HEADER in response.headers or request.method not in ("GET", "HEAD"):
+            return
+        match = _STATUS_PATH.fullmatch(request.url.path)
+        if match is None:
+            return
+        task = self.state.get_task(match["task_id"])
+        if task is None or task.service != match["service"]:
+            return
+        if match["endpoint"] is not None and task.endpoint != match["endpoint"]:
+            return
+        response.headers[TASK_ID_HEADER] = task.id
+
     def _key_ok(self, token: str | None) -> bool:
         if token is None:
             return False
@@ -405,7 +473,9 @@ class SimulatorApp:
         path = request.url.path
         method = "GET" if request.method == "HEAD" else request.method
         try:
-            if path.startswith("/api/") and not ctx.authorized:
+            public = path in PUBLIC_PATHS and not self.state.config.legacy
+            # A public route needs no key, but a key that is sent is checked.
+            if path.startswith("/api/") and not ctx.authorized and (not public or ctx.sent_auth):
                 raise ApiError(401, "unauthorized", "Invalid API key", headers={"WWW-Authenticate": "Bearer"})
             allowed: list[str] = []
             for route_method, pattern, handler in self._routes:
@@ -466,6 +536,18 @@ class SimulatorApp:
                     fault.message or "upstream connection reset before the response was sent",
                 )
             )
+        if fault.kind == "create_error":
+            failed = error_response(
+                ApiError(
+                    fault.http_status,
+                    _ERROR_CODES.get(fault.http_status, "error"),
+                    fault.message or "upstream error after the task was created",
+                )
+            )
+            task_id = response.headers.get(TASK_ID_HEADER)
+            if task_id is not None:
+                failed.headers[TASK_ID_HEADER] = task_id
+            return failed
         if fault.kind == "malformed_json":
             return self._malformed(response)
         if fault.kind == "trickle":
@@ -578,6 +660,8 @@ class SimulatorApp:
             if existing is not None:
                 return self._created(existing, replayed=True)
         spec = validate_body(action, body)
+        self._check_available(spec.slug, action.endpoint)
+        self._check_not_expired(body, request)
         plan = plan_task(
             action,
             spec,
@@ -599,8 +683,41 @@ class SimulatorApp:
             self._schedule_callback(task, body["callback_url"], base_url(request))
         return self._created(task, replayed=replayed)
 
+    def _check_available(self, model: str, endpoint: str) -> None:
+        """A model in maintenance (503) or disabled (422) is not called (``Simulator.set_catalog_status``)."""
+        status = self.state.catalog_status(model, endpoint)
+        if status == "maintenance":
+            raise ApiError(
+                503,
+                "model_maintenance",
+                f"Model '{model}' is under maintenance; try again later",
+                headers={"Retry-After": "60"},
+            )
+        if status == "disabled":
+            raise ApiError(422, "model_disabled", f"Model '{model}' is disabled", field="model")
+
+    def _check_not_expired(self, body: Mapping[str, Any], request: Request) -> None:
+        """An uploaded file past its ``expires_at`` is refused, naming the field that carries its URL."""
+        for name, value in body.items():
+            if not (name.endswith("_url") or name.endswith("_urls")):
+                continue
+            for url in value if isinstance(value, list) else [value]:
+                if not isinstance(url, str):
+                    continue
+                local = _local_ref(url, request)
+                upload = self.state.get_file(local[1]) if local is not None and local[0] == "file" else None
+                if upload is not None and self.state.file_expired(upload):
+                    raise ApiError(
+                        422,
+                        "file_expired",
+                        f"'{name}' names an uploaded file that expired at {iso(upload.expires_at)}: upload it again",
+                        field=name,
+                    )
+
     def _created(self, task: Task, *, replayed: bool) -> Response:
         inner: dict[str, Any] = {"status": "pending", "model": task.model, "created_at": iso(task.created_at)}
+        if replayed:
+            inner["task_replayed"] = True
         task_id = task.id
         for fault in task.faults:
             if fault.kind == "invalid_unicode" and fault.where == "id":
@@ -612,7 +729,9 @@ class SimulatorApp:
             answer = {"data": {"id": task_id, **inner}}
         else:
             answer = {"id": task_id, **inner}
-        headers = {"Idempotent-Replayed": "true"} if replayed else {}
+        headers = {TASK_ID_HEADER: task.id}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
         return JSONAnswer(answer, headers=headers)
 
     def status_answer(
@@ -644,9 +763,19 @@ class SimulatorApp:
             ]
         elif phase == "failed":
             answer["error"] = task.error
+        if not running:
+            answer["usage"] = self._usage(task, phase)
         if task.faults:
             self._plant(answer, task, phase, base, key)
         return answer, running
+
+    @staticmethod
+    def _usage(task: Task, phase: str) -> dict[str, Any]:
+        """What a finished task cost: ``cost`` in cents (the unit of the price quote's
+        ``reservation_amount_cents``), ``generated_images`` the images made; a failed task costs 0."""
+        if phase != "completed":
+            return {"cost": 0, "generated_images": 0}
+        return {"cost": task.plan.price_cents, "generated_images": len(task.visible_outputs)}
 
     def _plant(self, answer: dict[str, Any], task: Task, phase: str, base: str, key: str | None) -> None:
         """Shape a status answer as the task's faults say (see ``Fault``)."""
@@ -768,7 +897,122 @@ class SimulatorApp:
         upload = self.state.get_file(unquote(name))
         if upload is None or not upload.path.exists():
             return self._not_found_xml(name, ctx)
+        if self.state.file_expired(upload):
+            now = time.time()
+            body = _EXPIRED_XML.format(
+                expires=formatdate(upload.expires_at.timestamp(), usegmt=True),
+                now=formatdate(now, usegmt=True),
+                rid=ctx.request_id,
+            )
+            return Response(body, status_code=403, media_type="application/xml")
         return FileResponse(upload.path, media_type=upload.mime_type)
+
+    # -- direct uploads: prepare, PUT to storage, confirm ----------------------------------------------
+    async def prepare_upload(self, request: Request, ctx: _Ctx) -> Response:
+        """``{filename, byte_size, checksum}`` (checksum: base64 of the MD5 digest) -> ``{signed_id,
+        upload_url, headers}``: the bytes go to ``upload_url`` with exactly ``headers`` and no key."""
+        if self.state.config.legacy:
+            raise ApiError(404, "not_found", f"No route for {request.method} {request.url.path}")
+        body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
+        ctx.json = body
+        filename = body.get("filename")
+        if not isinstance(filename, str) or not filename.strip() or len(filename) > 255:
+            raise ApiError(
+                422, "validation_error", "'filename' must be a file name (1..255 characters)", field="filename"
+            )
+        size = body.get("byte_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ApiError(422, "validation_error", "'byte_size' must be a positive integer", field="byte_size")
+        limit = self.state.config.max_upload_bytes
+        if size > limit:
+            raise ApiError(
+                413, "payload_too_large", f"File is larger than the {limit} byte upload limit", field="byte_size"
+            )
+        checksum = body.get("checksum")
+        if not isinstance(checksum, str) or _md5_digest(checksum) is None:
+            raise ApiError(
+                422, "validation_error", "'checksum' must be the base64 of the file's MD5 digest", field="checksum"
+            )
+        declared = body.get("content_type")
+        if isinstance(declared, str) and declared.strip() and not _HEADER_UNSAFE_RE.search(declared):
+            content_type = declared.strip()
+        else:
+            content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        pending = self.state.prepare_upload(filename.strip(), size, checksum, content_type)
+        return JSONAnswer(
+            {
+                "signed_id": pending.signed_id,
+                "upload_url": f"{base_url(request)}/storage/{pending.token}",
+                "headers": {"Content-Type": pending.content_type, "Content-MD5": pending.checksum},
+            }
+        )
+
+    def _storage_error(self, status: int, code: str, message: str, ctx: _Ctx) -> Response:
+        body = _S3_XML.format(code=code, message=message, rid=ctx.request_id)
+        return Response(body, status_code=status, media_type="application/xml")
+
+    async def storage_put(self, request: Request, ctx: _Ctx, token: str) -> Response:
+        """The storage end of a direct upload: a pre-signed PUT. It must carry exactly the prepared headers,
+        the prepared number of bytes with the prepared MD5, and no Authorization (storage is not RunAPI)."""
+        if ctx.sent_auth:
+            return self._storage_error(
+                400,
+                "InvalidArgument",
+                "Only one auth mechanism allowed; the signed URL is the authorization, "
+                "the Authorization header must not be sent",
+                ctx,
+            )
+        pending = self.state.pending_by_token(token)
+        if pending is None or pending.confirmed is not None:
+            return self._storage_error(403, "AccessDenied", "Request has expired or the upload URL is unknown", ctx)
+        expected = {"Content-Type": pending.content_type, "Content-MD5": pending.checksum}
+        for name, value in expected.items():
+            if request.headers.get(name) != value:
+                return self._storage_error(
+                    403,
+                    "SignatureDoesNotMatch",
+                    f"The request signature does not match: header {name} must be {value!r} as prepared",
+                    ctx,
+                )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) != pending.byte_size:
+            return self._storage_error(
+                400, "InvalidRequest", f"Content-Length {declared} is not the prepared {pending.byte_size} bytes", ctx
+            )
+        try:
+            data = await _read_capped(request, pending.byte_size)
+        except ApiError:
+            data = b""  # more than prepared
+        if len(data) != pending.byte_size:
+            return self._storage_error(
+                400, "IncompleteBody", f"The body is not the prepared {pending.byte_size} bytes", ctx
+            )
+        if base64.b64encode(hashlib.md5(data).digest()).decode("ascii") != pending.checksum:
+            return self._storage_error(
+                400, "BadDigest", "The Content-MD5 you specified did not match what we received", ctx
+            )
+        await anyio.to_thread.run_sync(self.state.stage_upload, pending, data)
+        return Response(b"", status_code=200, headers={"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+
+    async def confirm_upload(self, request: Request, ctx: _Ctx) -> Response:
+        """``{signed_id}`` -> the file, once its bytes were PUT (confirming again answers the same file)."""
+        if self.state.config.legacy:
+            raise ApiError(404, "not_found", f"No route for {request.method} {request.url.path}")
+        body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
+        ctx.json = body
+        signed_id = body.get("signed_id")
+        pending = self.state.pending_upload(signed_id) if isinstance(signed_id, str) else None
+        if pending is None:
+            raise ApiError(422, "validation_error", "'signed_id' is not a prepared upload", field="signed_id")
+        if pending.staged is None and pending.confirmed is None:
+            raise ApiError(
+                422,
+                "upload_incomplete",
+                "Nothing was uploaded for this 'signed_id': PUT the bytes to its upload_url first",
+                field="signed_id",
+            )
+        upload = await anyio.to_thread.run_sync(self.state.confirm_upload, pending)
+        return JSONAnswer(self._file_answer(upload, base_url(request)))
 
     # -- uploads ---------------------------------------------------------------------------------
     async def upload(self, request: Request, ctx: _Ctx) -> Response:
@@ -781,8 +1025,16 @@ class SimulatorApp:
         content_type = request.headers.get("content-type", "").lower()
         filename: str | None
         mime: str | None = None
-        if content_type.startswith("multipart/form-data"):
+        if content_type.startswith("multipart/form-data") and self.state.config.legacy:
             data, filename, mime = await self._multipart(request, raw)
+        elif content_type.startswith("multipart/form-data"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "multipart uploads are no longer accepted: upload a local file with POST /api/v1/files/prepare, "
+                "PUT the bytes to its upload_url, then POST /api/v1/files/confirm (RunAPI's SDK "
+                "FilesClient.create(file=...)); or send JSON {'source': {'type': 'url'|'base64', ...}}",
+            )
         elif content_type.startswith("application/json") or raw.lstrip().startswith(b"{"):
             body = _parse_json(raw)
             ctx.json = _redacted(body)
@@ -793,7 +1045,8 @@ class SimulatorApp:
             raise ApiError(
                 415,
                 "unsupported_media_type",
-                "Upload as multipart/form-data (part 'file') or as JSON 'source'",
+                "Upload as JSON {'source': {'type': 'url'|'base64', ...}}, or a local file through "
+                "POST /api/v1/files/prepare, PUT upload_url, POST /api/v1/files/confirm",
             )
         if len(data) > limit:
             raise too_big
@@ -890,7 +1143,7 @@ class SimulatorApp:
         kind, name, index = local
         if kind == "file":
             upload = self.state.get_file(name)
-            if upload is None:
+            if upload is None or self.state.file_expired(upload):
                 return None
             return await anyio.to_thread.run_sync(upload.path.read_bytes), upload.mime_type
         task = self.state.get_task(name)
@@ -941,39 +1194,153 @@ class SimulatorApp:
             }
         )
 
-    async def price_schedules(self, request: Request, ctx: _Ctx) -> Response:
+    def schedule_rows(self) -> list[dict[str, Any]]:
+        """Every price schedule row: one per catalog action and model, then ``extra_schedule_rows``."""
+        state = self.state
+        legacy = state.config.legacy
         rows: list[dict[str, Any]] = []
-        for action in self.state.catalog.actions:
+        for action in state.catalog.actions:
             for slug, spec in action.models.items():
                 by_res = "output_resolution" in spec.fields or "size" in spec.fields
-                rows.append(
-                    {
-                        "service": action.service,
-                        "action": action.endpoint,
-                        "model": slug,
-                        "unit": "image",
-                        "currency": "USD",
-                        "price_cents": {"1k": 3, "2k": 6, "4k": 12} if by_res else {"default": 4},
-                    }
-                )
-        return JSONAnswer({"price_schedules": rows})
+                row: dict[str, Any] = {
+                    "service": action.service,
+                    "action": action.endpoint,
+                    "model": slug,
+                    "pricing_status": PRICING_STATUS,
+                    "catalog_status": state.catalog_status(slug, action.endpoint),
+                    "currency": CURRENCY,
+                    "billing_unit": "image",
+                    "billing_strategy": "per_image_by_resolution" if by_res else "per_image",
+                    "unit_price_cents": PRICE_BY_LONG_SIDE[0][1] if by_res else PRICE_DEFAULT,
+                    "billing_config": {"resolution_prices_cents": dict(_RESOLUTION_PRICES)} if by_res else {},
+                }
+                rows.append(row)
+        for extra in state.config.extra_schedule_rows:
+            model = str(extra["model"])
+            endpoint = str(extra["action"]).replace("-", "_")
+            rows.append(
+                {
+                    "pricing_status": PRICING_STATUS,
+                    "catalog_status": state.catalog_status(model, endpoint),
+                    "currency": CURRENCY,
+                    "billing_unit": "image",
+                    "billing_strategy": "per_image",
+                    "unit_price_cents": PRICE_DEFAULT,
+                    "billing_config": {},
+                    **extra,
+                    "service": str(extra["service"]).replace("-", "_").replace(".", "_"),
+                    "action": endpoint,
+                }
+            )
+        if legacy:
+            for row in rows:
+                row.pop("catalog_status", None)
+        return rows
 
-    async def price_quote(self, request: Request, ctx: _Ctx) -> Response:
-        body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
-        ctx.json = body
-        service = str(body.get("service", "")).replace("-", "_")
-        endpoint = str(body.get("action", "")).replace("-", "_")
+    async def price_schedules(self, request: Request, ctx: _Ctx) -> Response:
+        """``?service=&action=&model=`` filter the rows; a strong ETag over the body, 304 to ``If-None-Match``."""
+        query = request.query_params
+        wanted = {
+            key: _route_name(value) if key != "model" else value
+            for key in ("service", "action", "model")
+            if (value := query.get(key, "").strip())
+        }
+        rows = [row for row in self.schedule_rows() if all(row.get(k) == v for k, v in wanted.items())]
+        with self.state.lock:
+            as_of = iso(self.state.schedules_as_of)
+        content = JSONAnswer({"as_of": as_of, "price_schedules": rows}).body
+        etag = '"' + hashlib.sha256(content).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        return Response(content, media_type="application/json", headers=headers)
+
+    def _quote_route(self, body: Mapping[str, Any]) -> ActionSpec:
+        for key in ("service", "action"):
+            if not isinstance(body.get(key), str) or not body[key].strip():
+                raise ApiError(422, "validation_error", f"'{key}' is required (a string)", field=key)
+        service, endpoint = _route_name(body["service"]), _route_name(body["action"])
         action = self.state.catalog.find_route(service, endpoint)
         if action is None:
-            raise ApiError(422, "validation_error", f"No action {service}/{endpoint}", field="action")
-        fields = {k: v for k, v in body.items() if k not in ("service", "action")}
-        spec = validate_body(action, fields, image_optional=True)
+            known = any(a.service == service for a in self.state.catalog.actions)
+            raise ApiError(
+                422,
+                "validation_error",
+                f"No action {endpoint} on service {service}" if known else f"No service {service}",
+                field="action" if known else "service",
+            )
+        return action
+
+    def _quote_answer(self, action: ActionSpec, fields: Mapping[str, Any], prefix: str) -> tuple[ModelSpec, TaskPlan]:
+        try:
+            spec = validate_body(action, fields, image_optional=True)
+        except ApiError as err:
+            if prefix and err.field is not None and err.field != "model":
+                err.field = prefix + err.field
+            raise
         plan = plan_task(action, spec, fields, resolve_local=lambda url: None, size_of=lambda ref: ref.size)
+        return spec, plan
+
+    async def price_quote(self, request: Request, ctx: _Ctx) -> Response:
+        """``{service, action, model?, params: {...the create fields...}}`` -> ``{"price_quote": {...}}``
+        (``reservation_amount_cents``: what the task would reserve, in cents). A flat body is refused."""
+        body = _parse_json(await _read_capped(request, MAX_JSON_BODY))
+        ctx.json = body
+        if self.state.config.legacy:
+            return self._legacy_quote(body)
+        action = self._quote_route(body)
+        params = body.get("params")
+        stray = [k for k in body if k not in ("service", "action", "model", "params")]
+        if stray or (params is not None and not isinstance(params, dict)):
+            given = ", ".join(f"'{k}'" for k in stray)
+            raise ApiError(
+                422,
+                "validation_error",
+                "'params' must be an object holding the create fields"
+                + (f" ({given} given at the top level: nest them under 'params')" if stray else ""),
+                field="params",
+            )
+        fields = dict(params or {})
+        model = body.get("model")
+        if model is not None:
+            if "model" in fields and fields["model"] != model:
+                raise ApiError(
+                    422, "validation_error", "'model' and 'params.model' name different models", field="model"
+                )
+            fields["model"] = model
+        spec, plan = self._quote_answer(action, fields, "params.")
+        with self.state.lock:
+            as_of = iso(self.state.schedules_as_of)
+        return JSONAnswer(
+            {
+                "price_quote": {
+                    "service": action.service,
+                    "action": action.endpoint,
+                    "model": spec.slug,
+                    "pricing_status": PRICING_STATUS,
+                    "currency": CURRENCY,
+                    "reservation_amount_cents": plan.price_cents,
+                    "estimate_basis": ESTIMATE_BASIS,
+                    "as_of": as_of,
+                    "image_count": len(plan.outputs),
+                }
+            }
+        )
+
+    def _legacy_quote(self, body: dict[str, Any]) -> Response:
+        """The quote before 0.10: the create fields flat beside ``service`` and ``action``."""
+        action = self._quote_route(body)
+        if "params" in body:
+            raise ApiError(
+                422, "validation_error", "'params' is not a field: give the create fields flat", field="params"
+            )
+        fields = {k: v for k, v in body.items() if k not in ("service", "action")}
+        spec, plan = self._quote_answer(action, fields, "")
         return JSONAnswer(
             {
                 "price_quote": {
                     "reservation_amount_cents": plan.price_cents,
-                    "currency": "USD",
+                    "currency": CURRENCY,
                     "service": action.service,
                     "action": action.endpoint,
                     "model": spec.slug,
@@ -1065,6 +1432,11 @@ class SimulatorApp:
                     422, "validation_error", "'status' must be completed, failed or running", field="status"
                 )
             images = body.get("images")
+            status_text = body.get("status_text")
+            if status_text is not None and not (isinstance(status_text, str) and status_text):
+                raise ApiError(
+                    422, "validation_error", "'status_text' must be a non-empty string", field="status_text"
+                )
             outcome = Outcome(
                 status=status,
                 error=body.get("error"),
@@ -1076,6 +1448,33 @@ class SimulatorApp:
             except KeyError:
                 raise ApiError(404, "not_found", f"Task {task_id} not found") from None
             return JSONAnswer({"ok": True})
+        elif path == "/_sim/config":
+            if method == "POST":
+                changes = _parse_json(await request.body())
+                try:
+                    state.configure(changes)
+                except (TypeError, ValueError) as exc:
+                    raise ApiError(422, "validation_error", str(exc)) from None
+            if method in ("GET", "POST"):
+                return JSONAnswer({name: getattr(state.config, name) for name in SETTABLE_CONFIG})
+        elif path == "/_sim/catalog_status":
+            if method == "POST":
+                body = _parse_json(await request.body())
+                model, status, action = body.get("model"), body.get("status"), body.get("action")
+                if not isinstance(model, str) or not isinstance(status, str):
+                    raise ApiError(422, "validation_error", "'model' and 'status' must be strings")
+                if action is not None and not isinstance(action, str):
+                    raise ApiError(422, "validation_error", "'action' must be a string", field="action")
+                try:
+                    state.set_catalog_status(model, status, action)
+                except ValueError as exc:
+                    raise ApiError(422, "validation_error", str(exc)) from None
+            if method in ("GET", "POST"):
+                rows = [
+                    {k: row[k] for k in ("service", "action", "model", "catalog_status") if k in row}
+                    for row in self.schedule_rows()
+                ]
+                return JSONAnswer({"catalog_status": rows})
         raise ApiError(404, "not_found", f"No control route {method} {request.url.path}")
 
 

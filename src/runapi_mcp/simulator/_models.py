@@ -31,6 +31,7 @@ FaultKind = Literal[
     "odd_json",
     "drop_callback",
     "slow_callback",
+    "create_error",
 ]
 FaultWhere = Literal["error", "status", "id", "image_url", "message", "request_id"]
 FaultBody = Literal[
@@ -54,6 +55,8 @@ FaultBody = Literal[
     "array",
 ]
 TaskOutcome = Literal["completed", "failed", "running"]
+CatalogStatus = Literal["active", "maintenance", "disabled"]
+CATALOG_STATUSES: tuple[str, ...] = get_args(CatalogStatus)
 
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 DEFAULT_FAIL_REASON = "content policy violation"
@@ -63,6 +66,7 @@ _DEFAULT_STATUS: dict[str, int] = {
     "html": 502,
     "text": 503,
     "lose_response": 502,
+    "create_error": 502,
     "expired_url": 403,
     "not_image": 200,
     "bomb": 200,
@@ -103,6 +107,9 @@ HUGE_JSON_BYTES = 50_000_000
 DEEP_JSON_LEVELS = 10_000
 MAX_JSON_SIZE = 2**31
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+SCHEDULE_KEYS = ("service", "action", "model")
+SETTABLE_CONFIG = ("legacy", "upload_lifetime_s", "status_retry_after", "report_progress", "id_style")
+"""The ``SimulatorConfig`` settings ``Simulator.configure`` and ``POST /_sim/config`` may change while running."""
 
 
 def _default_durations() -> dict[str, float]:
@@ -135,6 +142,18 @@ class SimulatorConfig:
     prerender: bool = False
     """Render each new task's pictures at once, in a background thread, instead of on their first download
     (benchmarks: a 4K render takes about half a second, which would otherwise land on the download)."""
+    upload_lifetime_s: float = 3600.0
+    """How long an uploaded file stays usable (its ``expires_at``), in seconds, NOT scaled by ``time_scale``.
+    Afterwards its URL downloads as 403 (expired) and a create or ``source`` upload naming it is refused
+    with 422 naming the field."""
+    legacy: bool = False
+    """Answer the way RunAPI did before 0.10 (for drift detection): price quotes take the create fields
+    flat at the top level and refuse a nested ``params``; price schedule rows carry no ``catalog_status``;
+    ``POST /api/v1/files/prepare`` and ``/confirm`` answer 404 and ``POST /api/v1/files`` takes multipart
+    again; quotes and schedules need a key."""
+    extra_schedule_rows: list[dict[str, Any]] = field(default_factory=list)
+    """Price schedule rows for models the catalog does not know ("listed upstream but not callable here"):
+    each needs ``service``, ``action`` and ``model``; the other row keys get defaults."""
 
     def __post_init__(self) -> None:
         if self.id_style not in get_args(IdStyle):
@@ -145,6 +164,15 @@ class SimulatorConfig:
             raise ValueError("duration_jitter must be within 0..1")
         if self.max_upload_bytes <= 0:
             raise ValueError("max_upload_bytes must be positive")
+        if not (self.upload_lifetime_s > 0 and math.isfinite(self.upload_lifetime_s)):
+            raise ValueError("upload_lifetime_s must be a positive number")
+        if self.status_retry_after is not None and not (
+            self.status_retry_after >= 0 and math.isfinite(self.status_retry_after)
+        ):
+            raise ValueError("status_retry_after must be a non-negative number or None")
+        for row in self.extra_schedule_rows:
+            if not isinstance(row, Mapping) or not all(isinstance(row.get(k), str) for k in SCHEDULE_KEYS):
+                raise ValueError(f"extra_schedule_rows need string {', '.join(SCHEDULE_KEYS)}, got {row!r}")
 
 
 @dataclass
@@ -159,6 +187,10 @@ class Fault:
     - ``malformed_json``: the request is handled, the answer is 200 with truncated JSON.
     - ``slow``: wait ``delay`` seconds, then handle normally.
     - ``lose_response``: handle normally (the task is created, charged), answer 502.
+    - ``create_error``: handle normally (a create makes its task, charged and running), then answer
+      ``status`` (default 502; ``message``) as a JSON error that still carries the answer's
+      ``X-RunAPI-Task-Id``: a client learns the created task's id from the error. With an
+      ``Idempotency-Key`` a retry replays the task (``task_replayed: true``).
     - ``odd_json``: handle normally, then answer the JSON in an odd shape (``body``): ``huge`` (the
       answer object with a ``padding`` string first, ``size`` bytes in all, default 50 MB, streamed
       without Content-Length), ``deep`` (a ``detail`` member nested ``size`` arrays deep, default

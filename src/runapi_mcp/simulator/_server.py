@@ -20,7 +20,14 @@ from starlette.types import ASGIApp
 from uvicorn.config import LOGGING_CONFIG
 
 from runapi_mcp.simulator._app import SimulatorApp
-from runapi_mcp.simulator._models import Fault, LoggedRequest, SentCallback, SimulatorConfig, TaskOutcome
+from runapi_mcp.simulator._models import (
+    CatalogStatus,
+    Fault,
+    LoggedRequest,
+    SentCallback,
+    SimulatorConfig,
+    TaskOutcome,
+)
 from runapi_mcp.simulator._state import Outcome, SimState
 
 
@@ -244,6 +251,19 @@ class Simulator:
         """The faults still armed (copies), with their remaining ``times``."""
         return self._state.faults()
 
+    def configure(self, **changes: Any) -> None:
+        """Change settings while running: ``legacy``, ``upload_lifetime_s``, ``status_retry_after``,
+        ``report_progress``, ``id_style`` (as in ``SimulatorConfig``; ValueError when invalid).
+        Also ``POST /_sim/config`` with the same names as JSON."""
+        self._state.configure(changes)
+
+    def set_catalog_status(self, model: str, status: CatalogStatus, action: str | None = None) -> None:
+        """Set a model's ``catalog_status`` in the price schedules (``active``, ``maintenance``,
+        ``disabled``), on one ``action`` (endpoint, ``_`` or ``-``) or on all (None). Creates of a model in
+        ``maintenance`` answer 503 (``model_maintenance``), of a ``disabled`` one 422 (``model_disabled``,
+        field ``model``). The schedules' ETag changes. Also ``POST /_sim/catalog_status``."""
+        self._state.set_catalog_status(model, status, action)
+
     def set_task_outcome(
         self,
         task_id: str | None = None,
@@ -257,7 +277,9 @@ class Simulator:
 
         ``status``: ``completed`` (finish now), ``failed`` (fail now with ``error``), ``running`` (never
         finish: for polling time-outs). ``status_text`` replaces the terminal status string (e.g.
-        ``"SUCCESS"``, ``"generate_failed"``); ``images`` limits how many images a completed task lists
+        ``"SUCCESS"``, ``"generate_failed"``; ``failed`` with ``status_text`` ``"timeout"``, ``"canceled"``,
+        ``"error"`` or an unknown one such as ``"exploded"`` ends the task with that status and ``error``,
+        usage cost 0); ``images`` limits how many images a completed task lists
         (0: a completed task without images). ``task_id=None`` applies to the next task created.
         Raises KeyError for an unknown task id.
         """

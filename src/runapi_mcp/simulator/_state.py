@@ -28,7 +28,10 @@ from PIL import Image
 from runapi_mcp.catalog import Catalog, get_catalog
 from runapi_mcp.simulator import _render
 from runapi_mcp.simulator._models import (
+    CATALOG_STATUSES,
     DEFAULT_FAIL_REASON,
+    SETTABLE_CONFIG,
+    CatalogStatus,
     Fault,
     LoggedRequest,
     SentCallback,
@@ -42,7 +45,6 @@ logger = logging.getLogger("runapi_mcp.simulator")
 Phase = Literal["pending", "processing", "completed", "failed"]
 FAIL_MARKER = "[sim:fail]"
 MAX_LOG = 100_000
-FILE_TTL = timedelta(hours=24)
 PENDING_FRACTION = 0.1
 
 
@@ -57,7 +59,9 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 @dataclass
 class Outcome:
-    """A forced end for a task (see ``Simulator.set_task_outcome``)."""
+    """A forced end for a task (see ``Simulator.set_task_outcome``). ``status_text`` replaces the terminal
+    status string: ``failed`` with ``status_text="timeout"`` (or ``canceled``, ``error``, an unknown one such
+    as ``exploded``) ends the task with that status and ``error``."""
 
     status: TaskOutcome
     error: str | None = None
@@ -136,6 +140,21 @@ class UploadedFile:
 
 
 @dataclass
+class PendingUpload:
+    """A direct upload prepared (``POST /api/v1/files/prepare``), waiting for its PUT and its confirm."""
+
+    signed_id: str
+    token: str
+    filename: str
+    byte_size: int
+    checksum: str
+    content_type: str
+    staged: Path | None = None
+    """Where the PUT bytes wait for the confirm (None until the PUT)."""
+    confirmed: UploadedFile | None = None
+
+
+@dataclass
 class IdempotencyRecord:
     fingerprint: str
     task_id: str
@@ -185,6 +204,11 @@ class SimState:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.tasks: dict[str, Task] = {}
         self.files: dict[str, UploadedFile] = {}
+        self.staging_dir = data_dir / "staging"
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self._pending_uploads: dict[str, PendingUpload] = {}
+        self._catalog_status: dict[tuple[str, str | None], CatalogStatus] = {}
+        self.schedules_as_of = datetime.now(UTC)
         self._idempotency: dict[str, IdempotencyRecord] = {}
         self._faults: list[Fault] = []
         self._log: list[LoggedRequest] = []
@@ -497,6 +521,40 @@ class SimState:
             return _render.render_layer_background(source, w, h)
         return _render.render_cutout(source, w, h, variant=0)
 
+    # -- configuration and availability ----------------------------------------------------------
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Change ``SETTABLE_CONFIG`` settings of the running simulator (validated as a whole; ValueError)."""
+        unknown = sorted(set(changes) - set(SETTABLE_CONFIG))
+        if unknown:
+            raise ValueError(f"not settable: {', '.join(unknown)}; settable: {', '.join(SETTABLE_CONFIG)}")
+        with self.lock:
+            candidate = dataclasses.replace(self.config, **changes)  # runs the config's own checks
+            for name in changes:
+                setattr(self.config, name, getattr(candidate, name))
+            if "legacy" in changes:
+                self.schedules_as_of = datetime.now(UTC)
+
+    def set_catalog_status(self, model: str, status: str, action: str | None = None) -> None:
+        """Set a model's ``catalog_status`` (on one action, or on all of them); ValueError when unknown."""
+        if status not in CATALOG_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(CATALOG_STATUSES)}, got {status!r}")
+        known = set(self.catalog.model_names) | {str(row["model"]) for row in self.config.extra_schedule_rows}
+        if model not in known:
+            raise ValueError(f"unknown model {model!r}")
+        endpoint = action.replace("-", "_") if action is not None else None
+        with self.lock:
+            if endpoint is None:
+                for key in [k for k in self._catalog_status if k[0] == model]:
+                    del self._catalog_status[key]
+            self._catalog_status[(model, endpoint)] = status  # type: ignore[assignment]
+            self.schedules_as_of = datetime.now(UTC)
+
+    def catalog_status(self, model: str, endpoint: str) -> CatalogStatus:
+        with self.lock:
+            return self._catalog_status.get(
+                (model, endpoint), self._catalog_status.get((model, None), "active")
+            )
+
     # -- uploads ---------------------------------------------------------------------------------
     def store_file(self, data: bytes, filename: str | None, declared_mime: str | None) -> UploadedFile:
         """Keep an upload on disk (blocking: call in a thread)."""
@@ -505,10 +563,55 @@ class SimState:
         path = self.files_dir / name
         path.write_bytes(data)
         now = datetime.now(UTC)
-        upload = UploadedFile(name, path, len(data), mime, now, now + FILE_TTL)
+        upload = UploadedFile(name, path, len(data), mime, now, now + timedelta(seconds=self.config.upload_lifetime_s))
         with self.lock:
             self.files[name] = upload
         return upload
+
+    def prepare_upload(self, filename: str, byte_size: int, checksum: str, content_type: str) -> PendingUpload:
+        pending = PendingUpload(
+            signed_id="sig_" + uuid.uuid4().hex,
+            token=uuid.uuid4().hex + uuid.uuid4().hex,
+            filename=filename,
+            byte_size=byte_size,
+            checksum=checksum,
+            content_type=content_type,
+        )
+        with self.lock:
+            self._pending_uploads[pending.signed_id] = pending
+        return pending
+
+    def pending_upload(self, signed_id: str) -> PendingUpload | None:
+        with self.lock:
+            return self._pending_uploads.get(signed_id)
+
+    def pending_by_token(self, token: str) -> PendingUpload | None:
+        with self.lock:
+            return next((p for p in self._pending_uploads.values() if p.token == token), None)
+
+    def stage_upload(self, pending: PendingUpload, data: bytes) -> None:
+        """Keep the PUT bytes until the confirm (blocking: call in a thread)."""
+        path = self.staging_dir / pending.token
+        path.write_bytes(data)
+        with self.lock:
+            pending.staged = path
+
+    def confirm_upload(self, pending: PendingUpload) -> UploadedFile:
+        """Turn a PUT upload into a file (blocking: call in a thread); confirming again answers the same file."""
+        with self.lock:
+            if pending.confirmed is not None:
+                return pending.confirmed
+            staged = pending.staged
+        assert staged is not None
+        upload = self.store_file(staged.read_bytes(), pending.filename, pending.content_type)
+        staged.unlink(missing_ok=True)
+        with self.lock:
+            if pending.confirmed is None:
+                pending.confirmed = upload
+            return pending.confirmed
+
+    def file_expired(self, upload: UploadedFile) -> bool:
+        return datetime.now(UTC) >= upload.expires_at
 
     def get_file(self, name: str) -> UploadedFile | None:
         with self.lock:

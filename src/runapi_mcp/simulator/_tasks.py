@@ -97,6 +97,13 @@ def validate_body(action: ActionSpec, body: Mapping[str, Any], *, image_optional
     for name, fspec in spec.fields.items():
         if fspec.required and name not in body and name != image_field:
             raise validation_error(f"'{name}' is required for model '{spec.slug}' ({fspec.describe()})", name)
+    # The contract's rules across fields (``ModelSpec.check_rules``, where the catalog has it).
+    check_rules: Callable[[Mapping[str, Any]], None] | None = getattr(spec, "check_rules", None)
+    if check_rules is not None:
+        try:
+            check_rules(body)
+        except CatalogError as exc:
+            raise validation_error(str(exc), exc.field) from None
     return spec
 
 
