@@ -17,7 +17,15 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.tasks import DurationMemory, ImageResolver, ImageStore, PollPolicy, TaskManager, TaskStore
+from runapi_mcp.tasks import (
+    Availability,
+    DurationMemory,
+    ImageResolver,
+    ImageStore,
+    PollPolicy,
+    TaskManager,
+    TaskStore,
+)
 from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
 
 
@@ -27,6 +35,7 @@ class App:
     client: RunAPIClient
     manager: TaskManager
     server: RunAPIMCPServer
+    availability: Availability
 
 
 class _RedactingFilter(logging.Filter):
@@ -118,14 +127,19 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         find_task=manager.find,
         find_image=manager.find_image,
     )
+    catalog = get_catalog()
+    availability = Availability(client, catalog, max_age_s=settings.schedules_max_age_s)
     server = build_server(
-        ServerDeps(manager=manager, resolver=resolver, catalog=get_catalog(), wait_s=settings.wait_s,
+        ServerDeps(manager=manager, resolver=resolver, catalog=catalog, wait_s=settings.wait_s,
                    has_key=client.has_key, max_spend_cents=settings.max_spend_cents,
-                   user_spend_cents=settings.user_caps, confirm_above_cents=settings.confirm_above_cents),
+                   user_spend_cents=settings.user_caps, confirm_above_cents=settings.confirm_above_cents,
+                   availability=availability),
         settings.redactor,
     )
-    async with client, manager.running():
-        yield App(settings=settings, client=client, manager=manager, server=server)
+    async with client, manager.running(), anyio.create_task_group() as tg:
+        tg.start_soon(availability.refresh)  # read at start, without holding the start up
+        yield App(settings=settings, client=client, manager=manager, server=server, availability=availability)
+        tg.cancel_scope.cancel()
 
 
 # After SIGINT/SIGTERM, how long waiting tool calls have to answer before the process ends.

@@ -100,6 +100,13 @@ class Settings(BaseModel):
         description="Per-user daily caps with per-user tokens, e.g. 'alice=500,bob=200' (others: the server's cap)",
         json_schema_extra={"env": "RUNAPI_MCP_USER_SPEND_CENTS"},
     )
+    schedules_max_age_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="Re-read RunAPI's model availability (price schedules) when older than this many seconds",
+        json_schema_extra={"env": "RUNAPI_MCP_SCHEDULES_MAX_AGE_S"},
+    )
     max_input_bytes: int = 20 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     max_concurrent_requests: int = 8

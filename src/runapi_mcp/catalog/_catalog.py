@@ -408,6 +408,13 @@ class Rule(BaseModel):
             return next((name for name in self.forbidden if name in body), None)
         return None
 
+    def describe(self) -> str:
+        """The rule in words, for list_models."""
+        if self.required_any:
+            return "one of " + " or ".join(f"'{n}'" for n in self.required_any) + " is required"
+        fields = " or ".join(f"'{n}'" for n in self.forbidden)
+        return f"when {self.condition('')}: {fields} not allowed"
+
     def condition(self, leaving_out: str) -> str:
         """The ``when`` part in words, without the entry on ``leaving_out`` itself."""
         parts = [
@@ -967,6 +974,7 @@ class Catalog:
                             for field_name, f in spec.fields.items()
                             if field_name != "model"
                         },
+                        "rules": [rule.describe() for rule in spec.rules],
                     }
                 )
         if slug is not None and not out:

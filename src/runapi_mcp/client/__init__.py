@@ -39,8 +39,11 @@ from runapi_mcp.client.errors import (
 )
 from runapi_mcp.client.models import (
     Balance,
+    CatalogStatus,
     DownloadResult,
     PriceQuote,
+    PriceSchedule,
+    PriceSchedules,
     RemoteImage,
     TaskInfo,
     TaskStatus,
@@ -60,6 +63,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Balance",
+    "CatalogStatus",
     "ConflictError",
     "DownloadResult",
     "ImageUrlPolicy",
@@ -68,6 +72,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PriceQuote",
+    "PriceSchedule",
+    "PriceSchedules",
     "RateLimitedError",
     "RemoteImage",
     "RetryPolicy",

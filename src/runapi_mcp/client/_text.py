@@ -39,6 +39,8 @@ _MESSAGE_KEYS = ("message", "detail", "msg", "error_description", "description",
 _CODE_KEYS = ("code", "error_code", "type")
 _CODE_LIKE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid")
+# A request field's name as RunAPI's validation errors give it (``source_image_urls``, ``source.url``).
+_FIELD_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}")
 MAX_REQUEST_ID_CHARS = 128
 
 
@@ -254,6 +256,30 @@ def message_and_code(body: Any) -> tuple[str | None, str | None]:
     if message is None and isinstance(body.get("data"), Mapping):
         return message_and_code(body["data"])
     return message, code or _code_of(body)
+
+
+def field_of(body: Any) -> str | None:
+    """The request field a validation answer names (``{"error": {"field": "aspect_ratio"}}``, a pydantic
+    ``loc``, or a Rails ``errors`` object with one key), when it names exactly one; else ``None``."""
+    if not isinstance(body, Mapping):
+        return None
+    error = body.get("error")
+    places = [error, body] if isinstance(error, Mapping) else [body]
+    for place in places:
+        assert isinstance(place, Mapping)
+        name = place.get("field") or place.get("param")
+        if isinstance(name, str) and _FIELD_LIKE.fullmatch(name):
+            return name
+        errors = place.get("errors") or place.get("detail")
+        if isinstance(errors, Mapping) and len(errors) == 1:
+            (name,) = errors
+            if isinstance(name, str) and _FIELD_LIKE.fullmatch(name):
+                return name
+        if isinstance(errors, list) and len(errors) == 1 and isinstance(errors[0], Mapping):
+            loc = [p for p in errors[0].get("loc") or () if isinstance(p, str) and p not in ("body", "query")]
+            if len(loc) == 1 and _FIELD_LIKE.fullmatch(loc[0]):
+                return loc[0]
+    return None
 
 
 def error_details(status_code: int, body: Any) -> tuple[str, str | None]:

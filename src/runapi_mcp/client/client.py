@@ -9,6 +9,8 @@ at the very address it approved, with redirects followed by hand and judged hop 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import pathlib
 import random
@@ -30,6 +32,7 @@ from runapi_mcp.client._text import (
     UnusableJSONError,
     clean_text,
     error_details,
+    field_of,
     header,
     parse_retry_after,
     read_json,
@@ -50,7 +53,16 @@ from runapi_mcp.client.errors import (
     RunAPITimeoutError,
     error_for_status,
 )
-from runapi_mcp.client.models import Balance, DownloadResult, PriceQuote, TaskInfo, UploadedFile
+from runapi_mcp.client.models import (
+    MAX_TASK_ID_CHARS,
+    Balance,
+    DownloadResult,
+    PriceQuote,
+    PriceSchedules,
+    TaskInfo,
+    UploadedFile,
+    UploadTarget,
+)
 from runapi_mcp.redaction import Redactor
 
 __all__ = [
@@ -77,6 +89,8 @@ NO_API_KEY_MESSAGE = (
     '"env" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {"apiKey": "..."} '
     "in ~/.config/runapi/config.json, then restart the server."
 )
+# RunAPI names the task an answer concerns in this header, error answers included.
+TASK_ID_HEADER = "X-RunAPI-Task-Id"
 # A task answer is a few KB; 4 MiB leaves room for a large listing while bounding what one answer costs.
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
 # An error body is only mined for one message; past this it is treated as unreadable (status text instead).
@@ -205,6 +219,9 @@ class RunAPIClient:
             transport=transport,
             follow_redirects=False,
         )
+        # The upload's second step goes to storage, not RunAPI: a bare client, so no header of ours (the key
+        # above all) goes with the bytes; the same transport, so tests and proxies see it as they see the rest.
+        self._storage = httpx.AsyncClient(timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False)
         # Downloads connect to the address the policy approved (see _open_pinned). They go straight to a
         # transport of their own rather than through an httpx client, because the client would parse
         # every Location itself (raising on odd ones before the policy can judge them) and keep the image
@@ -247,6 +264,7 @@ class RunAPIClient:
     async def aclose(self) -> None:
         try:
             await self._http.aclose()
+            await self._storage.aclose()
         finally:
             if self._owns_download_transport or self._download_transport is not self._http_transport:
                 await self._download_transport.aclose()
@@ -274,7 +292,11 @@ class RunAPIClient:
     # -- public API --------------------------------------------------------------------------------
 
     async def create_task(self, path: str, body: dict[str, Any], *, idempotency_key: str) -> TaskInfo:
-        """``POST path`` (e.g. ``/api/v1/gpt_image_2/text_to_image``); retried with the same key."""
+        """``POST path`` (e.g. ``/api/v1/gpt_image_2/text_to_image``); retried with the same key.
+
+        An error raised here carries ``task_id`` when RunAPI named the task in its answer's
+        ``X-RunAPI-Task-Id`` header: the task exists upstream although the create answered with an error.
+        """
         _check_idempotency_key(idempotency_key)
         return await self._call(
             "POST",
@@ -282,7 +304,7 @@ class RunAPIClient:
             json=body,
             headers={"Idempotency-Key": idempotency_key},
             retryable=True,
-            parse=lambda response, data: TaskInfo.from_response(data),
+            parse=self._task_info,
         )
 
     async def get_task(self, path: str, task_id: str) -> TaskInfo:
@@ -292,44 +314,108 @@ class RunAPIClient:
             raise ValueError("task_id must not be empty")
         # A lone surrogate cannot be UTF-8 encoded; replaced ("?") it simply names no task (404), not a crash.
         quoted = quote(task_id.strip(), safe="", errors="replace")
-
-        def parse(response: httpx.Response, data: Any) -> TaskInfo:
-            retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
-            return TaskInfo.from_response(data, retry_after=retry_after)
-
         try:
-            return await self._call("GET", f"{path}/{quoted}", retryable=True, parse=parse)
+            return await self._call("GET", f"{path}/{quoted}", retryable=True, parse=self._task_info)
         except NotFoundError as not_found:
             fallback = _service_path(path)
             if fallback is None:
                 raise
             try:
-                return await self._call("GET", f"{fallback}/{quoted}", retryable=True, parse=parse)
+                return await self._call("GET", f"{fallback}/{quoted}", retryable=True, parse=self._task_info)
             except NotFoundError:
                 raise not_found from None
 
-    async def upload_file(
-        self,
-        data: bytes,
-        *,
-        filename: str,
-        mime_type: str,
-        idempotency_key: str | None = None,
-    ) -> UploadedFile:
-        """Multipart ``POST /api/v1/files``; retried only when it carries an idempotency key."""
-        headers: dict[str, str] = {}
-        if idempotency_key is not None:
-            _check_idempotency_key(idempotency_key)
-            headers["Idempotency-Key"] = idempotency_key
+    def _task_info(self, response: httpx.Response, data: Any) -> TaskInfo:
+        """A create or status answer, with what its headers add: the next poll's floor (``Retry-After``) and
+        the task's id (``X-RunAPI-Task-Id``) where the body names none."""
+        return TaskInfo.from_response(
+            data,
+            retry_after=parse_retry_after(header(response, "Retry-After", self._redactor)),
+            header_id=header(response, TASK_ID_HEADER, self._redactor, limit=512),
+        )
+
+    async def upload_file(self, data: bytes, *, filename: str, mime_type: str) -> UploadedFile:
+        """Upload local bytes the way RunAPI's SDK does: three steps, the bytes going straight to storage.
+
+        1. ``POST /api/v1/files/prepare`` ``{filename, byte_size, checksum}`` (checksum: base64 of the MD5
+           digest) answers where to put them: ``{signed_id, upload_url, headers}``;
+        2. ``PUT upload_url`` with exactly those headers and no Authorization (it is storage, not RunAPI);
+           not retried, as the SDK does not: the URL is single-use;
+        3. ``POST /api/v1/files/confirm`` ``{signed_id}`` answers the file: ``{url, expires_at, ...}``.
+
+        Preparing and confirming create nothing billable, so both are retried like reads.
+        """
+        checksum = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+        target = await self._call(
+            "POST",
+            "/api/v1/files/prepare",
+            json={"filename": filename, "byte_size": len(data), "checksum": checksum},
+            retryable=True,
+            parse=lambda response, body: UploadTarget.from_response(body),
+        )
+        await self._put_to_storage(target, data)
+        return await self._call(
+            "POST",
+            "/api/v1/files/confirm",
+            json={"signed_id": target.signed_id},
+            retryable=True,
+            parse=lambda response, body: UploadedFile.from_response(body),
+        )
+
+    async def upload_source(self, source: Mapping[str, str], *, file_name: str | None = None) -> UploadedFile:
+        """``POST /api/v1/files`` with ``{source: {type: "url", url} | {type: "base64", data}, file_name?}``:
+        RunAPI fetches (or decodes) the image itself. Retried like a read: it makes a temporary file only."""
+        kind = source.get("type")
+        if kind not in ("url", "base64") or not isinstance(source.get("url" if kind == "url" else "data"), str):
+            raise ValueError("source must be {'type': 'url', 'url': ...} or {'type': 'base64', 'data': ...}")
+        body: dict[str, Any] = {"source": dict(source)}
+        if file_name:
+            body["file_name"] = file_name
         return await self._call(
             "POST",
             "/api/v1/files",
-            files={"file": (filename, data, mime_type)},
-            data={"file_name": filename},
-            headers=headers,
-            retryable=idempotency_key is not None,
-            parse=lambda response, body: UploadedFile.from_response(body),
+            json=body,
+            retryable=True,
+            parse=lambda response, data: UploadedFile.from_response(data),
         )
+
+    async def _put_to_storage(self, target: UploadTarget, data: bytes) -> None:
+        """The upload's second step: the bytes to the storage URL RunAPI prepared, without our key.
+
+        The URL must be https, or share RunAPI's own origin (a simulator, a proxy in front of both): the key
+        never goes there, but an answer pointing the bytes at a plain-http stranger is refused all the same.
+        """
+        try:
+            url = httpx.URL(target.upload_url)
+        except (httpx.InvalidURL, ValueError, TypeError):
+            raise RunAPIResponseError("the upload answer's upload_url is not a URL") from None
+        base = httpx.URL(self._base_url)
+        if url.scheme != "https" and (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise RunAPIResponseError("the upload answer's upload_url is neither https nor RunAPI's own origin")
+        headers = {k: v for k, v in target.headers.items() if k.lower() != "authorization"}
+        try:
+            request = httpx.Request("PUT", url, headers=headers, content=data)
+        except _ODDITIES as exc:
+            raise RunAPIResponseError(f"the upload answer's headers cannot be sent ({type(exc).__name__})") from None
+        shown = self._safe(f"{url.scheme}://{url.host}{url.path}", 300)
+        try:
+            response = await self._storage.send(request, stream=True)
+        except httpx.RequestError as exc:
+            raise self._transport_failure(exc, what="RunAPI's file storage").error from None
+        try:
+            logger.debug("PUT %s -> %d", shown, response.status_code)
+            if not response.is_success:
+                body = await self._error_body(response)
+                message, code = error_details(response.status_code, body)
+                raise error_for_status(
+                    response.status_code,
+                    message,
+                    code=code,
+                    request_id=request_id_of(response, self._redactor, body),
+                    summary="RunAPI's file storage refused the upload",
+                )
+        finally:
+            await response.aclose()
 
     async def get_balance(self) -> Balance:
         """``GET /api/v1/me/balance``."""
@@ -340,20 +426,48 @@ class RunAPIClient:
             parse=lambda response, body: Balance.from_response(body),
         )
 
-    async def quote_price(self, service: str, action: str, body: Mapping[str, Any]) -> PriceQuote:
-        """``POST /api/v1/price_quotes`` with ``{service, action, **body}``: what RunAPI would reserve.
+    async def quote_price(
+        self, service: str, action: str, *, model: str | None, params: Mapping[str, Any]
+    ) -> PriceQuote:
+        """``POST /api/v1/price_quotes`` with ``{service, action, model, params}``: what RunAPI would reserve.
 
-        ``body`` is the create body (model and fields). Retried like a GET: a quote creates nothing
-        and charges nothing, so asking again is safe without an idempotency key.
+        ``params`` are the create's fields, nested (never flat: RunAPI reads the fields under ``params``).
+        Retried like a GET: a quote creates nothing and charges nothing, so asking again is safe without an
+        idempotency key.
         """
         if not service or not action:
             raise ValueError("service and action must not be empty")
+        body: dict[str, Any] = {"service": service, "action": action}
+        if model:
+            body["model"] = model
+        body["params"] = dict(params)
         return await self._call(
             "POST",
             "/api/v1/price_quotes",
-            json={**body, "service": service, "action": action},
+            json=body,
             retryable=True,
             parse=lambda response, data: PriceQuote.from_response(data),
+        )
+
+    async def price_schedules(self, *, etag: str | None = None, **filters: str) -> PriceSchedules | None:
+        """``GET /api/v1/price_schedules`` (``service``, ``action``, ``model`` filters): every model/action's
+        price and ``catalog_status``. With the ``etag`` of an earlier answer, ``None`` means "not modified"
+        (304): that answer still holds."""
+        unknown = set(filters) - {"service", "action", "model"}
+        if unknown:
+            raise ValueError(f"unknown filter(s): {sorted(unknown)}")
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in filters.items() if v)
+        headers = {"If-None-Match": etag} if etag else {}
+        return await self._call(
+            "GET",
+            "/api/v1/price_schedules" + (f"?{query}" if query else ""),
+            headers=headers,
+            retryable=True,
+            parse=lambda response, data: (
+                None
+                if response.status_code == 304
+                else PriceSchedules.from_response(data, etag=header(response, "ETag", self._redactor, limit=512))
+            ),
         )
 
     async def download(
@@ -497,6 +611,11 @@ class RunAPIClient:
             "%s %s -> %d (attempt %d, request id %s)", method, shown, status, attempt, request_id or "-"
         )
         error: RunAPIError
+        if status == 304:  # "not modified": only a conditional read asks for it, and its parse knows it
+            try:
+                return parse(response, None)
+            except RunAPIResponseError as exc:
+                return _Attempt(exc, retryable=False)
         if not response.is_success:
             body = await self._error_body(response)
             message, code = error_details(status, body)
@@ -508,6 +627,8 @@ class RunAPIClient:
                 request_id=request_id_of(response, self._redactor, body),
                 retry_after=retry_after,
             )
+            error.task_id = _task_id(header(response, TASK_ID_HEADER, self._redactor, limit=512))
+            error.field = field_of(body)
             return _Attempt(error, retryable=status in self._retry.retry_statuses, retry_after=retry_after)
         try:
             content = await read_body(response, self._max_answer_bytes)
@@ -735,6 +856,13 @@ def _service_path(path: str) -> str | None:
     if len(parts) >= 4 and parts[0] == "api" and parts[1] == "v1":
         return f"/api/v1/{parts[2]}"
     return None
+
+
+def _task_id(value: str | None) -> str | None:
+    """An ``X-RunAPI-Task-Id`` header worth tracking a task by: short, printable, no path characters."""
+    if value is None or not 0 < len(value) <= MAX_TASK_ID_CHARS or not value.isprintable() or "/" in value:
+        return None
+    return value
 
 
 def _check_idempotency_key(key: str) -> None:

@@ -52,6 +52,11 @@ class RunAPIError(Exception):
     request_id: str | None
     message: str
     summary: str
+    # RunAPI's id of the task the answer concerns (its X-RunAPI-Task-Id header), error answers included:
+    # how a create whose answer was an error can still be found upstream.
+    task_id: str | None = None
+    # The request field a validation answer (400/422) names, when it names one.
+    field: str | None = None
 
     def __init__(
         self,

@@ -20,12 +20,17 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from runapi_mcp.client.errors import RunAPIResponseError
 
 __all__ = [
+    "MAX_TASK_ID_CHARS",
     "Balance",
+    "CatalogStatus",
     "DownloadResult",
     "PriceQuote",
+    "PriceSchedule",
+    "PriceSchedules",
     "RemoteImage",
     "TaskInfo",
     "TaskStatus",
+    "UploadTarget",
     "UploadedFile",
     "normalize_status",
 ]
@@ -34,20 +39,13 @@ TaskStatus = Literal["pending", "processing", "completed", "failed"]
 
 NO_IMAGES_ERROR = "RunAPI reported the task completed but returned no images"
 
-_COMPLETED = frozenset({"completed", "complete", "success", "succeeded", "successful", "done", "finished"})
-_FAILED = frozenset(
-    {
-        "failed",
-        "failure",
-        "error",
-        "errored",
-        "generate_failed",
-        "create_task_failed",
-        "cancelled",
-        "canceled",
-    }
-)
-_PENDING = frozenset({"pending", "queued", "created", "submitted", "waiting"})
+# What RunAPI's SDK knows: pending and processing run, completed is done, failed failed; any other status
+# ends its poll as a failure ("Unknown task status"). RunAPI's MCP core adds the done and failure words below.
+# A status outside all of these ends the task as failed too: polling it until our own deadline (the
+# earlier reading) kept a user waiting for a task RunAPI had given up on.
+_COMPLETED = frozenset({"completed", "complete", "succeeded", "success", "finished"})
+_FAILED = frozenset({"failed", "timeout", "canceled", "cancelled", "error"})
+_RUNNING = frozenset({"pending", "processing"})
 
 _ID_KEYS = ("id", "task_id", "taskId")
 _STATUS_KEYS = ("status", "state", "task_status")
@@ -84,15 +82,40 @@ def _reading(what: str) -> Iterator[None]:
 
 
 def normalize_status(raw: str | None) -> TaskStatus:
-    """Map RunAPI's many status spellings onto four; anything unknown counts as still running."""
+    """Map RunAPI's status words onto four (case-insensitive); an unknown word is a failure, as RunAPI's SDK
+    has it. An answer naming no status at all (a create acknowledged with its id only) is pending."""
     value = (raw or "").strip().lower()
+    if not value or value == "pending":
+        return "pending"
     if value in _COMPLETED:
         return "completed"
-    if value in _FAILED:
-        return "failed"
-    if value in _PENDING:
-        return "pending"
-    return "processing"
+    if value == "processing":
+        return "processing"
+    return "failed"
+
+
+def _failure_text(raw_status: str | None, error: str | None) -> str:
+    """A failed task's error in RunAPI's own words, saying which status ended it when it was not "failed"."""
+    status = (raw_status or "failed").strip()
+    if status.lower() == "failed":
+        return error or "RunAPI reported the task failed without giving a reason"
+    known = status.lower() in _FAILED
+    what = f"RunAPI reported the task as {status!r}" if known else f"RunAPI reported an unknown task status {status!r}"
+    return f"{what}: {error}" if error else what
+
+
+def _usage_cents(value: Any) -> int | None:
+    """``usage.cost`` (US dollars, a float: RunAPI's settlement for the task) in whole cents, rounded up so
+    that spend is never under-counted; None when absent or not a usable amount."""
+    if not isinstance(value, Mapping):
+        return None
+    cost = value.get("cost")
+    if isinstance(cost, bool) or not isinstance(cost, int | float):
+        return None
+    cents = float(cost) * 100
+    if not math.isfinite(cents) or cents < 0 or cents > 2**53:
+        return None
+    return math.ceil(round(cents, 6))
 
 
 def _envelope(
@@ -242,6 +265,10 @@ class TaskInfo(BaseModel):
     progress: float | None = None
     model: str | None = None
     retry_after: float | None = None
+    # The create matched an earlier one by its idempotency key: the same task, not a second charge.
+    replayed: bool = False
+    # What RunAPI says the task cost (its ``usage.cost``, in whole cents), once it says so: completed tasks.
+    cost_cents: int | None = None
     raw: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -249,16 +276,17 @@ class TaskInfo(BaseModel):
         return self.status in ("completed", "failed")
 
     @classmethod
-    def from_response(cls, body: Any, *, retry_after: float | None = None) -> Self:
-        """Read a create or status answer: ``{"id"}``, ``{"task_id"}`` or ``{"data": {...}}``."""
+    def from_response(cls, body: Any, *, retry_after: float | None = None, header_id: str | None = None) -> Self:
+        """Read a create or status answer: ``{"id"}``, ``{"task_id"}`` or ``{"data": {...}}``; ``header_id`` (the
+        ``X-RunAPI-Task-Id`` header) names the task where the body does not."""
         with _reading("the task answer"):
-            return cls._read(body, retry_after)
+            return cls._read(body, retry_after, header_id)
 
     @classmethod
-    def _read(cls, body: Any, retry_after: float | None) -> Self:
+    def _read(cls, body: Any, retry_after: float | None, header_id: str | None = None) -> Self:
         payload = _envelope(body, "a task", _ID_KEYS)
         sources = (payload, body) if payload is not body else (body,)
-        task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None)
+        task_id = next((i for key in _ID_KEYS if (i := _string(_lookup(key, *sources)))), None) or header_id
         if task_id is None:
             raise RunAPIResponseError("the answer has no task id")
         if len(task_id) > MAX_TASK_ID_CHARS:
@@ -271,8 +299,8 @@ class TaskInfo(BaseModel):
         error = next((e for key in _ERROR_KEYS if (e := _error_of(_lookup(key, *sources)))), None)
         if status == "completed" and not images:
             status, error = "failed", error or NO_IMAGES_ERROR
-        elif status == "failed" and error is None:
-            error = f"RunAPI reported the task as {raw_status or 'failed'} without giving a reason"
+        elif status == "failed":
+            error = _failure_text(raw_status, error)
         progress = next(
             (p for key in _PROGRESS_KEYS if (p := _progress_of(_lookup(key, *sources))) is not None), None
         )
@@ -289,6 +317,8 @@ class TaskInfo(BaseModel):
             progress=progress,
             model=model if isinstance(model, str) else None,
             retry_after=retry_after,
+            replayed=_lookup("task_replayed", *sources) is True,
+            cost_cents=_usage_cents(_lookup("usage", *sources)),
             raw=dict(body),
         )
 
@@ -335,6 +365,91 @@ class UploadedFile(BaseModel):
             for key in ("file_name", "mime_type", "expires_at"):
                 fields[key] = _string(fields.get(key)) if key in fields else None
             return cls.model_validate(fields)
+
+
+class UploadTarget(BaseModel):
+    """Where an upload's bytes go (``POST /api/v1/files/prepare``): a storage URL and the headers it wants."""
+
+    model_config = ConfigDict(extra="allow")
+
+    signed_id: str
+    upload_url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_response(cls, body: Any) -> Self:
+        with _reading("the upload preparation answer"):
+            payload = _envelope(body, "the upload target", ("signed_id",), wrappers=("data", "direct_upload"))
+            signed_id, url = _string(payload.get("signed_id")), _string(payload.get("upload_url"))
+            if signed_id is None or url is None:
+                raise RunAPIResponseError("the upload preparation answer has no signed_id or upload_url")
+            raw_headers = payload.get("headers")
+            headers = raw_headers if isinstance(raw_headers, Mapping) else {}
+            if len(headers) > 32:
+                raise RunAPIResponseError("the upload preparation answer asks for more than 32 headers")
+            kept = {str(k): v for k, v in headers.items() if isinstance(v, str)}
+            return cls(signed_id=signed_id, upload_url=url, headers=kept)
+
+
+# A model RunAPI marks so is not called: the create would be refused, or worse, run on a degraded route.
+CatalogStatus = Literal["active", "maintenance", "disabled"]
+
+
+class PriceSchedule(BaseModel):
+    """One model/action's row of ``GET /api/v1/price_schedules``: its price and whether it can be called."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service: str
+    action: str
+    model: str | None = None
+    catalog_status: str = "active"
+    pricing_status: str | None = None
+    unit_price_cents: _OptionalInt = None
+    currency: str | None = None
+
+    @property
+    def available(self) -> bool:
+        """Callable now: RunAPI marks it active (an unknown word is taken as callable: RunAPI validates)."""
+        return self.catalog_status.strip().lower() not in ("maintenance", "disabled")
+
+
+class PriceSchedules(BaseModel):
+    """The price schedules answer, and its ``ETag`` for the next conditional read."""
+
+    as_of: str | None = None
+    rows: list[PriceSchedule] = Field(default_factory=list)
+    etag: str | None = None
+
+    @classmethod
+    def from_response(cls, body: Any, *, etag: str | None = None) -> Self:
+        with _reading("the price schedules answer"):
+            payload = _envelope(body, "the price schedules", ("price_schedules",))
+            listed = payload.get("price_schedules")
+            if not isinstance(listed, list):
+                raise RunAPIResponseError("the price schedules answer has no price_schedules list")
+            rows = []
+            for item in listed[:5000]:  # RunAPI lists a few hundred; more is no answer to keep in memory
+                if not isinstance(item, Mapping):
+                    continue
+                service, action = _string(item.get("service")), _string(item.get("action"))
+                if service is None or action is None:
+                    continue
+                status = _string(item.get("catalog_status")) or "active"
+                rows.append(
+                    PriceSchedule.model_validate(
+                        {
+                            **item,
+                            "service": service,
+                            "action": action,
+                            "model": _string(item.get("model")),
+                            "catalog_status": status,
+                            "pricing_status": _string(item.get("pricing_status")),
+                            "currency": _string(item.get("currency")),
+                        }
+                    )
+                )
+            return cls(as_of=_string(payload.get("as_of")), rows=rows, etag=etag)
 
 
 class Balance(BaseModel):

@@ -15,6 +15,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
 from runapi_mcp.catalog import ALIASES, Catalog
+from runapi_mcp.tasks import Availability
 
 INDEX_BUDGET_BYTES = 8_000  # text and structured content together, as JSON (surface.result_bytes)
 MODELS_URI = "runapi://models"
@@ -45,6 +46,8 @@ class ModelInfo(BaseModel):
     fields: dict[str, dict[str, str]] = Field(
         description="Each field: spec (type, allowed values, limits, default, required) and description"
     )
+    rules: list[str] = Field(default_factory=list, description="RunAPI's rules across fields, in words")
+    availability: str | None = Field(None, description="RunAPI's catalog_status where it is not active")
 
 
 class ModelList(BaseModel):
@@ -55,31 +58,74 @@ class ModelList(BaseModel):
     details: list[ModelInfo] | None = Field(
         None, description="With model= or action=: each matching model's fields, per action"
     )
+    unavailable: dict[str, str] = Field(
+        default_factory=dict, description="Models RunAPI has taken out for now (maintenance, disabled): not callable"
+    )
+    upstream_only: list[str] = Field(
+        default_factory=list, description="Models RunAPI lists that this version cannot call yet (no contract)"
+    )
 
 
 def aliases() -> dict[str, str]:
     return {alias: f"{slug} ({endpoint})" for alias, (slug, endpoint) in ALIASES.items()}
 
 
-def model_index(catalog: Catalog) -> ModelList:
-    return ModelList(models=catalog.summaries(), aliases=aliases())
+def model_index(catalog: Catalog, availability: Availability | None = None) -> ModelList:
+    return _with_availability(ModelList(models=catalog.summaries(), aliases=aliases()), availability)
 
 
-def model_details(catalog: Catalog, *, model: str | None = None, action: str | None = None) -> ModelList:
+def model_details(
+    catalog: Catalog,
+    *,
+    model: str | None = None,
+    action: str | None = None,
+    availability: Availability | None = None,
+) -> ModelList:
     """The fields of ``model`` (a slug or an alias) and/or of ``action``'s models; a CatalogError naming the
     argument (and, for an unknown model, its close matches) when nothing matches."""
     details = [ModelInfo.model_validate(d) for d in catalog.describe(action, model=model)]
-    return ModelList(
+    if availability is not None:
+        routes = {(a.endpoint, slug): (a, slug) for a in catalog.actions for slug in a.models}
+        for info in details:
+            status = availability.status(*routes[(info.action, info.model)])
+            if status is not None and status != "active":
+                info.availability = status
+    listing = ModelList(
         models=catalog.summaries(d.model for d in details),
         aliases={a: s for a, s in aliases().items() if ALIASES[a][0] in {d.model for d in details}},
         details=details,
     )
+    return _with_availability(listing, availability, only={d.model for d in details})
+
+
+def _with_availability(
+    listing: ModelList, availability: Availability | None, only: set[str] | None = None
+) -> ModelList:
+    """The listing with RunAPI's marks: models it has taken out, and (in the index) models it lists that this
+    version does not know."""
+    if availability is None:
+        return listing
+    listing.unavailable = {m: why for m, why in availability.unavailable().items() if only is None or m in only}
+    if only is None:
+        listing.upstream_only = sorted(
+            {f"{u.model or u.service} ({u.action})" for u in availability.upstream_only()}
+        )
+    return listing
 
 
 def index_text(listing: ModelList) -> str:
     shown = "; ".join(f"{alias} = {means}" for alias, means in listing.aliases.items()) or "none"
     head = _INDEX_HEAD.format(count=len(listing.models), aliases=shown)
-    return "\n".join([head, *(f"{slug}: {summary}" for slug, summary in listing.models.items())])
+    lines = [head]
+    for slug, summary in listing.models.items():
+        mark = f"; NOT AVAILABLE NOW (RunAPI: {listing.unavailable[slug]})" if slug in listing.unavailable else ""
+        lines.append(f"{slug}: {summary}{mark}")
+    if listing.upstream_only:
+        lines.append(
+            "Listed by RunAPI, not callable with this version yet (update runapi-mcp): "
+            + ", ".join(listing.upstream_only)
+        )
+    return "\n".join(lines)
 
 
 def details_text(listing: ModelList) -> str:
@@ -91,10 +137,13 @@ def details_text(listing: ModelList) -> str:
             about.append(f"images go in {info.image_field}")
         if info.max_outputs:
             about.append(f"up to {info.max_outputs} image(s) per task")
+        if info.availability:
+            about.append(f"NOT AVAILABLE NOW: RunAPI marks it {info.availability}")
         lines = [f"\n{info.model}, {info.action} ({info.family}): {'; '.join(about)}"]
         for name, field in info.fields.items():
             doc = f". {field['description']}" if field.get("description") else ""
             lines.append(f"- {name}: {field['spec']}{doc}")
+        lines.extend(f"- rule: {rule}" for rule in info.rules)
         blocks.append("\n".join(lines))
     return "\n".join(blocks)
 

@@ -90,7 +90,11 @@ class SpendGuard:
     async def quote(self, service: str, action: str, body: Mapping[str, Any]) -> Quote:
         """RunAPI's quote for a create body; a failure is returned (and logged), never raised."""
         try:
-            answer = await self._client.quote_price(service, action, body)
+            model = body.get("model")
+            params = {k: v for k, v in body.items() if k != "model"}
+            answer = await self._client.quote_price(
+                service, action, model=model if isinstance(model, str) else None, params=params
+            )
         except RunAPIError as exc:
             log.warning("no price quote for %s/%s: %s", service, action, exc)
             return Quote(None, str(exc))

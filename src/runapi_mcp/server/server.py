@@ -146,7 +146,7 @@ class RunAPIMCPServer(MCPServer[Any]):
         if isinstance(cause, _INPUT_ERRORS):
             return str(cause)
         if isinstance(cause, RunAPIError):
-            return str(cause)
+            return _upstream_refusal(cause)
         if cause is None or isinstance(cause, ToolError):
             return str(cause or exc).removeprefix(f"Error executing tool {name}: ")
         log.error("tool %s failed unexpectedly", name, exc_info=cause)
@@ -185,6 +185,18 @@ class RunAPIMCPServer(MCPServer[Any]):
             return await self.history.list_resources(cursor, await self.list_resources())
         except InvalidCursorError as exc:
             raise MCPError(code=INVALID_PARAMS, message=str(exc)) from None
+
+
+def _upstream_refusal(error: RunAPIError) -> str:
+    """RunAPI's own words for an error; a validation refusal (400/422) is worded as a field error.
+
+    RunAPI validates every request on its side (its SDKs stopped checking locally in September 2026), so a
+    rule this release's catalog does not know yet comes back as a 400/422. Nothing was created or charged,
+    and nothing is retried: the same body would be refused again."""
+    if error.status_code not in (400, 422):
+        return str(error)
+    named = f"'{error.field}': " if error.field else ""
+    return f"{named}{error} (RunAPI refused the request: nothing was created or charged; list_models shows the fields)"
 
 
 def build_server(deps: ServerDeps, redactor: Redactor | None = None) -> RunAPIMCPServer:

@@ -44,7 +44,7 @@ from runapi_mcp.server.confirm import SpendConfirmation
 from runapi_mcp.server.cost import SpendGuard
 from runapi_mcp.server.progress import ProgressReporter
 from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
-from runapi_mcp.tasks import ImageResolver, TaskManager, TaskRecord, make_previews
+from runapi_mcp.tasks import Availability, ImageResolver, TaskManager, TaskRecord, make_previews
 
 TICK_S = 1.0  # progress at least this often while waiting (the spec asks for nothing; users for <= 2 s)
 
@@ -76,6 +76,7 @@ class ServerDeps:
     max_spend_cents: int | None = None  # RUNAPI_MCP_MAX_SPEND_CENTS: per UTC day, None for no cap
     user_spend_cents: Mapping[str, int] = field(default_factory=dict)  # per-user caps (per-user tokens)
     confirm_above_cents: int | None = None  # RUNAPI_MCP_CONFIRM_ABOVE_CENTS: ask the user above it; None: never
+    availability: Availability | None = None  # RunAPI's model statuses; None: every model taken as callable
 
 
 @dataclass(frozen=True)
@@ -251,9 +252,12 @@ class ImageTools:
         """All models, one line each. With model= or action=: their fields (types, allowed values, limits)."""
         # The index alone by default: every field of every model is ~17k tokens (catalog_view says why). A blank
         # filter is no filter (arguments.no_filter): the argument types hand it over as None.
+        availability = self.deps.availability
+        if availability is not None:
+            await availability.refresh()
         if model is None and action is None:
-            return listing_result(model_index(self.catalog))
-        return listing_result(model_details(self.catalog, model=model, action=action))
+            return listing_result(model_index(self.catalog, availability))
+        return listing_result(model_details(self.catalog, model=model, action=action, availability=availability))
 
     async def check_balance(self) -> BalanceResult:
         """Account balance (cents), spend here today (UTC) and the daily cap."""
@@ -283,6 +287,8 @@ class ImageTools:
         )
         if not self.deps.has_key:
             raise MissingKeyError
+        if self.deps.availability is not None:  # a model RunAPI has taken out: refused before any quote
+            await self.deps.availability.check(validated.action, validated.model.slug)
         resolver = self.deps.resolver
         plan = await resolver.plan(request.images, argument=request.images_argument) if request.images else None
         # The quote comes before any upload. It prices the very body to be created where the images' URLs

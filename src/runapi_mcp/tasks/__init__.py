@@ -1,6 +1,7 @@
 """Task manager layer: polling, the task store, the image library and image references."""
 
 from runapi_mcp.client import TaskStatus
+from runapi_mcp.tasks.availability import Availability, UpstreamModel
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
@@ -25,6 +26,7 @@ __all__ = [
     "LOCAL_OWNER",
     "TERMINAL",
     "UNFINISHED",
+    "Availability",
     "DurationMemory",
     "DurationModel",
     "ImageFileError",
@@ -48,6 +50,7 @@ __all__ = [
     "TaskStatus",
     "TaskStore",
     "UnknownTaskError",
+    "UpstreamModel",
     "current_owner",
     "make_previews",
 ]

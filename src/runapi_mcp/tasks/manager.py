@@ -262,6 +262,12 @@ class TaskManager:
             _hide_callback_token(record, exc)  # an answer quoting the body's callback_url
             if not _unconfirmed(exc):
                 raise
+            if exc.task_id is not None:
+                # The answer was an error but named the task (X-RunAPI-Task-Id): it exists upstream. Track it
+                # by that id; sending the create again could only find the same task, at best.
+                log.warning("task %s: the create answered %s but names RunAPI task %s; tracking it",
+                            record.task_id, exc.status_code, exc.task_id)
+                return await self._accepted(tracked, exc.task_id, None)
             log.warning("task %s: RunAPI has not confirmed the create (%s); it will be sent again", record.task_id, exc)
             await self._update(
                 tracked,
@@ -269,12 +275,20 @@ class TaskManager:
                 "idempotency key until RunAPI answers, so it is never paid for twice",
             )
             return False
-        self._aliases[info.id] = record.task_id
-        log.info("created task %s = RunAPI %s (%s %s)", record.task_id, info.id, record.model, record.action)
-        await self._update(tracked, upstream_id=info.id, status="pending", error=None)
+        if info.replayed:
+            log.info("task %s: RunAPI replayed the create (same key): %s, not a second charge", record.task_id, info.id)
+        return await self._accepted(tracked, info.id, info)
+
+    async def _accepted(self, tracked: _Tracked, upstream_id: str, info: TaskInfo | None) -> bool:
+        """RunAPI has the task ``upstream_id``: record it and apply what the create's answer said, if any."""
+        record = tracked.record
+        self._aliases[upstream_id] = record.task_id
+        log.info("created task %s = RunAPI %s (%s %s)", record.task_id, upstream_id, record.model, record.action)
+        await self._update(tracked, upstream_id=upstream_id, status="pending", error=None)
         tracked.poll = _poll_state(tracked.record)
         tracked.poll.started = time.monotonic()  # the task runs upstream from now (a re-send may be late)
-        await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
+        if info is not None:
+            await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
         return True
 
     # -- reading and waiting -------------------------------------------------------------
@@ -614,6 +628,11 @@ class TaskManager:
 
     async def _apply(self, tracked: _Tracked, info: TaskInfo) -> None:
         record = tracked.record
+        if info.cost_cents is not None and info.cost_cents != record.cost_cents:
+            # What RunAPI says the task cost counts as its spend from now on (a cancelled task's too: RunAPI
+            # has no cancel, and the charge is real).
+            await self._update(tracked, cost_cents=info.cost_cents)
+            record = tracked.record
         if record.status == "cancelled":
             return  # an answer that was in flight when the task was cancelled: nothing is downloaded
         if info.status == "completed":

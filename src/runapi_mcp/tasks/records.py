@@ -92,6 +92,7 @@ class TaskRecord(BaseModel):
     callback_token: str | None = None
     max_outputs: int | None = None  # the most images a task of this model returns (from the catalog)
     price_cents: int | None = None  # RunAPI's quote for the task, taken before the create
+    cost_cents: int | None = None  # what RunAPI reported the task cost (usage.cost), once it reports it
     history: list[StatusChange] = Field(default_factory=list)
 
     def updated(self, **changes: Any) -> TaskRecord:
@@ -106,6 +107,16 @@ class TaskRecord(BaseModel):
     def ids(self) -> tuple[str, ...]:
         """Every id the task is known by: the server's, and RunAPI's once known."""
         return (self.task_id, self.upstream_id) if self.upstream_id else (self.task_id,)
+
+    @property
+    def spend_cents(self) -> int:
+        """What the task counts against the daily spend: RunAPI's reported cost where it reported one; the
+        quote until then; nothing for a failed task RunAPI reported no cost for (it charged nothing).
+
+        The one rule for every store (the SQL stores say the same in SQL: ``SPEND_SQL``)."""
+        if self.cost_cents is not None:
+            return self.cost_cents
+        return 0 if self.status == "failed" else (self.price_cents or 0)
 
     @property
     def terminal(self) -> bool:

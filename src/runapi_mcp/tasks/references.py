@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote_to_bytes, urlparse
 
@@ -36,6 +37,9 @@ FORMS = (
 )
 # RunAPI output URLs live about 7 days; reuse one for a day, upload the local copy after that.
 _REUSE_REMOTE_URL_S = 24 * 3600
+# An uploaded file's URL is reused for at most this long, and never within this much of its expiry.
+UPLOAD_REUSE_MAX_S = 3600.0
+UPLOAD_REUSE_MARGIN_S = 600.0
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?),(?P<data>.*)$", re.DOTALL)
 
@@ -240,9 +244,34 @@ class ImageResolver:
         cached = self._cached_upload(plan)
         if cached is not None:
             return cached
-        uploaded = await self._client.upload_file(
-            plan.data, filename=plan.filename, mime_type=plan.mime_type, idempotency_key=f"upload-{plan.digest[:48]}"
-        )
-        # Uploaded files are temporary too; reuse the URL for at most an hour.
-        self._uploaded[plan.digest] = (uploaded.url, time.time() + 3600)
+        uploaded_at = time.time()
+        uploaded = await self._client.upload_file(plan.data, filename=plan.filename, mime_type=plan.mime_type)
+        self._uploaded[plan.digest] = (uploaded.url, upload_reusable_until(uploaded_at, uploaded.expires_at))
         return uploaded.url
+
+
+def upload_reusable_until(uploaded_at: float, expires_at: str | None) -> float:
+    """Until when an uploaded file's URL is given to RunAPI again instead of uploading the bytes anew.
+
+    Uploaded URLs expire (``expires_at``; RunAPI's fixtures show an hour after the upload) and a task
+    fetches its sources some time after the create, so a URL is reused only well inside its life: at most
+    an hour, and never within the last quarter of it (nor its last ten minutes). An answer with no
+    readable ``expires_at`` is taken to give the hour.
+    """
+    expires = _timestamp(expires_at)
+    life = (expires - uploaded_at) if expires is not None else UPLOAD_REUSE_MAX_S
+    margin = min(UPLOAD_REUSE_MARGIN_S, max(0.0, life) / 4)
+    return min(uploaded_at + UPLOAD_REUSE_MAX_S, uploaded_at + life - margin)
+
+
+def _timestamp(value: str | None) -> float | None:
+    """An ISO 8601 time (``2026-12-07T05:00:00Z``) as a POSIX timestamp; None when it is none."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

@@ -32,12 +32,13 @@ log = logging.getLogger("runapi_mcp.tasks")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _BUSY_TIMEOUT_S = 10.0  # another server on the same home may hold the write lock for a moment
 
 # Each step takes the file from version n to n + 1. Version 1 was the first layout (tasks by id, the
 # record as JSON); version 2 added the columns for paging by state, resuming and spending; version 3
-# the owner (per-user tokens over HTTP: each user sees their own tasks).
+# the owner (per-user tokens over HTTP: each user sees their own tasks); version 4 what RunAPI reported a
+# task cost (usage.cost), which counts as its spend once known.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     0: (
         """CREATE TABLE tasks (
@@ -62,7 +63,12 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX IF NOT EXISTS tasks_owner_newest ON tasks(owner, created_at DESC, task_id DESC)",
     ),
+    3: ("ALTER TABLE tasks ADD COLUMN cost_cents INTEGER",),
 }
+# TaskRecord.spend_cents in SQL: RunAPI's reported cost, else the quote of a task that did not fail.
+SPEND_SQL = (
+    "CASE WHEN cost_cents IS NOT NULL THEN cost_cents WHEN status != 'failed' THEN COALESCE(price_cents, 0) ELSE 0 END"
+)
 # Rows written by version 1 lack the new columns' values: fill them from the record itself.
 _BACKFILL_FROM = {1}
 
@@ -100,6 +106,7 @@ class SQLiteTaskStore:
             record.created_at,
             record.updated_at,
             record.price_cents,
+            record.cost_cents,
             int(needs_taking_up(record)),
             record.owner,
             record.model_dump_json(),
@@ -109,7 +116,7 @@ class SQLiteTaskStore:
             with self._transaction() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO tasks (task_id, upstream_id, status, model, created_at, updated_at,"
-                    " price_cents, unfinished, owner, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " price_cents, cost_cents, unfinished, owner, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
 
@@ -164,7 +171,7 @@ class SQLiteTaskStore:
         )
 
     async def spent_cents(self, since: float, owner: str | None = None) -> int:
-        sql = "SELECT COALESCE(SUM(price_cents), 0) FROM tasks WHERE created_at >= ? AND status != 'failed'"
+        sql = f"SELECT COALESCE(SUM({SPEND_SQL}), 0) FROM tasks WHERE created_at >= ?"
         args: tuple[Any, ...] = (since,)
         if owner is not None:
             sql, args = sql + " AND owner = ?", (since, owner)

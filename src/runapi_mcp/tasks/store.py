@@ -142,9 +142,9 @@ class MemoryTaskStore:
 
     async def spent_cents(self, since: float, owner: str | None = None) -> int:
         return sum(
-            r.price_cents or 0
+            r.spend_cents
             for r in self._records.values()
-            if r.created_at >= since and r.status != "failed" and (owner is None or r.owner == owner)
+            if r.created_at >= since and (owner is None or r.owner == owner)
         )
 
     async def load_state(self, key: str) -> Any:
