@@ -758,7 +758,7 @@ def test_odd_json_status_answers(sim: Simulator, client: httpx.Client) -> None:
         return Fault("odd_json", body=body, size=size, method="GET", path_contains="/api/v1/gpt_image_2")
 
     sim.inject(odd("array"))
-    assert client.get("/api/v1/me").json()["id"] == "usr_simulator"  # another path: untouched
+    assert client.get("/api/v1/me").json()["id"] == 1  # another path: untouched
     listed = client.get(status_path).json()
     assert isinstance(listed, list) and listed[0]["status"] == "completed"
 

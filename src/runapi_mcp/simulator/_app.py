@@ -761,6 +761,13 @@ class SimulatorApp:
                 }
                 for out in task.visible_outputs
             ]
+            if task.endpoint == "decompose_layers":
+                self._layers(answer, task, base)
+            elif task.endpoint == "segment_map":
+                answer["segments"] = [
+                    {"url": image["url"], "name": f"segment {i}", "index": i}
+                    for i, image in enumerate(answer["images"])
+                ]
         elif phase == "failed":
             answer["error"] = task.error
         if not running:
@@ -768,6 +775,25 @@ class SimulatorApp:
         if task.faults:
             self._plant(answer, task, phase, base, key)
         return answer, running
+
+    @staticmethod
+    def _layers(answer: dict[str, Any], task: Task, base: str) -> None:
+        """A layer decomposition also answers ``base_image`` and ``layers`` (runapi-seedream's shape)."""
+        layers: list[dict[str, Any]] = []
+        for out in task.visible_outputs:
+            url = f"{base}/images/{task.id}/{out.filename}"
+            if out.role == "layer_background":
+                answer["base_image"] = {"url": url}
+                continue
+            layers.append(
+                {
+                    "url": url,
+                    "z_index": len(layers) + 1,
+                    "bounding_box": {"absolute": [0, 0, out.width, out.height], "normalized": [0, 0, 1000, 1000]},
+                    "name": f"layer {len(layers) + 1}",
+                }
+            )
+        answer["layers"] = layers
 
     @staticmethod
     def _usage(task: Task, phase: str) -> dict[str, Any]:
@@ -1187,9 +1213,10 @@ class SimulatorApp:
     async def me(self, request: Request, ctx: _Ctx) -> Response:
         return JSONAnswer(
             {
-                "id": "usr_simulator",
+                "id": 1,
                 "name": "RunAPI Simulator",
                 "email": "simulator@runapi.invalid",
+                "account": {"id": 1, "name": "Simulator account"},
                 "balance": self._balance(),
             }
         )

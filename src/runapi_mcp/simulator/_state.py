@@ -519,7 +519,7 @@ class SimState:
             return _render.render_upscale(source, w, h, caption)
         if out.role == "layer_background":
             return _render.render_layer_background(source, w, h)
-        return _render.render_cutout(source, w, h, variant=0)
+        return _render.render_cutout(source, w, h, variant=1 if out.role == "segment" else 0)
 
     # -- configuration and availability ----------------------------------------------------------
     def configure(self, changes: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from runapi_mcp.catalog import ALIASES, ActionSpec, CatalogError, ModelSpec
 
-OutputRole = Literal["generate", "edit", "upscale", "cutout", "layer_background"]
+OutputRole = Literal["generate", "edit", "upscale", "cutout", "layer_background", "segment"]
 SourceKind = Literal["file", "image", "remote", "task"]
 
 MAX_OUTPUTS = 10
@@ -279,6 +279,11 @@ def plan_task(
     elif endpoint == "remove_background":
         size = cap(src_size or REMOTE_SOURCE_SIZE, 3840)
         outputs = [OutputSpec(0, size[0], size[1], "png", "cutout")]
+        long_side = max(size)
+    elif endpoint == "segment_map":
+        # One map of the source's segments (the catalog says one image per task).
+        size = cap(src_size or REMOTE_SOURCE_SIZE, 2048)
+        outputs = [OutputSpec(0, size[0], size[1], "png", "segment")]
         long_side = max(size)
     elif endpoint == "decompose_layers":
         if res_value in (None, "auto"):
