@@ -66,4 +66,7 @@ async def harness(sim: Simulator, home: Path, inputs: Path) -> AsyncIterator[Har
         open_app(make_settings(sim, home, inputs), policy=FAST_POLICY) as app,
         Client(app.server, mode="legacy") as client,
     ):
+        # The server reads RunAPI's model availability at start: let that read land, then start the log clean.
+        await app.availability.refresh()
+        sim.clear_log()
         yield Harness(app=app, client=client, sim=sim)

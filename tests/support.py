@@ -52,15 +52,32 @@ def text_of(result: Any) -> str:
     return "\n".join(getattr(block, "text", "") for block in result.content)
 
 
+# Where an upload starts: the three-step upload of local bytes (prepare, PUT to storage, confirm) and the
+# upload of a remote or inline source.
+UPLOAD_PATHS = ("/api/v1/files/prepare", "/api/v1/files")
+
+
 def upstream_creates(sim: Simulator) -> list[Any]:
-    """Requests that could have created (and charged) an upstream task (a price quote creates nothing)."""
+    """Requests that could have created (and charged) an upstream task (a price quote or an upload creates
+    no task)."""
     return [
         r
         for r in sim.requests
         if r.method == "POST"
         and r.path.startswith("/api/v1/")
-        and r.path not in ("/api/v1/files", "/api/v1/price_quotes")
+        and not r.path.startswith("/api/v1/files")
+        and r.path != "/api/v1/price_quotes"
     ]
+
+
+def uploads(sim: Simulator) -> list[Any]:
+    """The uploads started: one request per file, whichever way it went up."""
+    return [r for r in sim.requests if r.method == "POST" and r.path.rstrip("/") in UPLOAD_PATHS]
+
+
+def sent_anything(sim: Simulator) -> list[Any]:
+    """Every request but reads of RunAPI's model availability (the price schedules): what a refusal sends."""
+    return [r for r in sim.requests if not (r.method == "GET" and r.path == "/api/v1/price_schedules")]
 
 
 def price_quotes(sim: Simulator) -> list[Any]:

@@ -23,7 +23,16 @@ from PIL import Image
 from runapi_mcp.app import open_app
 from runapi_mcp.server.cost import start_of_day_utc
 from runapi_mcp.simulator import Fault, Simulator
-from tests.support import FAST_POLICY, Harness, make_settings, price_quotes, text_of, upstream_creates
+from tests.support import (
+    FAST_POLICY,
+    Harness,
+    make_settings,
+    price_quotes,
+    sent_anything,
+    text_of,
+    uploads,
+    upstream_creates,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -31,9 +40,6 @@ pytestmark = pytest.mark.anyio
 GPT_1K_CENTS = 3
 TOPAZ_CENTS = 4
 
-
-def uploads(sim: Simulator) -> list[Any]:
-    return [r for r in sim.requests if r.path == "/api/v1/files"]
 
 
 def data_of(result: Any) -> dict[str, Any]:
@@ -119,7 +125,10 @@ async def test_generate_then_upscale_then_edit_with_another_model(harness: Harne
     for quote, create in zip(quotes, (gen_create, upscale_create, edit_create), strict=True):
         assert quote.time <= create.time
         service, action = create.path.split("/")[3:5]
-        assert quote.json == {**(create.json or {}), "service": service, "action": action}
+        # Today's form: the create's fields nested under params, the model beside them.
+        body = dict(create.json or {})
+        model = body.pop("model", None)
+        assert quote.json == {"service": service, "action": action, "model": model, "params": body}
 
 
 async def test_upscale_takes_every_image_form(harness: Harness, inputs: Path) -> None:
@@ -142,10 +151,10 @@ async def test_upscale_takes_every_image_form(harness: Harness, inputs: Path) ->
         if new_bytes:  # priced before the upload, without the URL that did not exist yet
             [upload] = uploads(harness.sim)
             assert quote.time <= upload.time <= create.time
-            assert "source_image_url" not in quote.json
+            assert "source_image_url" not in quote.json["params"]
         else:  # the URL of the earlier upload is reused, and priced with the rest of the body
             assert uploads(harness.sim) == []
-            assert quote.json["source_image_url"] == create.json["source_image_url"]
+            assert quote.json["params"]["source_image_url"] == create.json["source_image_url"]
     library = data["images"][0]
     for image in (library["uri"], library["url"], data["task_id"]):
         harness.sim.clear_log()
@@ -167,7 +176,8 @@ async def test_upscale_with_another_model_and_refusals(harness: Harness, inputs:
     assert "upscale_factor" not in create.json  # the model has no factor: the default is not sent
     harness.sim.clear_log()
     for arguments, needles in (
-        ({"image": str(local), "factor": 3}, ["'factor'", "1, 2, 4, 8", "upscale_factor"]),
+        ({"image": str(local), "factor": 3}, ["'factor'", "1, 2, 4", "upscale_factor"]),
+        ({"image": str(local), "factor": 8}, ["'factor'", "1, 2, 4", "upscale_factor"]),
         ({"image": str(local), "factor": 4, "model": "recraft-crisp-upscale"}, ["'factor'", "recraft-crisp-upscale"]),
         ({"image": str(local), "model": "gpt-image-2"}, ["'model'", "upscale_image", "topaz-upscale-image"]),
         ({"image": str(inputs / "missing.png")}, ["'image'"]),
@@ -179,7 +189,7 @@ async def test_upscale_with_another_model_and_refusals(harness: Harness, inputs:
         assert refused.is_error, text_of(refused)
         for needle in needles:
             assert needle in text_of(refused), (needle, text_of(refused))
-    assert harness.sim.requests == []  # refused before anything was quoted, uploaded or created
+    assert sent_anything(harness.sim) == []  # refused before anything was quoted, uploaded or created
 
 
 # -- cost --------------------------------------------------------------------------------------------

@@ -42,16 +42,13 @@ from runapi_mcp.server.confirm import (
     uses_input_required,
 )
 from runapi_mcp.simulator import Simulator
-from tests.support import FAST_POLICY, make_settings, price_quotes, text_of, upstream_creates
+from tests.support import FAST_POLICY, make_settings, price_quotes, text_of, uploads, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
 THRESHOLD = 5
 ERAS = ("legacy", "2026-07-28")
 
-
-def uploads(sim: Simulator) -> list[Any]:
-    return [r for r in sim.requests if r.method == "POST" and r.path == "/api/v1/files"]
 
 
 class Asker:

@@ -153,12 +153,13 @@ async def test_the_logo_uses_a_transparency_option_when_a_model_has_one() -> Non
 @pytest.mark.parametrize(
     ("size", "print_size", "dpi", "factor", "note"),
     [
-        ((1024, 1024), "A3", "", 8, "the smallest"),
+        ((1024, 1024), "A3", "", 4, "about"),  # 4.8x needed, 4x at most (Topaz: 1, 2 or 4)
         ((2048, 2048), "8x10 in", "300", 2, "the smallest"),  # 3000 px needed: 1.46x
         ((1536, 1024), "8x10 in", "150", 2, "the smallest"),  # landscape for an upright print: turned, not stretched
         ((4000, 6000), "A4", "", 1, "large enough already"),
-        ((512, 512), "50x70 cm", "", 8, "about"),  # 16x needed, 8x at most
-        ((1000, 1000), "7200x4800 px", "", 8, "the smallest"),
+        ((512, 512), "50x70 cm", "", 4, "about"),  # 16x needed, 4x at most
+        ((1000, 1000), "7200x4800 px", "", 4, "about"),  # 7.2x needed
+        ((1000, 1000), "3600x2400 px", "", 4, "the smallest"),  # 3.6x needed
     ],
 )
 async def test_the_upscale_factor_comes_from_the_print_size(

@@ -23,7 +23,7 @@ from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.records import TaskRecord
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError, open_checked_sync, read_checked_sync, read_local_file
-from tests.support import SIM_KEY
+from tests.support import SIM_KEY, uploads
 
 pytestmark = pytest.mark.anyio
 
@@ -313,9 +313,8 @@ async def test_the_resolver_never_uploads_a_file_from_outside(
         except ImageReferenceError as exc:
             assert "'images[0]'" in str(exc)
             refused += 1
-    uploads = [r for r in sim.requests if r.path == "/api/v1/files"]
     # Only the inside picture was ever read: one upload (the cache serves the rest), one URL.
-    assert len(uploads) == 1 and len(urls) == 1
+    assert len(uploads(sim)) == 1 and len(urls) == 1
     async with httpx.AsyncClient() as http:
         assert (await http.get(urls.pop())).content == png_bytes("blue")
     assert 0 < refused < 300
@@ -335,4 +334,4 @@ async def test_resolver_errors_name_the_entry(resolver: ImageResolver, allowed: 
         with anyio.fail_after(3), pytest.raises(ImageReferenceError) as caught:
             await resolver.resolve([str(allowed / "good.png"), ref])
         assert str(caught.value).startswith("'images[1]'") and needle in str(caught.value), str(caught.value)
-    assert [r for r in sim.requests if r.path == "/api/v1/files"] == []
+    assert uploads(sim) == []

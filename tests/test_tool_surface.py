@@ -148,10 +148,10 @@ async def test_a_model_s_fields_in_full(harness: Harness) -> None:
     [info] = data["details"]
     assert (info["model"], info["action"], info["tool"]) == ("topaz-upscale-image", "upscale_image", "upscale_image")
     assert info["route"] == "POST /api/v1/topaz/upscale_image" and info["image_field"] == "source_image_url"
-    assert info["fields"]["upscale_factor"]["spec"].startswith("integer; one of 1, 2, 4, 8")
+    assert info["fields"]["upscale_factor"]["spec"] == "integer; one of 1, 2, 4; required"
     assert list(data["models"]) == ["topaz-upscale-image"]
     text = text_of(result)
-    assert "- upscale_factor: integer; one of 1, 2, 4, 8" in text and "params" in text
+    assert "- upscale_factor: integer; one of 1, 2, 4; required" in text and "params" in text
 
     gpt = (await harness.call("list_models", {"model": " GPT-Image-2 "})).structured_content
     assert {d["action"] for d in gpt["details"]} == {"text_to_image", "edit_image"}
@@ -230,8 +230,14 @@ async def test_the_models_resources(harness: Harness) -> None:
     assert {d["action"] for d in one["details"]} == {"text_to_image", "edit_image"}
     listed = (await harness.call("list_models", {"model": "gpt-image-2"})).structured_content
     assert one == listed  # the same answer both ways
-    slashed = await _read_json(harness, "runapi://models/grok-imagine%2Fupscale-image")
-    assert [d["model"] for d in slashed["details"]] == ["grok-imagine/upscale-image"]
+    # A model with rules across its fields lists them, in the resource as in the tool.
+    flare = await _read_json(harness, "runapi://models/gpt-image-2.5-flare")
+    assert {d["route"] for d in flare["details"]} == {
+        "POST /api/v1/gpt_image_2_5/text_to_image", "POST /api/v1/gpt_image_2_5/edit_image"
+    }
+    rules = next(d for d in flare["details"] if d["action"] == "text_to_image")["rules"]
+    assert "when 'aspect_ratio' is 1:1 and 'output_resolution' is 4k: 'aspect_ratio' not allowed" in rules
+    assert "when no 'aspect_ratio' is given and 'output_resolution' is 2k: 'output_resolution' not allowed" in rules
     with pytest.raises(MCPError) as refused:
         await harness.client.read_resource("runapi://models/gpt-imge-2")
     assert "gpt-image-2" in refused.value.error.message and "close matches" in refused.value.error.message

@@ -770,8 +770,8 @@ class SimulatorApp:
                 ]
         elif phase == "failed":
             answer["error"] = task.error
-        if not running:
-            answer["usage"] = self._usage(task, phase)
+        if phase == "completed":
+            answer["usage"] = self._usage(task)
         if task.faults:
             self._plant(answer, task, phase, base, key)
         return answer, running
@@ -796,12 +796,13 @@ class SimulatorApp:
         answer["layers"] = layers
 
     @staticmethod
-    def _usage(task: Task, phase: str) -> dict[str, Any]:
-        """What a finished task cost: ``cost`` in cents (the unit of the price quote's
-        ``reservation_amount_cents``), ``generated_images`` the images made; a failed task costs 0."""
-        if phase != "completed":
-            return {"cost": 0, "generated_images": 0}
-        return {"cost": task.plan.price_cents, "generated_images": len(task.visible_outputs)}
+    def _usage(task: Task) -> dict[str, Any]:
+        """What a completed task cost, as runapi-core 0.10.1 documents it: ``cost`` a float amount in US
+        dollars (RunAPI's settlement, not cents), ``generated_images`` the images made. Create, running and
+        failed answers carry no ``usage`` (a failed task is not charged)."""
+        outcome = task.outcome
+        cents = outcome.cost_cents if outcome is not None and outcome.cost_cents is not None else task.plan.price_cents
+        return {"cost": cents / 100, "generated_images": len(task.visible_outputs)}
 
     def _plant(self, answer: dict[str, Any], task: Task, phase: str, base: str, key: str | None) -> None:
         """Shape a status answer as the task's faults say (see ``Fault``)."""
@@ -1469,6 +1470,7 @@ class SimulatorApp:
                 error=body.get("error"),
                 status_text=body.get("status_text"),
                 images=images if isinstance(images, int) else None,
+                cost_cents=cost if isinstance(cost := body.get("cost_cents"), int) else None,
             )
             try:
                 state.set_outcome(task_id if isinstance(task_id, str) else None, outcome)

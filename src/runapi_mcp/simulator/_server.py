@@ -272,6 +272,7 @@ class Simulator:
         error: str | None = None,
         status_text: str | None = None,
         images: int | None = None,
+        cost_cents: int | None = None,
     ) -> None:
         """Force how a task ends, now.
 
@@ -279,13 +280,14 @@ class Simulator:
         finish: for polling time-outs). ``status_text`` replaces the terminal status string (e.g.
         ``"SUCCESS"``, ``"generate_failed"``; ``failed`` with ``status_text`` ``"timeout"``, ``"canceled"``,
         ``"error"`` or an unknown one such as ``"exploded"`` ends the task with that status and ``error``,
-        usage cost 0); ``images`` limits how many images a completed task lists
+        and no usage); ``images`` limits how many images a completed task lists; ``cost_cents`` is what a
+        completed task's ``usage.cost`` reports (default its price)
         (0: a completed task without images). ``task_id=None`` applies to the next task created.
         Raises KeyError for an unknown task id.
         """
         if status not in ("completed", "failed", "running"):
             raise ValueError("status must be 'completed', 'failed' or 'running'")
-        self._state.set_outcome(task_id, Outcome(status, error, status_text, images))
+        self._state.set_outcome(task_id, Outcome(status, error, status_text, images, cost_cents))
 
 
 def _log_config() -> dict[str, Any]:

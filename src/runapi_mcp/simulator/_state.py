@@ -67,6 +67,9 @@ class Outcome:
     error: str | None = None
     status_text: str | None = None
     images: int | None = None
+    # What a completed task's ``usage.cost`` reports, in cents (default: its price). RunAPI settles a task
+    # at what it really cost, which may differ from the quote's reservation.
+    cost_cents: int | None = None
 
 
 @dataclass
