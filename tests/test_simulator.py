@@ -1073,6 +1073,9 @@ def test_task_headers_usage_and_replay(sim: Simulator, client: httpx.Client) -> 
     elsewhere = client.get(f"{EDIT}/{task_id}")
     assert elsewhere.status_code == 404 and "x-runapi-task-id" not in elsewhere.headers
     assert client.get(f"{T2I}/nope").headers["x-request-id"]
+    echoed = client.get(f"{T2I}/{task_id}", headers={"X-Client-Request-Id": "order-123"})
+    assert echoed.headers["x-client-request-id"] == "order-123"
+    assert "x-client-request-id" not in client.get("/api/v1/me", headers={"X-Client-Request-Id": "x" * 513}).headers
     with _client(sim.base_url) as control:
         assert control.get("/_sim/state").headers["x-request-id"]
     failing = client.post(T2I, json=_body("[sim:fail] a cat")).json()["id"]

@@ -52,6 +52,8 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_JSON_BODY = 1024 * 1024
 MAX_IDEMPOTENCY_KEY = 512
 TASK_ID_HEADER = "X-RunAPI-Task-Id"
+_CLIENT_REQUEST_ID = re.compile(r"[\x20-\x7e]{1,512}")
+"""An ``X-Client-Request-Id`` RunAPI accepts (printable ASCII, up to 512 characters): echoed in the answer."""
 PUBLIC_PATHS = frozenset({"/api/v1/price_quotes", "/api/v1/price_schedules"})
 """Routes that need no key (today's RunAPI; in legacy mode every ``/api/`` route needs one)."""
 CURRENCY = "USD"
@@ -424,6 +426,9 @@ class SimulatorApp:
             if fault is not None:
                 response = await self._reshape(fault, request, response)
         self._tag_task(request, response)
+        client_id = request.headers.get("x-client-request-id")
+        if client_id is not None and _CLIENT_REQUEST_ID.fullmatch(client_id):
+            response.headers["X-Client-Request-Id"] = client_id  # accepted values are echoed
         echo = fault is not None and fault.kind == "echo_key" and fault.where == "request_id"
         # The log keeps the real request id below: an echoed key must never reach the log.
         response.headers["x-request-id"] = (ctx.key or "") if echo else ctx.request_id
