@@ -813,15 +813,26 @@ class Catalog:
         image_field = spec.image_field
         if image_field is not None and image_count > 0:
             view[image_field.name] = "<image>"  # filled by with_images; only its presence matters to a rule
+        dropped: dict[str, Any] = {}
         while (broken := spec.broken_rule(view)) is not None:
             rule, name = broken
             blamed = [n for n in dict.fromkeys((name, *rule.when)) if n in defaults_sent and n in body]
             if not blamed:
                 break
             for n in blamed:
-                del body[n], view[n]
+                dropped[n] = body.pop(n)
+                del view[n]
                 defaults_sent.discard(n)
-        spec.check_rules(view)
+        try:
+            spec.check_rules(view)
+        except CatalogError as exc:
+            # The default left out may be what the caller typed too (aspect_ratio "auto" is both): say so.
+            broken = spec.broken_rule(view)
+            named = [n for n in (broken[0].when if broken else ()) if n in dropped]
+            if not named:
+                raise
+            also = "; ".join(f"'{n}' {_show(dropped[n])}, the default, is not allowed here either" for n in named)
+            raise CatalogError(f"{exc} ({also})", field=exc.field, allowed=exc.allowed) from None
 
     def prepare(
         self,

@@ -631,7 +631,7 @@ class SimulatorApp:
                 429: "Rate limit exceeded, please retry later",
                 503: "Service temporarily unavailable",
             }.get(status, reason)
-        err = ApiError(status, _ERROR_CODES.get(status, "error"), message, headers=headers)
+        err = ApiError(status, _ERROR_CODES.get(status, "error"), message, field=fault.field, headers=headers)
         return error_response(err)
 
     @staticmethod
@@ -1341,6 +1341,20 @@ class SimulatorApp:
                     422, "validation_error", "'model' and 'params.model' name different models", field="model"
                 )
             fields["model"] = model
+        if "source_task_id" in fields:
+            # Priced from an existing task: only that task's account may ask (the key is then required).
+            if not ctx.authorized:
+                raise ApiError(
+                    401,
+                    "unauthorized",
+                    "A quote priced from an existing task ('params.source_task_id') needs the key of its account",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            source = fields["source_task_id"]
+            if isinstance(source, str) and self.state.get_task(source) is None:
+                raise ApiError(
+                    422, "validation_error", f"Task {source} was not found", field="params.source_task_id"
+                )
         spec, plan = self._quote_answer(action, fields, "params.")
         with self.state.lock:
             as_of = iso(self.state.schedules_as_of)

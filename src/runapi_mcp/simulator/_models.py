@@ -268,6 +268,8 @@ class Fault:
     """The task's ``error``, for ``fail_task``."""
     message: str | None = None
     """The error message, for ``status``/``html``/``text``; the planted string, for ``invalid_unicode``."""
+    field: str | None = None
+    """The request field a ``status`` fault's error names (``error.field``), as RunAPI's validation errors do."""
     where: FaultWhere | None = None
     """Where ``invalid_unicode``/``echo_key`` plant their string (default ``error``)."""
     body: FaultBody | None = None
