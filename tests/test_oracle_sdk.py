@@ -28,6 +28,7 @@ from PIL import Image
 from runapi.core import (
     AccountBalanceResponse,
     AccountInfoResponse,
+    AuthenticationError,
     ClientOptions,
     HttpClient,
     PriceQuoteResponse,
@@ -292,6 +293,13 @@ def test_price_quote(oracle: Simulator, monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ValidationError) as refused:
         anonymous.create_quote("gpt_image_2", "text_to_image", "gpt-image-2", {"prompt": PROMPT, "aspect_ratio": "7:3"})
     assert refused.value.status == 422 and refused.value.details["error"]["field"] == "params.aspect_ratio"
+    # A quote that uses an existing task as pricing context needs the key of that task's account.
+    task_id = GptImage2Client(**_options(oracle)).text_to_image.create(model="gpt-image-2", prompt=PROMPT).id
+    from_task = {"source_task_id": task_id}
+    with pytest.raises(AuthenticationError):
+        anonymous.create_quote("grok_imagine", "segment_map", "grok-imagine-image-2-0", from_task)
+    priced = ProviderClient(**_options(oracle)).pricing.create_quote("grok_imagine", "segment_map", "grok-imagine-image-2-0", from_task)
+    assert priced.price_quote.reservation_amount_cents > 0
 
 
 def test_price_schedules_and_not_modified(oracle: Simulator) -> None:

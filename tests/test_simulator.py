@@ -972,6 +972,14 @@ def test_price_quote_nests_the_fields_under_params(client: httpx.Client, anon: h
         sim.base_url + "/api/v1/price_quotes", json={**quote, "params": {}}, headers={"Authorization": "Bearer sk-no"}
     )
     assert wrong_key.status_code == 401  # a key that is sent is checked
+    # A quote priced from an existing task needs the key of its account.
+    segment = {"service": "grok_imagine", "action": "segment_map", "model": "grok-imagine-image-2-0"}
+    source_task = client.post(T2I, json=_body()).json()["id"]
+    from_task = {**segment, "params": {"source_task_id": source_task}}
+    assert anon.post(sim.base_url + "/api/v1/price_quotes", json=from_task).status_code == 401
+    assert client.post("/api/v1/price_quotes", json=from_task).status_code == 200
+    unknown = client.post("/api/v1/price_quotes", json={**segment, "params": {"source_task_id": "nope"}})
+    assert unknown.status_code == 422 and unknown.json()["error"]["field"] == "params.source_task_id"
     for body, field in [
         ({**quote, "prompt": "flat", "output_resolution": "2k"}, "params"),  # the old flat form
         ({**quote, "params": "prompt=x"}, "params"),
