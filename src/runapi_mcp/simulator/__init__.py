@@ -11,6 +11,15 @@ trickled bodies, redirects anywhere, invalid Unicode, echoed keys, image URLs po
 ``ImageHost`` stands in for a foreign host on a second loopback port and records whether it was hit.
 
 Pictures are rendered with Pillow: the prompt, readable, on a colourful background derived from it.
+
+It answers as RunAPI does today (runapi-core 0.10.1, whose SDK drives it in tests/test_oracle_sdk.py): price
+quotes with the create fields nested under ``params``; local files uploaded in three steps (``POST
+/api/v1/files/prepare``, ``PUT`` to its ``/storage/`` URL with the prepared headers and no key, ``POST
+/api/v1/files/confirm``) and expiring after ``SimulatorConfig.upload_lifetime_s``; price schedules with a
+``catalog_status`` per model (``Simulator.set_catalog_status``) behind a strong ETag; ``X-RunAPI-Task-Id`` on
+every answer about a task, ``task_replayed`` on replayed creates, ``usage`` on completed tasks. With
+``SimulatorConfig.legacy`` (or ``Simulator.configure(legacy=True)``, ``POST /_sim/config``) it answers the older
+way: flat quotes, schedules without ``catalog_status``, multipart uploads and no prepare/confirm.
 """
 
 from runapi_mcp.simulator._app import PLANTED_STRINGS
