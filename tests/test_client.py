@@ -1,7 +1,10 @@
 """Unit tests for the RunAPI client: retry policy, headers, error parsing, tolerant models, downloads,
-sanitising of everything upstream sends, redaction of echoed keys, and the image-URL policy.
+sanitising of everything upstream sends, redaction of echoed keys, and the image-URL policy; and today's
+RunAPI contract: nested price quotes, the three-step upload (prepare, PUT to storage, confirm), the SDK's
+task statuses, task_replayed, usage.cost, X-RunAPI-Task-Id, validation fields and the price schedules.
 
-Most cases run against ``httpx.MockTransport`` with a fake resolver; where real connections matter
+Most cases run against ``httpx.MockTransport`` with a fake resolver; a few drive the session simulator
+(``sim``), whose storage and quotes check what RunAPI's do; where real connections matter
 (pinning to the checked address, redirects, trickling hosts, pool separation) a tiny HTTP/1.1 server runs
 on 127.0.0.1 in the test's own event loop.
 """
@@ -13,6 +16,8 @@ import base64
 import contextlib
 import email.utils
 import gzip
+import hashlib
+import io
 import ipaddress
 import json
 import logging
@@ -26,6 +31,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
+from PIL import Image
 
 from runapi_mcp.client import (
     NO_API_KEY_MESSAGE,
@@ -39,6 +45,7 @@ from runapi_mcp.client import (
     NotFoundError,
     PayloadTooLargeError,
     PriceQuote,
+    PriceSchedules,
     RateLimitedError,
     RetryPolicy,
     RunAPIClient,
@@ -54,6 +61,8 @@ from runapi_mcp.client import (
     normalize_status,
 )
 from runapi_mcp.redaction import Redactor
+from runapi_mcp.simulator import Simulator
+from tests.support import SIM_KEY
 
 pytestmark = pytest.mark.anyio
 
@@ -119,6 +128,25 @@ def listing(directory: pathlib.Path) -> list[str]:
 
 def task_json(**fields: Any) -> httpx.Response:
     return httpx.Response(200, json={"id": "t1", "status": "pending", **fields})
+
+
+# The three-step upload: prepare (RunAPI), PUT (storage, a foreign https origin here), confirm (RunAPI).
+PREPARE = "/api/v1/files/prepare"
+CONFIRM = "/api/v1/files/confirm"
+UPLOAD_URL = "https://storage.test/bucket/up-1?X-Amz-Signature=sig"
+
+
+def md5_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+
+def prepared(url: str = UPLOAD_URL, headers: dict[str, str] | None = None) -> httpx.Response:
+    target = {"signed_id": "sid-1", "upload_url": url, "headers": {} if headers is None else headers}
+    return httpx.Response(200, json=target)
+
+
+def file_answer(**fields: Any) -> httpx.Response:
+    return httpx.Response(200, json={"url": "https://files.test/x.png", "file_name": "x.png", **fields})
 
 
 # -- headers, idempotency, auth --------------------------------------------------------------------
@@ -290,17 +318,23 @@ async def test_timeout_becomes_timeout_error() -> None:
             await client.get_task(CREATE, "t1")
 
 
-async def test_transport_error_is_retried_on_keyed_post_only() -> None:
+async def test_transport_error_is_retried_except_on_the_storage_put() -> None:
     recorder = Recorder(httpx.ReadError("reset"), task_json())
     async with make_client(recorder) as client:
         await client.create_task(CREATE, {}, idempotency_key="k")
     assert len(recorder.requests) == 2
 
-    recorder = Recorder(httpx.ReadError("reset"), httpx.Response(200, json={"url": "https://f/x"}))
+    # Preparing an upload creates nothing: asked again like a read. The PUT to its single-use URL is not,
+    # and nothing is confirmed after it failed.
+    recorder = Recorder(httpx.ReadError("reset"), prepared(), httpx.ReadError("reset"), file_answer())
     async with make_client(recorder) as client:
-        with pytest.raises(RunAPIConnectionError):
+        with pytest.raises(RunAPIConnectionError, match="file storage"):
             await client.upload_file(b"x", filename="a.png", mime_type="image/png")
-    assert len(recorder.requests) == 1
+    assert [(r.method, r.url.path) for r in recorder.requests] == [
+        ("POST", PREPARE),
+        ("POST", PREPARE),
+        ("PUT", "/bucket/up-1"),
+    ]
 
 
 # -- protocol errors -------------------------------------------------------------------------------
@@ -493,42 +527,189 @@ async def test_get_task_raises_not_found_when_both_routes_404() -> None:
 # -- upload and balance ----------------------------------------------------------------------------
 
 
-async def test_upload_file_multipart() -> None:
-    answer = {
+async def test_upload_file_prepares_puts_and_confirms() -> None:
+    """RunAPI's three steps: the prepare names size and MD5; the bytes go to the prepared URL with exactly
+    the prepared headers and no key; the confirm names the signed id and answers the file."""
+    data = PNG
+    storage_headers = {"Content-Type": "image/png", "Content-MD5": md5_b64(data), "x-amz-meta-owner": "u-1"}
+    confirmed = {
         "data": {
             "url": "https://files/x.png",
             "file_name": "x.png",
-            "size_bytes": 4,
+            "size_bytes": len(data),
             "mime_type": "image/png",
             "expires_at": "2030-01-01T00:00:00Z",
             "created_at": "now",
         }
     }
-    recorder = Recorder(httpx.Response(503), httpx.Response(201, json=answer))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(200, headers={"ETag": '"abc"'})
+        if request.url.path == PREPARE:
+            return prepared(headers=storage_headers)
+        return httpx.Response(201, json=confirmed)
+
+    recorder = Recorder(handler)
     async with make_client(recorder) as client:
-        uploaded = await client.upload_file(
-            b"\x89PNG", filename="x.png", mime_type="image/png", idempotency_key="up-1"
-        )
+        uploaded = await client.upload_file(data, filename="x.png", mime_type="image/png")
     assert isinstance(uploaded, UploadedFile)
-    assert (uploaded.url, uploaded.size_bytes, uploaded.mime_type) == ("https://files/x.png", 4, "image/png")
+    assert (uploaded.url, uploaded.size_bytes, uploaded.mime_type) == ("https://files/x.png", len(data), "image/png")
     assert uploaded.model_extra == {"created_at": "now"}
-    request = recorder.requests[-1]
-    assert len(recorder.requests) == 2
-    assert request.url.path == "/api/v1/files"
-    assert request.headers["Content-Type"].startswith("multipart/form-data")
-    assert request.headers["Idempotency-Key"] == "up-1"
-    body = request.content
-    assert b'name="file"; filename="x.png"' in body and b"Content-Type: image/png" in body
-    assert b'name="file_name"' in body and b"\x89PNG" in body
+    prepare, put, confirm = recorder.requests
+    assert (prepare.method, str(prepare.url)) == ("POST", BASE + PREPARE)
+    assert json.loads(prepare.content) == {"filename": "x.png", "byte_size": len(data), "checksum": md5_b64(data)}
+    assert (confirm.method, str(confirm.url)) == ("POST", BASE + CONFIRM)
+    assert json.loads(confirm.content) == {"signed_id": "sid-1"}
+    for request in (prepare, confirm):
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+        assert request.headers["Content-Type"] == "application/json"
+        assert "Idempotency-Key" not in request.headers  # nothing billable is created
+    # The PUT: to the prepared URL (its signature kept), the bytes as they are, exactly the prepared headers
+    # (plus what HTTP itself needs), and nothing of ours: no key, no client headers.
+    assert (put.method, str(put.url)) == ("PUT", UPLOAD_URL)
+    assert put.content == data
+    sent = {k.lower(): v for k, v in put.headers.items() if k.lower() not in ("host", "content-length")}
+    assert sent == {k.lower(): v for k, v in storage_headers.items()}
+    assert put.headers["Host"] == "storage.test" and put.headers["Content-Length"] == str(len(data))
+    assert "authorization" not in sent and "user-agent" not in sent
+    assert_no_key(str(put.headers.raw), str(put.url))
 
 
-async def test_upload_without_key_is_not_retried() -> None:
-    recorder = Recorder(httpx.Response(503))
+async def test_the_storage_put_never_carries_an_authorization() -> None:
+    """Not even one the prepare answer asks for: the PUT goes to storage, never with a credential."""
+    asked = {"Authorization": f"Bearer {KEY}", "Content-MD5": md5_b64(b"x")}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            return httpx.Response(200)
+        return prepared(headers=asked) if request.url.path == PREPARE else file_answer()
+
+    recorder = Recorder(handler)
     async with make_client(recorder) as client:
-        with pytest.raises(ServerError):
+        await client.upload_file(b"x", filename="a.png", mime_type="image/png")
+    put = recorder.requests[1]
+    assert put.method == "PUT" and "Authorization" not in put.headers
+    assert put.headers["Content-MD5"] == md5_b64(b"x")
+    assert_no_key(str(put.headers.raw))
+
+
+@pytest.mark.parametrize(
+    "upload_url",
+    [
+        "http://storage.evil.test/bucket/up-1",  # plain http on a stranger
+        "http://api.test/bucket/up-1",  # RunAPI's host, but not its origin (https)
+        "ftp://storage.test/bucket/up-1",
+        "file:///etc/passwd",
+        "/relative/up-1",
+    ],
+)
+async def test_an_upload_url_neither_https_nor_runapis_origin_is_refused_before_any_put(upload_url: str) -> None:
+    recorder = Recorder(prepared(url=upload_url), httpx.Response(200), file_answer())
+    async with make_client(recorder) as client:
+        with pytest.raises(RunAPIResponseError, match="neither https nor RunAPI's own origin"):
             await client.upload_file(b"x", filename="a.png", mime_type="image/png")
-    assert len(recorder.requests) == 1
-    assert "Idempotency-Key" not in recorder.requests[0].headers
+    assert [(r.method, r.url.path) for r in recorder.requests] == [("POST", PREPARE)]  # no PUT, no confirm
+
+
+async def test_a_plain_http_upload_url_on_runapis_own_origin_is_used() -> None:
+    """A local RunAPI (a simulator, a proxy in front of both) may hand out plain-http storage on its origin."""
+    base = "http://127.0.0.1:8000"
+    recorder = Recorder(prepared(url=f"{base}/storage/tok"), httpx.Response(200), file_answer())
+    client = RunAPIClient(KEY, base, transport=httpx.MockTransport(recorder), sleep=Sleeps())
+    async with client:
+        assert (await client.upload_file(b"x", filename="a.png", mime_type="image/png")).url
+    assert [(r.method, str(r.url)) for r in recorder.requests] == [
+        ("POST", base + PREPARE),
+        ("PUT", f"{base}/storage/tok"),
+        ("POST", base + CONFIRM),
+    ]
+    assert "Authorization" not in recorder.requests[1].headers
+
+
+async def test_a_storage_refusal_is_not_retried_and_nothing_is_confirmed() -> None:
+    xml = b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+    recorder = Recorder(prepared(), httpx.Response(503, content=xml, headers={"Content-Type": "application/xml"}))
+    sleeps = Sleeps()
+    async with make_client(recorder, sleeps=sleeps) as client:
+        with pytest.raises(ServerError) as info:
+            await client.upload_file(b"x", filename="a.png", mime_type="image/png")
+    assert [r.method for r in recorder.requests] == ["POST", "PUT"]
+    assert sleeps.delays == []
+    assert "file storage" in str(info.value) and "<Error>" not in str(info.value)
+
+
+async def test_prepare_and_confirm_are_retried_like_reads() -> None:
+    recorder = Recorder(httpx.Response(503), prepared(), httpx.Response(200), httpx.Response(502), file_answer())
+    async with make_client(recorder) as client:
+        uploaded = await client.upload_file(b"x", filename="a.png", mime_type="image/png")
+    assert uploaded.url == "https://files.test/x.png"
+    assert [(r.method, r.url.path) for r in recorder.requests] == [
+        ("POST", PREPARE),
+        ("POST", PREPARE),
+        ("PUT", "/bucket/up-1"),
+        ("POST", CONFIRM),
+        ("POST", CONFIRM),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"upload_url": UPLOAD_URL},  # no signed id
+        {"signed_id": "sid-1"},  # nowhere to put the bytes
+        {"signed_id": "sid-1", "upload_url": UPLOAD_URL, "headers": {f"h{n}": "v" for n in range(33)}},
+        ["not", "an", "object"],
+    ],
+)
+async def test_an_unusable_prepare_answer_sends_no_bytes(answer: Any) -> None:
+    recorder = Recorder(httpx.Response(200, json=answer))
+    async with make_client(recorder, retry=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(RunAPIResponseError):
+            await client.upload_file(b"x", filename="a.png", mime_type="image/png")
+    assert all(r.method == "POST" and r.url.path == PREPARE for r in recorder.requests)
+
+
+async def test_upload_source_posts_a_json_source() -> None:
+    recorder = Recorder(file_answer())
+    async with make_client(recorder) as client:
+        await client.upload_source({"type": "url", "url": "https://example.test/cat.png"}, file_name="cat.png")
+        await client.upload_source({"type": "base64", "data": "iVBORw0KGgo="})
+        for bad in ({"type": "url"}, {"type": "path", "url": "/etc/passwd"}, {"type": "base64", "url": "x"}):
+            with pytest.raises(ValueError):
+                await client.upload_source(bad)
+    first, second = recorder.requests
+    for request in (first, second):
+        assert (request.method, request.url.path) == ("POST", "/api/v1/files")
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["Authorization"] == f"Bearer {KEY}"
+    assert json.loads(first.content) == {
+        "source": {"type": "url", "url": "https://example.test/cat.png"},
+        "file_name": "cat.png",
+    }
+    assert json.loads(second.content) == {"source": {"type": "base64", "data": "iVBORw0KGgo="}}
+
+
+def small_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (4, 4), "teal").save(out, format="PNG")
+    return out.getvalue()
+
+
+async def test_upload_against_the_simulator(sim: Simulator) -> None:
+    """The simulator's storage checks what RunAPI's does: the prepared headers exactly, the prepared size
+    and MD5, and no Authorization on the PUT."""
+    data = small_png()
+    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+        uploaded = await client.upload_file(data, filename="teal.png", mime_type="image/png")
+    assert uploaded.url.startswith(f"{sim.base_url}/files/") and uploaded.expires_at
+    prepare, put, confirm = sim.requests
+    assert (prepare.method, prepare.path, prepare.status) == ("POST", PREPARE, 200)
+    assert prepare.json == {"filename": "teal.png", "byte_size": len(data), "checksum": md5_b64(data)}
+    assert (put.method, put.status) == ("PUT", 200) and put.path.startswith("/storage/")
+    assert not put.sent_auth
+    assert (confirm.method, confirm.path, confirm.status) == ("POST", CONFIRM, 200)
+    assert prepare.authorized and confirm.authorized
 
 
 async def test_get_balance() -> None:
@@ -554,23 +735,56 @@ async def test_get_balance() -> None:
 # -- price quotes ----------------------------------------------------------------------------------
 
 
-async def test_quote_price_posts_service_action_and_body() -> None:
+async def test_quote_price_nests_the_fields_under_params() -> None:
     answer = {"price_quote": {"reservation_amount_cents": 12, "currency": "USD", "image_count": 1}}
     recorder = Recorder(httpx.Response(200, json=answer))
     async with make_client(recorder) as client:
-        body = {"model": "topaz-upscale-image", "upscale_factor": 4}
-        quote = await client.quote_price("topaz", "upscale_image", body)
+        quote = await client.quote_price(
+            "topaz", "upscale_image", model="topaz-upscale-image", params={"upscale_factor": 4}
+        )
     assert isinstance(quote, PriceQuote)
     assert (quote.reservation_amount_cents, quote.currency) == (12, "USD")
     assert quote.model_extra == {"image_count": 1}
     (request,) = recorder.requests
     assert request.method == "POST" and request.url.path == "/api/v1/price_quotes"
     assert request.headers["Authorization"] == f"Bearer {KEY}" and "Idempotency-Key" not in request.headers
+    # Today's contract: the create's fields under "params", never flat beside service and action.
     assert json.loads(request.content) == {
         "service": "topaz",
         "action": "upscale_image",
         "model": "topaz-upscale-image",
-        "upscale_factor": 4,
+        "params": {"upscale_factor": 4},
+    }
+
+
+async def test_quote_price_without_a_model_and_with_nested_params() -> None:
+    recorder = Recorder(httpx.Response(200, json={"price_quote": {"reservation_amount_cents": 5}}))
+    params = {"prompt": "a cat", "source_image_urls": ["https://f/1.png"], "aspect_ratio": "1:1"}
+    async with make_client(recorder) as client:
+        await client.quote_price("gpt_image_2", "edit_image", model=None, params=params)
+        with pytest.raises(ValueError):
+            await client.quote_price("", "edit_image", model=None, params={})
+    (request,) = recorder.requests
+    assert json.loads(request.content) == {"service": "gpt_image_2", "action": "edit_image", "params": params}
+
+
+async def test_quote_price_against_the_simulator(sim: Simulator) -> None:
+    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+        low = await client.quote_price(
+            "gpt_image_2", "text_to_image", model="gpt-image-2", params={"prompt": "a cat", "output_resolution": "1k"}
+        )
+        high = await client.quote_price(
+            "gpt_image_2", "text_to_image", model="gpt-image-2", params={"prompt": "a cat", "output_resolution": "4k"}
+        )
+    assert low.reservation_amount_cents and high.reservation_amount_cents
+    assert high.reservation_amount_cents > low.reservation_amount_cents  # the simulator read the nested fields
+    first = sim.requests[0]
+    assert (first.method, first.path, first.status) == ("POST", "/api/v1/price_quotes", 200)
+    assert first.json == {
+        "service": "gpt_image_2",
+        "action": "text_to_image",
+        "model": "gpt-image-2",
+        "params": {"prompt": "a cat", "output_resolution": "1k"},
     }
 
 
@@ -580,14 +794,101 @@ async def test_quote_price_is_retried_like_a_get() -> None:
     recorder = Recorder(httpx.Response(503), httpx.ConnectError("down"), ok)
     sleeps = Sleeps()
     async with make_client(recorder, sleeps=sleeps) as client:
-        quote = await client.quote_price("gpt_image_2", "text_to_image", {"model": "gpt-image-2"})
+        quote = await client.quote_price("gpt_image_2", "text_to_image", model="gpt-image-2", params={})
     assert quote.reservation_amount_cents == 3 and quote.currency is None
     assert len(recorder.requests) == 3 and len(sleeps.delays) == 2
-    refused = Recorder(httpx.Response(422, json={"error": {"message": "No action x/y", "code": "validation_error"}}))
+    refusal = {"error": {"message": "No action y on service x", "code": "validation_error", "field": "action"}}
+    refused = Recorder(httpx.Response(422, json=refusal))
     async with make_client(refused) as client:
-        with pytest.raises(BadRequestError, match="No action"):
-            await client.quote_price("x", "y", {})
+        with pytest.raises(BadRequestError, match="No action") as info:
+            await client.quote_price("x", "y", model=None, params={})
+    assert info.value.field == "action"
     assert len(refused.requests) == 1  # a refusal is not asked again
+
+
+# -- price schedules (availability) ----------------------------------------------------------------
+
+
+SCHEDULES = {
+    "as_of": "2026-12-07T00:00:00Z",
+    "price_schedules": [
+        {
+            "service": "gpt_image_2",
+            "action": "text_to_image",
+            "model": "gpt-image-2",
+            "catalog_status": "active",
+            "pricing_status": "priced",
+            "unit_price_cents": 3,
+            "currency": "USD",
+            "billing_unit": "image",
+        },
+        {
+            "service": "topaz",
+            "action": "upscale_image",
+            "model": "topaz-upscale-image",
+            "catalog_status": "maintenance",
+        },
+        {"service": "flux_kontext", "action": "edit_image", "catalog_status": "disabled"},
+        {"service": "wan", "action": "text_to_image"},  # no catalog_status: active
+        {"action": "nameless"},  # no service: not a row
+        "junk",
+    ],
+}
+
+
+async def test_price_schedules_with_etag_then_not_modified() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("If-None-Match") == '"v1"':
+            return httpx.Response(304, headers={"ETag": '"v1"'})
+        return httpx.Response(200, json=SCHEDULES, headers={"ETag": '"v1"'})
+
+    recorder = Recorder(handler)
+    async with make_client(recorder) as client:
+        table = await client.price_schedules()
+        assert isinstance(table, PriceSchedules)
+        again = await client.price_schedules(etag=table.etag)
+    assert again is None  # 304: the table in hand still holds
+    assert table.etag == '"v1"' and table.as_of == "2026-12-07T00:00:00Z"
+    rows = {(row.service, row.action): row for row in table.rows}
+    assert list(rows) == [
+        ("gpt_image_2", "text_to_image"),
+        ("topaz", "upscale_image"),
+        ("flux_kontext", "edit_image"),
+        ("wan", "text_to_image"),
+    ]
+    first = rows["gpt_image_2", "text_to_image"]
+    assert (first.model, first.unit_price_cents, first.currency, first.available) == ("gpt-image-2", 3, "USD", True)
+    assert first.model_extra == {"billing_unit": "image"}
+    assert not rows["topaz", "upscale_image"].available and not rows["flux_kontext", "edit_image"].available
+    assert rows["wan", "text_to_image"].catalog_status == "active" and rows["wan", "text_to_image"].available
+    plain, conditional = recorder.requests
+    assert (plain.method, plain.url.path) == ("GET", "/api/v1/price_schedules")
+    assert "If-None-Match" not in plain.headers and conditional.headers["If-None-Match"] == '"v1"'
+
+
+async def test_price_schedules_filters_and_refusals() -> None:
+    recorder = Recorder(httpx.Response(200, json={"price_schedules": []}))
+    async with make_client(recorder) as client:
+        table = await client.price_schedules(service="gpt_image_2", model="gpt image/2")
+        with pytest.raises(ValueError, match="unknown filter"):
+            await client.price_schedules(region="eu")
+    assert table is not None and table.rows == [] and table.etag is None
+    (request,) = recorder.requests
+    assert request.url.query == b"service=gpt_image_2&model=gpt%20image%2F2"
+    bad = Recorder(httpx.Response(200, json={"as_of": "now"}))
+    async with make_client(bad) as client:
+        with pytest.raises(RunAPIResponseError, match="no price_schedules list"):
+            await client.price_schedules()
+
+
+async def test_price_schedules_against_the_simulator(sim: Simulator) -> None:
+    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+        table = await client.price_schedules()
+        assert table is not None and table.etag and table.rows
+        assert await client.price_schedules(etag=table.etag) is None
+        only = await client.price_schedules(service="gpt_image_2", etag=table.etag)  # another body, another tag
+    assert only is not None and only.rows and {row.service for row in only.rows} == {"gpt_image_2"}
+    assert [(r.path, r.status) for r in sim.requests] == [("/api/v1/price_schedules", s) for s in (200, 304, 200)]
 
 
 @pytest.mark.parametrize(
@@ -720,20 +1021,31 @@ async def test_download_keeps_existing_file_on_failure(tmp_path: pathlib.Path) -
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
+        # RunAPI's SDK: pending and processing run, completed is done, failed failed.
+        ("pending", "pending"),
+        ("processing", "processing"),
         ("completed", "completed"),
+        ("failed", "failed"),
+        # RunAPI's MCP core: more words for done and for failed (compared case-insensitively).
+        ("complete", "completed"),
         ("SUCCESS", "completed"),
         ("succeeded", "completed"),
-        ("failed", "failed"),
+        ("Finished", "completed"),
+        ("timeout", "failed"),
+        ("canceled", "failed"),
+        ("CANCELLED", "failed"),
         ("Error", "failed"),
+        (" Processing ", "processing"),
+        # Any other word ends the task as failed, as the SDK's poller does ("Unknown task status").
+        ("exploded", "failed"),
+        ("queued", "failed"),
+        ("running", "failed"),
+        ("done", "failed"),
         ("generate_failed", "failed"),
-        ("create_task_failed", "failed"),
-        ("pending", "pending"),
-        ("queued", "pending"),
-        ("created", "pending"),
-        ("processing", "processing"),
-        ("running", "processing"),
-        ("weird", "processing"),
-        (None, "processing"),
+        # No status at all: a create acknowledged with its id only.
+        ("", "pending"),
+        ("   ", "pending"),
+        (None, "pending"),
     ],
 )
 def test_normalize_status(raw: str | None, status: str) -> None:
@@ -787,11 +1099,188 @@ def test_completed_without_images_is_failed() -> None:
     assert task.error == "RunAPI reported the task completed but returned no images"
 
 
-def test_failed_task_error_text() -> None:
-    task = TaskInfo.from_response({"id": "a", "status": "generate_failed", "error": {"message": "nsfw"}})
-    assert task.status == "failed" and task.error == "nsfw"
-    bare = TaskInfo.from_response({"id": "a", "status": "error"})
-    assert bare.error and "error" in bare.error
+@pytest.mark.parametrize(
+    ("answer", "status", "error"),
+    [
+        ({"status": "failed", "error": {"message": "nsfw"}}, "failed", "nsfw"),
+        ({"status": "FAILED", "error": "nsfw"}, "failed", "nsfw"),
+        ({"status": "failed"}, "failed", "RunAPI reported the task failed without giving a reason"),
+        (
+            {"status": "timeout", "error": "the model did not answer within 600 s"},
+            "failed",
+            "RunAPI reported the task as 'timeout': the model did not answer within 600 s",
+        ),
+        ({"status": "canceled"}, "failed", "RunAPI reported the task as 'canceled'"),
+        (
+            {"status": "error", "error_message": "upstream busy"},
+            "failed",
+            "RunAPI reported the task as 'error': upstream busy",
+        ),
+        ({"status": "exploded"}, "failed", "RunAPI reported an unknown task status 'exploded'"),
+        (
+            {"status": "generate_failed", "error": {"message": "nsfw"}},
+            "failed",
+            "RunAPI reported an unknown task status 'generate_failed': nsfw",
+        ),
+        ({"status": ""}, "pending", None),
+        ({}, "pending", None),
+        ({"status": "processing", "error": "transient note"}, "processing", "transient note"),
+    ],
+)
+def test_failed_task_error_text(answer: dict[str, Any], status: str, error: str | None) -> None:
+    task = TaskInfo.from_response({"id": "a", **answer})
+    assert (task.status, task.error) == (status, error)
+    assert task.is_terminal == (status == "failed")
+    if answer.get("status"):
+        assert task.raw_status == answer["status"]
+
+
+async def test_an_unknown_status_from_upstream_ends_the_task_in_cleaned_redacted_words() -> None:
+    """An unknown word ends the poll (RunAPI's SDK does so) and is quoted to the user: never raw, never the key."""
+    hostile = f"bro\u202eken\x00 \ud800 \x1b[2J{KEY} " + "z" * 20_000
+    body = json.dumps({"id": "t1", "status": hostile, "error": f"bad token {KEY}"}).encode()
+    async with make_client(Recorder(httpx.Response(200, content=body))) as client:
+        task = await client.get_task(CREATE, "t1")
+    assert task.status == "failed" and task.is_terminal
+    assert task.error is not None and task.error.startswith("RunAPI reported an unknown task status 'broken")
+    assert "***" in task.error and "bad token ***" in task.error
+    assert len(task.error) < 20_000  # the 20 KB word is not quoted whole
+    assert_no_key(task.error, task.raw_status or "", task.model_dump_json(), repr(task))
+    assert_clean(task.error)
+    assert_clean(task.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    ("answer", "replayed"),
+    [
+        ({"task_replayed": True}, True),
+        ({"data": {"id": "t1", "status": "pending", "task_replayed": True}}, True),
+        ({"task_replayed": False}, False),
+        ({"task_replayed": "true"}, False),  # only RunAPI's boolean counts
+        ({}, False),
+    ],
+)
+async def test_a_replayed_create_is_marked(answer: dict[str, Any], replayed: bool) -> None:
+    body = answer if "data" in answer else {"id": "t1", "status": "pending", **answer}
+    recorder = Recorder(httpx.Response(200, json=body))
+    async with make_client(recorder) as client:
+        task = await client.create_task(CREATE, {"prompt": "a cat"}, idempotency_key="same-key")
+    assert (task.id, task.status, task.replayed) == ("t1", "pending", replayed)
+
+
+@pytest.mark.parametrize(
+    ("usage", "cents"),
+    [
+        ({"cost": 0.03, "generated_images": 1}, 3),
+        ({"cost": 0.031}, 4),  # rounded up: spend is never under-counted
+        ({"cost": 0.07}, 7),  # 7.000000000000001 in binary: not 8
+        ({"cost": 1.1}, 110),
+        ({"cost": 2}, 200),
+        ({"cost": 0}, 0),
+        ({"cost": -0.05}, None),
+        ({"cost": "0.03"}, None),
+        ({"cost": True}, None),
+        ({"cost": float("inf")}, None),
+        ({"cost": 1e300}, None),
+        ({"generated_images": 1}, None),
+        ("0.03", None),
+        (None, None),
+    ],
+)
+def test_usage_cost_is_the_tasks_spend_in_cents(usage: Any, cents: int | None) -> None:
+    body: dict[str, Any] = {"id": "a", "status": "completed", "images": ["https://o/1"]}
+    if usage is not None:
+        body["usage"] = usage
+    assert TaskInfo.from_response(body).cost_cents == cents
+
+
+async def test_usage_cost_read_from_a_status_answer() -> None:
+    answer = {"id": "t1", "status": "completed", "images": ["https://o/1"], "usage": {"cost": 0.031}}
+    async with make_client(Recorder(httpx.Response(200, json=answer))) as client:
+        assert (await client.get_task(CREATE, "t1")).cost_cents == 4
+
+
+async def test_the_task_id_header_names_a_task_the_body_does_not() -> None:
+    headers = {"X-RunAPI-Task-Id": "t-from-header"}
+    recorder = Recorder(
+        httpx.Response(200, json={"status": "pending"}, headers=headers),
+        httpx.Response(200, json={"id": "t-body", "status": "pending"}, headers=headers),
+        httpx.Response(200, json={"data": {"status": "processing"}}, headers={"x-runapi-task-id": "t-lower"}),
+    )
+    async with make_client(recorder) as client:
+        from_header = await client.create_task(CREATE, {}, idempotency_key="k1")
+        from_body = await client.create_task(CREATE, {}, idempotency_key="k2")
+        polled = await client.get_task(CREATE, "t-lower")
+    assert (from_header.id, from_header.status) == ("t-from-header", "pending")
+    assert from_body.id == "t-body"  # the body's own id wins
+    assert (polled.id, polled.status) == ("t-lower", "processing")
+    no_id = Recorder(httpx.Response(200, json={"status": "pending"}, headers={"X-RunAPI-Task-Id": "x" * 300}))
+    async with make_client(no_id) as client:
+        with pytest.raises(RunAPIResponseError, match="longer than 256"):
+            await client.create_task(CREATE, {}, idempotency_key="k")
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(500, ServerError), (402, InsufficientCreditsError), (409, ConflictError), (422, BadRequestError)],
+)
+async def test_an_error_answer_names_its_task(status: int, cls: type[RunAPIError]) -> None:
+    """RunAPI names the task in X-RunAPI-Task-Id on error answers too: a create that answered with an error
+    may still exist upstream, and can be found by that id."""
+    response = httpx.Response(status, json={"error": "boom"}, headers={"X-RunAPI-Task-Id": "t-42"})
+    async with make_client(Recorder(response), retry=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(cls) as info:
+            await client.create_task(CREATE, {"prompt": "a cat"}, idempotency_key="k")
+    assert info.value.task_id == "t-42"
+
+
+@pytest.mark.parametrize(
+    ("value", "task_id"),
+    [("", None), ("\x01\x02", None), ("a/b", None), ("x" * 257, None), ("t\x01-\u202e9", "t-9")],
+)
+async def test_the_task_id_header_of_an_error_is_cleaned_or_dropped(value: str, task_id: str | None) -> None:
+    """Empty, path-like or overlong ids name no task; control and bidi characters are cleaned away."""
+    headers = [(b"X-RunAPI-Task-Id", value.encode())]
+    response = httpx.Response(500, json={"error": "boom"}, headers=headers)
+    async with make_client(Recorder(response), retry=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(ServerError) as info:
+            await client.create_task(CREATE, {}, idempotency_key="k")
+    assert info.value.task_id == task_id
+
+
+async def test_an_error_without_the_header_names_no_task() -> None:
+    async with make_client(Recorder(httpx.Response(500)), retry=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(ServerError) as info:
+            await client.get_balance()
+    assert (info.value.task_id, info.value.field) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "field"),
+    [
+        (
+            422,
+            {"error": {"message": "is not one of 1k 2k 4k", "code": "validation_error", "field": "output_resolution"}},
+            "output_resolution",
+        ),
+        (400, {"error": {"message": "bad", "param": "source_image_urls"}}, "source_image_urls"),
+        (422, {"errors": {"prompt": ["is required"]}}, "prompt"),
+        (
+            422,
+            {"detail": [{"loc": ["body", "aspect_ratio"], "msg": "not allowed", "type": "value_error"}]},
+            "aspect_ratio",
+        ),
+        (422, {"error": {"message": "bad", "field": "source.url"}}, "source.url"),
+        (422, {"errors": {"prompt": ["is required"], "model": ["unknown"]}}, None),  # two fields: none named
+        (422, {"error": {"message": "bad", "field": "no spaces <b>"}}, None),  # no field's name
+        (422, {"error": "prompt is required"}, None),
+    ],
+)
+async def test_a_validation_answer_names_its_field(status: int, body: Any, field: str | None) -> None:
+    async with make_client(Recorder(httpx.Response(status, json=body))) as client:
+        with pytest.raises(BadRequestError) as info:
+            await client.create_task(CREATE, {}, idempotency_key="k")
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize(
@@ -1032,8 +1521,13 @@ async def test_echoed_key_never_reaches_models_or_errors() -> None:
         httpx.Response(200, json=answer),
         httpx.Response(500, json={"error": f"echo {KEY}", "code": KEY}, headers={"x-request-id": KEY}),
         httpx.Response(400, json={"detail": [{"loc": ["body", KEY], "msg": b64}]}, headers={"x-request-id": b64}),
+        # An upload: prepare, the PUT to storage, and a confirm that echoes the key.
+        prepared(),
+        httpx.Response(200),
         httpx.Response(200, json={"url": f"https://f/x?k={KEY}", "file_name": KEY}),
         httpx.Response(200, json={"balance_cents": 1, "note": f"Bearer {KEY}"}),
+        # An unknown status that quotes the key: the task ends failed, in RunAPI's words with the key gone.
+        httpx.Response(200, json={"id": "t2", "status": f"revoked:{KEY}", "error": f"token {b64} revoked"}),
     )
     async with make_client(recorder, retry=RetryPolicy(max_retries=0)) as client:
         task = await client.get_task(CREATE, "t1")
@@ -1043,9 +1537,15 @@ async def test_echoed_key_never_reaches_models_or_errors() -> None:
             await client.get_balance()
         uploaded = await client.upload_file(b"x", filename="a.png", mime_type="image/png")
         balance = await client.get_balance()
+        revoked = await client.get_task(CREATE, "t2")
     assert server.value.request_id == "***"
     assert task.error is not None and "***" in task.error
+    assert revoked.status == "failed" and revoked.error is not None
+    assert revoked.error.startswith("RunAPI reported an unknown task status 'revoked:***'"), revoked.error
+    assert "token *** revoked" in revoked.error
+    assert "Authorization" not in recorder.requests[4].headers  # the PUT: storage never sees the key
     texts = [repr(task), str(task), task.model_dump_json(), repr(uploaded), repr(balance), repr(client)]
+    texts += [repr(revoked), revoked.model_dump_json(), revoked.raw_status or ""]
     for err in (server.value, bad.value):
         texts += [str(err), repr(err), str(err.code), str(err.request_id)]
     assert_no_key(*texts)

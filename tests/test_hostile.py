@@ -36,7 +36,7 @@ from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.client import DEFAULT_RETRY_POLICY
-from runapi_mcp.simulator import Fault, FaultBody, FaultWhere, ImageHost, Simulator
+from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, FaultWhere, ImageHost, Simulator
 from runapi_mcp.tasks import manager as manager_module
 from tests.support import (
     FAST_POLICY,
@@ -454,23 +454,34 @@ async def test_hostile_strings_from_upstream_never_reach_the_client(harness: Har
     harness.sim.inject(
         Fault("invalid_unicode", where="message", body="mixed", method="GET", path_contains="/gpt_image_2", times=2)
     )
-    created: dict[str, FaultWhere] = {}
+    created: dict[str, tuple[FaultWhere, FaultBody]] = {}
     for where, body in UNICODE_TASK_FAULTS:
         task_id, first = await _create(harness, Fault("invalid_unicode", where=where, body=body))
         _assert_clean(first)
-        created[task_id] = where
-    # A garbled terminal status is indistinguishable from "still running": those waits run out.
-    results = await _wait_all(harness, list(created), timeout_s=2.0)
-    for task_id, where in created.items():
+        created[task_id] = (where, body)
+    # Every one of them ends: a garbled terminal status is a status RunAPI's SDK does not know, which ends
+    # the task as failed (in RunAPI's words, cleaned) rather than polling it until the wait runs out.
+    results = await _wait_all(harness, list(created))
+    for task_id, (where, body) in created.items():
         result = results[task_id]
         _assert_clean(result)
         data = _data(result)
         text = text_of(result)
+        _assert_no_key(result.model_dump_json(), f"the result of task {task_id}")
         if where == "error":
             assert result.is_error and data["status"] == "failed" and data["error"], text
             assert "failed" in text
         elif where == "status":
-            assert data["status"] in ("pending", "processing") and "get_task" in text, text
+            assert result.is_error and data["status"] == "failed", text
+            error = data["error"] or ""
+            assert "unknown task status" in error and "unknown task status" in text, text
+            # The planted word is quoted cleaned (the checks above: no surrogate, NUL or bidi character,
+            # bounded), never raw.
+            assert not any(raw in text or raw in error for raw in PLANTED_STRINGS.values()), ascii(error[:200])
+            if body == "mixed":  # lone surrogates replaced, the bidi override gone, the rest kept
+                assert "lone \ufffd high" in error and "gnp.exe" in error, ascii(error)
+            else:  # the 1 MB word, cut to a bounded quote
+                assert "AAAA" in error and len(error) <= 10_000, len(error)
         elif where == "id":
             assert result.is_error and data["status"] == "failed", text
             assert "does not know this task" in text, text
