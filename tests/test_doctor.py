@@ -90,6 +90,51 @@ def test_a_good_setup_against_the_simulator(home: Path, sim: Simulator, monkeypa
     assert entry.status == "OK" and "${env:RUNAPI_API_KEY}" in entry.detail
     assert "clients" not in status, "a client is set up"
     assert any(r.path == "/api/v1/me/balance" for r in sim.requests), "the key was really tried"
+    # The contract, checked live with read-only calls: the schedules, a nested quote; nothing created.
+    assert status["contract"] == status["models"] == "OK" and "new models" not in status
+    contract = next(c for c in report.checks if c.name == "contract")
+    assert "runapi-core 0.10.1" in contract.detail
+    assert {(r.method, r.path) for r in sim.requests} <= {
+        ("GET", "/api/v1/me/balance"), ("GET", "/api/v1/price_schedules"), ("POST", "/api/v1/price_quotes")
+    }
+    [quote] = [r for r in sim.requests if r.path == "/api/v1/price_quotes"]
+    assert quote.json == {
+        "service": "gpt_image_2",
+        "action": "text_to_image",
+        "model": "gpt-image-2",
+        "params": {"prompt": "runapi-mcp doctor", "aspect_ratio": "1:1", "output_resolution": "1k"},
+    }
+
+
+def test_the_doctor_says_what_drifted(home: Path, sim: Simulator) -> None:
+    """Against a RunAPI that answers the earlier way (flat quotes, no catalog_status), and with models taken out
+    or unknown here, the doctor says plainly what differs."""
+    sim.configure(legacy=True)
+    try:
+        report = doctor({"base_url": sim.base_url, "home": str(home / "d")}, {KEY_VAR: SIM_KEY})
+    finally:
+        sim.configure(legacy=False)
+    status = lines_of(report)
+    assert report.failed and status["contract"] == "FAIL" and status["key works"] == "OK"
+    contract = next(c for c in report.checks if c.name == "contract")
+    assert "runapi-core 0.10.1" in contract.detail and "carry no catalog_status" in contract.detail
+    assert "a quote in the nested form" in contract.detail and "Fix: " in contract.line()
+
+    sim.set_catalog_status("gpt-image-2.5-sunburst", "disabled")
+    sim.set_catalog_status("flux-kontext-pro", "maintenance", action="text_to_image")
+    sim.configure(extra_schedule_rows=[{"service": "gpt_image_3", "action": "text_to_image", "model": "gpt-image-3"}])
+    try:
+        marked = doctor({"base_url": sim.base_url, "home": str(home / "d")}, {KEY_VAR: SIM_KEY})
+    finally:
+        sim.set_catalog_status("gpt-image-2.5-sunburst", "active")
+        sim.set_catalog_status("flux-kontext-pro", "active")
+        sim.configure(extra_schedule_rows=[])
+    new = next(c for c in marked.checks if c.name == "new models")
+    assert new.status == "WARN" and "gpt-image-3 (text_to_image)" in new.detail
+    models = next(c for c in marked.checks if c.name == "models")
+    assert models.status == "WARN" and lines_of(marked)["contract"] == "OK"
+    assert "gpt-image-2.5-sunburst (disabled on edit_image, disabled on text_to_image)" in models.detail
+    assert "flux-kontext-pro (maintenance on text_to_image)" in models.detail
 
 
 def test_a_refused_key_and_an_offline_run(home: Path, sim: Simulator) -> None:

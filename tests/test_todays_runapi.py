@@ -240,6 +240,13 @@ async def test_a_model_in_maintenance_is_refused_and_marked(sim: Simulator, home
             done(await harness.call("generate_image", {"prompt": "still fine"}))  # its other route runs
         finally:
             sim.set_catalog_status("gpt-image-2", "active")
+        # A model RunAPI lists that this version has no contract for: shown, not callable.
+        with simulator_config(sim, extra_schedule_rows=[{"service": "gpt_image_3", "action": "text_to_image", "model": "gpt-image-3"}]):
+            listed = await harness.call("list_models", {})
+            assert listed.structured_content["upstream_only"] == ["gpt-image-3 (text_to_image)"]
+            assert "not callable with this version yet" in text_of(listed) and "gpt-image-3" in text_of(listed)
+            unknown = await harness.call("generate_image", {"prompt": "x", "model": "gpt-image-3"})
+            assert unknown.is_error and "'model'" in text_of(unknown)
         back = await harness.call("edit_image", {"prompt": "x", "images": [image]})
         assert not back.is_error, text_of(back)
         # A conditional read: an unchanged table costs a bodiless 304.

@@ -204,6 +204,79 @@ async def _runapi(report: Report, settings: Settings, has_key: bool, request_s: 
         cents = balance.balance_cents
         money = f"; balance ${cents / 100:,.2f}" if cents is not None else ""
         report.add("OK", "key works", f"RunAPI accepted it{money}")
+        await _contract(report, settings, request_s)
+
+
+async def _contract(report: Report, settings: Settings, request_s: float) -> None:
+    """Whether RunAPI answers as this version expects, by read-only calls: the price schedules (with each
+    model's catalog_status) and a quote for GPT Image 2 at 1k in today's nested form. Then which models RunAPI
+    marks unavailable, and which it lists that this version does not know. A user with a key can run this
+    and tell us what drifted."""
+    from runapi_mcp.catalog import get_catalog
+    from runapi_mcp.client import SPEAKS, RetryPolicy, RunAPIClient, RunAPIError
+    from runapi_mcp.tasks.availability import Availability
+
+    catalog = get_catalog()
+    client = RunAPIClient(
+        settings.key(),
+        settings.base_url,
+        timeout=request_s,
+        retry=RetryPolicy(max_retries=0),
+        redactor=settings.redactor,
+    )
+    differences: list[str] = []
+    async with client:
+        availability = Availability(client, catalog, max_age_s=0)
+        try:
+            with anyio.fail_after(request_s + 2):
+                schedules = await client.price_schedules()
+        except (RunAPIError, TimeoutError) as exc:
+            differences.append(f"the price schedules (GET /api/v1/price_schedules) failed: {exc or 'no answer'}")
+            schedules = None
+        if schedules is not None:
+            if not schedules.rows:
+                differences.append("the price schedules list no model")
+            elif schedules.rows_without_status:
+                differences.append(
+                    f"{schedules.rows_without_status} of {len(schedules.rows)} price schedule rows carry no "
+                    "catalog_status (active, maintenance, disabled)"
+                )
+            availability.use(schedules)
+        try:
+            with anyio.fail_after(request_s + 2):
+                quote = await client.quote_price(
+                    "gpt_image_2",
+                    "text_to_image",
+                    model="gpt-image-2",
+                    params={"prompt": "runapi-mcp doctor", "aspect_ratio": "1:1", "output_resolution": "1k"},
+                )
+        except (RunAPIError, TimeoutError) as exc:
+            differences.append(f"a quote in the nested form ({{service, action, model, params}}) was refused: {exc}")
+        else:
+            if quote.reservation_amount_cents is None:
+                differences.append("the price quote named no reservation_amount_cents")
+    if differences:
+        report.add(
+            "FAIL",
+            "contract",
+            f"RunAPI does not answer as this version expects ({SPEAKS}): " + "; ".join(differences),
+            "update runapi-mcp (pip install -U runapi-mcp); if this is the newest, report these lines to its issues",
+        )
+    else:
+        report.add("OK", "contract", f"RunAPI answers as this version expects ({SPEAKS}: nested quote, catalog_status)")
+    if schedules is None:
+        return
+    unavailable = availability.unavailable()
+    if unavailable:
+        listed = ", ".join(f"{slug} ({why})" for slug, why in sorted(unavailable.items()))
+        report.add("WARN", "models", f"RunAPI marks unavailable for now: {listed}", "use another model meanwhile")
+    else:
+        report.add("OK", "models", f"all {len(catalog.model_names)} models of this catalog are active at RunAPI")
+    unknown = availability.upstream_only()
+    if unknown:
+        names = ", ".join(sorted({f"{u.model or u.service} ({u.action})" for u in unknown}))
+        report.add("WARN", "new models", f"RunAPI lists models this version cannot call yet: {names}",
+                   "update runapi-mcp for them (pip install -U runapi-mcp)")
 
 
 def _home(report: Report, settings: Settings) -> bool:

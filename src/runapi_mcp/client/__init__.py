@@ -17,6 +17,7 @@ from runapi_mcp.client.client import (
     DEFAULT_RETRY_POLICY,
     MAX_REDIRECTS,
     NO_API_KEY_MESSAGE,
+    SPEAKS,
     RetryPolicy,
     RunAPIClient,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "MAX_REDIRECTS",
     "NO_API_KEY_MESSAGE",
+    "SPEAKS",
     "AuthenticationError",
     "BadRequestError",
     "Balance",

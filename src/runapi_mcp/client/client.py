@@ -89,6 +89,9 @@ NO_API_KEY_MESSAGE = (
     '"env" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {"apiKey": "..."} '
     "in ~/.config/runapi/config.json, then restart the server."
 )
+# The contract this client speaks: RunAPI's own Python SDK of that version sends the same requests
+# (tests/test_oracle.py compares them), and the catalog is built from the image contracts of that era.
+SPEAKS = "runapi-core 0.10.1"
 # RunAPI names the task an answer concerns in this header, error answers included.
 TASK_ID_HEADER = "X-RunAPI-Task-Id"
 # A task answer is a few KB; 4 MiB leaves room for a large listing while bounding what one answer costs.

@@ -420,6 +420,8 @@ class PriceSchedules(BaseModel):
     as_of: str | None = None
     rows: list[PriceSchedule] = Field(default_factory=list)
     etag: str | None = None
+    # Rows that named no catalog_status (taken as active): an answer of the earlier contract, for the doctor.
+    rows_without_status: int = 0
 
     @classmethod
     def from_response(cls, body: Any, *, etag: str | None = None) -> Self:
@@ -429,13 +431,17 @@ class PriceSchedules(BaseModel):
             if not isinstance(listed, list):
                 raise RunAPIResponseError("the price schedules answer has no price_schedules list")
             rows = []
+            without = 0
             for item in listed[:5000]:  # RunAPI lists a few hundred; more is no answer to keep in memory
                 if not isinstance(item, Mapping):
                     continue
                 service, action = _string(item.get("service")), _string(item.get("action"))
                 if service is None or action is None:
                     continue
-                status = _string(item.get("catalog_status")) or "active"
+                status = _string(item.get("catalog_status"))
+                if status is None:
+                    without += 1
+                    status = "active"
                 rows.append(
                     PriceSchedule.model_validate(
                         {
@@ -449,7 +455,7 @@ class PriceSchedules(BaseModel):
                         }
                     )
                 )
-            return cls(as_of=_string(payload.get("as_of")), rows=rows, etag=etag)
+            return cls(as_of=_string(payload.get("as_of")), rows=rows, etag=etag, rows_without_status=without)
 
 
 class Balance(BaseModel):

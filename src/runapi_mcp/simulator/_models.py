@@ -108,7 +108,14 @@ DEEP_JSON_LEVELS = 10_000
 MAX_JSON_SIZE = 2**31
 _HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 SCHEDULE_KEYS = ("service", "action", "model")
-SETTABLE_CONFIG = ("legacy", "upload_lifetime_s", "status_retry_after", "report_progress", "id_style")
+SETTABLE_CONFIG = (
+    "legacy",
+    "upload_lifetime_s",
+    "status_retry_after",
+    "report_progress",
+    "id_style",
+    "extra_schedule_rows",
+)
 """The ``SimulatorConfig`` settings ``Simulator.configure`` and ``POST /_sim/config`` may change while running."""
 
 

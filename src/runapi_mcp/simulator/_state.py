@@ -534,7 +534,7 @@ class SimState:
             candidate = dataclasses.replace(self.config, **changes)  # runs the config's own checks
             for name in changes:
                 setattr(self.config, name, getattr(candidate, name))
-            if "legacy" in changes:
+            if "legacy" in changes or "extra_schedule_rows" in changes:
                 self.schedules_as_of = datetime.now(UTC)
 
     def set_catalog_status(self, model: str, status: str, action: str | None = None) -> None:

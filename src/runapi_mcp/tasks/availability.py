@@ -66,6 +66,11 @@ class Availability:
         self._status: dict[tuple[str, str, str], str] = {}  # (service, action, model or "") -> catalog_status
 
     @property
+    def table(self) -> PriceSchedules | None:
+        """The last schedules read (None before the first)."""
+        return self._table
+
+    @property
     def known(self) -> bool:
         """Whether RunAPI's schedules have been read at least once."""
         return self._table is not None
@@ -85,12 +90,13 @@ class Availability:
                 return
             self._read_at = self._clock()
             if answer is not None:  # None: 304, the table holds
-                self._take(answer)
+                self.use(answer)
 
     def _stale(self) -> bool:
         return self._read_at is None or self._clock() - self._read_at >= self._max_age_s
 
-    def _take(self, answer: PriceSchedules) -> None:
+    def use(self, answer: PriceSchedules) -> None:
+        """Take ``answer`` as RunAPI's current schedules (what refresh does with a fresh read)."""
         self._table = answer
         self._status = {_key(row): _status(row) for row in answer.rows}
         marked = [f"{m or s}/{a} ({st})" for (s, a, m), st in self._status.items() if st in UNAVAILABLE]
