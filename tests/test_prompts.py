@@ -223,3 +223,18 @@ async def test_the_2026_era_lists_renders_and_refuses_alike(harness: Harness) ->
         assert tool == "generate_image" and call["aspect_ratio"] == "2:3"
         with pytest.raises(MCPError, match="needs 'theme'"):
             await client.get_prompt("poster_with_text", {"text": "HI"})
+
+
+@pytest.mark.parametrize("model", ["gpt-image-2.5-flare", "gpt-image-2.5-sunburst"])
+async def test_gpt_image_25_in_every_generating_prompt(model: str) -> None:
+    """A prompt's own picks (2k, a ratio) step aside for the model's rules; what the user chose is kept or
+    refused by name."""
+    kept = the_call(await prompts().product_shot(product="a mug", model=model))[1]
+    assert kept["model"] == model and (kept["aspect_ratio"], kept["output_resolution"]) == ("1:1", "2k")
+    auto = the_call(await prompts().product_shot(product="a mug", model=model, aspect_ratio="auto"))[1]
+    assert auto["aspect_ratio"] == "auto" and "output_resolution" not in auto  # 2k would need another ratio
+    poster = the_call(await prompts().poster_with_text(text="SALE", theme="a bakery at dawn", model=model))[1]
+    assert poster["model"] == model and poster["output_resolution"] == "2k"
+    with pytest.raises(MCPError) as refused:
+        await prompts().product_shot(product="a mug", model=model, aspect_ratio="auto", output_resolution="4k")
+    assert "'aspect_ratio'" in str(refused.value)

@@ -94,6 +94,7 @@ NO_API_KEY_MESSAGE = (
 SPEAKS = "runapi-core 0.10.1"
 # RunAPI names the task an answer concerns in this header, error answers included.
 TASK_ID_HEADER = "X-RunAPI-Task-Id"
+_TASK_ID = re.compile(rf"[A-Za-z0-9_.:\-]{{1,{MAX_TASK_ID_CHARS}}}")
 # A task answer is a few KB; 4 MiB leaves room for a large listing while bounding what one answer costs.
 DEFAULT_MAX_ANSWER_BYTES = 4 * 1024 * 1024
 # An error body is only mined for one message; past this it is treated as unreadable (status text instead).
@@ -334,7 +335,7 @@ class RunAPIClient:
         return TaskInfo.from_response(
             data,
             retry_after=parse_retry_after(header(response, "Retry-After", self._redactor)),
-            header_id=header(response, TASK_ID_HEADER, self._redactor, limit=512),
+            header_id=_task_id(response, self._redactor),
         )
 
     async def upload_file(self, data: bytes, *, filename: str, mime_type: str) -> UploadedFile:
@@ -630,7 +631,7 @@ class RunAPIClient:
                 request_id=request_id_of(response, self._redactor, body),
                 retry_after=retry_after,
             )
-            error.task_id = _task_id(header(response, TASK_ID_HEADER, self._redactor, limit=512))
+            error.task_id = _task_id(response, self._redactor)
             error.field = field_of(body)
             return _Attempt(error, retryable=status in self._retry.retry_statuses, retry_after=retry_after)
         try:
@@ -861,11 +862,14 @@ def _service_path(path: str) -> str | None:
     return None
 
 
-def _task_id(value: str | None) -> str | None:
-    """An ``X-RunAPI-Task-Id`` header worth tracking a task by: short, printable, no path characters."""
-    if value is None or not 0 < len(value) <= MAX_TASK_ID_CHARS or not value.isprintable() or "/" in value:
-        return None
-    return value
+def _task_id(response: httpx.Response, redactor: Redactor) -> str | None:
+    """An ``X-RunAPI-Task-Id`` header worth tracking a task by, exactly as sent: an id's characters only, and
+    not the key echoed back (it would be stored and shown as the task's id).
+
+    Checked raw, not cleaned: an id with control characters stripped (or the key masked) would name
+    another task, or none."""
+    value = response.headers.get(TASK_ID_HEADER, "").strip()
+    return value if _TASK_ID.fullmatch(value) and redactor(value) == value else None
 
 
 def _check_idempotency_key(key: str) -> None:

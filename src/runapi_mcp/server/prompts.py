@@ -628,6 +628,7 @@ class ImagePrompts:
         """aspect_ratio and output_resolution for the call: the user's (checked later with the rest), else
         the prompt's choice where the model takes it."""
         options: dict[str, str] = {}
+        chosen: set[str] = set()  # the prompt's own picks, not the user's
         for name, given, preferred in (
             ("aspect_ratio", aspect_ratio.strip(), ratio),
             ("output_resolution", output_resolution.strip(), resolution),
@@ -636,6 +637,17 @@ class ImagePrompts:
                 options[name] = given
             elif preferred and self._takes(target.kind, model, name, preferred):
                 options[name] = preferred
+                chosen.add(name)
+        # A pick of the prompt's own never breaks one of the model's rules (GPT Image 2.5 takes 2k only with an
+        # aspect ratio other than auto): it steps aside, and what the user chose is checked as given.
+        spec = self.catalog.resolve(model, target.kind)[1]
+        while (broken := spec.broken_rule(options)) is not None:
+            rule, name = broken
+            blamed = [n for n in (name, *rule.when) if n in chosen and n in options]
+            if not blamed:
+                break
+            for n in blamed:
+                del options[n]
         return options
 
     def _checked(
