@@ -39,9 +39,12 @@ def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
                 creates = sum(
                     1 for r in sim.requests
                     if r.method == "POST" and r.path.startswith("/api/v1/")
-                    and r.path not in ("/api/v1/files", "/api/v1/price_quotes")
+                    and not r.path.startswith("/api/v1/files") and r.path != "/api/v1/price_quotes"
                 )
-                polls = sum(1 for r in sim.requests if r.method == "GET" and r.path.startswith("/api/v1/"))
+                polls = sum(
+                    1 for r in sim.requests
+                    if r.method == "GET" and r.path.startswith("/api/v1/") and r.path != "/api/v1/price_schedules"
+                )
                 downloads = sum(1 for r in sim.requests if r.path.startswith("/images/"))
                 conn.send({"creates": creates, "tasks": sim.tasks_created, "polls": polls, "downloads": downloads})
             else:

@@ -132,7 +132,7 @@ class Phase:
             parts = path.strip("/").split("/")
             if method == "POST" and path == "/api/v1/price_quotes":
                 self.quotes += 1
-            elif method == "POST" and path.startswith("/api/v1/") and path != "/api/v1/files":
+            elif method == "POST" and path.startswith("/api/v1/") and not path.startswith("/api/v1/files"):
                 self.creates += 1
             elif parts[0] == "images" and len(parts) >= 2 and parts[1] in ids:
                 self.downloads += 1

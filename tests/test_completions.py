@@ -74,6 +74,10 @@ async def test_models_follow_the_prompts_action_and_the_typed_prefix() -> None:
     assert "topaz-upscale-image" not in generate and "gpt-image-2-image-to-image" not in generate
     edit = (await prompt_values("product_shot", "model", context={"image": "task-1"})).values
     assert "gpt-image-2-image-to-image" in edit and "flux-2-klein" not in edit  # flux-2-klein only draws
+    # GPT Image 2.5 is offered wherever GPT Image 2 is, first among the models typed after it.
+    typed = (await prompt_values("product_shot", "model", "gpt-image-2.")).values
+    assert typed[:2] == ["gpt-image-2.5-flare", "gpt-image-2.5-sunburst"]
+    assert {"gpt-image-2.5-flare", "gpt-image-2.5-sunburst"} <= set(edit) & set(generate)
     upscale = await prompt_values("upscale_for_print", "model")
     assert upscale.values == ["topaz-upscale-image", "recraft-crisp-upscale"] and upscale.total == 2
     assert not upscale.has_more

@@ -19,6 +19,7 @@ from mcp.client import Client
 from PIL import Image
 
 from runapi_mcp.app import open_app
+from runapi_mcp.http.gallery import Gallery
 from runapi_mcp.simulator import Fault, Simulator
 from tests.support import (
     FAST_POLICY,
@@ -97,6 +98,12 @@ async def test_gpt_image_25_generates_and_edits_16_images(harness: Harness, inpu
     assert len(uploads(harness.sim)) == 16  # sixteen distinct pictures, each uploaded once, after the quote
     [quote] = price_quotes(harness.sim)
     assert quote.json["model"] == model and quote.time <= min(u.time for u in uploads(harness.sim))
+    # The history and the galleries filter by it like any model.
+    listed = (await harness.call("list_tasks", {"model": model})).structured_content["tasks"]
+    assert {t["task_id"] for t in listed} == {made["task_id"], at_4k["task_id"], edited["task_id"]}
+    shown = await harness.call("gallery", {"model": model})
+    assert not shown.is_error and edited["task_id"] in str(shown.structured_content)
+    assert model in Gallery(harness.app.manager.store, harness.app.manager.images).models  # the web filter
 
 
 # (what the caller asks, the field the refusal names, a value it allows, values it must not offer). "auto" is

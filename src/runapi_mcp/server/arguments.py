@@ -89,7 +89,7 @@ ImageArg = Annotated[
     _PLAIN,
     _shows("string"),
 ]
-# The model's allowed values (topaz-upscale-image: 1, 2, 4, 8) are the catalog's to check.
+# The model's allowed values (topaz-upscale-image: 1, 2, 4) are the catalog's to check.
 FactorArg = Annotated[int, Field(ge=1, description="e.g. 2 or 4"), _shows("integer")]
 TaskIdArg = Annotated[str, Field(min_length=1, max_length=512), _PLAIN, _shows("string")]
 _Name = Annotated[str, Field(max_length=200), _PLAIN]

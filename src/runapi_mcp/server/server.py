@@ -53,14 +53,16 @@ RunAPI image models (GPT Image 2 by default) behind one API key.
   of an earlier task (its first image), an absolute local path or file:// URI (uploaded for you), an http(s)
   URL or a data: URI.
 - To make a picture larger: call upscale_image with image=... (any of those forms) and factor (2 by default;
-  topaz-upscale-image takes 1, 2, 4 or 8, recraft-crisp-upscale no factor).
+  topaz-upscale-image takes 1, 2 or 4, recraft-crisp-upscale no factor).
 - If a result says the task is still running, call get_task(task_id, wait=true): the task keeps running and
   is never paid for twice. wait=false returns the task_id at once. A failed task is never retried silently.
 - To find earlier tasks and their pictures (also from before a restart): call list_tasks (newest first;
   filter by status or model; pass next_cursor back as cursor for more).
 - To show the user their recent pictures: call gallery (a grid in clients that render MCP Apps, text elsewhere).
 - aspect_ratio (auto, 1:1, 3:2, 2:3, 4:3, 3:4, 5:4, 4:5, 16:9, 9:16, 2:1, 1:2, 3:1, 1:3, 21:9, 9:21) and
-  output_resolution (1k, 2k, 4k) shape GPT Image 2 output. list_models lists every model in one line each;
+  output_resolution (1k, 2k, 4k) shape GPT Image 2 output, and GPT Image 2.5's (model="gpt-image-2.5-flare" or
+  "gpt-image-2.5-sunburst"; at 2k or 4k give a ratio other than auto, at 4k not 1:1; edits take up to 16
+  images). list_models lists every model in one line each;
   list_models(model=...) shows a model's fields (allowed values, limits), which other fields go in params,
   e.g. model="imagen-4", params={"seed": 7}.
 """

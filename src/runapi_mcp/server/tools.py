@@ -206,7 +206,7 @@ class ImageTools:
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
     ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
-        """Enlarge an image (topaz-upscale-image: factor 1, 2, 4 or 8). Returns like generate_image."""
+        """Enlarge an image (topaz-upscale-image: factor 1, 2 or 4). Returns like generate_image."""
         spec = self.catalog.resolve(model, "upscale")[1]
         options: dict[str, Any] = {}
         target = spec.upscale_field
