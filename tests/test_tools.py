@@ -16,7 +16,16 @@ from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault
-from tests.support import FAST_POLICY, SIM_KEY, Harness, make_settings, sent_anything, text_of, uploads, upstream_creates
+from tests.support import (
+    FAST_POLICY,
+    SIM_KEY,
+    Harness,
+    make_settings,
+    sent_anything,
+    text_of,
+    uploads,
+    upstream_creates,
+)
 
 pytestmark = pytest.mark.anyio
 
