@@ -453,6 +453,20 @@ class ModelSpec:
                 return rule, name
         return None
 
+    def step_aside(self, body: dict[str, Any], defaults: set[str]) -> dict[str, Any]:
+        """Take out of ``body`` (in place) each of ``defaults`` (fields the caller did not choose) that a broken
+        rule names, until no broken rule names one; return what was taken out. What the caller chose stays,
+        for :meth:`check_rules` to refuse by name."""
+        dropped: dict[str, Any] = {}
+        while (broken := self.broken_rule(body)) is not None:
+            rule, name = broken
+            blamed = [n for n in dict.fromkeys((name, *rule.when)) if n in defaults and n in body]
+            if not blamed:
+                break
+            for n in blamed:
+                dropped[n] = body.pop(n)
+        return dropped
+
     def check_rules(self, body: Mapping[str, Any]) -> None:
         """Raise :class:`CatalogError` naming the field and what is allowed instead when ``body``
         (a request body: field -> value) breaks one of the contract's rules."""
@@ -813,16 +827,9 @@ class Catalog:
         image_field = spec.image_field
         if image_field is not None and image_count > 0:
             view[image_field.name] = "<image>"  # filled by with_images; only its presence matters to a rule
-        dropped: dict[str, Any] = {}
-        while (broken := spec.broken_rule(view)) is not None:
-            rule, name = broken
-            blamed = [n for n in dict.fromkeys((name, *rule.when)) if n in defaults_sent and n in body]
-            if not blamed:
-                break
-            for n in blamed:
-                dropped[n] = body.pop(n)
-                del view[n]
-                defaults_sent.discard(n)
+        dropped = spec.step_aside(view, defaults_sent)
+        for name in dropped:
+            del body[name]
         try:
             spec.check_rules(view)
         except CatalogError as exc:

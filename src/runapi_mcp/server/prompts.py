@@ -640,14 +640,7 @@ class ImagePrompts:
                 chosen.add(name)
         # A pick of the prompt's own never breaks one of the model's rules (GPT Image 2.5 takes 2k only with an
         # aspect ratio other than auto): it steps aside, and what the user chose is checked as given.
-        spec = self.catalog.resolve(model, target.kind)[1]
-        while (broken := spec.broken_rule(options)) is not None:
-            rule, name = broken
-            blamed = [n for n in (name, *rule.when) if n in chosen and n in options]
-            if not blamed:
-                break
-            for n in blamed:
-                del options[n]
+        self.catalog.resolve(model, target.kind)[1].step_aside(options, chosen)
         return options
 
     def _checked(
