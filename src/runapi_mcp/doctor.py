@@ -42,6 +42,7 @@ from runapi_mcp.install import (
     runapi_config_has_key,
     server_launch,
 )
+from runapi_mcp.private import private_dir
 from runapi_mcp.redaction import Redactor
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -282,7 +283,8 @@ async def _contract(report: Report, settings: Settings, request_s: float) -> Non
 def _home(report: Report, settings: Settings) -> bool:
     home = settings.home
     try:
-        home.mkdir(parents=True, exist_ok=True)
+        if not home.exists():
+            private_dir(home)  # as the server makes it: 0700 (an existing one is the server's to tighten)
         with tempfile.NamedTemporaryFile(dir=home, prefix=".doctor-", suffix=".tmp") as probe:
             probe.write(b"ok")
             probe.flush()

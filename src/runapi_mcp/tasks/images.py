@@ -36,6 +36,7 @@ import anyio
 from PIL import Image, JpegImagePlugin, TiffImagePlugin
 
 from runapi_mcp.client import RunAPIClient, RunAPIResponseError
+from runapi_mcp.private import private_dir, private_fd, tighten, tighten_entries
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 from runapi_mcp.tasks.sandbox import SandboxError, open_checked_sync, read_checked_sync
 
@@ -366,6 +367,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``path`` via a fresh temp file renamed over it: a planted symlink is replaced, never followed."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        private_fd(fd)  # mkstemp asks for 0600, through the umask
         with open(fd, "wb") as out:
             out.write(data)
         os.replace(tmp, path)
@@ -383,8 +385,14 @@ class ImageStore:
         self._preview_dir = root / ".previews"
 
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._preview_dir.mkdir(parents=True, exist_ok=True)
+        """The library's directories, private (0700; see ``runapi_mcp.private``), blocking. A library
+        found open to other users is tightened, its files too (0600), with a log line."""
+        opened = [(folder, private_dir(folder)) for folder in (self.root, self._preview_dir)]
+        loose = [(folder, mode) for folder, mode in opened if mode is not None]
+        if loose:
+            files = tighten_entries(folder for folder, _ in opened)
+            shown = ", ".join(f"{folder} (was {mode:o})" for folder, mode in loose)
+            log.warning("the image library was open to other users: made %s private, and %d files in it", shown, files)
 
     # -- downloading -------------------------------------------------------------------------------
 
@@ -399,6 +407,7 @@ class ImageStore:
         try:
             result = await client.download(url, partial, max_bytes=self.max_bytes, deadline_s=deadline_s)
             info = await anyio.to_thread.run_sync(self._inspect_download, partial)
+            await anyio.to_thread.run_sync(tighten, partial)  # the client wrote it through the umask
             final = self.root / f"{image_id}{info.extension}"
             # rename() replaces whatever is at ``final`` (even a planted symlink) and never follows it.
             await anyio.Path(partial).rename(final)
@@ -684,7 +693,7 @@ class ImageStore:
             ) from None
         suffix = ".png" if preview.mime_type == "image/png" else ".jpg"
         try:
-            self._preview_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self._preview_dir)
             _atomic_write(self._cache_path(image.id, max_edge, max_bytes, suffix), preview.data)
         except OSError as exc:  # the preview is still good; only the cache missed out
             log.warning("could not cache the preview of %s: %s", image.id, exc)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import pydantic
 
+from runapi_mcp.private import private_dir, private_file, tighten
 from runapi_mcp.tasks.records import TaskRecord, TaskState
 from runapi_mcp.tasks.store import TaskPage, decode_cursor, encode_cursor, needs_taking_up
 
@@ -34,6 +35,7 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 4
 _BUSY_TIMEOUT_S = 10.0  # another server on the same home may hold the write lock for a moment
+_JOURNALS = ("-wal", "-shm", "-journal")  # SQLite's files beside the database
 
 # Each step takes the file from version n to n + 1. Version 1 was the first layout (tasks by id, the
 # record as JSON); version 2 added the columns for paging by state, resuming and spending; version 3
@@ -227,7 +229,7 @@ class SQLiteTaskStore:
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the file, switch it to WAL, and bring its layout up to :data:`SCHEMA_VERSION` (blocking)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _private_home(path)
         db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the task store {path}: {exc}") from exc
@@ -240,6 +242,26 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise StoreError(f"cannot use the task store {path}: {exc}") from exc
     return db
+
+
+def _private_home(path: Path) -> None:
+    """The store's directory (``RUNAPI_MCP_HOME``) 0700 and the store 0600, whatever the umask (blocking).
+
+    The database is created here, private, before SQLite opens it: SQLite gives its ``-wal`` and
+    ``-shm`` files the database's own mode. A home or store found open to other users (made by an
+    older version, or by hand) is tightened, with a log line.
+    """
+    home = path.parent
+    was = private_dir(home)
+    if was is not None:
+        log.warning("the data directory %s was open to other users (mode %o): made it private (700)", home, was)
+    changed: list[str] = []
+    for target in (path, *(path.with_name(path.name + suffix) for suffix in _JOURNALS)):
+        mode = private_file(target) if target == path else tighten(target)
+        if mode is not None:
+            changed.append(f"{target.name} (was {mode:o})")
+    if changed:
+        log.warning("made the task store private (600): %s in %s", ", ".join(changed), home)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
