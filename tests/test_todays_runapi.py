@@ -275,6 +275,8 @@ async def test_check_balance_counts_what_runapi_reported_a_task_cost(harness: Ha
     assert balance["spent_cents_today_here"] == 3 + 11
     record = await harness.app.manager.store.get(settled["task_id"])
     assert record is not None and record.cost_cents == 11 and record.price_cents == 3
+    assert settled["cost_cents"] == 11 and "11 cents" in text_of(await harness.call("get_task", {"task_id": settled["task_id"]}))
+    assert failed.structured_content["cost_cents"] is None
 
 
 async def test_runapi_s_own_validation_error_is_a_field_error(harness: Harness) -> None:

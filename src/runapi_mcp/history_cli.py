@@ -41,7 +41,7 @@ def rows(records: Sequence[TaskRecord]) -> list[tuple[str, ...]]:
             record.status,
             record.model,
             datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M:%S"),
-            _price(record.price_cents),
+            _price(record.cost_cents if record.cost_cents is not None else record.price_cents),
             _images(record),
         )
         for record in records

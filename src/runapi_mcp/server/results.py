@@ -48,6 +48,7 @@ class TaskResult(BaseModel):
                               "processing, completed, failed or cancelled (a client cancelled it: this server "
                               "stopped tracking it)")
     price_cents: int | None = Field(None, description="RunAPI's quote for the task, in cents, where known")
+    cost_cents: int | None = Field(None, description="What RunAPI reported the task cost, in cents, once done")
     model: str
     service: str
     action: str
@@ -79,6 +80,7 @@ def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult
         task_id=record.task_id,
         runapi_task_id=record.upstream_id,
         price_cents=record.price_cents,
+        cost_cents=record.cost_cents,
         status=record.status,
         model=record.model,
         service=record.service,
@@ -105,7 +107,8 @@ def summary_text(
     links the structured result carries (``tool_result`` passes them, so both say the same); without
     them each saved image is linked afresh through ``current_file_link``."""
     elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
-    price = f", {record.price_cents} cents" if record.price_cents is not None else ""
+    cents = record.cost_cents if record.cost_cents is not None else record.price_cents
+    price = f", {cents} cents" if cents is not None else ""
     head = f"Task {record.task_id} ({record.model}, {record.action}{price})"
     if record.status == "completed":
         saved = [i for i in record.images if i.path]

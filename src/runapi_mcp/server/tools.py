@@ -122,7 +122,7 @@ class BalanceResult(BaseModel):
     spent_cents_today: int | None = None
     spent_cents_total: int | None = None
     spent_cents_today_here: int = Field(
-        description="What this server's tasks of today (UTC) cost by their quotes (failed tasks excluded)"
+        description="What this server's tasks of today (UTC) cost: RunAPI's reported cost, else the quote"
     )
     max_spend_cents: int | None = Field(
         None, description="The daily spend cap (RUNAPI_MCP_MAX_SPEND_CENTS), when one is set"

@@ -74,8 +74,8 @@ class TaskStore(Protocol):
         library (what a restarted manager must take up again)."""
 
     async def spent_cents(self, since: float, owner: str | None = None) -> int:
-        """What the tasks created since ``since`` (epoch seconds) cost by their quotes (failed ones
-        excluded), of ``owner`` only when given."""
+        """What the tasks created since ``since`` (epoch seconds) cost (``TaskRecord.spend_cents``: RunAPI's
+        reported cost, else the quote of a task that did not fail), of ``owner`` only when given."""
 
     async def load_state(self, key: str) -> Any:
         """A small JSON value kept under ``key`` (e.g. what the poll schedule learned), or None."""
