@@ -27,9 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from runapi_mcp.app import open_app
 from runapi_mcp.config import ConfigError, load_settings
+from runapi_mcp.http import auth
+from runapi_mcp.http.app import HttpOptions
 from runapi_mcp.http.auth import BearerVerifier, JWTSettings, build_verifier, owner_of
+from runapi_mcp.http.serve import http_server
+from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER
+from tests.support import FAST_POLICY, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -214,7 +220,7 @@ async def test_valid_rsa_token_accepted(verifier: BearerVerifier, issuer: Issuer
     assert access.subject == "alice"
     assert access.scopes == ["images:generate", "images:read"]
     assert access.client_id == "claude-desktop"
-    assert access.expires_at == payload["exp"]
+    assert access.expires_at == payload["exp"] + 30  # accepted until then: exp plus the leeway
     assert access.resource == AUDIENCE
     assert access.claims == {"iss": issuer.url}
     assert access.token == token
@@ -599,3 +605,119 @@ def test_build_verifier_configuration_errors(tmp_path: Path) -> None:
         settings_verifier(tmp_path, jwt_audience="api://runapi")
     with pytest.raises(ConfigError, match="RUNAPI_MCP_AUTH_TOKEN"):
         settings_verifier(tmp_path, auth_token="  ")
+
+
+# -- through the real HTTP path: a hanging issuer, and the leeway ------------------------------------
+
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+@dataclass
+class HangingIssuer:
+    """An issuer that accepts every connection and never answers (its metadata and JWKS alike)."""
+
+    url: str
+    connections: list[socket.socket]
+
+
+@pytest.fixture
+def hanging_issuer() -> Iterator[HangingIssuer]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)  # read nothing, answer nothing: the request hangs until the client gives up
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield HangingIssuer(f"http://127.0.0.1:{listener.getsockname()[1]}", held)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+async def test_a_hanging_issuer_costs_one_timeout_then_requests_fail_fast(
+    sim: Simulator, home: Path, inputs: Path, hanging_issuer: HangingIssuer, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The shipped ratio (a 10 s timeout, a 5 s backoff), scaled down: the backoff is shorter than the fetch,
+    # so counted from the fetch's start it would be over before the fetch ended, and each request would
+    # wait out a fetch of its own.
+    monkeypatch.setattr(auth, "FETCH_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(auth, "FAILURE_BACKOFF_S", 1.0)
+    url = hanging_issuer.url
+    settings = make_settings(sim, home, inputs, jwt_issuer=url, jwt_audience=AUDIENCE)  # discovery: metadata first
+    token = {"Authorization": f"Bearer {mint(keys.rsa, claims(url))}"}
+    async with (
+        open_app(settings, policy=FAST_POLICY) as app,
+        http_server(app, HttpOptions(port=0, jwt_issuer=url), settings) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.port}", trust_env=False, timeout=30) as http,
+    ):
+
+        async def refused_in() -> float:
+            started = time.monotonic()
+            answer = await http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **token})
+            assert answer.status_code == 401, answer.text
+            return time.monotonic() - started
+
+        # The first request waits for the fetch: one timeout in all, though discovery asks two documents.
+        first = await refused_in()
+        fetch_ended = time.monotonic()
+        assert 1.4 <= first < 2.5, first
+        asked = len(hanging_issuer.connections)
+        assert asked == 1  # the first metadata document hung; the second was never asked for
+        # Right after, within the backoff counted from the fetch's end: refused at once, the issuer left alone.
+        fast = [await refused_in() for _ in range(3)]
+        assert max(fast) < 0.5, fast
+        assert len(hanging_issuer.connections) == asked
+        # Past the backoff the issuer is tried again (one request waits for it; the next fails fast again).
+        await anyio.sleep(max(0.0, fetch_ended + 1.1 - time.monotonic()))
+        assert await refused_in() >= 1.4
+        assert len(hanging_issuer.connections) == asked + 1
+        assert await refused_in() < 0.5
+
+
+async def test_a_token_expired_within_the_leeway_is_accepted_over_http(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer, keys: Keys
+) -> None:
+    settings = make_settings(
+        sim, home, inputs, jwt_issuer=issuer.url, jwt_audience=AUDIENCE, jwt_jwks_url=issuer.url + JWKS_PATH
+    )
+    now = int(time.time())
+    late = {"Authorization": f"Bearer {mint(keys.rsa, claims(issuer.url, exp=now - 10))}"}  # leeway: 30 s
+    expired = {"Authorization": f"Bearer {mint(keys.rsa, claims(issuer.url, exp=now - 45))}"}
+    async with (
+        open_app(settings, policy=FAST_POLICY) as app,
+        http_server(app, HttpOptions(port=0, jwt_issuer=issuer.url), settings) as running,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.port}", trust_env=False, timeout=30) as http,
+    ):
+        # The SDK's auth middleware checks expiry again on its own: it must see the leeway too.
+        answer = await http.post("/mcp", json=INITIALIZE, headers={**MCP_HEADERS, **late})
+        assert answer.status_code == 200, answer.text
+        assert (await http.get("/gallery", headers=late)).status_code == 200
+        for path in ("/mcp", "/gallery"):
+            refused = await http.request(
+                "POST" if path == "/mcp" else "GET",
+                path,
+                headers={**MCP_HEADERS, **expired},
+                json=INITIALIZE if path == "/mcp" else None,
+            )
+            assert refused.status_code == 401, path

@@ -46,7 +46,8 @@ MAX_DOCUMENT_BYTES = 1024 * 1024  # a JWKS or metadata document; real ones are a
 KEYS_TTL_S = 600.0
 # The least time between two fetches of the key set when a token names an unknown key (rotation).
 REFETCH_MIN_S = 30.0
-# After a failed fetch, requests fail at once for this long instead of each trying the issuer again.
+# After a failed fetch, requests fail at once for this long (counted from the fetch's end, timeouts
+# included) instead of each trying the issuer again.
 FAILURE_BACKOFF_S = 5.0
 
 # What each signing algorithm needs of a key: its JWK key type and, where it matters, its curve.
@@ -73,7 +74,9 @@ class JWTSettings:
     issuer: str
     audience: str
     jwks_url: str | None = None  # None: the jwks_uri of the issuer's OAuth or OpenID metadata
-    leeway_s: float = 30.0  # clock skew allowed on exp, nbf and iat
+    # Clock skew allowed on exp, nbf and iat: a token is accepted until exp + leeway (its AccessToken's
+    # expires_at, which the SDK's auth middleware and the gallery check again, says that time).
+    leeway_s: float = 30.0
     algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 
     def __post_init__(self) -> None:
@@ -246,10 +249,12 @@ class BearerVerifier:
                     return self._fresh_keys()
                 if refresh and since < REFETCH_MIN_S:
                     return self._fresh_keys()
-            self._last_fetch_at = self._clock()
             try:
-                keys = await self._fetch_keys()
+                keys = await self._fetch_keys_in_time()
             except _FetchError as exc:
+                # The backoff counts from here, the fetch's end: an issuer that hangs until the timeout
+                # (longer than the backoff) must not have every request wait for a fetch of its own.
+                self._last_fetch_at = self._clock()
                 self._fetches += 1
                 if self._jwt is not None and self._jwt.jwks_url is None:
                     self._jwks_uri = None  # discover again next time: the issuer may have moved its keys
@@ -260,6 +265,7 @@ class BearerVerifier:
                 self._failing = True
                 return self._fresh_keys()
             # Counted once the fetch has an outcome: if it is cancelled, a waiter fetches in its stead.
+            self._last_fetch_at = self._clock()
             self._fetches += 1
             if self._failing:
                 log.info("JWT signing keys available again (%d keys)", len(keys))
@@ -272,6 +278,15 @@ class BearerVerifier:
         if keys is None or self._clock() - keys.fetched_at >= KEYS_TTL_S:
             return None
         return keys
+
+    async def _fetch_keys_in_time(self) -> tuple[_Key, ...]:
+        """:meth:`_fetch_keys` within :data:`FETCH_TIMEOUT_S` in all (discovery's two metadata documents
+        and the key set together), so a hanging issuer holds a verification that long at most."""
+        try:
+            with anyio.fail_after(FETCH_TIMEOUT_S):
+                return await self._fetch_keys()
+        except TimeoutError:
+            raise _FetchError(f"the issuer's signing keys did not arrive within {FETCH_TIMEOUT_S:g} s") from None
 
     async def _fetch_keys(self) -> tuple[_Key, ...]:
         if self._jwks_uri is None:
@@ -397,7 +412,9 @@ def _access_token(token: str, claims: Mapping[str, Any], settings: JWTSettings) 
         token=token,
         client_id=client_id,
         scopes=_scopes(claims),
-        expires_at=int(claims["exp"]),
+        # When this server stops accepting it: exp plus the leeway. The SDK's auth middleware checks
+        # expires_at again, with no leeway of its own, so the leeway holds only if it is counted in here.
+        expires_at=math.ceil(claims["exp"] + settings.leeway_s),
         resource=settings.audience,
         subject=sub,
         claims={"iss": claims["iss"]},
