@@ -147,7 +147,8 @@ def test_a_signal_answers_the_waiting_call_and_ends_the_server(
         call = {"name": "generate_image", "arguments": {"prompt": "a long wait"}}
         server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": call})
         deadline = time.monotonic() + 10
-        while not [r for r in sim.requests if r.method == "GET" and "/api/v1/" in r.path]:
+        # The task's own status polled (not the price schedules read at start): the call is waiting.
+        while not [r for r in sim.requests if r.method == "GET" and "/api/v1/gpt_image_2/" in r.path]:
             assert time.monotonic() < deadline, "the task was never polled"
             time.sleep(0.05)
         server.proc.send_signal(signum)

@@ -17,6 +17,7 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
+from runapi_mcp.stdio import StdioTransport
 from runapi_mcp.tasks import (
     Availability,
     DurationMemory,
@@ -142,33 +143,58 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         tg.cancel_scope.cancel()
 
 
-# After SIGINT/SIGTERM, how long waiting tool calls have to answer before the process ends.
-STDIO_STOP_GRACE_S = 0.5
+# After SIGINT/SIGTERM, the longest the waiting tool calls have to answer before the process ends. They answer
+# in a few ms; Claude Code sends SIGTERM 100 ms after SIGINT, and SIGKILL at about 0.5 s.
+STDIO_STOP_GRACE_S = 0.08
 
 
 async def serve_stdio(settings: Settings) -> None:
     """Serve one client over stdin/stdout until it closes stdin, or a signal stops the server."""
+    transport = StdioTransport()
     async with open_app(settings) as app, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, app)
-        await app.server.run_stdio_async()
+        tg.start_soon(_stop_on_signal, app, transport)
+        await transport.serve(app.server)
         tg.cancel_scope.cancel()
 
 
-async def _stop_on_signal(app: App) -> None:
-    """SIGINT or SIGTERM (``docker stop``, a supervisor): every waiting call answers with its task id
-    ("still running"), then the store is closed and the process ends. The tasks resume on the next start.
+async def _stop_on_signal(app: App, transport: StdioTransport) -> None:
+    """SIGINT or SIGTERM (a client ending its session, ``docker stop``, a supervisor): every waiting call
+    answers with its task id ("still running"), and once those answers are written (``STDIO_STOP_GRACE_S``
+    at most) the store is closed and the process ends. A second signal cuts the wait short. The tasks resume
+    on the next start.
 
     The process is ended here rather than by unwinding: the SDK reads stdin in a worker thread that no
     cancellation reaches, so a client that keeps stdin open would otherwise hold the process for ever.
     """
+    log = logging.getLogger("runapi_mcp")
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            logging.getLogger("runapi_mcp").info("%s: answering the waiting calls, then stopping", name)
-            app.manager.stop_waiting()
-            await anyio.sleep(STDIO_STOP_GRACE_S)
-            with anyio.CancelScope(shield=True):
-                await app.manager.store.close()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
+        signum = await anext(signals)
+        started = anyio.current_time()
+        waiting = len(transport.calls)
+        log.info("%s: answering the waiting calls, then stopping", signal.Signals(signum).name)
+        app.manager.stop_waiting()
+        async with anyio.create_task_group() as tg:
+
+            async def cut_short() -> None:
+                again = await anext(signals)
+                log.info("%s: stopping now", signal.Signals(again).name)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cut_short)
+            with anyio.move_on_after(STDIO_STOP_GRACE_S):
+                await transport.wait_settled()
+            tg.cancel_scope.cancel()
+        answered = anyio.current_time()
+        if transport.calls:
+            log.warning("stopping with %d tool call(s) unanswered", len(transport.calls))
+        with anyio.CancelScope(shield=True):
+            await app.manager.store.close()
+        log.info(
+            "stopped: %d tool call(s) answered in %.0f ms, the store closed in %.0f ms",
+            max(0, waiting - len(transport.calls)),
+            (answered - started) * 1000,
+            (anyio.current_time() - answered) * 1000,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

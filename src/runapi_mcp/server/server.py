@@ -13,7 +13,9 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp.types import (
     INVALID_PARAMS,
     CallToolResult,
@@ -118,6 +120,13 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.tasks.install(self._lowlevel_server)
         # Every change of a task reaches listen streams (2026 era) and resources/subscribe clients (2025 era).
         deps.manager.add_listener(self.live.task_changed)
+
+    async def run_streams(
+        self, read_stream: ReadStream[SessionMessage | Exception], write_stream: WriteStream[SessionMessage]
+    ) -> None:
+        """Serve one connection over these streams (``runapi_mcp.stdio`` wraps the SDK's stdio transport's)."""
+        lowlevel = self._lowlevel_server
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
