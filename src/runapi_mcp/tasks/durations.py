@@ -63,8 +63,13 @@ _FORMAT = 1  # version of the saved entry; another version is ignored (the model
 
 # Seconds a task of a model takes, by output resolution, before anything was learned.
 # GPT Image 2 finishes in about 10-30 s depending on resolution (RunAPI's docs).
+_GPT_IMAGE_2_S = {"1k": 12.0, "2k": 20.0, "4k": 28.0}
 _PRIOR_S: dict[str, dict[str, float]] = {
-    "gpt-image-2": {"1k": 12.0, "2k": 20.0, "4k": 28.0},
+    "gpt-image-2": _GPT_IMAGE_2_S,
+    # GPT Image 2.5 publishes no timings; it takes GPT Image 2's fields and resolutions, so it starts from
+    # GPT Image 2's and learns its own from the first tasks.
+    "gpt-image-2.5-flare": _GPT_IMAGE_2_S,
+    "gpt-image-2.5-sunburst": _GPT_IMAGE_2_S,
 }
 _DEFAULT_PRIOR_S = 20.0
 _PRIOR_SPREAD = 0.35  # relative spread of an untimed kind (the prior is a guess)
