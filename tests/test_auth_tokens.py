@@ -688,11 +688,7 @@ async def test_a_hanging_issuer_costs_one_timeout_then_requests_fail_fast(
         fast = [await refused_in() for _ in range(3)]
         assert max(fast) < 0.5, fast
         assert len(hanging_issuer.connections) == asked
-        # Past the backoff the issuer is tried again (one request waits for it; the next fails fast again).
-        await anyio.sleep(max(0.0, fetch_ended + 1.1 - time.monotonic()))
-        assert await refused_in() >= 1.4
-        assert len(hanging_issuer.connections) == asked + 1
-        assert await refused_in() < 0.5
+        assert time.monotonic() - fetch_ended < 1.0  # all within the backoff (after it: test_issuer_recovers_...)
 
 
 async def test_a_token_expired_within_the_leeway_is_accepted_over_http(

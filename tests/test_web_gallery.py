@@ -188,7 +188,7 @@ async def test_the_page_escapes_every_text_and_sends_the_security_headers(harnes
     assert page.count(f'nonce="{nonce.group(1)}"') == 2  # the one <style> and the one <script>
     assert page.count("<script") == 1
     assert answer.headers["x-content-type-options"] == "nosniff"
-    assert answer.headers["referrer-policy"] == "no-referrer"
+    assert answer.headers["referrer-policy"] == "same-origin"  # no-referrer makes Chromium's form POST Origin: null
     assert answer.headers["cache-control"] == "no-store"
 
 
@@ -210,8 +210,14 @@ async def test_http_mode_needs_the_token_and_a_browser_keeps_it_in_a_cookie(
         wrong = await http.get("/gallery", params={"token": "not-the-token"})
         assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
 
-        # ?token= once: checked, kept in a cookie, and the URL is cleaned (other parameters kept).
-        signed = await http.get("/gallery", params={"token": TOKEN, "model": "gpt-image-2"})
+        # ?token= never signs in by itself: it opens the form filled in, which goes on to the link's filters.
+        link = await http.get("/gallery", params={"token": TOKEN, "model": "gpt-image-2"})
+        assert link.status_code == 200 and "set-cookie" not in link.headers
+        assert f'value="{TOKEN}"' in link.text and "shared token" in link.text and "lighthouse" not in link.text
+        assert 'name="next" value="/gallery?model=gpt-image-2"' in link.text
+        signed = await http.post(
+            "/gallery/login", data={"token": TOKEN, "next": "/gallery?model=gpt-image-2"}, headers={"Origin": base}
+        )
         assert signed.status_code == 303
         assert signed.headers["location"] == "/gallery?model=gpt-image-2"
         set_cookie = signed.headers["set-cookie"]
@@ -280,7 +286,9 @@ async def test_each_user_sees_only_their_own(
             for path in pictures:
                 assert (await http.get(path, headers=as_alice)).status_code == 200, path
             # Bob, by header or by cookie: nothing of alice's, and her pictures are not found.
-            signed = await http.get("/gallery", params={"token": bob_token})
+            link = await http.get("/gallery", params={"token": bob_token})
+            assert link.status_code == 200 and "as <strong>bob</strong>" in link.text  # says whom it signs in as
+            signed = await http.post("/gallery/login", data={"token": bob_token}, headers={"Origin": base})
             assert signed.status_code == 303
             max_age = int(re.search(r"Max-Age=(\d+)", signed.headers["set-cookie"]).group(1))  # type: ignore[union-attr]
             assert 0 < max_age <= 330  # no longer than the JWT is accepted (its exp, plus the 30 s leeway)

@@ -14,12 +14,20 @@ that does not exist.
 
 Browser auth. A browser cannot send an ``Authorization`` header from the address bar, so the gallery
 (and only the gallery: ``/files`` and ``/mcp`` never read it) also takes the same bearer token from a
-cookie. The cookie is set by ``GET /gallery?token=...`` (checked first, then a redirect to the URL
-without it) or by the sign-in form (``POST /gallery/login``, which keeps the token out of the URL and
-the browser history). It is HttpOnly, SameSite=Strict, scoped to ``Path=/gallery``, Secure over HTTPS,
-and lives as long as the token (a JWT's ``exp``; the shared token: :data:`SHARED_COOKIE_MAX_AGE_S`).
-It holds the token itself, checked by the same verifier on every request, so a rotated shared token or
-an expired JWT ends the session at once and no session state is kept. The token is never logged.
+cookie. Only the sign-in form sets it (``POST /gallery/login``), and only when the browser says the
+POST comes from this server's own page (``Sec-Fetch-Site: same-origin``, else a matching ``Origin``).
+A token in a URL never signs anyone in: ``GET /gallery?token=...`` shows the form filled in, naming
+whom the token signs in as, and waits for the visitor's own click. Otherwise any page on another site
+could navigate a visitor there and sign their browser in to the gallery as the other site's user
+(login CSRF; loopback ports are all one "site", so ``SameSite`` alone does not stop a page on another
+port). The pages send ``Referrer-Policy: same-origin``: with ``no-referrer`` Chromium sends
+``Origin: null`` on the form's own POST, which the Origin check must refuse.
+
+The cookie is HttpOnly, SameSite=Strict, scoped to ``Path=/gallery``, Secure over HTTPS, and lives as
+long as the token is accepted (a JWT's ``exp`` plus the verifier's leeway; the shared token:
+:data:`SHARED_COOKIE_MAX_AGE_S`). It holds the token itself, checked by the same verifier on every
+request, so a rotated shared token or an expired JWT ends the session at once and no session state is
+kept. The token is never logged.
 
 Thumbnails are ``ImageStore`` previews at their own size (:data:`THUMB_EDGE`), so they are made once,
 under the process-wide decode budget of ``tasks/previews.py``, and cached in the library's
@@ -53,8 +61,16 @@ from starlette.routing import BaseRoute, Route
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.history_cli import STATES
-from runapi_mcp.http.auth import owner_of
-from runapi_mcp.http.gallery_page import Filters, GalleryView, Tile, render_gallery, render_problem, render_signin
+from runapi_mcp.http.auth import SHARED_TOKEN_CLIENT_ID, owner_of
+from runapi_mcp.http.gallery_page import (
+    Filters,
+    GalleryView,
+    SignInLink,
+    Tile,
+    render_gallery,
+    render_problem,
+    render_signin,
+)
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
 from runapi_mcp.http.responses import IMMUTABLE_CACHE, image_headers
 from runapi_mcp.tasks import (
@@ -86,6 +102,7 @@ SCAN_BATCH = 200
 SCAN_LIMIT = 5000
 MAX_QUERY_CHARS = 200
 MAX_FORM_BYTES = 16 * 1024
+_TARGET_PARAMS = frozenset({"q", "model", "status", "cursor"})  # what a sign-in may carry on to the page
 DEFAULT_PORT = 8766
 
 _PAGE_CSP = (
@@ -96,7 +113,8 @@ _PAGE_CSP = (
 _IMAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'; sandbox"
 _COMMON_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Nothing to other sites; this server's own requests carry their Origin (see the module docstring).
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     # Another site's page may not embed these (an <img> of a loopback gallery needs no cookie).
     "Cross-Origin-Resource-Policy": "same-origin",
@@ -212,7 +230,10 @@ class Gallery:
         return response
 
     async def login(self, request: Request) -> Response:
-        """``POST /gallery/login`` (the sign-in form): check the token, keep it in the cookie."""
+        """``POST /gallery/login`` (the sign-in form): check the token, keep it in the cookie.
+
+        The one way in for a browser, and only from this server's own page (:func:`_same_origin`).
+        """
         if not _same_origin(request):
             return _plain(403, "cross-site sign-in refused")
         body = bytearray()
@@ -220,13 +241,15 @@ class Gallery:
             body += chunk
             if len(body) > MAX_FORM_BYTES:
                 return _plain(413, "form too large")
-        token = dict(parse_qsl(body.decode("utf-8", "replace"))).get("token", "").strip()
+        form = dict(parse_qsl(body.decode("utf-8", "replace")))
+        token = form.get("token", "").strip()
+        target = _gallery_target(form.get("next", ""))
         if self.verifier is None:
-            return self._signed_in(request, None, GALLERY_PATH)
+            return self._signed_in(request, None, target)
         access = await self._verify(token)
         if access is None:
             return self._refused(request, error="That token was not accepted.")
-        return self._signed_in(request, access, GALLERY_PATH)
+        return self._signed_in(request, access, target)
 
     async def logout(self, request: Request) -> Response:
         if not _same_origin(request):
@@ -236,21 +259,34 @@ class Gallery:
         _clear_cookie(response, request)
         return response
 
+    async def _token_link(self, request: Request) -> Response:
+        """``GET /gallery?token=...``: never a session by itself (whoever made the link may be another
+        site signing this browser in as its own user). A good token opens the sign-in form filled in,
+        saying whom it signs in as; the visitor's click on it (a same-origin POST) signs in."""
+        params = request.query_params
+        rest = urlencode([(k, v) for k, v in params.multi_items() if k != "token"])
+        target = GALLERY_PATH + (f"?{rest}" if rest else "")
+        if self.verifier is None:  # no auth here: nothing to sign in to, only a URL to clean
+            cleaned = RedirectResponse(target, status_code=303)
+            cleaned.headers.update(_COMMON_HEADERS)
+            return cleaned
+        token = params["token"].strip()
+        access = await self._verify(token)
+        if access is None:
+            return self._refused(request, error="That token was not accepted.")
+        shared = access.subject is None and access.client_id == SHARED_TOKEN_CLIENT_ID
+        link = SignInLink(token=token, who=None if shared else owner_of(access), next=target)
+        nonce = secrets.token_urlsafe(16)
+        response = HTMLResponse(render_signin(GALLERY_PATH, nonce, link=link))
+        _page_headers(response, nonce)
+        return response
+
     # -- the page --------------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
         params = request.query_params
         if "token" in params:
-            # Once, from a link: check it, keep it in the cookie, and leave the URL (history, screen,
-            # any Referer) without it.
-            rest = urlencode([(k, v) for k, v in params.multi_items() if k != "token"])
-            target = GALLERY_PATH + (f"?{rest}" if rest else "")
-            if self.verifier is None:
-                return self._signed_in(request, None, target)
-            access = await self._verify(params["token"])
-            if access is None:
-                return self._refused(request, error="That token was not accepted.")
-            return self._signed_in(request, access, target)
+            return await self._token_link(request)
         caller = await self._caller(request)
         if caller is None:
             return self._refused(request)
@@ -442,13 +478,29 @@ def _is_https(request: Request) -> bool:
 def _same_origin(request: Request) -> bool:
     """A browser's POST from this server's own page (or no browser at all: no Origin, no Sec-Fetch-Site).
 
-    Stops another site from signing a visitor in to a gallery under the other site's token.
+    Stops another site from signing a visitor in to a gallery under the other site's token (login CSRF),
+    or out. ``Sec-Fetch-Site`` is set by the browser and no page can change it: when present it decides
+    (``same-site`` is not enough: every port of 127.0.0.1 is one site). Without it (an older browser) the
+    ``Origin`` must be this server's host.
     """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
     origin = request.headers.get("origin")
     if origin is None:
-        return request.headers.get("sec-fetch-site") in (None, "same-origin", "none")
+        return True  # not a browser: no page of another site is involved
     host = request.headers.get("host", "")
     return origin != "null" and urlsplit(origin).netloc.lower() == host.lower()
+
+
+def _gallery_target(next_url: str) -> str:
+    """Where a sign-in goes on to: the gallery with the filters the link or page had, nothing else (no
+    other path, host or scheme: the form's ``next`` is only a convenience, never a redirect anywhere)."""
+    parts = urlsplit(next_url[:2048])
+    if parts.scheme or parts.netloc or parts.path != GALLERY_PATH:
+        return GALLERY_PATH
+    kept = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in _TARGET_PARAMS])
+    return GALLERY_PATH + (f"?{kept}" if kept else "")
 
 
 async def _favicon(_: Request) -> Response:

@@ -54,6 +54,15 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class SignInLink:
+    """A sign-in link's token (already checked), shown in the form for the visitor to confirm."""
+
+    token: str
+    who: str | None  # the token's user; None: the server's shared token
+    next: str  # where the gallery opens after (the link's own filters)
+
+
+@dataclass(frozen=True)
 class GalleryView:
     base: str  # where the gallery is mounted ("/gallery")
     tiles: Sequence[Tile]
@@ -198,11 +207,24 @@ _SCRIPT = """
 """
 
 
+# Static too. The sign-in page of a ``?token=`` link takes the token out of the address bar and the
+# history entry at once (the form already holds it).
+_SIGNIN_SCRIPT = """
+(() => {
+  const url = new URL(window.location.href);
+  if (url.searchParams.has("token")) {
+    url.searchParams.delete("token");
+    window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+})();
+"""
+
+
 def _head(base: str, title: str, nonce: str) -> str:
     return (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<meta name="referrer" content="no-referrer">\n'
+        '<meta name="referrer" content="same-origin">\n'
         f"<title>{_e(title)}</title>\n"
         f'<link rel="icon" href="{_e(base)}/favicon.svg" type="image/svg+xml">\n'
         f'<style nonce="{_e(nonce)}">{_STYLE}</style>\n</head>\n'
@@ -300,20 +322,40 @@ def render_gallery(view: GalleryView, nonce: str, *, thumb_edge: int) -> str:
     )
 
 
-def render_signin(base: str, nonce: str, *, error: str | None = None) -> str:
-    """The page a browser without a valid session gets (with a 401): a form to paste the token into."""
+def render_signin(base: str, nonce: str, *, error: str | None = None, link: SignInLink | None = None) -> str:
+    """The page a browser without a valid session gets (with a 401): a form to paste the token into.
+
+    ``link``: a ``?token=`` link was opened. The form comes filled in and says whom it signs in as; the
+    visitor's own click signs in (a link alone never does: another site may have sent them there).
+    """
     problem = f'<p class="error">{_e(error)}</p>' if error else ""
+    action = f'<form method="post" action="{_e(base)}/login">'
+    if link is not None:
+        whom = f"as <strong>{_e(link.who)}</strong>" if link.who else "with this server's shared token"
+        return (
+            _head(base, "Sign in: runapi-mcp gallery", nonce)
+            + '<body><div class="signin"><h1>runapi-mcp gallery</h1>'
+            + f"<p>This link signs this browser in to the gallery {whom}.</p>"
+            + "<p>Open the gallery only if you expected that: a page of another site may have sent you here.</p>"
+            + action
+            + f'<input type="password" name="token" value="{_e(link.token)}" autocomplete="off" required '
+            'aria-label="Access token">'
+            + f'<input type="hidden" name="next" value="{_e(link.next)}">'
+            + '<button type="submit">Open the gallery</button></form>'
+            + f'<p><a href="{_e(base)}">Cancel</a></p></div>'
+            + f'<script nonce="{_e(nonce)}">{_SIGNIN_SCRIPT}</script></body>\n</html>\n'
+        )
     return (
         _head(base, "Sign in: runapi-mcp gallery", nonce)
         + '<body><div class="signin"><h1>runapi-mcp gallery</h1>'
         + problem
         + "<p>This server needs an access token. Paste the bearer token your MCP client uses "
         "(<code>RUNAPI_MCP_AUTH_TOKEN</code> or your OAuth access token):</p>"
-        + f'<form method="post" action="{_e(base)}/login">'
-        '<input type="password" name="token" autocomplete="current-password" required aria-label="Access token">'
+        + action
+        + '<input type="password" name="token" autocomplete="current-password" required aria-label="Access token">'
         '<button type="submit">Open</button></form>'
-        f"<p>Or open <code>{_e(base)}?token=…</code> once. The token is kept in a cookie that only this "
-        "gallery reads.</p></div></body>\n</html>\n"
+        f"<p>A link to <code>{_e(base)}?token=…</code> opens this form filled in. The token is kept in a "
+        "cookie that only this gallery reads.</p></div></body>\n</html>\n"
     )
 
 
