@@ -119,6 +119,17 @@ async def test_a_bad_argument_is_refused_by_name(harness: Harness) -> None:
     assert "'dpi'" in await refused("upscale_for_print", {"image": "x", "print_size": "A4", "dpi": "9000"})
 
 
+async def test_an_unknown_prompt_is_invalid_params_naming_the_prompts_there_are(harness: Harness) -> None:
+    with pytest.raises(MCPError) as caught:
+        await harness.client.get_prompt("product_photo", {"product": "a mug"})
+    assert caught.value.error.code == INVALID_PARAMS  # -32602, as the README says (the SDK's own refusal: 0)
+    message = caught.value.error.message
+    assert "'product_photo'" in message and all(name in message for name in PROMPTS), message
+    with pytest.raises(MCPError) as long_name:
+        await harness.client.get_prompt("x" * 5000)
+    assert long_name.value.error.code == INVALID_PARAMS and len(long_name.value.error.message) < 400
+
+
 # -- the texts, without a session ----------------------------------------------------------------------------
 async def test_poster_text_is_quoted_exactly_and_never_escaped_for_the_image_model() -> None:
     words = 'GRAND "OPENING"\nMay 3 · 10:00'

@@ -19,6 +19,7 @@ from mcp.shared.message import SessionMessage
 from mcp.types import (
     INVALID_PARAMS,
     CallToolResult,
+    GetPromptResult,
     InputRequiredResult,
     ListResourcesResult,
     PaginatedRequestParams,
@@ -144,6 +145,16 @@ class RunAPIMCPServer(MCPServer[Any]):
         if isinstance(result, CallToolResult):
             result = self._redacted(result)
         return result
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        """An unknown prompt is a bad parameter (-32602) naming the prompts there are (the SDK's own refusal
+        is a plain error, code 0); a bad argument is refused by the prompt itself, also -32602."""
+        if self._prompt_manager.get_prompt(name) is None:
+            known = ", ".join(p.name for p in self._prompt_manager.list_prompts())
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt {name[:100]!r}; this server has: {known}")
+        return await super().get_prompt(name, arguments, context)
 
     def _explain(self, name: str, exc: ToolError) -> str:
         cause = exc.__cause__
