@@ -15,7 +15,7 @@ import pytest
 
 from runapi_mcp.cli import main
 from runapi_mcp.doctor import Report, diagnose, jsonc_loads
-from runapi_mcp.install import KEY_VAR, Options, config_path, install
+from runapi_mcp.install import KEY_VAR, Options, config_path, install, server_launch
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore
 from tests.support import SIM_KEY
@@ -173,6 +173,33 @@ def test_placeholder_keys_are_caught(home: Path) -> None:
     (hermes.parent / ".env").write_text(f"{KEY_VAR}=sk-x\n")
     check = next(c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes"))
     assert check.status == "OK" and "trust: untrusted" in check.detail
+
+
+def test_hermes_with_two_mcp_servers_blocks_fails(home: Path) -> None:
+    """The entry sits in the first of two mcp_servers: blocks, which Hermes (PyYAML: the last key wins) never
+    reads: the doctor says so instead of reporting it installed."""
+    hermes = config_path("hermes")
+    hermes.parent.mkdir()
+    runapi = server_launch()
+    hermes.write_text(
+        "mcp_servers:\n"
+        "  runapi:\n"
+        f'    command: "{runapi.command}"\n'
+        f"    args: {json.dumps(list(runapi.args))}\n"
+        "model:\n"
+        "  default: x\n"
+        "mcp_servers:\n"
+        "  github:\n"
+        "    command: npx\n"
+    )
+    [check] = [c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes")]
+    assert check.status == "FAIL", check  # the one line for the file: no entry is reported as installed
+    assert "mcp_servers appears twice (lines 1 and 7)" in check.detail and "reads only the last" in check.detail
+    assert "merge the two mcp_servers: blocks" in check.fix
+
+    hermes.write_text("mcp_servers:\n  runapi: [unclosed\n")
+    [check] = [c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes")]
+    assert check.status == "FAIL" and "not valid YAML" in check.detail and "Hermes cannot read it" in check.detail
 
 
 def test_the_task_store_layout(home: Path) -> None:

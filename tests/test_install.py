@@ -7,12 +7,16 @@ unchanged, and ``--print`` writes nothing.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import stat
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +25,18 @@ from typing import Any
 import pytest
 
 from runapi_mcp import __version__
+from runapi_mcp import install as install_module
 from runapi_mcp.cli import main
 from runapi_mcp.config import settings_from_environment
 from runapi_mcp.install import (
     KEY_VAR,
+    MAX_CONFIG_BYTES,
     InstallError,
     KeyPlan,
     Launch,
     Options,
     Outcome,
+    YamlDuplicateKeyError,
     config_path,
     hermes_servers,
     hermes_updated,
@@ -351,7 +358,7 @@ def test_hermes_updates_an_entry_in_place(home: Path) -> None:
     assert path.read_text() == (
         "mcp_servers:\n"
         "  runapi:\n"
-        f'    command: "{LAUNCH.command}"\n'
+        f'    command: "{LAUNCH.command}" # from the README\n'  # the user's comment stays with its key
         '    args: ["serve"]\n'
         "    timeout: 300\n"
         "    env:\n"
@@ -359,7 +366,7 @@ def test_hermes_updates_an_entry_in_place(home: Path) -> None:
         '      RUNAPI_API_KEY: "${RUNAPI_API_KEY}"\n'
         "    trust: full\n"
         "other: 1\n"
-    ), "the user's trust, timeout and other variables stay"
+    ), "the user's trust, timeout, other variables and comments stay"
 
 
 def test_hermes_without_mcp_servers_gets_the_section(home: Path) -> None:
@@ -396,6 +403,403 @@ def test_hermes_crlf_files_keep_their_line_endings() -> None:
     text = "model: x\r\nmcp_servers:\r\n  a:\r\n    command: b\r\n"
     new = hermes_updated(text, "runapi", LAUNCH, KeyPlan(), trust=None)
     assert new.startswith(text) and "\n" not in new.replace("\r\n", "")
+
+
+# -- files that are not a plain file of one's own (issue 14, item 7) ------------------------------------------
+
+FILE_CLIENTS = ["cursor", "hermes"]
+
+
+def seed(client: str, path: Path) -> str:
+    """A config with another server in it, in ``client``'s format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = HERMES_SAMPLE if client == "hermes" else json.dumps({"mcpServers": {"other": {"command": "x"}}}, indent=2)
+    path.write_text(text)
+    return text
+
+
+def servers_in(client: str, path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    return hermes_servers(text) if client == "hermes" else dict(json.loads(text)["mcpServers"])
+
+
+@pytest.mark.parametrize("client", FILE_CLIENTS)
+def test_a_symlinked_config_is_edited_where_it_leads(home: Path, client: str) -> None:
+    """A dotfiles setup: the client's file is a link into a repository; the entry lands there and the link stays."""
+    target = home / "dotfiles" / client / config_path(client).name
+    before = seed(client, target)
+    link = config_path(client)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+
+    outcome = run_install(client, trust="full")
+    assert outcome.changed
+    assert link.is_symlink() and os.readlink(link) == str(target), "the link is kept, pointing where it did"
+    assert "runapi" in servers_in(client, target) and len(servers_in(client, target)) >= 2
+    assert any("leads to" in m and str(target) in m for m in outcome.messages)
+    [saved] = backups(link)
+    assert saved.read_text() == before and not saved.is_symlink(), "the backup is a copy of the old text"
+    assert not list(target.parent.glob("*.bak")), "nothing is left in the dotfiles repository but the edit"
+    assert not run_install(client, trust="full").changed, "a second run through the link changes nothing"
+
+
+def test_a_dangling_link_gets_its_file_created(home: Path) -> None:
+    target = home / "dotfiles" / "cursor" / "mcp.json"
+    link = config_path("cursor")
+    link.parent.mkdir()
+    link.symlink_to(target)
+    assert run_install("cursor").changed
+    assert link.is_symlink() and json.loads(target.read_text())["mcpServers"]["runapi"]["command"] == LAUNCH.command
+
+
+def test_a_config_in_a_linked_directory_is_edited_in_place(home: Path) -> None:
+    real = home / "dotfiles" / "hermes"
+    seed("hermes", real / "config.yaml")
+    (home / ".hermes").symlink_to(real, target_is_directory=True)
+    run_install("hermes")
+    assert (home / ".hermes").is_symlink() and "runapi" in hermes_servers((real / "config.yaml").read_text())
+
+
+needs_root = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+NOBODY = 65534
+
+
+@needs_root
+@pytest.mark.parametrize("client", FILE_CLIENTS)
+def test_another_users_file_keeps_its_owner_group_and_mode(home: Path, client: str) -> None:
+    """`sudo runapi-mcp install` on a user's file: the file stays the user's, with its mode."""
+    path = config_path(client)
+    seed(client, path)
+    os.chown(path, NOBODY, NOBODY)
+    path.chmod(0o640)
+    assert run_install(client).changed
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, 0o640)
+    assert "runapi" in servers_in(client, path)
+    [saved] = backups(path)
+    assert (saved.stat().st_uid, saved.stat().st_gid, stat.S_IMODE(saved.stat().st_mode)) == (NOBODY, NOBODY, 0o640)
+
+
+@needs_root
+def test_a_new_file_in_another_users_directory_is_theirs(home: Path) -> None:
+    os.chown(home, NOBODY, NOBODY)
+    run_install("cursor")
+    for made in (home / ".cursor", config_path("cursor")):
+        assert (made.stat().st_uid, made.stat().st_gid) == (NOBODY, NOBODY), made
+
+
+def test_a_file_that_would_change_owner_is_refused(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not root: replacing another user's (group-writable) file would make it ours, so it is refused."""
+    path = config_path("cursor")
+    seed("cursor", path)
+    owner = path.stat().st_uid
+    monkeypatch.setattr(os, "geteuid", lambda: owner + 1000)
+    before = path.read_bytes()
+    assert main(["install", "cursor"]) == 1
+    err = capsys.readouterr().err
+    assert "belongs to another user" in err and str(path) in err
+    assert path.read_bytes() == before and not backups(path)
+
+
+@pytest.mark.parametrize("client", FILE_CLIENTS)
+def test_a_read_only_file_is_refused_saying_so(home: Path, client: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_path(client)
+    seed(client, path)
+    path.chmod(0o444)
+    before = path.read_bytes(), path.stat().st_mtime_ns
+    assert main(["install", client]) == 1
+    err = capsys.readouterr().err
+    assert "read-only" in err and "0444" in err and str(path) in err, err
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before and not backups(path), "nothing written"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "no temporary or lock file either"
+
+
+def test_hermes_refuses_both_files_before_writing_either(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--api-key-from-env writes .env and config.yaml: a read-only .env leaves config.yaml unchanged too."""
+    path = config_path("hermes")
+    seed("hermes", path)
+    dotenv = path.parent / ".env"
+    dotenv.write_text("OTHER=1\n")
+    dotenv.chmod(0o400)
+    monkeypatch.setenv(KEY_VAR, SECRET)
+    with pytest.raises(InstallError, match="read-only"):
+        run_install("hermes", key_mode="copy")
+    assert path.read_text() == HERMES_SAMPLE and dotenv.read_text() == "OTHER=1\n" and not backups(path)
+
+
+def test_a_hard_linked_file_is_refused(home: Path) -> None:
+    path = config_path("cursor")
+    seed("cursor", path)
+    os.link(path, home / "mcp-copy.json")
+    with pytest.raises(InstallError, match="2 hard links"):
+        run_install("cursor")
+    assert "runapi" not in (home / "mcp-copy.json").read_text()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("client", ["cursor", "claude-code", "hermes"])
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_anything_but_a_regular_file_is_refused_without_opening_it(
+    home: Path, client: str, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A FIFO hung the command (reading waits for a writer) and /dev/zero filled memory: both are refused."""
+    path = config_path(client)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    started = time.monotonic()
+    assert main(["install", client]) == 1
+    err = capsys.readouterr().err
+    expected = {"fifo": "a named pipe (FIFO)", "dev-zero": "a character device", "directory": "a directory"}[kind]
+    assert f"is {expected}, not a regular file" in err and str(path) in err, err
+    assert time.monotonic() - started < 5
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "nothing written beside it"
+
+
+def test_dev_zero_as_the_config_is_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["install", "cursor", "--config", "/dev/zero"]) == 1
+    assert "/dev/zero is a character device, not a regular file" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(20)
+def test_a_fifo_dotenv_does_not_hang_the_key_check(home: Path) -> None:
+    (home / ".hermes").mkdir()
+    os.mkfifo(home / ".hermes" / ".env")
+    outcome = run_install("hermes", key_mode="env")
+    assert outcome.changed and "add RUNAPI_API_KEY=sk-... to" in " ".join(outcome.messages)
+
+
+def test_a_file_too_large_for_a_config_is_refused(home: Path) -> None:
+    path = config_path("cursor")
+    path.parent.mkdir()
+    with path.open("wb") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)  # sparse: nothing is really written
+    with pytest.raises(InstallError, match=r"10\.0 MiB, more than the 10 MiB"):
+        run_install("cursor")
+    assert path.stat().st_size == MAX_CONFIG_BYTES + 1 and not backups(path)
+
+
+CONCURRENT_INSTALL = """
+import sys, time
+from pathlib import Path
+import runapi_mcp.config, runapi_mcp.install  # imported before the start: the installs themselves race
+from runapi_mcp.cli import main
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()
+while not go.exists():
+    time.sleep(0.001)
+sys.exit(main(["install", *sys.argv[3:]]))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_eight_concurrent_installs_keep_every_entry(home: Path, tmp_path: Path) -> None:
+    """8 processes, released together, each add another name to one file: all 8 entries are there after
+    (without the lock, each read the file before the others wrote it, and most entries were lost)."""
+    path = config_path("cursor")
+    seed("cursor", path)
+    go = tmp_path / "go"
+    names = [f"server{i}" for i in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_INSTALL, str(tmp_path / f"ready{i}"), str(go), "cursor", "--name", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for i, name in enumerate(names)
+    ]
+    deadline = time.monotonic() + 40
+    while len(list(tmp_path.glob("ready*"))) < len(names) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    results = [(p.wait(timeout=40), *p.communicate()) for p in procs]
+    assert all(code == 0 for code, _, _ in results), results
+    assert all("Cursor: added" in out for _, out, _ in results), results
+    servers = servers_in("cursor", path)
+    assert set(servers) == {"other", *names}, f"lost: {set(names) - set(servers)}"
+    assert len(backups(path)) == 8, "each install backed up the file as it found it"
+    assert not list(path.parent.glob("*.lock")) and not list(path.parent.glob(".*.tmp")), "no lock or temp left"
+
+
+@pytest.mark.parametrize("lock_file", [False, True], ids=["directory-lock", "lock-file-fallback"])
+def test_eight_installs_in_threads_keep_every_entry(
+    home: Path, monkeypatch: pytest.MonkeyPatch, lock_file: bool
+) -> None:
+    """The same in one process, on Hermes' YAML; and where a directory cannot be locked (NFS emulates flock with
+    fcntl locks, which a directory opened for reading cannot take), with a lock file in it instead."""
+    real_try_lock = install_module._try_lock
+
+    def no_directory_locks(fd: int) -> bool:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real_try_lock(fd)
+
+    if lock_file:
+        monkeypatch.setattr(install_module, "_try_lock", no_directory_locks)
+    path = config_path("hermes")
+    seed("hermes", path)
+    names = [f"t{i}" for i in range(8)]
+    barrier = threading.Barrier(len(names))
+    errors: list[BaseException] = []
+
+    def one(name: str) -> None:
+        barrier.wait()
+        try:
+            run_install("hermes", name=name)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert set(hermes_servers(path.read_text())) == {"github", "fs", *names}
+    assert (path.parent / ".runapi-mcp-install.lock").exists() == lock_file
+
+
+def test_an_install_that_cannot_get_the_lock_gives_up_saying_so(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(install_module, "LOCK_TIMEOUT_S", 0.2)
+    path = config_path("cursor")
+    seed("cursor", path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another process's install, as far as this one can tell
+        with pytest.raises(InstallError, match="another runapi-mcp install"):
+            run_install("cursor")
+    finally:
+        os.close(fd)
+    assert "runapi" not in path.read_text()
+    assert run_install("cursor").changed, "once the lock is free, it goes through"
+
+
+# -- Hermes: duplicate keys and ruamel.yaml's round trip -----------------------------------------------------
+
+HERMES_TWO_BLOCKS = """\
+mcp_servers:
+  github:
+    command: npx
+model:
+  default: x
+mcp_servers:
+  fs:
+    command: npx
+"""
+
+
+def test_hermes_duplicate_mcp_servers_keys_are_refused(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hermes (PyYAML) reads only the last of two same keys: an entry in the first block would never start."""
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(HERMES_TWO_BLOCKS)
+    assert main(["install", "hermes"]) == 1
+    err = capsys.readouterr().err
+    assert "mcp_servers appears twice (lines 1 and 6)" in err and "reads only the last" in err, err
+    assert path.read_text() == HERMES_TWO_BLOCKS and not backups(path)
+    with pytest.raises(YamlDuplicateKeyError):
+        hermes_servers(HERMES_TWO_BLOCKS)
+    with pytest.raises(YamlDuplicateKeyError, match=r"mcp_servers\.fs appears twice"):
+        hermes_servers("mcp_servers:\n  fs:\n    command: a\n  fs:\n    command: b\n")
+
+
+HERMES_VARIED = """\
+---
+# a file edited by hand over time
+model:
+  default: 'anthropic/claude-sonnet'   # single quotes
+  provider: "auto"
+  \n  base_url: https://openrouter.ai/api/v1
+defaults: &defaults
+  timeout: 120
+toolsets:
+  - web
+  - terminal
+note: "a long line that a YAML writer folding at eighty columns would break in two, which must not happen here"
+mcp_servers:
+    github:
+        <<: *defaults
+        command: npx
+        args:
+        - -y
+        - "@modelcontextprotocol/server-github"
+    # fs:
+    #     command: npx
+
+# ---- display ----
+display:
+  compact: true
+"""
+
+
+def test_hermes_round_trip_keeps_comments_order_quoting_and_layout(home: Path) -> None:
+    """Quoting styles, comments, a line of spaces, two indentations, an anchor, a long line, the `---`: all stay,
+    and the entry takes the servers block's own indentation, before the comments that close it."""
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(HERMES_VARIED)
+    run_install("hermes", trust="full")
+    new = path.read_text()
+    block = f'    runapi:\n        command: "{LAUNCH.command}"\n        args: ["serve"]\n'
+    assert block in new
+    assert new.replace(block, "", 1) == HERMES_VARIED, "one block added; every other byte kept"
+    assert new.index(block) < new.index("    # fs:"), "before the comments that end the block"
+    assert hermes_servers(new)["github"]["timeout"] == 120, "the merge key still applies"
+
+
+def test_hermes_existing_entry_keeps_the_comments_around_what_changed(home: Path) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(
+        "mcp_servers:\n"
+        "  runapi:\n"
+        "    command: runapi-mcp\n"
+        "    args:\n"
+        "      - serve\n"
+        "      - --old-flag\n"
+        "\n"
+        "    # slow pictures\n"
+        "    timeout: 300\n"
+        "# ---- display ----\n"
+        "display: {}\n"
+    )
+    run_install("hermes", key_mode="env")
+    assert path.read_text() == (
+        "mcp_servers:\n"
+        "  runapi:\n"
+        f'    command: "{LAUNCH.command}"\n'
+        '    args: ["serve"]\n'
+        "\n"
+        "    # slow pictures\n"
+        "    timeout: 300\n"
+        "    env:\n"
+        '      RUNAPI_API_KEY: "${RUNAPI_API_KEY}"\n'
+        "# ---- display ----\n"
+        "display: {}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("mcp_servers:   # none yet\n\n# next\nx: 1\n", "mcp_servers:   # none yet\n{block}\n# next\nx: 1\n"),
+        ("mcp_servers: ~\nx: 1\n", "mcp_servers:\n{block}x: 1\n"),
+        ("mcp_servers: {}\n# next\nx: 1\n", "mcp_servers:\n{block}# next\nx: 1\n"),
+        ("# only a comment\n", "# only a comment\n\nmcp_servers:\n{block}"),
+        ("", "mcp_servers:\n{block}"),
+    ],
+)
+def test_hermes_empty_servers_blocks_are_filled_in(text: str, expected: str) -> None:
+    block = f'  runapi:\n    command: "{LAUNCH.command}"\n    args: ["serve"]\n'
+    assert hermes_updated(text, "runapi", LAUNCH, KeyPlan(), trust=None) == expected.format(block=block)
 
 
 # -- Claude Code through its CLI ------------------------------------------------------------------------------

@@ -34,7 +34,9 @@ from runapi_mcp.install import (
     CLIENTS,
     DEFAULT_NAME,
     KEY_VAR,
+    YamlDuplicateKeyError,
     YamlShapeError,
+    YamlSyntaxError,
     config_path,
     dotenv_has,
     hermes_home,
@@ -512,6 +514,11 @@ def _check_entry_key(
     return "OK", "key: written in the file", ""
 
 
+def _merge_fix(exc: YamlDuplicateKeyError) -> str:
+    lines = " and ".join(str(n) for n in exc.lines)
+    return f"merge the two {exc.where[-1]}: blocks (lines {lines}) into one, then rerun runapi-mcp install hermes"
+
+
 def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str, has_file_key: bool) -> None:
     found_any = False
     for source in _sources(environ, cwd):
@@ -527,6 +534,19 @@ def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str,
         if source.client == "hermes":
             try:
                 data = {"mcp_servers": hermes_servers(text)}
+            except YamlDuplicateKeyError as exc:
+                # Hermes reads only the last of two same keys: an entry in the other block is never started.
+                status: Status = "FAIL" if exc.where[0] == "mcp_servers" else "WARN"
+                report.add(status, label, f"{exc.summary}; Hermes reads only the last one", _merge_fix(exc))
+                continue
+            except YamlSyntaxError as exc:
+                report.add(
+                    "FAIL",
+                    label,
+                    f"{exc}: Hermes cannot read it either",
+                    "fix the file (the backup runapi-mcp install made, *.bak, is beside it)",
+                )
+                continue
             except YamlShapeError as exc:
                 report.add(
                     "WARN", label, f"its mcp_servers could not be read here ({exc})", "check it with `hermes mcp list`"

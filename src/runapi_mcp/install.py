@@ -16,8 +16,11 @@ hermes         ``~/.hermes/config.yaml`` (``$HERMES_HOME``)                     
 
 The entry is merged into the file: other servers, unrelated keys and the entry's own extra keys (more
 ``env`` variables, a Hermes ``timeout``) stay. The old file is copied to a timestamped backup first, and a
-file that cannot be parsed (JSON with comments, an unusual YAML layout) is refused untouched: a rewrite
-would lose what the parser could not see. Running it twice changes nothing the second time.
+file that cannot be parsed (JSON with comments, YAML with a key written twice or an inline server block)
+is refused untouched: a rewrite would lose what the parser could not see. Running it twice changes nothing
+the second time. A linked file is edited where the link leads; the file keeps its owner, group and mode;
+read-only files, hard links and anything but a regular file are refused; concurrent installs take turns
+(see "files" below).
 
 The key is not written into a file unless asked: ``--api-key-env`` makes the entry refer to the
 ``RUNAPI_API_KEY`` variable in the client's own syntax where it has one, and ``--api-key-from-env`` copies
@@ -27,20 +30,36 @@ the current value into the file (with a warning) for clients that have none.
 from __future__ import annotations
 
 import argparse
+import copy
+import io
 import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from difflib import SequenceMatcher
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TextIO
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import CommentMark, MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.tokens import CommentToken
 
 KEY_VAR = "RUNAPI_API_KEY"
 DEFAULT_NAME = "runapi"
@@ -194,9 +213,8 @@ class KeyPlan:
 
 def dotenv_has(path: Path, var: str = KEY_VAR) -> bool:
     """Whether the ``.env`` file at ``path`` sets ``var`` to something (``VAR=...`` or ``export VAR=...``)."""
-    try:
-        text = path.read_text("utf-8")
-    except OSError:
+    text = read_text_file(path)  # never hangs on a FIFO nor reads a device
+    if text is None:
         return False
     return re.search(rf"^\s*(?:export\s+)?{re.escape(var)}\s*=\s*\S", text, re.MULTILINE) is not None
 
@@ -318,398 +336,837 @@ def _shown(entry: Mapping[str, Any], key: KeyPlan) -> dict[str, Any]:
 
 
 # -- files -------------------------------------------------------------------------------------------------
+#
+# A config file is someone's: it may be a link into a dotfiles repository, belong to another user (install
+# run with sudo), be read-only on purpose, or be something that is not a file at all. So the file written is
+# the one a link leads to (the link stays); it keeps its owner, group and mode; a read-only file, or one this
+# user could only replace by taking it over, is refused; anything but a regular file is refused before it is
+# opened (a FIFO would hang the read, /dev/zero would fill memory), and so is a file too large to be a config.
+# Each edit runs under a lock, re-reads the file and merges into what it finds, so concurrent installs keep
+# each other's entries, and the new text replaces the old in one step (a temporary file in the same
+# directory, then a rename).
+
+MIB = 1024 * 1024
+MAX_CONFIG_BYTES = 10 * MIB
+# ~/.claude.json also holds Claude Code's per-project state: files of 15 to 100 MB have been reported.
+MAX_CLAUDE_JSON_BYTES = 256 * MIB
+LOCK_TIMEOUT_S = 30.0
+_LOCK_NAME = ".runapi-mcp-install.lock"  # only where a directory itself cannot be locked (some NFS, Windows)
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
-def backup(path: Path, *, now: datetime | None = None) -> Path:
-    """Copy ``path`` to ``<name>.<timestamp>.bak`` beside it (never over an earlier backup)."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.{stamp}.bak")
-    n = 1
-    while target.exists():
-        target = path.with_name(f"{path.name}.{stamp}-{n}.bak")
-        n += 1
-    shutil.copy2(path, target)
-    return target
+@dataclass
+class ConfigFile:
+    """A config file as read: the name it was given, the file that name leads to, and what it held."""
+
+    path: Path  # as named (it may be a symbolic link, or lie in a linked directory)
+    real: Path  # the file itself, every link resolved: what is read and replaced
+    data: bytes | None = None  # None: there is no such file yet
+    st: os.stat_result | None = None
+
+    @property
+    def linked(self) -> bool:
+        """The name is a symbolic link (to another name, maybe in a dotfiles repository)."""
+        return os.path.islink(self.path)
+
+    def text(self) -> str:
+        if self.data is None:
+            return ""
+        try:
+            return self.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InstallError(
+                f"{self.path} is not UTF-8 text ({exc.reason} at byte {exc.start}); it was left unchanged."
+            ) from None
 
 
-def write_atomic(path: Path, text: str, *, private: bool = False) -> None:
-    """Replace ``path`` with ``text`` in one step: a crash leaves the old file or the new one, never half.
+def _real_path(path: Path) -> Path:
+    real = Path(os.path.realpath(path))
+    if real.is_symlink():  # realpath gives up on a loop and returns a link
+        raise InstallError(f"{path} is a symbolic link that leads back to itself; it was left unchanged.")
+    return real
 
-    The old file's permissions are kept, except that ``private`` (the file now holds the key) takes away
-    every permission of other users; a new private file is 0600.
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _check_regular(config: ConfigFile, st: os.stat_result, limit: int) -> None:
+    where = f"{config.path} (a link to {config.real})" if config.linked else str(config.path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InstallError(
+            f"{where} is {_kind(st.st_mode)}, not a regular file: it was not opened and nothing was written. "
+            "Point --config at the client's config file."
+        )
+    if st.st_size > limit:
+        raise InstallError(
+            f"{where} is {st.st_size / MIB:.1f} MiB, more than the {limit // MIB} MiB a client's config file is "
+            "read up to; it was left unchanged."
+        )
+
+
+def read_config(path: Path, *, limit: int = MAX_CONFIG_BYTES) -> ConfigFile:
+    """The config at ``path`` (through any links), refused unless it is a regular file of at most ``limit`` bytes.
+
+    Checked with ``stat`` before it is opened, opened without blocking (a FIFO swapped in meanwhile cannot
+    hang it) and checked again on the open file, and never read past ``limit``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    config = ConfigFile(path, _real_path(path))
     try:
-        mode: int | None = path.stat().st_mode & 0o7777
+        st = os.stat(config.real)
     except FileNotFoundError:
-        mode = None
-    if private:
-        mode = (0o600 if mode is None else mode) & 0o700
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        return config
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}; it was left unchanged.") from None
+    _check_regular(config, st, limit)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        fd = os.open(config.real, flags)
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}; it was left unchanged.") from None
+    try:
+        st = os.fstat(fd)
+        _check_regular(config, st, limit)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(MIB, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise InstallError(f"{path} grew past {limit // MIB} MiB while being read; it was left unchanged.")
+    except OSError as exc:
+        raise InstallError(f"cannot read {path}: {exc.strerror}; it was left unchanged.") from None
+    finally:
+        os.close(fd)
+    config.data, config.st = b"".join(chunks), st
+    return config
+
+
+def read_text_file(path: Path, *, limit: int = MAX_CONFIG_BYTES) -> str | None:
+    """The text of a small regular file at ``path``; None when it is missing, unreadable or not such a file."""
+    try:
+        return read_config(path, limit=limit).text() if os.path.lexists(path) else None
+    except InstallError:
+        return None
+
+
+def check_writable(config: ConfigFile) -> None:
+    """Refuse, before anything is written, a file this user should not or could not replace as it is."""
+    st = config.st
+    if st is None:
+        return
+    where = f"{config.path} (a link to {config.real})" if config.linked else str(config.path)
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o222:
+        raise InstallError(
+            f"{where} is read-only (mode {mode:04o}), so it was left unchanged. If the entry should go in, make it "
+            f"writable first (chmod u+w {config.real}), or add the entry by hand."
+        )
+    if not os.access(config.real, os.W_OK):
+        raise InstallError(f"{where} is not writable by this user (mode {mode:04o}); it was left unchanged.")
+    if st.st_nlink > 1:
+        raise InstallError(
+            f"{where} has {st.st_nlink} hard links: replacing it would leave the others with the old text, so it "
+            "was left unchanged. Add the entry by hand, or make the other names symbolic links."
+        )
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        if st.st_uid != os.geteuid():
+            raise InstallError(
+                f"{where} belongs to another user (uid {st.st_uid}); the new file would belong to you instead, so "
+                "it was left unchanged. Run the command as that user."
+            )
+        if st.st_gid != os.getegid() and st.st_gid not in os.getgroups():
+            raise InstallError(
+                f"{where} belongs to group {st.st_gid}, which you are not in; the new file could not keep it, so it "
+                "was left unchanged."
+            )
+
+
+def _owner_of(directory: Path) -> tuple[int, int] | None:
+    """Who a file created in ``directory`` should belong to: its owner, when running as root for someone else."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    st = directory.stat()
+    return None if (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()) else (st.st_uid, st.st_gid)
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, owned like the nearest one that exists."""
+    missing: list[Path] = []
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    if not missing:
+        return
+    owner = _owner_of(probe)
+    for created in reversed(missing):
+        try:
+            created.mkdir(exist_ok=True)
+            if owner is not None:
+                os.chown(created, *owner)
+        except OSError as exc:
+            raise InstallError(f"cannot create {created}: {exc.strerror}") from None
+
+
+def _write_new(target: Path, data: bytes, mode: int, owner: tuple[int, int] | None, *, replace: bool) -> None:
+    """``data`` at ``target`` with ``mode`` and ``owner``: through a temporary file renamed over it when
+    ``replace``, else created only if ``target`` does not exist (FileExistsError)."""
+    directory = target.parent
+    if replace:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+        name = tmp
+    else:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        name = str(target)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        if owner is not None and hasattr(os, "fchown"):
+            os.fchown(fd, *owner)  # first: a change of owner clears set-id bits
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        else:  # Windows: only the read-only flag exists
+            os.chmod(name, mode)
+        os.close(fd)
+        fd = -1
+        if replace:
+            os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
+        Path(name).unlink(missing_ok=True)
         raise
+    if replace and hasattr(os, "O_DIRECTORY"):
+        try:  # the rename itself survives a crash only once the directory is on disk
+            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
 
 
-def read_json_config(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path`` ({} for a missing or empty file); :class:`InstallError` when it is not one."""
+def _kept_owner(st: os.stat_result) -> tuple[int, int] | None:
+    if not hasattr(os, "geteuid") or (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
+        return None
+    return st.st_uid, st.st_gid
+
+
+def write_config(config: ConfigFile, text: str, *, private: bool = False) -> None:
+    """Replace the file ``config`` was read from with ``text`` in one step (its owner, group and mode kept).
+
+    Through a link, the file the link leads to is replaced and the link stays. A crash leaves the old file
+    or the new one, never half. ``private`` (the file now holds the key) takes every permission away from
+    other users; a new file is 0600.
+    """
+    check_writable(config)
+    real = config.real
+    _make_dirs(real.parent)
+    if config.st is not None:
+        mode, owner = stat.S_IMODE(config.st.st_mode), _kept_owner(config.st)
+    else:
+        mode, owner = 0o600, _owner_of(real.parent)
+    if private:
+        mode &= 0o700
     try:
-        text = path.read_text("utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InstallError(f"cannot read {path}: {exc}") from None
+        _write_new(real, text.encode("utf-8"), mode, owner, replace=True)
+    except OSError as exc:
+        raise InstallError(f"could not write {config.path}: {exc.strerror or exc}; it was left unchanged.") from None
+
+
+def backup(config: ConfigFile, *, now: datetime | None = None) -> Path:
+    """The bytes ``config`` was read with, in ``<name>.<timestamp>.bak`` beside its name (never over an earlier
+    backup), with the same owner and mode: a backup of a private file is private too."""
+    assert config.data is not None and config.st is not None
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    mode, owner = stat.S_IMODE(config.st.st_mode) | 0o600, _kept_owner(config.st)
+    n = 0
+    while True:
+        target = config.path.with_name(f"{config.path.name}.{stamp}{f'-{n}' if n else ''}.bak")
+        try:
+            _write_new(target, config.data, mode, owner, replace=False)
+            return target
+        except FileExistsError:
+            n += 1
+        except OSError as exc:
+            raise InstallError(
+                f"could not back up {config.path} to {target}: {exc.strerror}; it was left unchanged."
+            ) from None
+
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_fd(directory: Path, *, sidecar: bool) -> int:
+    if sidecar:
+        fd = os.open(directory / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        owner = _owner_of(directory)
+        if owner is not None and hasattr(os, "fchown"):
+            os.fchown(fd, *owner)
+        return fd
+    return os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the lock on ``fd`` if it is free: True, or False when another holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def _directory_lock(directory: Path, deadline: float) -> Iterator[None]:
+    """Hold the lock of ``directory`` (its own flock; a lock file in it where that is refused)."""
+    busy = InstallError(
+        f"another runapi-mcp install has been editing a file in {directory} for {LOCK_TIMEOUT_S:.0f} s; nothing "
+        "was changed: try again"
+    )
+    with _THREAD_LOCKS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(str(directory), threading.Lock())
+    if not in_process.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise busy
+    try:
+        sidecar = sys.platform == "win32"
+        try:
+            fd = _lock_fd(directory, sidecar=sidecar)
+        except OSError as exc:
+            raise InstallError(f"cannot lock {directory}: {exc.strerror}; nothing was changed") from None
+        try:
+            while True:
+                try:
+                    if _try_lock(fd):
+                        break
+                except OSError:  # flock on a directory is refused (NFS emulates it with fcntl locks)
+                    if sidecar:
+                        raise
+                    os.close(fd)
+                    sidecar = True
+                    fd = _lock_fd(directory, sidecar=True)
+                    continue
+                if time.monotonic() > deadline:
+                    raise busy
+                time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+    finally:
+        in_process.release()
+
+
+@contextmanager
+def locked(*paths: Path) -> Iterator[None]:
+    """One edit at a time of the files at ``paths``: the directories they lie in (through links) are locked.
+
+    Another install waits (up to LOCK_TIMEOUT_S), then reads the file as the first one left it. The lock
+    is the directory itself, so no lock file is left beside a config (a client may use ``<file>.lock``
+    for its own lock); the directories are taken in one order, so two installs cannot wait on each other.
+    """
+    directories = sorted({_real_path(path).parent for path in paths}, key=str)
+    for directory in directories:
+        _make_dirs(directory)
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    with ExitStack() as stack:
+        for directory in directories:
+            stack.enter_context(_directory_lock(directory, deadline))
+        yield
+
+
+def _json_object(config: ConfigFile) -> dict[str, Any]:
+    """The JSON object ``config`` holds ({} for a missing or empty file); :class:`InstallError` when it is not one."""
+    text = config.text()
     if not text.strip():
         return {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InstallError(
-            f"{path} is not plain JSON ({exc.msg}, line {exc.lineno} column {exc.colno}). If it has comments or "
-            "trailing commas (which VS Code allows), rewriting it would drop them, so it was left unchanged."
+            f"{config.path} is not plain JSON ({exc.msg}, line {exc.lineno} column {exc.colno}). If it has comments "
+            "or trailing commas (which VS Code allows), rewriting it would drop them, so it was left unchanged."
         ) from None
     if not isinstance(data, dict):
-        raise InstallError(f"{path} holds a JSON {type(data).__name__}, not an object; it was left unchanged.")
+        raise InstallError(f"{config.path} holds a JSON {type(data).__name__}, not an object; it was left unchanged.")
     return data
+
+
+def read_json_config(path: Path, *, limit: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    """The JSON object in ``path`` ({} for a missing or empty file); :class:`InstallError` when it is not one."""
+    return _json_object(read_config(path, limit=limit))
 
 
 def _dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-# -- YAML, for Hermes, without a YAML library ----------------------------------------------------------------
+# -- YAML, for Hermes: ruamel.yaml's round trip ----------------------------------------------------------------
 #
-# Hermes' config.yaml is long and commented, and PyYAML (not a dependency) would drop every comment on a
-# round trip anyway. So the file is edited as text: the mcp_servers block is located by indentation, the
-# entry's own lines are replaced or added, and everything else stays byte for byte. Anything outside the
-# plain block style this relies on (tabs, flow mappings, documents markers) is refused, not guessed at.
+# Hermes' config.yaml is long and commented. ruamel.yaml reads it into a document that remembers comments,
+# key order and quoting, the entry is set in that document, and the document is written back. Two things
+# are added to a plain round trip:
+#
+# - Comments after a block (blank lines, the next section's heading) belong to the last value before them in
+#   ruamel's model, so a key added after that value would land below them. They are moved to follow the new
+#   key, which leaves them where they were in the file: before the next section.
+# - ruamel writes the whole file in one indentation (and drops lines holding only spaces). So the lines the
+#   edit changed in ruamel's rendering are carried into the original text instead, when the lines around
+#   them are the same there, and the result is read back to be sure it says the same; only when it does
+#   not is ruamel's rendering of the whole file used.
+#
+# Keys that appear twice are refused: Hermes (PyYAML) silently reads only the last of them, so an entry put
+# in the other block would be reported as installed and never be read. Inline (flow style) server blocks,
+# tabs, several documents and files that are not YAML are refused too, and the file is left unchanged.
 
 
 class YamlShapeError(InstallError):
-    """The YAML is laid out in a way the text editor does not handle; the file is left alone."""
+    """The YAML cannot be read, or not edited safely; the file is left alone."""
 
 
-_KEY_LINE = re.compile(
-    r"""^(?P<indent>[ ]*)"""
-    r"""(?P<key>"(?:[^"\\]|\\.)*"|'(?:[^']|'')*'|[A-Za-z0-9_][A-Za-z0-9_.\-/ ]*?)"""  # "quoted", 'quoted' or plain
-    r"""[ ]*:(?:[ ]+(?P<rest>.*))?$"""
-)
-_EMPTY = frozenset({"", "{}", "~", "null", "Null", "NULL"})
+class YamlSyntaxError(YamlShapeError):
+    """The file is not valid YAML: Hermes cannot read it either."""
 
 
-@dataclass
-class _Node:
-    key: str
-    rest: str  # the value on the key's own line, comment removed ("" when it is a block)
-    indent: int
-    start: int  # the key's line
-    end: int  # one past its last content line (trailing blank and comment lines are not its own)
+class YamlDuplicateKeyError(YamlShapeError):
+    """A key appears twice in one mapping; Hermes reads only the last."""
+
+    def __init__(self, where: Sequence[str], lines: tuple[int, int]) -> None:
+        self.where, self.lines = tuple(where), lines
+        self.summary = f"the key {'.'.join(self.where)} appears twice (lines {lines[0]} and {lines[1]})"
+        super().__init__(
+            f"{self.summary}; Hermes reads only the last one, so whatever is under the first is ignored. Merge the "
+            f"two into one {self.where[-1]}: block"
+        )
 
 
-def _is_content(line: str) -> bool:
-    text = line.strip()
-    return bool(text) and not text.startswith("#")
+_HERMES_KEY = "mcp_servers"
 
 
-def _indent_of(line: str, number: int) -> int:
-    lead = line[: len(line) - len(line.lstrip(" \t"))]
-    if "\t" in lead:
-        raise YamlShapeError(f"line {number} is indented with a tab")
-    return len(lead)
+def _yaml(mapping: int = 2, sequence: int = 2, offset: int = 0) -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 1 << 30  # never fold a long line the file has on one line
+    yaml.indent(mapping=mapping, sequence=max(sequence, offset + 2), offset=offset)
+    return yaml
 
 
-def _strip_comment(text: str) -> str:
-    quote = ""
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'" and (i == 0 or text[i - 1] in " [{,:"):
-            quote = ch
-        elif ch == "#" and (i == 0 or text[i - 1] in " \t"):
-            return text[:i].rstrip()
-    return text.rstrip()
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, MarkedYAMLError):
+        line = f", line {exc.problem_mark.line + 1}" if exc.problem_mark is not None else ""
+        return f"{exc.problem or exc.context or 'not YAML'}{line}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def _scalar(text: str) -> str | None:
-    text = text.strip()
-    if text in ("", "~", "null", "Null", "NULL"):
-        return None
-    if len(text) >= 2 and text[0] == text[-1] == '"':
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return text[1:-1]
-        return value if isinstance(value, str) else text[1:-1]
-    if len(text) >= 2 and text[0] == text[-1] == "'":
-        return text[1:-1].replace("''", "'")
-    return text
-
-
-def _mapping(lines: Sequence[str], start: int, end: int, parent_indent: int) -> tuple[int | None, list[_Node]]:
-    """The block mapping in ``lines[start:end]`` under a key at ``parent_indent``: its indent and keys."""
-    child: int | None = None
-    nodes: list[_Node] = []
-    last = start - 1
-    for i in range(start, end):
-        line = lines[i]
-        if not _is_content(line):
-            continue
-        indent = _indent_of(line, i + 1)
-        if child is None:
-            if parent_indent < 0 and line.strip() == "---" and not nodes:
-                continue  # an explicit start of the (single) document
-            if indent <= parent_indent:
-                raise YamlShapeError(f"line {i + 1} is not indented under its key")
-            child = indent
-        if indent < child:
-            raise YamlShapeError(f"line {i + 1} is indented less than the lines before it")
-        if indent == child and nodes and not nodes[-1].rest and re.match(r"-( |$)", line.strip()):
-            pass  # a list under the key above, not indented (PyYAML writes lists this way): part of that key
-        elif indent == child:
-            match = _KEY_LINE.match(line.rstrip("\r\n"))
-            if not match:
-                raise YamlShapeError(f"line {i + 1} is not a 'key: value' line ({line.strip()[:40]!r})")
-            if nodes:
-                nodes[-1].end = last + 1
-            key = match.group("key")
-            nodes.append(_Node(_scalar(key) or key, _strip_comment(match.group("rest") or ""), indent, i, i + 1))
-        last = i
-    if nodes:
-        nodes[-1].end = last + 1
-    return child, nodes
-
-
-def _find(nodes: Sequence[_Node], key: str) -> _Node | None:
-    return next((node for node in nodes if node.key == key), None)
-
-
-def _flow_list(text: str) -> list[str] | None:
-    text = text.strip()
-    if not (text.startswith("[") and text.endswith("]")):
-        return None
+def _compose(text: str) -> Node | None:
     try:
-        value = json.loads(text)
-    except ValueError:
-        inner = text[1:-1].strip()
-        return [_scalar(part) or "" for part in inner.split(",")] if inner else []
-    return [str(item) for item in value] if isinstance(value, list) else None
+        node: Node | None = _yaml().compose(text)
+    except YAMLError as exc:
+        raise YamlSyntaxError(f"it is not valid YAML ({_problem(exc)})") from None
+    return node
 
 
-def _node_value(lines: Sequence[str], node: _Node) -> Any:
-    """A node's value, for the shapes an MCP entry uses: scalars, lists of scalars, maps of scalars."""
-    if node.rest and node.rest[0] in "[{" and node.end > node.start + 1:  # a flow value over several lines
-        text = " ".join([node.rest] + [_strip_comment(line.strip()) for line in lines[node.start + 1 : node.end]])
-    else:
-        text = node.rest
-    if text.startswith("["):
-        return _flow_list(text)
-    if text.startswith("{"):
-        inner = text.strip()[1:-1].strip()
-        out: dict[str, Any] = {}
-        for part in filter(None, (p.strip() for p in inner.split(","))):
-            k, _, v = part.partition(":")
-            out[_scalar(k) or k] = _scalar(v)
-        return out
-    if text:
-        return _scalar(text)
-    body = [line for line in lines[node.start + 1 : node.end] if _is_content(line)]
-    if body and body[0].lstrip().startswith("-"):
-        return [_scalar(_strip_comment(line.lstrip()[1:])) for line in body if line.lstrip().startswith("-")]
-    if not body:
-        return None
-    _, children = _mapping(lines, node.start + 1, node.end, node.indent)
-    return {child.key: _node_value(lines, child) for child in children}
+def _refuse_duplicates(node: Node, where: tuple[str, ...], seen: set[int]) -> None:
+    if id(node) in seen:  # an alias: checked where its anchor is
+        return
+    seen.add(id(node))
+    if isinstance(node, MappingNode):
+        first: dict[tuple[str | None, str], int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, ScalarNode) else "?"
+            if isinstance(key, ScalarNode) and name != "<<":
+                line = key.start_mark.line + 1
+                if (key.tag, name) in first:
+                    raise YamlDuplicateKeyError((*where, name), (first[key.tag, name], line))
+                first[key.tag, name] = line
+            _refuse_duplicates(value, (*where, name), seen)
+    elif isinstance(node, SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicates(item, (*where, f"[{index}]"), seen)
 
 
-def _lines(text: str) -> list[str]:
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith(("\n", "\r")):
-        lines[-1] += "\n"
-    for number, line in enumerate(lines, 1):
-        if line.startswith(("%", "...")) or (line.startswith("---") and number > 1):
-            raise YamlShapeError(f"line {number} is a YAML directive or document marker")
-    return lines
+def _load(text: str) -> Any:
+    """``text`` loaded for a round trip; a key that appears twice is refused (ruamel.yaml's own check)."""
+    try:
+        return _yaml().load(text)
+    except DuplicateKeyError as exc:
+        node = _compose(text)  # to say where the duplicate is, by its path
+        if node is not None:
+            _refuse_duplicates(node, (), set())
+        raise YamlSyntaxError(f"it has a duplicate key ({_problem(exc)})") from None
+    except YAMLError as exc:
+        raise YamlSyntaxError(f"it is not valid YAML ({_problem(exc)})") from None
+
+
+@lru_cache(maxsize=8)
+def _plain_doc(text: str) -> Any:
+    """``text`` (LF line ends) as plain data; cached, as one edit reads the same texts several times. Do not
+    change what it returns."""
+    return _plain(_load(text))
+
+
+def _plain(value: Any) -> Any:
+    """A loaded document as plain dicts, lists, strings and numbers (to compare two of them)."""
+    if isinstance(value, Mapping):
+        return {(tuple(k) if isinstance(k, list) else _plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    for kind in (bool, str, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 def hermes_servers(text: str) -> dict[str, dict[str, Any]]:
-    """The ``mcp_servers`` entries of a Hermes config (command, args, env, trust, ...), read as text."""
-    lines = _lines(text)
-    _, top = _mapping(lines, 0, len(lines), -1)
-    servers = _find(top, "mcp_servers")
-    if servers is None or (servers.rest in _EMPTY and servers.rest):
+    """The ``mcp_servers`` entries of a Hermes config (command, args, env, trust, ...), as Hermes reads them.
+
+    Raises :class:`YamlDuplicateKeyError` for a key that appears twice, :class:`YamlSyntaxError` for text that
+    is not YAML, and :class:`YamlShapeError` for YAML that is not a mapping of settings.
+    """
+    doc = copy.deepcopy(_plain_doc(text.replace("\r\n", "\n")))
+    if doc is None:
         return {}
-    if servers.rest:
-        raise YamlShapeError("mcp_servers is written inline (flow style)")
-    _, entries = _mapping(lines, servers.start + 1, servers.end, servers.indent)
-    out: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        value = _node_value(lines, entry)
-        out[entry.key] = value if isinstance(value, dict) else {}
-    return out
+    if not isinstance(doc, dict):
+        raise YamlShapeError(f"the file holds a {_yaml_kind(doc)}, not a mapping of settings")
+    servers = doc.get(_HERMES_KEY)
+    if not servers:
+        return {}
+    if not isinstance(servers, dict):
+        raise YamlShapeError(f"{_HERMES_KEY} is a {_yaml_kind(servers)}, not a mapping of servers")
+    return {str(name): entry if isinstance(entry, dict) else {} for name, entry in servers.items()}
+
+
+def _yaml_kind(value: Any) -> str:
+    return "list" if isinstance(value, list) else "mapping" if isinstance(value, dict) else "single value"
 
 
 def _yaml_str(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid YAML double-quoted scalar
 
 
-def _yaml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", key) else _yaml_str(key)
+def _flow_list(items: Sequence[str]) -> CommentedSeq:
+    seq = CommentedSeq([DoubleQuotedScalarString(item) for item in items])
+    seq.fa.set_flow_style()
+    return seq
 
 
-def hermes_entry_lines(
-    name: str, launch: Launch, key: KeyPlan, indent: int, step: int, *, trust: str | None
-) -> list[str]:
-    pad, inner = " " * indent, " " * (indent + step)
-    out = [f"{pad}{_yaml_key(name)}:\n", f"{inner}command: {_yaml_str(launch.command)}\n"]
-    out.append(f"{inner}args: [{', '.join(_yaml_str(a) for a in launch.args)}]\n")
+def _new_entry(launch: Launch, key: KeyPlan, trust: str | None) -> CommentedMap:
+    entry = CommentedMap()
+    entry["command"] = DoubleQuotedScalarString(launch.command)
+    entry["args"] = _flow_list(launch.args)
     if key.op == "set":
-        out += [f"{inner}env:\n", f"{inner}{' ' * step}{KEY_VAR}: {_yaml_str(key.value)}\n"]
+        entry["env"] = CommentedMap([(KEY_VAR, DoubleQuotedScalarString(key.value))])
     if trust:
-        out.append(f"{inner}trust: {trust}\n")
-    return out
+        entry["trust"] = trust
+    return entry
 
 
-def _step_of(lines: Sequence[str], entries: Sequence[_Node], child_indent: int) -> int:
-    for entry in entries:
-        for i in range(entry.start + 1, entry.end):
-            if _is_content(lines[i]):
-                return max(1, _indent_of(lines[i], i + 1) - child_indent)
-    return 2
+def hermes_snippet(name: str, launch: Launch, key: KeyPlan, *, trust: str | None) -> str:
+    """The ``mcp_servers`` block with this server's entry alone, as it is written into a Hermes config."""
+    out = io.StringIO()
+    _yaml().dump(CommentedMap([(_HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, trust))]))]), out)
+    return out.getvalue()
+
+
+def _own_keys(mapping: CommentedMap) -> list[Any]:
+    """The keys written in ``mapping`` itself, in order (not those a ``<<`` merge key brings in)."""
+    return [key for key, _ in mapping.non_merged_items()]
+
+
+# Where ruamel keeps the comment after a value: slot 2 of a mapping's key, slot 0 of a list's item.
+def _last_leaf(container: CommentedMap | CommentedSeq, key: Any) -> tuple[CommentedMap | CommentedSeq, Any]:
+    """The innermost last key (or item) of the block value at ``container[key]``, where comments after it live."""
+    value = container[key]
+    if isinstance(value, (CommentedMap, CommentedSeq)) and len(value) and not value.fa.flow_style():
+        return _last_leaf(value, _own_keys(value)[-1] if isinstance(value, CommentedMap) else len(value) - 1)
+    return container, key
+
+
+def _slot(container: CommentedMap | CommentedSeq) -> int:
+    return 2 if isinstance(container, CommentedMap) else 0
+
+
+def _take_trailing(container: CommentedMap | CommentedSeq, key: Any) -> str:
+    """Detach the lines of comments (and blank lines) after the value at ``container[key]``; its own end-of-line
+    comment stays."""
+    leaf, leaf_key = _last_leaf(container, key)
+    slots = leaf.ca.items.get(leaf_key)
+    token = slots[_slot(leaf)] if slots and len(slots) > _slot(leaf) else None
+    if not isinstance(token, CommentToken) or "\n" not in token.value:
+        return ""
+    own, rest = token.value.split("\n", 1)
+    if not rest:
+        return ""
+    if own.strip():
+        token.value = own + "\n"
+    else:
+        slots[_slot(leaf)] = None
+    return rest
+
+
+def _give_trailing(container: CommentedMap | CommentedSeq, key: Any, rest: str, *, inside: bool = True) -> None:
+    """Attach comment lines ``rest`` (from :func:`_take_trailing`) after the value at ``container[key]`` (after
+    its key's own line when not ``inside``)."""
+    if not rest:
+        return
+    leaf, leaf_key = _last_leaf(container, key) if inside else (container, key)
+    slot = _slot(leaf)
+    slots = leaf.ca.items.setdefault(leaf_key, [None, None, None, None])
+    while len(slots) <= slot:
+        slots.append(None)
+    token = slots[slot]
+    if isinstance(token, CommentToken):
+        token.value = (token.value if token.value.endswith("\n") else token.value + "\n") + rest
+    else:
+        slots[slot] = CommentToken("\n" + rest, CommentMark(0), None)
+
+
+def _put(mapping: CommentedMap, key: str, value: Any, *, after: str | None = None, first: bool = False) -> None:
+    """``mapping[key] = value``, comments kept where they were in the file.
+
+    A value replaced in place hands the comment lines that followed it to the new value. A new key goes
+    first, after ``after`` or last, and takes over the comment lines that followed the key before it.
+    """
+    if key in mapping:
+        rest = _take_trailing(mapping, key)
+        mapping[key] = value
+        _give_trailing(mapping, key, rest)
+        return
+    keys = _own_keys(mapping)
+    index = 0 if first else keys.index(after) + 1 if after in keys else len(keys)
+    rest = _take_trailing(mapping, keys[index - 1]) if index else ""
+    mapping.insert(index, key, value)
+    _give_trailing(mapping, key, rest)
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, (CommentedMap, dict)) and not value)
+
+
+def _block_map(value: Any, where: str) -> CommentedMap:
+    if not isinstance(value, CommentedMap):
+        raise YamlShapeError(f"{where} is a {_yaml_kind(_plain(value))}, not a mapping")
+    if value.fa.flow_style():
+        raise YamlShapeError(f"{where} is written inline (flow style)")
+    return value
+
+
+def _edit_hermes(doc: CommentedMap, name: str, launch: Launch, key: KeyPlan, trust: str | None) -> None:
+    """Set the entry ``name`` in a loaded Hermes config: added, or brought up to date with its other keys kept."""
+    servers = doc[_HERMES_KEY]
+    if _empty(servers):
+        _put(doc, _HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, trust))]))
+        return
+    servers = _block_map(servers, _HERMES_KEY)
+    if _empty(servers.get(name)):
+        _put(servers, name, _new_entry(launch, key, trust))
+        return
+    entry = _block_map(servers[name], f"{_HERMES_KEY}.{name}")
+    if _plain(entry.get("command")) != launch.command:
+        _put(entry, "command", DoubleQuotedScalarString(launch.command), first=True)
+    if _plain(entry.get("args")) != list(launch.args):
+        _put(entry, "args", _flow_list(launch.args), after="command")
+    env = entry.get("env")
+    if key.op == "set":
+        if _empty(env):
+            _put(entry, "env", CommentedMap([(KEY_VAR, DoubleQuotedScalarString(key.value))]))
+        elif _plain(_block_map(env, f"{_HERMES_KEY}.{name}.env").get(KEY_VAR)) != key.value:
+            _put(env, KEY_VAR, DoubleQuotedScalarString(key.value))
+    elif key.op == "remove" and isinstance(env, CommentedMap) and KEY_VAR in env:
+        index = _own_keys(env).index(KEY_VAR)
+        rest = _take_trailing(env, KEY_VAR)
+        del env[KEY_VAR]
+        if not env:
+            entry["env"] = CommentedMap()
+            entry["env"].fa.set_flow_style()
+            _give_trailing(entry, "env", rest)
+        elif index:
+            _give_trailing(env, _own_keys(env)[index - 1], rest)
+        else:
+            _give_trailing(entry, "env", rest, inside=False)
+
+
+def _layout(root: Node) -> tuple[int, int, int]:
+    """The file's indentation for ruamel (mapping, sequence, offset): the servers block's first, then the file's."""
+    found: dict[str, tuple[int, ...]] = {}
+
+    def visit(node: Node, column: int, depth: int) -> None:
+        if depth > 50 or len(found) == 2:
+            return
+        if isinstance(node, MappingNode) and not node.flow_style:
+            for key, value in node.value:
+                if isinstance(value, MappingNode) and not value.flow_style and value.value:
+                    found.setdefault("mapping", (value.start_mark.column - key.start_mark.column,))
+                if isinstance(value, SequenceNode) and not value.flow_style and value.value:
+                    offset = value.start_mark.column - key.start_mark.column
+                    found.setdefault("sequence", (value.value[0].start_mark.column - key.start_mark.column, offset))
+                visit(value, key.start_mark.column, depth + 1)
+        elif isinstance(node, SequenceNode) and not node.flow_style:
+            for item in node.value:
+                visit(item, column, depth + 1)
+
+    if isinstance(root, MappingNode):
+        servers = next((v for k, v in root.value if isinstance(k, ScalarNode) and k.value == _HERMES_KEY), None)
+        if servers is not None:
+            pair = next((k, v) for k, v in root.value if v is servers)
+            visit(MappingNode(root.tag, [pair], root.start_mark, root.end_mark, flow_style=False), 0, 0)
+        visit(root, 0, 0)
+    mapping = found.get("mapping", (2,))[0]
+    sequence, offset = found.get("sequence", (2, 0))
+    return max(mapping, 1), sequence, max(offset, 0)
+
+
+def _carry_over(original: str, before: str, after: str) -> str | None:
+    """``original`` with the change from ``before`` to ``after`` (two renderings of it by ruamel) made in it.
+
+    Each changed run of lines is replaced in ``original`` where its neighbours are the same lines as in
+    ``before``; None when some run's neighbourhood reads differently there (then there is no safe place).
+    """
+    old, base, new = (t.splitlines(keepends=True) for t in (original, before, after))
+    strip = [line.rstrip() for line in base]
+    to_old: dict[int, int] = {}
+    for block in SequenceMatcher(None, strip, [line.rstrip() for line in old], autojunk=False).get_matching_blocks():
+        to_old.update((block.a + k, block.b + k) for k in range(block.size))
+    edits: list[tuple[int, int, list[str]]] = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(
+        None, strip, [line.rstrip() for line in new], autojunk=False
+    ).get_opcodes():
+        if tag == "equal":
+            continue
+        if any(i not in to_old for i in range(i1, i2)):
+            return None
+        if i1 > 0 and i1 - 1 not in to_old:
+            return None
+        if i1 < len(base) and i2 < len(base) and i2 not in to_old:
+            return None
+        start = to_old[i1] if i1 < i2 else (to_old[i1 - 1] + 1 if i1 else 0)
+        end = start + (i2 - i1)
+        if (i1 > 0 and to_old[i1 - 1] != start - 1) or (i2 < len(base) and to_old[i2] != end):
+            return None
+        if i2 == len(base) and end != len(old):
+            return None
+        if any(to_old[i] != start + (i - i1) for i in range(i1, i2)):
+            return None
+        edits.append((start, end, new[j1:j2]))
+    for start, end, lines in reversed(edits):
+        old[start:end] = lines
+    return "".join(old)
 
 
 def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust: str | None) -> str:
-    """``text`` (a Hermes config.yaml) with the entry ``name`` added or brought up to date, all else intact."""
-    new = _hermes_updated(text, name, launch, key, trust=trust)
-    if "\r\n" in text:  # keep a Windows file's line endings on the lines written here too
-        new = re.sub(r"(?<!\r)\n", "\r\n", new)
-    return new
+    """``text`` (a Hermes config.yaml) with the entry ``name`` added or brought up to date, all else intact.
+
+    Comments, key order, quoting and the file's layout stay; ``text`` itself comes back when the entry is
+    already as wanted. Raises :class:`YamlShapeError` (nothing to write) when the file cannot be edited safely.
+    """
+    crlf = "\r\n" in text
+    body = text.replace("\r\n", "\n")
+    if body and not body.endswith("\n"):
+        body += "\n"
+    doc = _load(body)
+    if doc is not None and not isinstance(doc, CommentedMap):
+        raise YamlShapeError(f"the file holds a {_yaml_kind(_plain(doc))}, not a mapping of settings")
+    if doc is not None and doc.fa.flow_style():
+        raise YamlShapeError("the file is one inline (flow style) mapping")
+    if doc is None or _HERMES_KEY not in doc:
+        # A new block at the end of the file, after everything in it (comments included).
+        gap = "\n" if body.strip() and body.splitlines()[-1].strip() else ""
+        new = body + gap + hermes_snippet(name, launch, key, trust=trust)
+        if doc is None or _reads_as(new, _plain(doc) | {_HERMES_KEY: {name: _plain(_new_entry(launch, key, trust))}}):
+            return new.replace("\n", "\r\n") if crlf else new
+        # The end of the file is not the end of the settings (an explicit document end, '...'): add it in there.
+    root = _compose(body)
+    assert root is not None
+    yaml = _yaml(*_layout(root))
+    rendered = io.StringIO()
+    yaml.dump(doc, rendered)  # the file as ruamel writes it, to compare the edited rendering with
+    before = rendered.getvalue()
+    if _HERMES_KEY in doc:
+        _edit_hermes(doc, name, launch, key, trust)
+    else:
+        doc[_HERMES_KEY] = CommentedMap([(name, _new_entry(launch, key, trust))])
+    rendered = io.StringIO()
+    yaml.dump(doc, rendered)
+    after = rendered.getvalue()
+    if after == before:
+        return text
+    new = _carry_over(body, before, after) or after
+    if new != after and not _reads_as(new, _plain(doc)):
+        new = after
+    return new.replace("\n", "\r\n") if crlf else new
 
 
-def _hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust: str | None) -> str:
-    lines = _lines(text)
-    _, top = _mapping(lines, 0, len(lines), -1)
-    servers = _find(top, "mcp_servers")
-    if servers is None:
-        gap = ["\n"] if lines and lines[-1].strip() else []
-        return "".join(lines + gap + ["mcp_servers:\n", *hermes_entry_lines(name, launch, key, 2, 2, trust=trust)])
-    if servers.rest in _EMPTY and servers.rest:
-        lines[servers.start] = " " * servers.indent + "mcp_servers:\n"
-        block = hermes_entry_lines(name, launch, key, servers.indent + 2, 2, trust=trust)
-        return "".join(lines[: servers.start + 1] + block + lines[servers.start + 1 :])
-    if servers.rest:
-        raise YamlShapeError("mcp_servers is written inline (flow style)")
-    child, entries = _mapping(lines, servers.start + 1, servers.end, servers.indent)
-    if child is None:
-        block = hermes_entry_lines(name, launch, key, servers.indent + 2, 2, trust=trust)
-        return "".join(lines[: servers.start + 1] + block + lines[servers.start + 1 :])
-    step = _step_of(lines, entries, child)
-    entry = _find(entries, name)
-    if entry is None:
-        block = hermes_entry_lines(name, launch, key, child, step, trust=trust)
-        return "".join(lines[: servers.end] + block + lines[servers.end :])
-    return "".join(_edit_entry(lines, entry, launch, key, step))
-
-
-def _edit_entry(lines: list[str], entry: _Node, launch: Launch, key: KeyPlan, step: int) -> list[str]:
-    """The entry's managed lines (command, args, env's key) replaced or added; its other lines kept."""
-    if entry.rest and entry.rest not in _EMPTY:
-        raise YamlShapeError(f"mcp_servers.{entry.key} is written inline (flow style)")
-    edits: list[tuple[int, int, list[str]]] = []  # (start, end, replacement), applied bottom-up
-    if entry.rest:
-        edits.append((entry.start, entry.start + 1, [f"{' ' * entry.indent}{_yaml_key(entry.key)}:\n"]))
-    field_indent, fields = _mapping(lines, entry.start + 1, entry.end, entry.indent)
-    pad = " " * (field_indent if field_indent is not None else entry.indent + step)
-    wanted = {
-        "command": f"{pad}command: {_yaml_str(launch.command)}\n",
-        "args": f"{pad}args: [{', '.join(_yaml_str(a) for a in launch.args)}]\n",
-    }
-    after = entry.start + 1  # a missing field goes after the one before it (command, then args)
-    for name, line in wanted.items():
-        node = _find(fields, name)
-        if node is None:
-            edits.append((after, after, [line]))
-        else:
-            edits.append((node.start, node.end, [line]))
-            after = node.end
-    env = _find(fields, "env")
-    if key.op == "set":
-        kv_line = f"{KEY_VAR}: {_yaml_str(key.value)}\n"
-        if env is None:
-            edits.append((entry.end, entry.end, [f"{pad}env:\n", f"{pad}{' ' * step}{kv_line}"]))
-        elif env.rest in _EMPTY and env.rest:
-            edits.append((env.start, env.end, [f"{pad}env:\n", f"{pad}{' ' * step}{kv_line}"]))
-        elif env.rest:
-            raise YamlShapeError(f"mcp_servers.{entry.key}.env is written inline (flow style)")
-        else:
-            var_indent, variables = _mapping(lines, env.start + 1, env.end, env.indent)
-            var_pad = " " * (var_indent if var_indent is not None else len(pad) + step)
-            node = _find(variables, KEY_VAR)
-            if node is None:
-                edits.append((env.end, env.end, [var_pad + kv_line]))
-            else:
-                edits.append((node.start, node.end, [var_pad + kv_line]))
-    elif key.op == "remove" and env is not None and not env.rest:
-        _, variables = _mapping(lines, env.start + 1, env.end, env.indent)
-        node = _find(variables, KEY_VAR)
-        if node is not None and len(variables) == 1:
-            edits.append((env.start, env.end, [f"{pad}env: {{}}\n"]))
-        elif node is not None:
-            edits.append((node.start, node.end, []))
-    out = list(lines)
-    # Bottom-up, so earlier line numbers stay valid; of two insertions at one line the later-listed goes in
-    # first, which leaves them in the order listed (command before env in an empty entry).
-    order = sorted(range(len(edits)), key=lambda n: (edits[n][0], edits[n][1], n), reverse=True)
-    for n in order:
-        start, end, replacement = edits[n]
-        out[start:end] = replacement
-    return out
+def _reads_as(text: str, expected: Any) -> bool:
+    try:
+        return bool(_plain_doc(text) == expected)
+    except YamlShapeError:
+        return False
 
 
 def _check_hermes_edit(old: str, new: str, name: str, launch: Launch, key: KeyPlan) -> None:
-    """Read the edited text back (and with PyYAML too when it is installed): refuse an edit that went wrong."""
-    entry = hermes_servers(new).get(name)
+    """Read the edited text back (and with PyYAML, which Hermes uses, when it is installed): refuse an edit that
+    went wrong."""
     problems: list[str] = []
-    if not entry or entry.get("command") != launch.command or entry.get("args") != list(launch.args):
+    try:
+        entry: dict[str, Any] | None = hermes_servers(new).get(name)
+    except YamlShapeError as exc:
+        entry, problems = None, [f"the result cannot be read back ({exc})"]
+    if not problems and (not entry or entry.get("command") != launch.command or entry.get("args") != list(launch.args)):
         problems.append("the entry does not read back as written")
     env = (entry or {}).get("env") or {}
     if key.op == "set" and (not isinstance(env, dict) or env.get(KEY_VAR) != key.value):
         problems.append(f"{KEY_VAR} does not read back as written")
     if key.op == "remove" and isinstance(env, dict) and KEY_VAR in env:
         problems.append(f"{KEY_VAR} is still there")
+    loaders: list[Callable[[str], Any]] = [lambda text: copy.deepcopy(_plain_doc(text.replace("\r\n", "\n")))]
     try:
-        import yaml  # type: ignore[import-untyped,unused-ignore]
+        import yaml as pyyaml  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
-        yaml = None
-    if yaml is not None and not problems:
+        pass
+    else:
+        loaders.append(pyyaml.safe_load)
+    for load in loaders if not problems else []:
         try:
-            before, after = yaml.safe_load(old) or {}, yaml.safe_load(new) or {}
-        except yaml.YAMLError as exc:
+            before, after = load(old) or {}, load(new) or {}
+        except Exception as exc:
             problems.append(f"the result is not valid YAML ({exc})")
-        else:
-            servers = after.get("mcp_servers") if isinstance(after, dict) else None
-            got = (servers.get(name) if isinstance(servers, dict) else None) or {}
-            if got.get("command") != launch.command or got.get("args") != list(launch.args):
-                problems.append("PyYAML reads a different entry")
-            for doc in (before, after):
-                if not isinstance(doc, dict):
-                    continue
-                if isinstance(doc.get("mcp_servers"), dict):
-                    doc["mcp_servers"].pop(name, None)
-                    if not doc["mcp_servers"]:
-                        doc.pop("mcp_servers")
-                elif doc.get("mcp_servers") is None:
-                    doc.pop("mcp_servers", None)
-            if before != after:
-                problems.append("something besides the entry changed")
+            break
+        servers = after.get(_HERMES_KEY) if isinstance(after, dict) else None
+        got = (servers.get(name) if isinstance(servers, dict) else None) or {}
+        if got.get("command") != launch.command or got.get("args") != list(launch.args):
+            problems.append("YAML readers see a different entry")
+        for doc in (before, after):
+            if not isinstance(doc, dict):
+                continue
+            if isinstance(doc.get(_HERMES_KEY), dict):
+                doc[_HERMES_KEY].pop(name, None)
+                if not doc[_HERMES_KEY]:
+                    doc.pop(_HERMES_KEY)
+            elif doc.get(_HERMES_KEY) is None:
+                doc.pop(_HERMES_KEY, None)
+        if before != after:
+            problems.append("something besides the entry changed")
     if problems:
         raise InstallError(f"editing the YAML went wrong ({'; '.join(problems)}); the file was left unchanged.")
 
@@ -803,45 +1260,56 @@ def _install_json(options: Options, client: Client, launch: Launch, key: KeyPlan
         outcome.snippet = _dump_json(doc)
         outcome.messages.append(f"add this to {path} (nothing was written)")
         return
-    data = read_json_config(path)
-    servers = data.get(client.servers_key)
-    if servers is None:
-        servers = {}
-    if not isinstance(servers, dict):
-        raise InstallError(f'"{client.servers_key}" in {path} is not an object; the file was left unchanged.')
-    old = servers.get(options.name)
-    if old is not None and not isinstance(old, dict):
-        raise InstallError(
-            f'"{client.servers_key}.{options.name}" in {path} is not an object; the file was left unchanged.'
-        )
-    entry = merged_entry(old, client, launch, key)
-    inputs = data.get("inputs")
-    if key.vscode_input:
-        if inputs is None:
-            inputs = []
-        if not isinstance(inputs, list):
-            raise InstallError(f'"inputs" in {path} is not a list; the file was left unchanged.')
-    new_inputs = inputs
-    if (
-        key.vscode_input
-        and isinstance(inputs, list)
-        and not any(isinstance(i, dict) and i.get("id") == VSCODE_INPUT_ID for i in inputs)
-    ):
-        new_inputs = [*inputs, _vscode_input()]
-    if _same_entry(old, entry) and new_inputs is inputs:
-        outcome.messages.append(f"{client.title}: {path} already has this entry ({options.name}); nothing changed")
-        return
-    new = dict(data)
-    new[client.servers_key] = {**servers, options.name: entry}
-    if new_inputs is not inputs:
-        new["inputs"] = new_inputs
-    if path.exists():
-        outcome.backups.append(backup(path))
-    write_atomic(path, _dump_json(new), private=key.secret)
-    outcome.changed = True
+    limit = MAX_CLAUDE_JSON_BYTES if client.name == "claude-code" else MAX_CONFIG_BYTES
+    with locked(path):  # read, merge and write as one step: a concurrent install's entry is kept
+        config = read_config(path, limit=limit)
+        data = _json_object(config)
+        servers = data.get(client.servers_key)
+        if servers is None:
+            servers = {}
+        if not isinstance(servers, dict):
+            raise InstallError(f'"{client.servers_key}" in {path} is not an object; the file was left unchanged.')
+        old = servers.get(options.name)
+        if old is not None and not isinstance(old, dict):
+            raise InstallError(
+                f'"{client.servers_key}.{options.name}" in {path} is not an object; the file was left unchanged.'
+            )
+        entry = merged_entry(old, client, launch, key)
+        inputs = data.get("inputs")
+        if key.vscode_input:
+            if inputs is None:
+                inputs = []
+            if not isinstance(inputs, list):
+                raise InstallError(f'"inputs" in {path} is not a list; the file was left unchanged.')
+        new_inputs = inputs
+        if (
+            key.vscode_input
+            and isinstance(inputs, list)
+            and not any(isinstance(i, dict) and i.get("id") == VSCODE_INPUT_ID for i in inputs)
+        ):
+            new_inputs = [*inputs, _vscode_input()]
+        if _same_entry(old, entry) and new_inputs is inputs:
+            outcome.messages.append(f"{client.title}: {path} already has this entry ({options.name}); nothing changed")
+            return
+        new = dict(data)
+        new[client.servers_key] = {**servers, options.name: entry}
+        if new_inputs is not inputs:
+            new["inputs"] = new_inputs
+        _replace(config, _dump_json(new), outcome, private=key.secret)
     verb = "updated" if old is not None else "added"
     outcome.messages.append(f"{client.title}: {verb} '{options.name}' in {path} (command {launch.command})")
     outcome.messages += [f"backup: {b}" for b in outcome.backups]
+
+
+def _replace(config: ConfigFile, text: str, outcome: Outcome, *, private: bool = False) -> None:
+    """Back up the file ``config`` was read from (when there is one) and replace it with ``text``."""
+    check_writable(config)  # before the backup: a refused file gets nothing written beside it either
+    if config.data is not None:
+        outcome.backups.append(backup(config))
+    write_config(config, text, private=private)
+    outcome.changed = True
+    if config.linked:
+        outcome.messages.append(f"note: {config.path} leads to {config.real}: that file was edited, the link kept")
 
 
 def _vscode_input() -> dict[str, Any]:
@@ -856,7 +1324,7 @@ def _install_claude_cli(
     assert cli is not None
     old: dict[str, Any] | None = None
     try:
-        servers = read_json_config(path).get("mcpServers")
+        servers = read_json_config(path, limit=MAX_CLAUDE_JSON_BYTES).get("mcpServers")
         if isinstance(servers, dict) and isinstance(servers.get(options.name), dict):
             old = servers[options.name]
     except InstallError:
@@ -872,8 +1340,12 @@ def _install_claude_cli(
     if _same_entry(old, entry):
         outcome.messages.append(f"{client.title}: user scope already has this entry ({options.name}); nothing changed")
         return
-    if path.exists():
-        outcome.backups.append(backup(path))
+    try:
+        config = read_config(path, limit=MAX_CLAUDE_JSON_BYTES)
+        if config.data is not None:
+            outcome.backups.append(backup(config))
+    except InstallError as exc:
+        raise InstallError(f"{exc} (it is backed up before `claude mcp add-json` changes it)") from None
     run = options.run or _run
     for argv in ([remove] if old is not None else []) + [add]:
         try:
@@ -894,45 +1366,41 @@ def _install_hermes(
 ) -> None:
     trust = options.trust if options.trust != "full" else None  # "full" is Hermes' default: nothing to write
     if options.print_only:
-        outcome.snippet = "".join(["mcp_servers:\n", *hermes_entry_lines(options.name, launch, key, 2, 2, trust=trust)])
+        outcome.snippet = hermes_snippet(options.name, launch, key, trust=trust)
         outcome.messages.append(f"add this to {path} (nothing was written)")
         if key.hermes_dotenv:
             outcome.messages.append(f"and {KEY_VAR}=<your RunAPI key> to {hermes_dir / '.env'}")
         return
-    try:
-        old = path.read_text("utf-8")
-    except FileNotFoundError:
-        old = ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InstallError(f"cannot read {path}: {exc}") from None
-    try:
-        existing = hermes_servers(old).get(options.name)
-        new = hermes_updated(old, options.name, launch, key, trust=trust if existing is None else None)
-    except YamlShapeError as exc:
-        raise InstallError(
-            f"{path}: {exc}. It was left unchanged; add the entry by hand (runapi-mcp install hermes --print shows it)."
-        ) from None
-    _check_hermes_edit(old, new, options.name, launch, key)
     dotenv = hermes_dir / ".env"
-    if key.hermes_dotenv:
+    with locked(path, *([dotenv] if key.hermes_dotenv else [])):
+        config = read_config(path)
+        old = config.text()
         try:
-            env_old = dotenv.read_text("utf-8")
-        except FileNotFoundError:
-            env_old = ""
-        env_new = _dotenv_updated(env_old, key.hermes_dotenv)
-        if env_new != env_old:
-            if dotenv.exists():
-                outcome.backups.append(backup(dotenv))
-            write_atomic(dotenv, env_new, private=True)
-            outcome.changed = True
+            existing = hermes_servers(old).get(options.name)
+            new = hermes_updated(old, options.name, launch, key, trust=trust if existing is None else None)
+        except YamlShapeError as exc:
+            raise InstallError(
+                f"{path}: {exc}. It was left unchanged; add the entry by hand "
+                "(runapi-mcp install hermes --print shows it)."
+            ) from None
+        _check_hermes_edit(old, new, options.name, launch, key)
+        env_file, env_old, env_new = None, "", ""
+        if key.hermes_dotenv:
+            env_file = read_config(dotenv)
+            env_old = env_file.text()
+            env_new = _dotenv_updated(env_old, key.hermes_dotenv)
+        # Both files are checked before either is written.
+        if new != old:
+            check_writable(config)
+        if env_file is not None and env_new != env_old:
+            check_writable(env_file)
+            _replace(env_file, env_new, outcome, private=True)
             outcome.messages.append(f"Hermes: stored {KEY_VAR} in {dotenv}")
+        if new != old:
+            _replace(config, new, outcome)
     if new == old:
         outcome.messages.append(f"{client.title}: {path} already has this entry ({options.name}); nothing changed")
     else:
-        if path.exists():
-            outcome.backups.append(backup(path))
-        write_atomic(path, new)
-        outcome.changed = True
         verb = "updated" if existing is not None else "added"
         outcome.messages.append(f"{client.title}: {verb} '{options.name}' in {path} (command {launch.command})")
         if trust and existing is None:
