@@ -481,6 +481,18 @@ def test_another_users_file_keeps_its_owner_group_and_mode(home: Path, client: s
 
 
 @needs_root
+def test_the_group_is_kept_in_a_setgid_directory(home: Path) -> None:
+    """A setgid directory hands its group to new files, the temporary one included: the file's own group stays."""
+    path = config_path("cursor")
+    seed("cursor", path)
+    os.chown(path.parent, 0, NOBODY)
+    path.parent.chmod(0o2755)
+    os.chown(path, 0, 0)
+    assert run_install("cursor").changed
+    assert (path.stat().st_uid, path.stat().st_gid) == (0, 0)
+
+
+@needs_root
 def test_a_new_file_in_another_users_directory_is_theirs(home: Path) -> None:
     os.chown(home, NOBODY, NOBODY)
     run_install("cursor")

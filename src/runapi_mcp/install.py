@@ -44,12 +44,12 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from difflib import SequenceMatcher
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -469,7 +469,10 @@ def check_writable(config: ConfigFile) -> None:
             f"writable first (chmod u+w {config.real}), or add the entry by hand."
         )
     if not os.access(config.real, os.W_OK):
-        raise InstallError(f"{where} is not writable by this user (mode {mode:04o}); it was left unchanged.")
+        raise InstallError(
+            f"{where} cannot be written by this user (mode {mode:04o}), or its file system is read-only; it was left "
+            "unchanged."
+        )
     if st.st_nlink > 1:
         raise InstallError(
             f"{where} has {st.st_nlink} hard links: replacing it would leave the others with the old text, so it "
@@ -530,8 +533,12 @@ def _write_new(target: Path, data: bytes, mode: int, owner: tuple[int, int] | No
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
+        # The owner first: a change of owner clears set-id bits. Compared with the new file's own (a directory
+        # may give it its group), not with this process's.
         if owner is not None and hasattr(os, "fchown"):
-            os.fchown(fd, *owner)  # first: a change of owner clears set-id bits
+            made = os.fstat(fd)
+            if (made.st_uid, made.st_gid) != owner:
+                os.fchown(fd, *owner)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, mode)
         else:  # Windows: only the read-only flag exists
@@ -559,9 +566,7 @@ def _write_new(target: Path, data: bytes, mode: int, owner: tuple[int, int] | No
 
 
 def _kept_owner(st: os.stat_result) -> tuple[int, int] | None:
-    if not hasattr(os, "geteuid") or (st.st_uid, st.st_gid) == (os.geteuid(), os.getegid()):
-        return None
-    return st.st_uid, st.st_gid
+    return (st.st_uid, st.st_gid) if hasattr(os, "fchown") else None
 
 
 def write_config(config: ConfigFile, text: str, *, private: bool = False) -> None:
@@ -819,11 +824,27 @@ def _load(text: str) -> Any:
         raise YamlSyntaxError(f"it is not valid YAML ({_problem(exc)})") from None
 
 
-@lru_cache(maxsize=8)
+_PLAIN_DOCS: OrderedDict[str, Any] = OrderedDict()  # text -> its plain data: one edit reads a text several times
+
+
+_PLAIN_DOCS_LOCK = threading.Lock()
+
+
 def _plain_doc(text: str) -> Any:
-    """``text`` (LF line ends) as plain data; cached, as one edit reads the same texts several times. Do not
-    change what it returns."""
-    return _plain(_load(text))
+    """``text`` (LF line ends) as plain data, remembered for the next few calls: do not change what it returns."""
+    with _PLAIN_DOCS_LOCK:
+        if text in _PLAIN_DOCS:
+            return _PLAIN_DOCS[text]
+    plain = _plain(_load(text))
+    _remember(text, plain)
+    return plain
+
+
+def _remember(text: str, plain: Any) -> None:
+    with _PLAIN_DOCS_LOCK:
+        _PLAIN_DOCS[text] = plain
+        while len(_PLAIN_DOCS) > 8:
+            _PLAIN_DOCS.popitem(last=False)
 
 
 def _plain(value: Any) -> Any:
@@ -1007,31 +1028,35 @@ def _edit_hermes(doc: CommentedMap, name: str, launch: Launch, key: KeyPlan, tru
             _give_trailing(entry, "env", rest, inside=False)
 
 
-def _layout(root: Node) -> tuple[int, int, int]:
-    """The file's indentation for ruamel (mapping, sequence, offset): the servers block's first, then the file's."""
+def _layout(doc: CommentedMap) -> tuple[int, int, int]:
+    """The file's indentation for ruamel (mapping, sequence, offset): the servers block's first, then the file's.
+
+    Read from where ruamel found each key and item (an item's dash is taken to be two columns before it)."""
     found: dict[str, tuple[int, ...]] = {}
 
-    def visit(node: Node, column: int, depth: int) -> None:
-        if depth > 50 or len(found) == 2:
-            return
-        if isinstance(node, MappingNode) and not node.flow_style:
-            for key, value in node.value:
-                if isinstance(value, MappingNode) and not value.flow_style and value.value:
-                    found.setdefault("mapping", (value.start_mark.column - key.start_mark.column,))
-                if isinstance(value, SequenceNode) and not value.flow_style and value.value:
-                    offset = value.start_mark.column - key.start_mark.column
-                    found.setdefault("sequence", (value.value[0].start_mark.column - key.start_mark.column, offset))
-                visit(value, key.start_mark.column, depth + 1)
-        elif isinstance(node, SequenceNode) and not node.flow_style:
-            for item in node.value:
-                visit(item, column, depth + 1)
+    def visit(mapping: CommentedMap, keys: Sequence[Any], depth: int) -> None:
+        for key in keys:
+            if depth > 50 or len(found) == 2:
+                return
+            value = mapping[key]
+            try:
+                column = mapping.lc.key(key)[1]
+                if isinstance(value, CommentedMap) and value and not value.fa.flow_style():
+                    inner = _own_keys(value)
+                    found.setdefault("mapping", (value.lc.key(inner[0])[1] - column,))
+                    visit(value, inner, depth + 1)
+                elif isinstance(value, CommentedSeq) and value and not value.fa.flow_style():
+                    item = value.lc.item(0)[1] - column
+                    found.setdefault("sequence", (item, item - 2))
+                    for entry in value:
+                        if isinstance(entry, CommentedMap):
+                            visit(entry, _own_keys(entry), depth + 1)
+            except (KeyError, IndexError, TypeError):  # no position recorded: nothing to learn here
+                continue
 
-    if isinstance(root, MappingNode):
-        servers = next((v for k, v in root.value if isinstance(k, ScalarNode) and k.value == _HERMES_KEY), None)
-        if servers is not None:
-            pair = next((k, v) for k, v in root.value if v is servers)
-            visit(MappingNode(root.tag, [pair], root.start_mark, root.end_mark, flow_style=False), 0, 0)
-        visit(root, 0, 0)
+    if _HERMES_KEY in _own_keys(doc):
+        visit(doc, [_HERMES_KEY], 0)
+    visit(doc, _own_keys(doc), 0)
     mapping = found.get("mapping", (2,))[0]
     sequence, offset = found.get("sequence", (2, 0))
     return max(mapping, 1), sequence, max(offset, 0)
@@ -1078,13 +1103,15 @@ def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust:
     """``text`` (a Hermes config.yaml) with the entry ``name`` added or brought up to date, all else intact.
 
     Comments, key order, quoting and the file's layout stay; ``text`` itself comes back when the entry is
-    already as wanted. Raises :class:`YamlShapeError` (nothing to write) when the file cannot be edited safely.
+    already as wanted. ``trust`` goes into a new (or empty) entry only: an existing one keeps its own. Raises
+    :class:`YamlShapeError` (nothing to write) when the file cannot be edited safely.
     """
     crlf = "\r\n" in text
     body = text.replace("\r\n", "\n")
     if body and not body.endswith("\n"):
         body += "\n"
     doc = _load(body)
+    _remember(body, _plain(doc))  # for the checks that read it again
     if doc is not None and not isinstance(doc, CommentedMap):
         raise YamlShapeError(f"the file holds a {_yaml_kind(_plain(doc))}, not a mapping of settings")
     if doc is not None and doc.fa.flow_style():
@@ -1096,9 +1123,7 @@ def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust:
         if doc is None or _reads_as(new, _plain(doc) | {_HERMES_KEY: {name: _plain(_new_entry(launch, key, trust))}}):
             return new.replace("\n", "\r\n") if crlf else new
         # The end of the file is not the end of the settings (an explicit document end, '...'): add it in there.
-    root = _compose(body)
-    assert root is not None
-    yaml = _yaml(*_layout(root))
+    yaml = _yaml(*_layout(doc))
     rendered = io.StringIO()
     yaml.dump(doc, rendered)  # the file as ruamel writes it, to compare the edited rendering with
     before = rendered.getvalue()
@@ -1376,8 +1401,8 @@ def _install_hermes(
         config = read_config(path)
         old = config.text()
         try:
-            existing = hermes_servers(old).get(options.name)
-            new = hermes_updated(old, options.name, launch, key, trust=trust if existing is None else None)
+            new = hermes_updated(old, options.name, launch, key, trust=trust)
+            existing = hermes_servers(old).get(options.name) or None  # read once already, by hermes_updated
         except YamlShapeError as exc:
             raise InstallError(
                 f"{path}: {exc}. It was left unchanged; add the entry by hand "
