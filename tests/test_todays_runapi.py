@@ -184,6 +184,8 @@ async def test_a_failure_like_or_unknown_status_ends_the_task_at_once(
 ) -> None:
     started = await harness.call("generate_image", {"prompt": "a fox", "wait": False})
     task_id = started.structured_content["task_id"]
+    # The next step travels in the structured content too (some clients show the model nothing else).
+    assert f"get_task with task_id='{task_id}' and wait=true" in started.structured_content["next_step"]
     upstream = harness.sim.task_ids[-1]
     harness.sim.set_task_outcome(upstream, "failed", status_text=status, error="the renderer gave up")
     polls_before = sum(1 for r in harness.sim.requests if r.method == "GET" and upstream in r.path)
@@ -191,6 +193,9 @@ async def test_a_failure_like_or_unknown_status_ends_the_task_at_once(
         result = await harness.call("get_task", {"task_id": task_id, "wait": True})
     data = result.structured_content
     assert data["status"] == "failed" and words in data["error"] and "the renderer gave up" in data["error"]
+    # Not charged (RunAPI reported no cost): no price shown, and nothing to wait for.
+    assert data["price_cents"] is None and "3 cents" not in text_of(result)
+    assert "Nothing to wait for" in data["next_step"] and "charged nothing" in data["next_step"]
     polls = sum(1 for r in harness.sim.requests if r.method == "GET" and upstream in r.path) - polls_before
     assert polls == 1  # ended by the first read that saw it, not polled on to our own deadline
 

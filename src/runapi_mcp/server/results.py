@@ -60,6 +60,27 @@ class TaskResult(BaseModel):
     created_at: str
     updated_at: str
     completed_at: str | None
+    next_step: str | None = Field(
+        None, description="What to do next: wait with get_task, or why there is nothing to wait for"
+    )
+
+
+def next_step(record: TaskRecord, *, waited_out: bool = False) -> str | None:
+    """The one sentence saying what to do next with the task, in the text and the structured result alike:
+    some clients (Claude Code) show the model only the structured content when there is one."""
+    if record.status == "completed":
+        return (
+            "Pass a runapi://images/... URI or this task_id to edit_image or upscale_image to keep working on it."
+            if any(image.path for image in record.images)
+            else f"Call get_task with task_id='{record.task_id}' to download the pictures again."
+        )
+    if record.status == "failed":
+        charged = "" if record.spend_cents else " RunAPI charged nothing for it."
+        return f"Nothing to wait for: the task ended.{charged} Change what the error names and call the tool again."
+    if record.status == "cancelled":
+        return "Nothing to wait for: this server stopped following the task (it may still finish, and be billed)."
+    wait = "to keep waiting" if waited_out else "to wait for the image"
+    return f"Call get_task with task_id='{record.task_id}' and wait=true {wait}; the task keeps running."
 
 
 def _iso(ts: float | None) -> str | None:
@@ -74,12 +95,13 @@ def image_out(image: ImageRecord) -> ImageOut:
     return out
 
 
-def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult:
+def task_result(record: TaskRecord, progress: float | None = None, *, waited_out: bool = False) -> TaskResult:
     end = record.completed_at or time.time()
     return TaskResult(
         task_id=record.task_id,
         runapi_task_id=record.upstream_id,
-        price_cents=record.price_cents,
+        # A failed task RunAPI did not charge shows no price: "3 cents ... failed" reads as a charge.
+        price_cents=None if record.status == "failed" and not record.spend_cents else record.price_cents,
         cost_cents=record.cost_cents,
         status=record.status,
         model=record.model,
@@ -93,6 +115,7 @@ def task_result(record: TaskRecord, progress: float | None = None) -> TaskResult
         created_at=_iso(record.created_at) or "",
         updated_at=_iso(record.updated_at) or "",
         completed_at=_iso(record.completed_at),
+        next_step=next_step(record, waited_out=waited_out),
     )
 
 
@@ -107,7 +130,10 @@ def summary_text(
     links the structured result carries (``tool_result`` passes them, so both say the same); without
     them each saved image is linked afresh through ``current_file_link``."""
     elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
+    # What it costs: RunAPI's settlement, else the quote; a failed task RunAPI did not charge shows none.
     cents = record.cost_cents if record.cost_cents is not None else record.price_cents
+    if record.status == "failed" and not record.spend_cents:
+        cents = None
     price = f", {cents} cents" if cents is not None else ""
     head = f"Task {record.task_id} ({record.model}, {record.action}{price})"
     if record.status == "completed":
@@ -130,10 +156,10 @@ def summary_text(
         if record.error:
             lines.append(f"Note: {record.error}")
         if saved:
-            lines.append("Pass a runapi://images/... URI or this task_id to edit_image to keep working on it.")
+            lines.append(next_step(record) or "")
         return "\n".join(lines)
     if record.status == "failed":
-        return f"{head} failed after {elapsed:.0f}s: {record.error or 'no reason given'}"
+        return f"{head} failed after {elapsed:.0f}s: {record.error or 'no reason given'}. {next_step(record)}"
     if record.status == "cancelled":
         return f"{head} was cancelled after {elapsed:.0f}s: {record.error or CANCELLED_NOTE}"
     text = f"{head} is {record.status} ({elapsed:.0f}s so far)."
@@ -141,11 +167,7 @@ def summary_text(
         text += " RunAPI has not confirmed the create yet; it is sent again with the same key until it does."
     elif record.error:
         text += f" Last polling problem: {record.error}."
-    if waited_out:
-        text += f" Call get_task with task_id='{record.task_id}' and wait=true to keep waiting; the task keeps running."
-    else:
-        text += f" Call get_task with task_id='{record.task_id}' and wait=true to wait for the image."
-    return text
+    return f"{text} {next_step(record, waited_out=waited_out)}"
 
 
 def tool_result(
@@ -158,7 +180,7 @@ def tool_result(
     """Text, then per image its preview and a link to the full file (older clients: see ``compat``)."""
     # The structured result first: its signed links are the ones the text shows (made once, so the two
     # never differ across a second boundary).
-    structured = task_result(record, progress)
+    structured = task_result(record, progress, waited_out=waited_out)
     download_urls = [image.download_url for image in structured.images]
     text = summary_text(record, previews, waited_out=waited_out, download_urls=download_urls)
     content: list[ContentBlock] = [TextContent(type="text", text=text)]
