@@ -655,31 +655,35 @@ def _directory_lock(directory: Path, deadline: float) -> Iterator[None]:
         in_process = _THREAD_LOCKS.setdefault(str(directory), threading.Lock())
     if not in_process.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise busy
+    fd = -1
     try:
         sidecar = sys.platform == "win32"
         try:
             fd = _lock_fd(directory, sidecar=sidecar)
-        except OSError as exc:
-            raise InstallError(f"cannot lock {directory}: {exc.strerror}; nothing was changed") from None
-        try:
-            while True:
-                try:
-                    if _try_lock(fd):
-                        break
-                except OSError:  # flock on a directory is refused (NFS emulates it with fcntl locks)
-                    if sidecar:
-                        raise
-                    os.close(fd)
-                    sidecar = True
-                    fd = _lock_fd(directory, sidecar=True)
-                    continue
+            while not _try_lock(fd):
                 if time.monotonic() > deadline:
                     raise busy
                 time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        except OSError as exc:
+            if sidecar:
+                raise InstallError(f"cannot lock {directory}: {exc.strerror or exc}; nothing was changed") from None
+            # flock on a directory is refused here (NFS emulates flock with fcntl locks, which need a file
+            # open for writing): a lock file in it instead.
+            if fd >= 0:
+                os.close(fd)
+                fd = -1
+            try:
+                fd = _lock_fd(directory, sidecar=True)
+                while not _try_lock(fd):
+                    if time.monotonic() > deadline:
+                        raise busy from None
+                    time.sleep(0.01)
+            except OSError as again:
+                raise InstallError(f"cannot lock {directory}: {again.strerror or again}; nothing was changed") from None
+        yield
     finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock
         in_process.release()
 
 
