@@ -7,13 +7,13 @@ lands; the next start takes the task up again.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,16 +29,16 @@ SIGKILL_AT_S = 0.5
 EXIT_BOUND_S = 0.3
 
 
-def _polls(sim: Simulator) -> int:
-    """Status reads of GPT Image 2 tasks (not the price schedules read at start)."""
-    return len([r for r in sim.requests if r.method == "GET" and "/api/v1/gpt_image_2/" in r.path])
-
-
-def _wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
+def _wait_for_message(server: RawStdioServer, method: str, timeout: float = 20.0) -> None:
+    """Read the server's output until a ``method`` message (every line kept, as ``RawStdioServer`` does)."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
+    while True:
+        line = server._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        assert line is not None, f"the server closed stdout before a {method}"
+        server.lines.append(line)
+        server.messages.append(json.loads(line))
+        if server.messages[-1].get("method") == method:
+            return
 
 
 def stop_like_claude_code(server: RawStdioServer) -> tuple[float, list[str]]:
@@ -62,14 +62,15 @@ def stop_like_claude_code(server: RawStdioServer) -> tuple[float, list[str]]:
     return elapsed, sent
 
 
-def _start_waiting_call(sim: Simulator, env: dict[str, str]) -> RawStdioServer:
-    """A server with one generate_image call waiting on a task that keeps running."""
+def _start_waiting_call(env: dict[str, str]) -> RawStdioServer:
+    """A server with one generate_image call (id 99) waiting on a task that keeps running."""
     server = RawStdioServer(env)
     server.initialize("2025-06-18")
-    polls = _polls(sim)
     call = {"name": "generate_image", "arguments": {"prompt": "a long wait", "timeout_s": 60}}
-    server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": call})
-    _wait_for(lambda: _polls(sim) > polls, "the task was never polled")  # the call waits now
+    params = {**call, "_meta": {"progressToken": "wait"}}
+    server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": params})
+    # The call reports its first progress once the task is created, right as it starts waiting.
+    _wait_for_message(server, "notifications/progress")
     return server
 
 
@@ -78,7 +79,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
 ) -> None:
     sim.set_task_outcome(None, "running")  # the call would wait its whole 60 s
     env = server_env(sim, home, inputs)
-    with _start_waiting_call(sim, env) as server:
+    with _start_waiting_call(env) as server:
         elapsed, sent = stop_like_claude_code(server)
         assert server.proc.wait(timeout=10) == 0, sent
         answers = server.remaining()
@@ -105,7 +106,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
 def test_a_second_signal_ends_the_stop_at_once(sim: Simulator, home: Path, inputs: Path) -> None:
     """SIGINT and SIGTERM together (a supervisor in a hurry): the stop waits for nothing, still a clean exit."""
     sim.set_task_outcome(None, "running")
-    with _start_waiting_call(sim, server_env(sim, home, inputs)) as server:
+    with _start_waiting_call(server_env(sim, home, inputs)) as server:
         start = time.monotonic()
         server.proc.send_signal(signal.SIGINT)
         server.proc.send_signal(signal.SIGTERM)
@@ -113,6 +114,19 @@ def test_a_second_signal_ends_the_stop_at_once(sim: Simulator, home: Path, input
         elapsed = time.monotonic() - start
         server.remaining()  # whatever was written is whole JSON-RPC lines
     assert elapsed < EXIT_BOUND_S + 0.1  # Popen.wait polls: a coarser clock than the pidfd's
+
+
+def test_stdin_closed_and_a_signal_at_once_is_a_clean_quick_exit(sim: Simulator, home: Path, inputs: Path) -> None:
+    """A client that closes its end and signals: the signal lands while the server winds down after the
+    EOF; the process still ends at once, cleanly (before, the interpreter's own exit outlasted the SIGTERM)."""
+    sim.set_task_outcome(None, "running")
+    with _start_waiting_call(server_env(sim, home, inputs)) as server:
+        assert server.proc.stdin is not None
+        server.proc.stdin.close()
+        elapsed, sent = stop_like_claude_code(server)
+        assert server.proc.wait(timeout=10) == 0, sent
+        server.remaining()
+    assert sent == ["SIGINT"] and elapsed < EXIT_BOUND_S, (sent, elapsed)
 
 
 def main(runs: int) -> None:
@@ -130,7 +144,7 @@ def main(runs: int) -> None:
             home = Path(tmp, f"home{run}")
             home.mkdir()
             sim.set_task_outcome(None, "running")
-            with _start_waiting_call(sim, server_env(sim, home, inputs)) as server:
+            with _start_waiting_call(server_env(sim, home, inputs)) as server:
                 elapsed, sent = stop_like_claude_code(server)
                 code = server.proc.wait(timeout=10)
                 answered = any(a.get("id") == 99 for a in server.remaining())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
-from runapi_mcp.stdio import StdioTransport
+from runapi_mcp.stdio import StdioTransport, end_process
 from runapi_mcp.tasks import (
     Availability,
     DurationMemory,
@@ -149,15 +148,24 @@ STDIO_STOP_GRACE_S = 0.08
 
 
 async def serve_stdio(settings: Settings) -> None:
-    """Serve one client over stdin/stdout until it closes stdin, or a signal stops the server."""
+    """Serve one client over stdin/stdout until it closes stdin, or a signal stops the server; then end the
+    process.
+
+    Signals are taken from the start (one during the start stops the server once it is up) to the end (one
+    while the server winds down after stdin closed waits for that: clients close stdin and signal at once).
+    Once wound down (every answer written, the store closed) the process ends at once, without the
+    interpreter's finalization: its garbage collection of the catalog and models alone takes 0.1 to 1 s, and
+    Claude Code sends SIGTERM 100 ms after SIGINT."""
     transport = StdioTransport()
-    async with open_app(settings) as app, anyio.create_task_group() as tg:
-        tg.start_soon(_stop_on_signal, app, transport)
-        await transport.serve(app.server)
-        tg.cancel_scope.cancel()
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_app(settings) as app, anyio.create_task_group() as tg:
+            tg.start_soon(_stop_on_signal, app, transport, signals)
+            await transport.serve(app.server)
+            tg.cancel_scope.cancel()
+    end_process()
 
 
-async def _stop_on_signal(app: App, transport: StdioTransport) -> None:
+async def _stop_on_signal(app: App, transport: StdioTransport, signals: AsyncIterator[signal.Signals]) -> None:
     """SIGINT or SIGTERM (a client ending its session, ``docker stop``, a supervisor): every waiting call
     answers with its task id ("still running"), and once those answers are written (``STDIO_STOP_GRACE_S``
     at most) the store is closed and the process ends. A second signal cuts the wait short. The tasks resume
@@ -167,34 +175,31 @@ async def _stop_on_signal(app: App, transport: StdioTransport) -> None:
     cancellation reaches, so a client that keeps stdin open would otherwise hold the process for ever.
     """
     log = logging.getLogger("runapi_mcp")
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        signum = await anext(signals)
-        started = anyio.current_time()
-        waiting = len(transport.calls)
-        log.info("%s: answering the waiting calls, then stopping", signal.Signals(signum).name)
-        app.manager.stop_waiting()
-        async with anyio.create_task_group() as tg:
+    signum = await anext(signals)
+    started = anyio.current_time()
+    waiting = len(transport.calls)
+    log.info("%s: answering the waiting calls, then stopping", signal.Signals(signum).name)
+    app.manager.stop_waiting()
+    async with anyio.create_task_group() as tg:
 
-            async def cut_short() -> None:
-                again = await anext(signals)
-                log.info("%s: stopping now", signal.Signals(again).name)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(cut_short)
-            with anyio.move_on_after(STDIO_STOP_GRACE_S):
-                await transport.wait_settled()
+        async def cut_short() -> None:
+            again = await anext(signals)
+            log.info("%s: stopping now", signal.Signals(again).name)
             tg.cancel_scope.cancel()
-        answered = anyio.current_time()
-        if transport.calls:
-            log.warning("stopping with %d tool call(s) unanswered", len(transport.calls))
-        with anyio.CancelScope(shield=True):
-            await app.manager.store.close()
-        log.info(
-            "stopped: %d tool call(s) answered in %.0f ms, the store closed in %.0f ms",
-            max(0, waiting - len(transport.calls)),
-            (answered - started) * 1000,
-            (anyio.current_time() - answered) * 1000,
-        )
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+
+        tg.start_soon(cut_short)
+        with anyio.move_on_after(STDIO_STOP_GRACE_S):
+            await transport.wait_settled()
+        tg.cancel_scope.cancel()
+    answered = anyio.current_time()
+    if transport.calls:
+        log.warning("stopping with %d tool call(s) unanswered", len(transport.calls))
+    with anyio.CancelScope(shield=True):
+        await app.manager.store.close()
+    log.info(
+        "stopped: %d tool call(s) answered in %.0f ms, the store closed in %.0f ms",
+        max(0, waiting - len(transport.calls)),
+        (answered - started) * 1000,
+        (anyio.current_time() - answered) * 1000,
+    )
+    end_process()
