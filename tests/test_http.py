@@ -236,7 +236,7 @@ class RawSession:
         message = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
         async with self.http.stream("POST", "/mcp", headers=self.headers, json=message) as response:
             async for line in response.aiter_lines():
-                if line.startswith("data:"):
+                if line.startswith("data:") and line[5:].strip():  # not a priming event (SEP-1699)
                     answer = json.loads(line[5:])
                     if answer.get("id") == self.next_id:
                         if "error" in answer:
@@ -258,7 +258,7 @@ async def raw_tool_call(base: str, tool: str, arguments: dict[str, Any]) -> dict
         request = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
         async with http.stream("POST", "/mcp", headers=session, json=request) as response:
             async for line in response.aiter_lines():
-                if line.startswith("data:"):
+                if line.startswith("data:") and line[5:].strip():  # not a priming event (SEP-1699)
                     message = json.loads(line[5:])
                     if message.get("id") == 2:
                         return dict(message["result"])

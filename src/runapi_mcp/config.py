@@ -107,6 +107,54 @@ class Settings(BaseModel):
         description="Re-read RunAPI's model availability (price schedules) when older than this many seconds",
         json_schema_extra={"env": "RUNAPI_MCP_SCHEDULES_MAX_AGE_S"},
     )
+    # -- HTTP limits (http/limits.py, http/sessions.py): what one user or one connection may hold ------
+    max_sessions_per_user: int = Field(
+        20,
+        ge=1,
+        le=100_000,
+        description="HTTP: most open MCP sessions per user (at the cap, the user's least recently used idle one "
+        "is closed; with none idle, the new one is refused)",
+        json_schema_extra={"env": "RUNAPI_MCP_MAX_SESSIONS_PER_USER"},
+    )
+    session_idle_s: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="HTTP: close a streamable-HTTP session after this many seconds with no request in flight",
+        json_schema_extra={"env": "RUNAPI_MCP_SESSION_IDLE_S"},
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="HTTP: close a connection whose request headers are not complete within this many seconds",
+        json_schema_extra={"env": "RUNAPI_MCP_HEADER_TIMEOUT_S"},
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="HTTP: close a connection whose request body is not complete this many seconds after its headers",
+        json_schema_extra={"env": "RUNAPI_MCP_BODY_TIMEOUT_S"},
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="HTTP: most open connections (default: the open-file limit less a reserve)",
+        json_schema_extra={"env": "RUNAPI_MCP_MAX_CONNECTIONS"},
+    )
+    body_budget_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description="HTTP: most bytes of request bodies in flight in the process (over it: 503 with Retry-After)",
+        json_schema_extra={"env": "RUNAPI_MCP_BODY_BUDGET_BYTES"},
+    )
+    user_body_budget_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="HTTP: most bytes of request bodies in flight per user (over it: 503 with Retry-After)",
+        json_schema_extra={"env": "RUNAPI_MCP_USER_BODY_BUDGET_BYTES"},
+    )
     max_input_bytes: int = 20 * 1024 * 1024
     max_output_bytes: int = 200 * 1024 * 1024
     max_concurrent_requests: int = 8

@@ -13,7 +13,9 @@ server lifespan once per SSE connection). Around them:
 - ``/.well-known/oauth-protected-resource/mcp``: with JWT auth, so clients discover the issuer.
 
 Every request passes one Host/Origin check (DNS-rebinding protection) before anything else, and every
-authenticated request carries its owner in the ASGI scope, where the MCP layer reads it.
+authenticated request carries its owner in the ASGI scope, where the MCP layer reads it. What one user
+may hold is bounded: open sessions (``sessions.py``) and request bodies in flight (``limits.py``, which
+also holds the connection-level limits ``serve.py`` gives uvicorn).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
@@ -49,8 +50,10 @@ from runapi_mcp.app import App
 from runapi_mcp.config import is_loopback_host as is_loopback_host  # re-exported: serve.py, gallery.py, tests
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
+from runapi_mcp.http.limits import BodyBudget, HttpLimits
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
 from runapi_mcp.http.responses import image_headers
+from runapi_mcp.http.sessions import McpEndpoint, SseStreams, UserSessions
 from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY, OWNER_SCOPE_KEY
 from runapi_mcp.tasks import ImageRecord, ImageStore, current_owner
 from runapi_mcp.tasks.images import ImageFileError, inspect_image
@@ -186,10 +189,16 @@ def build_http_app(
     def guarded(endpoint: ASGIApp) -> ASGIApp:
         return RequireAuthMiddleware(endpoint, [], metadata_url) if verifier is not None else endpoint
 
-    sessions: StreamableHTTPSessionManager | None = None
+    limits = HttpLimits.from_settings(app.settings)
+    sessions: UserSessions | None = None
     if "streamable-http" in options.transports:
-        sessions = StreamableHTTPSessionManager(app=lowlevel, security_settings=security)
-        routes.append(Route(MCP_PATH, guarded(StreamableHTTPASGIApp(sessions))))
+        sessions = UserSessions(
+            lowlevel,
+            per_user=limits.max_sessions_per_user,
+            idle_s=limits.session_idle_s,
+            security_settings=security,
+        )
+        routes.append(Route(MCP_PATH, guarded(McpEndpoint(sessions))))
     if "sse" in options.transports:
         sse = SseServerTransport(MESSAGES_PATH, security_settings=security)
 
@@ -197,7 +206,8 @@ def build_http_app(
             async with sse.connect_sse(scope, receive, send) as (read, write):
                 await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
-        routes.append(Route(SSE_PATH, guarded(handle_sse), methods=["GET"]))
+        streams = SseStreams(handle_sse, limits.max_sessions_per_user)
+        routes.append(Route(SSE_PATH, guarded(streams), methods=["GET"]))
         routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
     links = FileLinks()
     files = _Files(app, links, guarded)
@@ -224,6 +234,10 @@ def build_http_app(
             Middleware(AuthContextMiddleware),
             Middleware(_OwnerScope),
         ]
+    # After the owner is known: a user's bodies count against their own budget.
+    middleware.append(
+        Middleware(BodyBudget, process_bytes=limits.body_budget_bytes, user_bytes=limits.user_body_budget_bytes)
+    )
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 

@@ -25,6 +25,15 @@ from runapi_mcp.app import App, open_app
 from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.http.app import HttpOptions, build_http_app, describe, is_loopback_host
 from runapi_mcp.http.auth import build_verifier
+from runapi_mcp.http.limits import (
+    KEEP_ALIVE_S,
+    ConnectionGuard,
+    HttpLimits,
+    connection_cap,
+    guarded_protocol,
+    raise_fd_limit,
+    throttle_logs,
+)
 from runapi_mcp.http.webhook import callback_routes
 
 log = logging.getLogger("runapi_mcp.http")
@@ -90,6 +99,7 @@ class RunningServer:
     server: _Server
     port: int
     stopped: anyio.Event
+    guard: ConnectionGuard
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -112,10 +122,11 @@ async def http_server(
 ) -> AsyncIterator[RunningServer]:
     """Serve ``app`` over HTTP for as long as the block lasts (or until a signal stops it).
 
-    ``sock``: an already bound socket; by default ``options.host``/``options.port`` are bound (port 0:
-    any free port, see ``RunningServer.port``).
+    ``sock``: an already bound socket (taken over: serving closes it); by default ``options.host``/
+    ``options.port`` are bound (port 0: any free port, see ``RunningServer.port``).
     """
     check_exposure(settings, options)
+    guard = connection_guard(settings)
     verifier = build_verifier(settings)
     extra = callback_routes(app.manager) if settings.public_url else []
     starlette: Starlette = build_http_app(app, options, verifier=verifier, extra_routes=extra)
@@ -123,6 +134,8 @@ async def http_server(
         starlette,
         host=options.host,
         port=options.port,
+        http=guarded_protocol(guard),  # h11 with header and body deadlines and the connection cap
+        timeout_keep_alive=KEEP_ALIVE_S,
         log_config=None,  # our logging (stderr, redacted) stays in charge
         access_log=False,
         timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
@@ -131,11 +144,13 @@ async def http_server(
     server = _Server(config, app.manager.stop_waiting)
     if sock is None:
         sock = bind_socket(options.host, options.port)
-    running = RunningServer(server, int(sock.getsockname()[1]), anyio.Event())
+    port = int(sock.getsockname()[1])
+    listener = guard.listen(sock)  # accept() asks the guard first: the connection cap
+    running = RunningServer(server, port, anyio.Event(), guard)
 
     async def serve() -> None:
         try:
-            await server.serve(sockets=[sock])
+            await server.serve(sockets=[listener])
         finally:
             server.settled.set()
             running.stopped.set()
@@ -153,6 +168,19 @@ async def http_server(
     finally:
         if verifier is not None:
             await verifier.aclose()
+
+
+def connection_guard(settings: Settings) -> ConnectionGuard:
+    """The connection limits of a server about to start: the soft open-file limit is raised to the hard one
+    first, and the connection cap set under it (unless ``RUNAPI_MCP_MAX_CONNECTIONS`` says otherwise)."""
+    throttle_logs()
+    limits = HttpLimits.from_settings(settings)
+    fd_limit = raise_fd_limit()
+    cap, slack = connection_cap(fd_limit)
+    if limits.max_connections is not None:
+        cap = limits.max_connections
+    log.debug("HTTP limits: %d connections (open files: %s), %s", cap, fd_limit, limits)
+    return ConnectionGuard(cap, limits.header_timeout_s, limits.body_timeout_s, slack=slack)
 
 
 async def serve_http(settings: Settings, options: HttpOptions) -> None:

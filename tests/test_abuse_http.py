@@ -1,0 +1,458 @@
+"""The shared server under abuse (issue 14): each attack replayed over real HTTP on loopback.
+
+- one user opening session after session, while another user connects and calls a tool;
+- a flood of connections sending headers one line a second, under a 256-descriptor limit (a subprocess),
+  while another client's call completes;
+- 100 concurrent 3.9 MiB request bodies (a subprocess: its peak RSS is read from /proc);
+- the SSE streams' priming event and ``retry`` field (SEP-1699), and a replay that stays in its session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import h11
+import httpx
+import pytest
+
+from runapi_mcp.app import App, open_app
+from runapi_mcp.http.app import HttpOptions
+from runapi_mcp.http.serve import RunningServer, http_server
+from runapi_mcp.simulator import Simulator
+from tests.support import FAST_POLICY, make_settings, server_env
+from tests.test_auth_tokens import AUDIENCE, JWKS_PATH, Issuer, Keys, issuer, keys
+from tests.test_http import TOKEN
+from tests.test_http_users import connect as connect_user
+from tests.test_http_users import token_for
+
+pytestmark = pytest.mark.anyio
+
+__all__ = ["issuer", "keys"]  # fixtures, defined beside the verifier's own tests
+
+ACCEPT = "application/json, text/event-stream"
+HELLO = {"capabilities": {}, "clientInfo": {"name": "abuse", "version": "1"}}
+
+
+@asynccontextmanager
+async def serving(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer | None = None, **overrides: Any
+) -> AsyncIterator[tuple[App, RunningServer, str]]:
+    if issuer is not None:
+        overrides |= {"jwt_issuer": issuer.url, "jwt_audience": AUDIENCE, "jwt_jwks_url": issuer.url + JWKS_PATH}
+    else:
+        overrides.setdefault("auth_token", TOKEN)
+    settings = make_settings(sim, home, inputs, **overrides)
+    options = HttpOptions(port=0, jwt_issuer=settings.jwt_issuer)
+    async with open_app(settings, policy=FAST_POLICY) as app, http_server(app, options, settings) as running:
+        yield app, running, f"http://127.0.0.1:{running.port}"
+
+
+async def initialize(http: httpx.AsyncClient, version: str = "2025-06-18") -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": version, **HELLO}}
+    return await http.post("/mcp", json=body, headers={"Accept": ACCEPT})
+
+
+def session_headers(answer: httpx.Response, version: str = "2025-06-18") -> dict[str, str]:
+    return {"mcp-session-id": answer.headers["mcp-session-id"], "mcp-protocol-version": version, "Accept": ACCEPT}
+
+
+def sse_events(text: str) -> list[dict[str, str]]:
+    """The events of an SSE body, each as its fields (``data`` lines joined)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            fields[name] = fields[name] + "\n" + value if name in fields and name == "data" else value
+        if fields:
+            events.append(fields)
+    return events
+
+
+# -- 1. sessions per user ------------------------------------------------------------------------------
+async def test_one_user_cannot_fill_the_session_slots(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer, keys: Keys
+) -> None:
+    cap = 5
+    alice = {"Authorization": f"Bearer {token_for(keys, issuer, 'alice')}"}
+    bob_token = token_for(keys, issuer, "bob")
+    async with (
+        serving(sim, home, inputs, issuer, max_sessions_per_user=cap) as (_, _, base),
+        httpx.AsyncClient(base_url=base, headers=alice, timeout=30) as http,
+        AsyncExitStack() as streams,
+    ):
+        # Alice opens cap + 10 sessions: each opens (her least recently used idle one closes to make room).
+        opened = []
+        for _ in range(cap + 10):
+            answer = await initialize(http)
+            assert answer.status_code == 200, answer.text
+            opened.append(session_headers(answer))
+        ping = {"jsonrpc": "2.0", "id": 7, "method": "ping"}
+        alive = [(await http.post("/mcp", json=ping, headers=h)).status_code for h in opened]
+        assert alive == [404] * 10 + [200] * cap, alive  # she holds `cap`, the newest
+        # Each of her sessions now busy (a GET stream open): her next session is refused, saying why.
+        for headers in opened[-cap:]:
+            get = await streams.enter_async_context(http.stream("GET", "/mcp", headers=headers))
+            assert get.status_code == 200
+        refused = await initialize(http)
+        assert refused.status_code == 429 and refused.headers["retry-after"]
+        error = refused.json()["error"]
+        assert "RUNAPI_MCP_MAX_SESSIONS_PER_USER=5" in error["message"] and error["code"] == -32000
+        # The legacy SSE transport: the same cap on her streams.
+        for _ in range(cap):
+            sse = await streams.enter_async_context(http.stream("GET", "/sse"))
+            assert sse.status_code == 200
+        assert (await http.get("/sse")).status_code == 429
+        # Bob is untouched: a session and a tool call, over each transport.
+        for transport in ("streamable-http", "sse"):
+            async with connect_user(base, bob_token, transport) as bob:
+                assert not (await bob.call_tool("list_tasks", {})).is_error
+        # ...and nothing of Alice's was closed to make room for him.
+        for headers in opened[-cap:]:
+            assert (await http.post("/mcp", json=ping, headers=headers)).status_code == 200
+
+
+async def test_idle_sessions_expire(sim: Simulator, home: Path, inputs: Path) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        serving(sim, home, inputs, session_idle_s=1) as (_, _, base),
+        httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as http,
+    ):
+        headers = session_headers(await initialize(http))
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        assert (await http.post("/mcp", json=ping, headers=headers)).status_code == 200
+        await anyio.sleep(1.3)
+        assert (await http.post("/mcp", json=ping, headers=headers)).status_code == 404
+
+
+# -- 9. SSE priming events ----------------------------------------------------------------------------
+async def test_sse_streams_start_with_a_priming_event(sim: Simulator, home: Path, inputs: Path) -> None:
+    version = "2025-11-25"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        serving(sim, home, inputs) as (_, _, base),
+        httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as http,
+    ):
+        answer = await initialize(http, version)
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        headers = session_headers(answer, version)
+        await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_tasks", "arguments": {}}}
+        answered = await http.post("/mcp", json=call, headers=headers)
+        first, *rest = sse_events(answered.text)
+        assert first["id"] and first["data"] == "" and first["retry"] == "3000", first
+        assert json.loads(rest[0]["data"])["id"] == 2
+        # The priming event's id resumes the stream: the answer is replayed after it...
+        resume = {**headers, "Last-Event-ID": first["id"]}
+        async with http.stream("GET", "/mcp", headers=resume) as replay:
+            async for line in replay.aiter_lines():
+                if line.startswith("data:") and line[5:].strip():
+                    assert json.loads(line[5:])["id"] == 2
+                    break
+        # ...and only in its own session: another session replays nothing of it.
+        other = session_headers(await initialize(http, version), version)
+        with anyio.move_on_after(1):
+            async with http.stream("GET", "/mcp", headers={**other, "Last-Event-ID": first["id"]}) as foreign:
+                assert '"id":2' not in (await foreign.aread()).decode()
+        # The legacy SSE stream: its first event carries the retry field.
+        async with http.stream("GET", "/sse") as legacy:
+            head = ""
+            async for chunk in legacy.aiter_text():
+                head += chunk
+                if "\n\n" in head.replace("\r\n", "\n"):
+                    break
+        endpoint = sse_events(head)[0]
+        assert endpoint["event"] == "endpoint" and endpoint["retry"] == "3000", endpoint
+
+
+# -- 2 and 3: a server process of its own --------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, 256))  # soft 128: the server raises it to the hard 256
+
+
+@contextmanager
+def server_process(env: dict[str, str], stderr: Path, *, low_fd_limit: bool = False) -> Iterator[tuple[int, str]]:
+    """``runapi-mcp serve --transport http`` as a subprocess: (pid, base URL)."""
+    port = _free_port()
+    command = [sys.executable, "-m", "runapi_mcp", "serve", "--transport", "http", "--port", str(port)]
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            command,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=_low_fd_limit if low_fd_limit else None,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()[-2000:]
+            time.sleep(0.05)
+        yield proc.pid, base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _status_kb(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {name}")
+
+
+async def tool_call(base: str, token: str, tool: str, arguments: dict[str, Any], *, retry_for: float = 0) -> float:
+    """initialize, initialized, tools/call on one connection; how long it took. A 503 is retried after its
+    Retry-After (as a client should) for up to ``retry_for`` seconds."""
+    started = time.monotonic()
+    auth = {"Authorization": f"Bearer {token}"}
+    while True:
+        try:
+            async with httpx.AsyncClient(base_url=base, headers=auth, timeout=20) as http:
+                answer = await initialize(http)
+                if answer.status_code == 503 and time.monotonic() - started < retry_for:
+                    await anyio.sleep(float(answer.headers.get("retry-after", "1")))
+                    continue
+                headers = session_headers(answer)
+                await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+                call = {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tools/call",
+                    "params": {"name": tool, "arguments": arguments},
+                }
+                result = await http.post("/mcp", json=call, headers=headers)
+                message = json.loads([e for e in sse_events(result.text) if e.get("data")][-1]["data"])
+                assert not message["result"].get("isError"), message
+                return time.monotonic() - started
+        except httpx.TransportError:
+            if time.monotonic() - started > retry_for:
+                raise
+            await anyio.sleep(0.5)
+
+
+# Clients sending a request's headers one line a second, reconnecting whenever the server closes them. Says
+# "ready" once each has connected; stops at the end of stdin and prints what it saw.
+SLOW_HEADERS = r"""
+import asyncio, json, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+seen = {"connections": 0, "closed_by_server": 0, "408": 0, "503": 0}
+stop = asyncio.Event()
+async def one():
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        seen["connections"] += 1
+        if seen["connections"] == count:
+            print("ready", flush=True)
+        try:
+            writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            line = 0
+            while not stop.is_set():
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), 1.0)
+                except asyncio.TimeoutError:
+                    writer.write(b"X-Slow-%d: 1\r\n" % line)
+                    line += 1
+                    continue
+                for code in ("408", "503"):
+                    seen[code] += data.startswith(b"HTTP/1.1 " + code.encode())
+                seen["closed_by_server"] += 1
+                break
+        except OSError:
+            seen["closed_by_server"] += 1
+        writer.close()
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() == "" and stop.set())
+    await asyncio.gather(*(one() for _ in range(count)))
+    print(json.dumps(seen), flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_slow_headers_under_a_low_descriptor_limit(
+    sim: Simulator, home: Path, inputs: Path, tmp_path: Path
+) -> None:
+    env = server_env(
+        sim, home, inputs, RUNAPI_MCP_AUTH_TOKEN=TOKEN, RUNAPI_MCP_LOG_LEVEL="INFO", RUNAPI_MCP_HEADER_TIMEOUT_S="1"
+    )
+    stderr = tmp_path / "stderr.log"
+    with server_process(env, stderr, low_fd_limit=True) as (pid, base):
+        limits = Path(f"/proc/{pid}/limits").read_text()
+        assert any(line.split()[3:5] == ["256", "256"] for line in limits.splitlines() if "open files" in line)
+        # 600 slow-header clients (more than the descriptors), reconnecting as soon as they are closed.
+        attack = subprocess.Popen(
+            [sys.executable, "-c", SLOW_HEADERS, base.rsplit(":", 1)[1], "600"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert attack.stdin is not None and attack.stdout is not None
+        try:
+            assert await anyio.to_thread.run_sync(attack.stdout.readline) == "ready\n"
+            await anyio.sleep(1)  # every slow client a line or two into its headers
+            fds = []
+            took = []
+            for _ in range(2):
+                took.append(await tool_call(base, TOKEN, "list_tasks", {}, retry_for=8))
+                fds.append(len(os.listdir(f"/proc/{pid}/fd")))
+            out, _ = attack.communicate("", timeout=20)
+        finally:
+            if attack.poll() is None:
+                attack.kill()
+        seen = json.loads(out)
+        # Held-open connections that never finish their headers: closed at the header deadline (408).
+        held = []
+        for _ in range(20):
+            conn = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            held.append(conn)
+        await anyio.sleep(1.3)
+        answers = [conn.recv(100) for conn in held]
+        for conn in held:
+            conn.close()
+        assert await anyio.to_thread.run_sync(lambda: httpx.get(f"{base}/health").status_code) == 200
+    print(f"\nslow headers: attacker {seen}; the other client's calls took {[round(t, 2) for t in took]} s; "
+          f"server descriptors {fds}; stderr {stderr.stat().st_size} bytes")  # fmt: skip
+    assert max(took) < 10
+    assert max(fds) < 256
+    assert seen["connections"] > 600 and seen["closed_by_server"] > 0
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers
+    assert stderr.stat().st_size < 20_000, stderr.read_text()[-3000:]
+    assert "Traceback" not in stderr.read_text()
+
+
+# -- 3. request bodies in parallel ----------------------------------------------------------------------
+BIG = 3_900 * 1024  # bytes of prompt: a 3.9 MiB request body, just under the 4 MiB per-request cap
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def big_call(port: int, headers: dict[str, str], call_id: int, filler: bytes) -> Answer:
+    """A tools/call whose body is ~3.9 MiB, on a raw socket of its own: the filler (the same bytes for every
+    call) is sent as it is, never copied, so the 100 calls cost this process little."""
+    message = {"jsonrpc": "2.0", "id": call_id, "method": "tools/call"}
+    message["params"] = {"name": "generate_image", "arguments": {"prompt": "@@"}}
+    head, tail = json.dumps(message).encode().split(b"@@")
+    length = len(head) + len(filler) + len(tail)
+    fields = {"Host": f"127.0.0.1:{port}", "Content-Type": "application/json", "Content-Length": str(length)}
+    conn = h11.Connection(h11.CLIENT)
+    loop = asyncio.get_running_loop()
+    with socket.socket() as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        await loop.sock_sendall(
+            sock,
+            conn.send(h11.Request(method="POST", target="/mcp", headers=[*fields.items(), *headers.items()])) or b"",
+        )
+        for part in (head, filler, tail):
+            for chunk in conn.send_with_data_passthrough(h11.Data(data=part)) or []:
+                await loop.sock_sendall(sock, chunk)
+        conn.send(h11.EndOfMessage())
+        answer = Answer(0, {}, b"")
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await loop.sock_recv(sock, 65536))
+            elif isinstance(event, h11.Response):
+                answer.status = event.status_code
+                answer.headers = {k.decode(): v.decode() for k, v in event.headers}
+            elif isinstance(event, h11.Data):
+                answer.body += event.data
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return answer
+
+
+async def test_parallel_big_bodies_stay_within_the_budget(
+    sim: Simulator, home: Path, inputs: Path, tmp_path: Path, issuer: Issuer, keys: Keys
+) -> None:
+    env = server_env(
+        sim, home, inputs, RUNAPI_MCP_LOG_LEVEL="INFO", RUNAPI_MCP_JWT_ISSUER=issuer.url,
+        RUNAPI_MCP_JWT_AUDIENCE=AUDIENCE, RUNAPI_MCP_JWT_JWKS_URL=issuer.url + JWKS_PATH,
+    )  # fmt: skip
+    stderr = tmp_path / "stderr.log"
+    filler = b"x" * BIG
+    attackers = [token_for(keys, issuer, f"mallory-{n}") for n in range(5)]  # 5 users, 20 calls each
+    with server_process(env, stderr) as (pid, base):
+        port = int(base.rsplit(":", 1)[1])
+        start_kb = _status_kb(pid, "VmRSS")
+        sessions = []
+        for token in attackers:
+            auth = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as http:
+                sessions.append({**auth, **session_headers(await initialize(http))})
+        answers: list[Answer | Exception] = []
+        bob_took: list[float] = []
+
+        async def attack(n: int) -> None:
+            try:
+                answers.append(await big_call(port, sessions[n % len(sessions)], 100 + n, filler))
+            except OSError as exc:
+                answers.append(exc)
+
+        async def bob() -> None:
+            await anyio.sleep(0.2)
+            bob_took.append(await tool_call(base, token_for(keys, issuer, "bob"), "list_tasks", {}))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(100):
+                tg.start_soon(attack, n)
+            tg.start_soon(bob)
+        peak_kb = _status_kb(pid, "VmHWM")
+        await anyio.sleep(0.5)
+        rest_kb = _status_kb(pid, "VmRSS")
+    statuses = Counter(a.status if isinstance(a, Answer) else type(a).__name__ for a in answers)
+    print(f"\nbig bodies: {dict(statuses)}; bob's call {bob_took[0]:.2f} s; RSS start {start_kb // 1024} MB, "
+          f"peak {peak_kb // 1024} MB, 0.5 s later {rest_kb // 1024} MB; stderr {stderr.stat().st_size} bytes")  # fmt: skip
+    busy = [a for a in answers if isinstance(a, Answer) and a.status == 503]
+    assert set(statuses) == {200, 503}, statuses  # every call answered, none dropped
+    assert busy and all(a.headers["retry-after"] == "1" for a in busy)
+    assert "RUNAPI_MCP_BODY_BUDGET_BYTES" in json.loads(busy[0].body)["error"]["message"]
+    served = [a for a in answers if isinstance(a, Answer) and a.status == 200]
+    assert all(json.loads(sse_events(a.body.decode())[-1]["data"])["id"] >= 100 for a in served)
+    assert bob_took[0] < 5
+    assert peak_kb < 600 * 1024
+    assert rest_kb < start_kb + 200 * 1024
+    assert stderr.stat().st_size < 20_000
