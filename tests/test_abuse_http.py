@@ -142,6 +142,49 @@ async def test_idle_sessions_expire(sim: Simulator, home: Path, inputs: Path) ->
         assert (await http.post("/mcp", json=ping, headers=headers)).status_code == 404
 
 
+async def test_incomplete_requests_time_out(
+    sim: Simulator, home: Path, inputs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(sim, home, inputs, header_timeout_s=1, body_timeout_s=1) as (_, _, base):
+        port = int(base.rsplit(":", 1)[1])
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=base, headers=auth) as http:
+            session = session_headers(await initialize(http))
+
+        def request_head(method: str, path: str, headers: dict[str, str]) -> bytes:
+            lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", *(f"{k}: {v}" for k, v in headers.items())]
+            return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+        def scenario(what: str) -> tuple[float, bytes]:
+            """Start an incomplete request; how long until the server answers or closes, and what it says."""
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                if what == "body":  # a request whose body never ends
+                    fields = {**auth, **session, "Content-Type": "application/json", "Content-Length": "1000"}
+                    conn.sendall(request_head("POST", "/mcp", fields) + b'{"jsonrpc"')
+                elif what == "kept alive":  # one request answered, then headers that never end
+                    conn.sendall(request_head("GET", "/health", {}))
+                    answered = b""
+                    while b'"version"' not in answered:
+                        answered += conn.recv(4096)
+                    conn.sendall(b"GET /health HTTP/1.1\r\nX-Slow: 1\r\n")
+                started = time.monotonic()  # "silent": connected, nothing sent
+                answer = conn.recv(4096)
+                return time.monotonic() - started, answer
+
+        results: dict[str, tuple[float, bytes]] = {}
+
+        async def run(what: str) -> None:
+            results[what] = await anyio.to_thread.run_sync(scenario, what)
+
+        async with anyio.create_task_group() as tg:
+            for what in ("body", "kept alive", "silent"):
+                tg.start_soon(run, what)
+    assert all(took < 2.5 for took, _ in results.values()), results
+    assert results["body"][1] == b"" and results["silent"][1] == b""  # closed
+    assert results["kept alive"][1].startswith(b"HTTP/1.1 408"), results
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
 # -- 9. SSE priming events ----------------------------------------------------------------------------
 async def test_sse_streams_start_with_a_priming_event(sim: Simulator, home: Path, inputs: Path) -> None:
     version = "2025-11-25"

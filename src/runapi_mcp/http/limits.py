@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import h11
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
@@ -135,7 +136,7 @@ class Throttle(logging.Filter):
         self._last[kind] = now
         text = record.getMessage().splitlines()[0]
         if record.exc_info and record.exc_info[1] is not None:
-            text += f": {record.exc_info[1]}"
+            text += f": {record.exc_info[1] or type(record.exc_info[1]).__name__}"
         if held:
             text += f" ({held} more like it in the last {now - last if last is not None else 0:.0f} s)"
         record.msg, record.args, record.exc_info, record.exc_text = text, (), None, None
@@ -155,13 +156,24 @@ def _by_template(record: logging.LogRecord) -> str | None:
     return str(record.msg)
 
 
-_ACCEPT_THROTTLE = Throttle(_accept_errors)
-_LIMITS_THROTTLE = Throttle(_by_template)
+def _client_left(record: logging.LogRecord) -> str | None:
+    # The SDK logs a traceback for each request whose client left (or was cut off at the body deadline)
+    # before its body was read.
+    return "client left" if record.exc_info and isinstance(record.exc_info[1], ClientDisconnect) else None
+
+
+_THROTTLES = {
+    "asyncio": Throttle(_accept_errors),
+    log.name: Throttle(_by_template),
+    "mcp.server.streamable_http": Throttle(_client_left),
+    "mcp.server.sse": Throttle(_client_left),
+}
 
 
 def throttle_logs() -> None:
-    """Throttle asyncio's ``accept()`` errors and this module's own lines (idempotent, process-wide)."""
-    for name, throttle in (("asyncio", _ACCEPT_THROTTLE), (log.name, _LIMITS_THROTTLE)):
+    """Throttle asyncio's ``accept()`` errors, the SDK's tracebacks for clients gone mid-body and this
+    module's own lines (idempotent, process-wide)."""
+    for name, throttle in _THROTTLES.items():
         logger = logging.getLogger(name)
         if throttle not in logger.filters:
             logger.addFilter(throttle)
