@@ -95,3 +95,11 @@ def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
 def test_learned_durations_are_kept_for_remote_upstreams_only(tmp_path: Path, base_url: str, kept: bool) -> None:
     settings = load_settings({"home": str(tmp_path), "base_url": base_url}, environ={}, config_file=tmp_path / "x")
     assert settings.remembers_durations is kept
+
+
+def test_runapi_config_file_that_is_no_regular_file_is_skipped(tmp_path: Path) -> None:
+    """A FIFO (or /dev/zero) in place of ~/.config/runapi/config.json never hangs or floods a command."""
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    assert load_settings(environ={}, config_file=fifo).api_key is None
+    assert load_settings(environ={}, config_file=Path("/dev/zero")).api_key is None

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -291,10 +292,21 @@ def settings_from_environment() -> dict[str, EnvSetting]:
 _ENV = {name: setting.variable for name, setting in settings_from_environment().items()}
 
 
+# RunAPI's config file holds a key and a URL: a few hundred bytes.
+_RUNAPI_CONFIG_MAX_BYTES = 1024 * 1024
+
+
 def _read_runapi_config(path: Path) -> dict[str, Any]:
-    """RunAPI's own tools keep ``apiKey``/``baseUrl`` here; a missing or broken file is no error."""
+    """RunAPI's own tools keep ``apiKey``/``baseUrl`` here; a missing or broken file is no error.
+
+    Only a regular file of a sane size is read: a FIFO would hang every command that loads the settings,
+    and ``/dev/zero`` would fill the memory."""
     try:
-        raw = json.loads(path.expanduser().read_text("utf-8"))
+        with open(path.expanduser(), "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > _RUNAPI_CONFIG_MAX_BYTES:
+                return {}
+            raw = json.loads(file.read(_RUNAPI_CONFIG_MAX_BYTES + 1).decode("utf-8"))
     except (OSError, ValueError):
         return {}
     if not isinstance(raw, dict):
