@@ -13,6 +13,8 @@ import select
 import signal
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,16 +64,25 @@ def stop_like_claude_code(server: RawStdioServer) -> tuple[float, list[str]]:
     return elapsed, sent
 
 
-def _start_waiting_call(env: dict[str, str]) -> RawStdioServer:
-    """A server with one generate_image call (id 99) waiting on a task that keeps running."""
+@contextmanager
+def _server(env: dict[str, str], *, waiting: bool = True) -> Iterator[RawStdioServer]:
+    """A server, initialized; ``waiting``: with one generate_image call (id 99) waiting on a task that keeps
+    running. Stopped (if still running) and its pipes closed afterwards."""
     server = RawStdioServer(env)
-    server.initialize("2025-06-18")
-    call = {"name": "generate_image", "arguments": {"prompt": "a long wait", "timeout_s": 60}}
-    params = {**call, "_meta": {"progressToken": "wait"}}
-    server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": params})
-    # The call reports its first progress once the task is created, right as it starts waiting.
-    _wait_for_message(server, "notifications/progress")
-    return server
+    try:
+        with server:
+            server.initialize("2025-06-18")
+            if waiting:
+                call = {"name": "generate_image", "arguments": {"prompt": "a long wait", "timeout_s": 60}}
+                params = {**call, "_meta": {"progressToken": "wait"}}
+                server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": params})
+                # The call reports its first progress once the task is created, right as it starts waiting.
+                _wait_for_message(server, "notifications/progress")
+            yield server
+    finally:
+        for pipe in (server.proc.stdin, server.proc.stdout, server.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigterm(
@@ -79,7 +90,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
 ) -> None:
     sim.set_task_outcome(None, "running")  # the call would wait its whole 60 s
     env = server_env(sim, home, inputs)
-    with _start_waiting_call(env) as server:
+    with _server(env) as server:
         elapsed, sent = stop_like_claude_code(server)
         assert server.proc.wait(timeout=10) == 0, sent
         answers = server.remaining()
@@ -95,8 +106,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
 
     # The next start takes the task up again: polls it, and a wait sees it finish.
     sim.set_task_outcome(data["runapi_task_id"], "completed")
-    with RawStdioServer(env) as again:
-        again.initialize("2025-06-18")
+    with _server(env, waiting=False) as again:
         args = {"task_id": task_id, "wait": True, "timeout_s": 10}
         result = again.request("tools/call", {"name": "get_task", "arguments": args})["result"]
         assert result["structuredContent"]["status"] == "completed", result
@@ -106,7 +116,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
 def test_a_second_signal_ends_the_stop_at_once(sim: Simulator, home: Path, inputs: Path) -> None:
     """SIGINT and SIGTERM together (a supervisor in a hurry): the stop waits for nothing, still a clean exit."""
     sim.set_task_outcome(None, "running")
-    with _start_waiting_call(server_env(sim, home, inputs)) as server:
+    with _server(server_env(sim, home, inputs)) as server:
         start = time.monotonic()
         server.proc.send_signal(signal.SIGINT)
         server.proc.send_signal(signal.SIGTERM)
@@ -120,7 +130,7 @@ def test_stdin_closed_and_a_signal_at_once_is_a_clean_quick_exit(sim: Simulator,
     """A client that closes its end and signals: the signal lands while the server winds down after the
     EOF; the process still ends at once, cleanly (before, the interpreter's own exit outlasted the SIGTERM)."""
     sim.set_task_outcome(None, "running")
-    with _start_waiting_call(server_env(sim, home, inputs)) as server:
+    with _server(server_env(sim, home, inputs)) as server:
         assert server.proc.stdin is not None
         server.proc.stdin.close()
         elapsed, sent = stop_like_claude_code(server)
@@ -144,7 +154,7 @@ def main(runs: int) -> None:
             home = Path(tmp, f"home{run}")
             home.mkdir()
             sim.set_task_outcome(None, "running")
-            with _start_waiting_call(server_env(sim, home, inputs)) as server:
+            with _server(server_env(sim, home, inputs)) as server:
                 elapsed, sent = stop_like_claude_code(server)
                 code = server.proc.wait(timeout=10)
                 answered = any(a.get("id") == 99 for a in server.remaining())
