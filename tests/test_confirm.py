@@ -138,15 +138,26 @@ def test_an_answer_counts_only_for_the_question_it_answered() -> None:
         ("decline", None, "declined"),
         ("cancel", None, "dismissed"),
         ("accept", {"confirm": False}, "unticked"),
-        ("accept", {}, "unticked"),
         ("accept", {"confirm": "yes"}, "did not fit"),
+        ("accept", {"confirm": 1}, "did not fit"),
     ],
 )
-def test_anything_but_a_ticked_box_refuses(action: str, content: dict[str, Any] | None, why: str) -> None:
+def test_anything_but_an_accept_with_the_box_ticked_refuses(
+    action: str, content: dict[str, Any] | None, why: str
+) -> None:
     with pytest.raises(ConfirmationRefused, match=why) as caught:
         question().judge(action, content)
     assert "Nothing was uploaded, created or charged" in str(caught.value)
-    question().judge("accept", {"confirm": True})  # the one way through
+    question().judge("accept", {"confirm": True})  # the way through
+
+
+def test_an_accept_without_the_box_takes_its_default_yes() -> None:
+    """Hermes Agent (0.19) asks with approve/deny and answers an approval as ``accept`` with no fields: the
+    form's default (ticked) is the answer, as JSON Schema's ``default`` says."""
+    schema = question().request().params.model_dump(by_alias=True)["requestedSchema"]
+    assert schema["properties"]["confirm"]["default"] is True
+    question().judge("accept", {})
+    question().judge("accept", None)
 
 
 # -- handshake era: elicitation/create in the middle of the call -------------------------------------------------

@@ -1,9 +1,14 @@
 """Asking the user before a costly task: ``RUNAPI_MCP_CONFIRM_ABOVE_CENTS``.
 
 A task quoted above the threshold is shown to the user (price, model, resolution, how many images) with one
-checkbox, after the quote and before anything is uploaded or created. Only a user who ticks it lets the
-task go ahead; a decline, a dismissal, an unticked box or a question that could not be asked after all
+checkbox, ticked, after the quote and before anything is uploaded or created. Only a user who accepts lets
+the task go ahead; a decline, a dismissal, an unticked box or a question that could not be asked after all
 creates nothing, and the call ends with an error result saying so (see :class:`ConfirmationRefused`).
+
+The box is ticked by default because an accept that leaves it out means the default (JSON Schema's
+``default``), and some clients show the question as approve/deny with no form at all: Hermes Agent 0.19
+answers "[o]nce" with ``accept`` and empty content (``bench/hermes_check.py`` runs its own client against
+this server). A form client shows the box ticked; unticking it, like declining, creates nothing.
 
 The question travels the way the negotiated protocol carries it:
 
@@ -57,13 +62,15 @@ _SIZE_FIELDS = ("output_resolution", "size", "resolution")
 
 
 class CostConfirmation(BaseModel):
-    """The form the user fills in: one checkbox, unticked until the user ticks it."""
+    """The form the user fills in: one checkbox, ticked; an accept without it means yes (see the module)."""
 
     # Strict: only a real true is a yes ("yes", 1 or "true" from a sloppy client is no answer to the form).
     model_config = ConfigDict(strict=True)
 
     confirm: bool = Field(
-        default=False, title="Create and pay", description="Tick to create the task and pay the quoted price"
+        default=True,
+        title="Create and pay",
+        description="Create the task and pay the quoted price (untick, or decline, to create nothing)",
     )
 
 
@@ -158,7 +165,7 @@ class CostQuestion:
         return (
             f"Create this image task for {format_price(self.cents)}? {self.what}. "
             f"Tasks quoted above {format_price(self.threshold)} are confirmed first ({CONFIRM_VARIABLE}); "
-            "nothing is uploaded, created or charged unless you tick the box."
+            "nothing is uploaded, created or charged unless you accept."
         )
 
     def request(self) -> ElicitRequest:
