@@ -172,7 +172,45 @@ def test_placeholder_keys_are_caught(home: Path) -> None:
     assert check.status == "FAIL" and "would pass the text ${RUNAPI_API_KEY}" in check.detail
     (hermes.parent / ".env").write_text(f"{KEY_VAR}=sk-x\n")
     check = next(c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes"))
-    assert check.status == "OK" and "trust: untrusted" in check.detail
+    assert check.status == "OK" and "asks before each paid call (RUNAPI_MCP_CONFIRM_ABOVE_CENTS=0" in check.detail
+
+
+def test_no_key_in_this_shell_warns_when_the_clients_carry_one(home: Path) -> None:
+    """The key lives in the clients' entries (Hermes' .env, a literal in Cursor's file): the server gets one, so
+    a shell without it is a WARN saying where it is, not a FAIL; with no entry carrying one it stays a FAIL."""
+    assert lines_of(doctor({"home": str(home / "d")}, {}, offline=True))["key"] == "FAIL"
+    (home / ".hermes").mkdir()
+    (home / ".hermes" / ".env").write_text(f"{KEY_VAR}=sk-x-0123456789abcdef\n")
+    install(Options(client="hermes", key_mode="env"))
+    cursor = config_path("cursor")
+    cursor.parent.mkdir()
+    cursor.write_text(json.dumps({"mcpServers": {"runapi": {"command": server_launch().command, "args": ["serve"],
+                                                            "env": {KEY_VAR: LITERAL}}}}))
+    report = doctor({"home": str(home / "d")}, {}, offline=True)
+    [key] = [c for c in report.checks if c.name == "key"]
+    assert key.status == "WARN" and not report.failed, list(report.lines())
+    assert "not set in this shell" in key.detail and "hermes runapi" in key.detail and "cursor runapi" in key.detail
+    assert f"export {KEY_VAR}" in key.fix
+    assert LITERAL not in "\n".join(report.lines())
+
+
+def test_hermes_entries_say_whether_hermes_asks_before_paid_calls(home: Path) -> None:
+    """Hermes reads no `trust` key: an entry an earlier install wrote with one (and no threshold) is a WARN."""
+    hermes = config_path("hermes")
+    hermes.parent.mkdir()
+    command = server_launch().command
+    hermes.write_text(f'mcp_servers:\n  runapi:\n    command: "{command}"\n    args: ["serve"]\n    trust: untrusted\n')
+
+    def hermes_check() -> Any:
+        return next(c for c in doctor({"home": str(home / "d")}, {}, offline=True).checks if c.name.startswith("hermes"))
+
+    stale = hermes_check()
+    assert stale.status == "WARN" and "does not read 'trust: untrusted'" in stale.detail
+    assert "runapi-mcp install hermes" in stale.fix
+    install(Options(client="hermes"))
+    assert "asks before each paid call" in hermes_check().detail
+    install(Options(client="hermes", trust="full"))
+    assert "paid calls run without asking" in hermes_check().detail
 
 
 def test_hermes_with_two_mcp_servers_blocks_fails(home: Path) -> None:

@@ -29,6 +29,7 @@ from runapi_mcp import install as install_module
 from runapi_mcp.cli import main
 from runapi_mcp.config import settings_from_environment
 from runapi_mcp.install import (
+    CONFIRM_VAR,
     KEY_VAR,
     MAX_CONFIG_BYTES,
     InstallError,
@@ -301,7 +302,8 @@ def test_hermes_copies_the_key_into_its_dotenv(home: Path, monkeypatch: pytest.M
     monkeypatch.setenv(KEY_VAR, SECRET)
     outcome = run_install("hermes", key_mode="copy")
     config = config_path("hermes").read_text()
-    assert SECRET not in config and hermes_servers(config)["runapi"]["env"] == {KEY_VAR: "${RUNAPI_API_KEY}"}
+    assert SECRET not in config
+    assert hermes_servers(config)["runapi"]["env"] == {KEY_VAR: "${RUNAPI_API_KEY}", CONFIRM_VAR: "0"}
     assert dotenv.read_text() == f"OPENROUTER_API_KEY=or-123\nRUNAPI_API_KEY={SECRET}\n"
     assert stat.S_IMODE(dotenv.stat().st_mode) == 0o600 and len(backups(dotenv)) == 1
     assert not any(SECRET in m for m in outcome.messages)
@@ -325,15 +327,14 @@ def test_hermes_entry_is_added_with_everything_else_byte_for_byte(home: Path) ->
     new = path.read_text()
     assert outcome.changed and backups(path)[0].read_text() == HERMES_SAMPLE
     start = new.index("  runapi:\n")
-    block = new[start : new.index("\n", new.index("trust: untrusted")) + 1]
+    block = new[start : new.index("\n", new.index(CONFIRM_VAR)) + 1]
     assert new[:start] + new[start + len(block) :] == HERMES_SAMPLE, "one block added; every other byte kept"
     servers = hermes_servers(new)
     assert set(servers) == {"github", "fs", "runapi"}
     assert servers["runapi"] == {
         "command": LAUNCH.command,
         "args": ["serve"],
-        "env": {KEY_VAR: "${RUNAPI_API_KEY}"},
-        "trust": "untrusted",
+        "env": {KEY_VAR: "${RUNAPI_API_KEY}", CONFIRM_VAR: "0"},
     }
     assert servers["fs"]["args"] == ["-y", "@modelcontextprotocol/server-filesystem"]
     assert new.index("  runapi:") < new.index("# ---- display ----"), "inside mcp_servers, before the next section"
@@ -354,7 +355,7 @@ def test_hermes_updates_an_entry_in_place(home: Path) -> None:
         "    trust: full\n"
         "other: 1\n"
     )
-    run_install("hermes", key_mode="env")
+    run_install("hermes", key_mode="env", trust="full")
     assert path.read_text() == (
         "mcp_servers:\n"
         "  runapi:\n"
@@ -401,8 +402,98 @@ def test_hermes_layouts_it_cannot_edit_safely_are_refused(home: Path, text: str)
 
 def test_hermes_crlf_files_keep_their_line_endings() -> None:
     text = "model: x\r\nmcp_servers:\r\n  a:\r\n    command: b\r\n"
-    new = hermes_updated(text, "runapi", LAUNCH, KeyPlan(), trust=None)
+    new = hermes_updated(text, "runapi", LAUNCH, KeyPlan(), ask=False)
     assert new.startswith(text) and "\n" not in new.replace("\r\n", "")
+
+
+# -- Hermes asks before paid calls (issue 15, item 2) -----------------------------------------------------------
+# Hermes Agent 0.19 reads no `trust` key and no readOnlyHint, but answers MCP elicitation: the entry carries the
+# server's confirmation threshold at 0, so the server asks (through Hermes) before each task that costs money.
+# bench/hermes_check.py and test_hermes_agent_itself_asks_before_paid_calls_only check it against hermes-agent.
+
+
+def test_the_threshold_is_the_servers_own_setting(tmp_path: Path) -> None:
+    from runapi_mcp.config import load_settings
+    from runapi_mcp.server.confirm import CONFIRM_VARIABLE, SpendConfirmation
+
+    assert CONFIRM_VAR == CONFIRM_VARIABLE
+    settings = load_settings({}, environ={CONFIRM_VAR: "0"}, config_file=tmp_path / "none.json")
+    assert settings.confirm_above_cents == 0
+    asks = SpendConfirmation(settings.confirm_above_cents)
+    assert asks.wanted(1) and asks.wanted(None) and not asks.wanted(0), "every task that costs money, no free one"
+
+
+def test_hermes_entry_asks_before_each_paid_call_by_default(home: Path) -> None:
+    outcome = run_install("hermes")
+    entry = hermes_servers(config_path("hermes").read_text())["runapi"]
+    assert entry == {"command": LAUNCH.command, "args": ["serve"], "env": {CONFIRM_VAR: "0"}}
+    said = "\n".join(outcome.messages)
+    assert "Hermes asks before each paid call" in said
+    assert "[o]nce | [s]ession | [d]eny" in said and "creates nothing and charges nothing" in said
+    assert "list_models, get_task, list_tasks, check_balance and gallery never ask" in said
+    assert "classic terminal" in said and "--trust full" in said, "says where Hermes 0.19 cannot ask"
+    assert "trust: untrusted" not in config_path("hermes").read_text()
+
+
+def test_hermes_trust_full_leaves_the_question_out(home: Path) -> None:
+    run_install("hermes", key_mode="env")
+    outcome = run_install("hermes", key_mode="env", trust="full")
+    assert outcome.changed
+    assert hermes_servers(config_path("hermes").read_text())["runapi"]["env"] == {KEY_VAR: "${RUNAPI_API_KEY}"}
+    said = "\n".join(outcome.messages)
+    assert "runs generate_image, edit_image and upscale_image without asking" in said
+    assert "classic terminal" not in said
+    assert not run_install("hermes", key_mode="env", trust="full").changed
+    assert run_install("hermes", key_mode="env").changed, "back to asking"
+    assert hermes_servers(config_path("hermes").read_text())["runapi"]["env"][CONFIRM_VAR] == "0"
+
+
+def test_hermes_entry_of_an_earlier_install_loses_its_trust_promise(home: Path) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    path.write_text(
+        "mcp_servers:\n"
+        "  runapi:\n"
+        f'    command: "{LAUNCH.command}"\n'
+        '    args: ["serve"]\n'
+        "    env:\n"
+        "      RUNAPI_MCP_HOME: /data   # the pictures\n"
+        "    trust: untrusted\n"
+        "    timeout: 300\n"
+        "\n"
+        "# ---- display ----\n"
+        "display: {}\n"
+    )
+    outcome = run_install("hermes")
+    assert path.read_text() == (
+        "mcp_servers:\n"
+        "  runapi:\n"
+        f'    command: "{LAUNCH.command}"\n'
+        '    args: ["serve"]\n'
+        "    env:\n"
+        "      RUNAPI_MCP_HOME: /data   # the pictures\n"
+        f'      {CONFIRM_VAR}: "0"\n'
+        "    timeout: 300\n"
+        "\n"
+        "# ---- display ----\n"
+        "display: {}\n"
+    )
+    assert any("removed 'trust: untrusted'" in m for m in outcome.messages)
+
+
+def test_hermes_keeps_a_threshold_of_the_users_own(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_path("hermes")
+    path.parent.mkdir()
+    text = f'mcp_servers:\n  runapi:\n    command: "{LAUNCH.command}"\n    args: ["serve"]\n    env:\n      {CONFIRM_VAR}: "50"\n'
+    path.write_text(text)
+    outcome = run_install("hermes")
+    assert not outcome.changed and path.read_text() == text
+    assert any("before each task quoted above 50 cents" in m for m in outcome.messages)
+    # The old name of the default still means it, and --print says what Hermes will do.
+    assert main(["install", "hermes", "--trust", "untrusted", "--print"]) == 0
+    printed = capsys.readouterr()
+    assert hermes_servers(printed.out)["runapi"]["env"] == {CONFIRM_VAR: "0"}
+    assert "Hermes asks before each paid call" in printed.err
 
 
 # -- files that are not a plain file of one's own (issue 14, item 7) ------------------------------------------
@@ -783,7 +874,7 @@ def test_hermes_existing_entry_keeps_the_comments_around_what_changed(home: Path
         "# ---- display ----\n"
         "display: {}\n"
     )
-    run_install("hermes", key_mode="env")
+    run_install("hermes", key_mode="env", trust="full")
     assert path.read_text() == (
         "mcp_servers:\n"
         "  runapi:\n"
@@ -811,7 +902,7 @@ def test_hermes_existing_entry_keeps_the_comments_around_what_changed(home: Path
 )
 def test_hermes_empty_servers_blocks_are_filled_in(text: str, expected: str) -> None:
     block = f'  runapi:\n    command: "{LAUNCH.command}"\n    args: ["serve"]\n'
-    assert hermes_updated(text, "runapi", LAUNCH, KeyPlan(), trust=None) == expected.format(block=block)
+    assert hermes_updated(text, "runapi", LAUNCH, KeyPlan(), ask=False) == expected.format(block=block)
 
 
 # -- Claude Code through its CLI ------------------------------------------------------------------------------

@@ -32,8 +32,10 @@ from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_r
 from runapi_mcp.install import (
     CLIENT_INFO,
     CLIENTS,
+    CONFIRM_VAR,
     DEFAULT_NAME,
     KEY_VAR,
+    STALE_TRUST,
     YamlDuplicateKeyError,
     YamlShapeError,
     YamlSyntaxError,
@@ -514,13 +516,32 @@ def _check_entry_key(
     return "OK", "key: written in the file", ""
 
 
+def _hermes_asks(entry: Mapping[str, Any]) -> tuple[Status, str, str]:
+    """Whether Hermes asks before a paid call under ``entry``: only the server's threshold makes it (Hermes reads
+    no ``trust`` key and no readOnlyHint, but answers the server's elicitation)."""
+    env = entry.get("env")
+    threshold = env.get(CONFIRM_VAR) if isinstance(env, dict) else None
+    if threshold is not None:
+        which = "each paid call" if str(threshold).strip() == "0" else f"tasks quoted above {threshold} cents"
+        return "OK", f"asks before {which} ({CONFIRM_VAR}={threshold}; Hermes' classic terminal declines unseen)", ""
+    if entry.get("trust") == STALE_TRUST:
+        return (
+            "WARN",
+            f"paid calls run without asking: Hermes does not read 'trust: {STALE_TRUST}'",
+            "runapi-mcp install hermes (it asks through the server instead)",
+        )
+    return "OK", f"paid calls run without asking (no {CONFIRM_VAR}: --trust full)", ""
+
+
 def _merge_fix(exc: YamlDuplicateKeyError) -> str:
     lines = " and ".join(str(n) for n in exc.lines)
     return f"merge the two {exc.where[-1]}: blocks (lines {lines}) into one, then rerun runapi-mcp install hermes"
 
 
-def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str, has_file_key: bool) -> None:
+def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str, has_file_key: bool) -> list[str]:
+    """Check each client entry that starts this server; the entries that pass the server a key of their own."""
     found_any = False
+    carriers: list[str] = []
     for source in _sources(environ, cwd):
         if not source.path.is_file():
             continue
@@ -586,13 +607,14 @@ def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str,
             where = f"{label} [{scope}] {name}"
             status, detail, fix = _check_command(entry)
             key_status, key_detail, key_fix = _check_entry_key(report, source.client, entry, environ, has_file_key)
-            worst: Status = max((status, key_status), key=("OK", "WARN", "FAIL").index)
-            details = f"{detail}; {key_detail}"
+            env = entry.get("env")
+            if key_status == "OK" and isinstance(env, dict) and isinstance(env.get(KEY_VAR), str) and env[KEY_VAR]:
+                carriers.append(f"{source.client} {name}")
+            parts = [(status, detail, fix), (key_status, key_detail, key_fix)]
             if source.client == "hermes":
-                details += "; trust: " + str(
-                    entry.get("trust") or "full (Hermes' default: no approval before paid calls)"
-                )
-            report.add(worst, where, details, "; ".join(f for f in (fix, key_fix) if f))
+                parts.append(_hermes_asks(entry))
+            worst: Status = max((p[0] for p in parts), key=("OK", "WARN", "FAIL").index)
+            report.add(worst, where, "; ".join(p[1] for p in parts), "; ".join(p[2] for p in parts if p[2]))
     if not found_any:
         report.add(
             "WARN",
@@ -600,6 +622,7 @@ def _clients(report: Report, environ: Mapping[str, str], cwd: Path, wanted: str,
             "no MCP client config found that starts this server",
             f"runapi-mcp install <{'|'.join(CLIENTS)}>",
         )
+    return carriers
 
 
 # -- the command ------------------------------------------------------------------------------------------------
@@ -635,7 +658,16 @@ async def diagnose(
             _store(report, settings)
         _allowed_dirs(report, settings)
     has_file_key = runapi_config_has_key(config_file)
-    _clients(report, environ, cwd or Path.cwd(), name, has_file_key)
+    carriers = _clients(report, environ, cwd or Path.cwd(), name, has_file_key)
+    if source is None and carriers:
+        # The clients pass their own key: the server gets one, only this shell (and so the checks here) has none.
+        check = next(c for c in report.checks if c.name == "key")
+        check.status = "WARN"
+        check.detail = (
+            f"not set in this shell, but the client entries carry one ({', '.join(carriers)}): the server gets it "
+            "from them; the checks here that need a key were skipped"
+        )
+        check.fix = f"to check the key here too, export {KEY_VAR} in this shell"
     return report
 
 

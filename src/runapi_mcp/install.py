@@ -62,6 +62,13 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 
 KEY_VAR = "RUNAPI_API_KEY"
+# Hermes Agent (0.19) reads no `trust` key and no readOnlyHint, but it answers MCP elicitation: with this
+# threshold at 0 in the entry's env, the server asks (elicitation) before every task that costs money, and
+# never before a read-only call (server/confirm.py). The same name as confirm.CONFIRM_VARIABLE (tested).
+CONFIRM_VAR = "RUNAPI_MCP_CONFIRM_ABOVE_CENTS"
+ASK_EVERY_PAID_CALL = "0"
+STALE_TRUST = "untrusted"  # what installs before this one wrote as `trust:`, a key no Hermes reads
+TRUST_CHOICES = ("ask", "full", STALE_TRUST)
 DEFAULT_NAME = "runapi"
 CLIENTS = ("claude-desktop", "claude-code", "cursor", "vscode", "hermes")
 VSCODE_INPUT_ID = "runapi-api-key"
@@ -864,7 +871,7 @@ def _plain(value: Any) -> Any:
 
 
 def hermes_servers(text: str) -> dict[str, dict[str, Any]]:
-    """The ``mcp_servers`` entries of a Hermes config (command, args, env, trust, ...), as Hermes reads them.
+    """The ``mcp_servers`` entries of a Hermes config (command, args, env, timeout, ...), as Hermes reads them.
 
     Raises :class:`YamlDuplicateKeyError` for a key that appears twice, :class:`YamlSyntaxError` for text that
     is not YAML, and :class:`YamlShapeError` for YAML that is not a mapping of settings.
@@ -896,21 +903,24 @@ def _flow_list(items: Sequence[str]) -> CommentedSeq:
     return seq
 
 
-def _new_entry(launch: Launch, key: KeyPlan, trust: str | None) -> CommentedMap:
+def _new_entry(launch: Launch, key: KeyPlan, ask: bool) -> CommentedMap:
     entry = CommentedMap()
     entry["command"] = DoubleQuotedScalarString(launch.command)
     entry["args"] = _flow_list(launch.args)
+    env = CommentedMap()
     if key.op == "set":
-        entry["env"] = CommentedMap([(KEY_VAR, DoubleQuotedScalarString(key.value))])
-    if trust:
-        entry["trust"] = trust
+        env[KEY_VAR] = DoubleQuotedScalarString(key.value)
+    if ask:
+        env[CONFIRM_VAR] = DoubleQuotedScalarString(ASK_EVERY_PAID_CALL)
+    if env:
+        entry["env"] = env
     return entry
 
 
-def hermes_snippet(name: str, launch: Launch, key: KeyPlan, *, trust: str | None) -> str:
+def hermes_snippet(name: str, launch: Launch, key: KeyPlan, *, ask: bool) -> str:
     """The ``mcp_servers`` block with this server's entry alone, as it is written into a Hermes config."""
     out = io.StringIO()
-    _yaml().dump(CommentedMap([(_HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, trust))]))]), out)
+    _yaml().dump(CommentedMap([(_HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, ask))]))]), out)
     return out.getvalue()
 
 
@@ -997,39 +1007,71 @@ def _block_map(value: Any, where: str) -> CommentedMap:
     return value
 
 
-def _edit_hermes(doc: CommentedMap, name: str, launch: Launch, key: KeyPlan, trust: str | None) -> None:
+def _set_env(entry: CommentedMap, where: str, var: str, value: str) -> None:
+    """``entry.env[var] = value`` (as a quoted string), the env block made when there is none."""
+    env = entry.get("env")
+    if _empty(env):
+        _put(entry, "env", CommentedMap([(var, DoubleQuotedScalarString(value))]))
+    elif _plain(_block_map(env, f"{where}.env").get(var)) != value:
+        _put(env, var, DoubleQuotedScalarString(value))
+
+
+def _drop_env(entry: CommentedMap, var: str) -> None:
+    """Take ``var`` out of the entry's env block, the comments after it kept in place (``env: {}`` when it was
+    the only one)."""
+    env = entry.get("env")
+    if not isinstance(env, CommentedMap) or var not in env:
+        return
+    index = _own_keys(env).index(var)
+    rest = _take_trailing(env, var)
+    del env[var]
+    if not env:
+        entry["env"] = CommentedMap()
+        entry["env"].fa.set_flow_style()
+        _give_trailing(entry, "env", rest)
+    elif index:
+        _give_trailing(env, _own_keys(env)[index - 1], rest)
+    else:
+        _give_trailing(entry, "env", rest, inside=False)
+
+
+def _drop_key(mapping: CommentedMap, key: str) -> None:
+    """Take ``key`` out of ``mapping``, the comment lines after its value handed to the key before it."""
+    index = _own_keys(mapping).index(key)
+    rest = _take_trailing(mapping, key)
+    del mapping[key]
+    keys = _own_keys(mapping)
+    if keys:
+        _give_trailing(mapping, keys[max(index - 1, 0)], rest)
+
+
+def _edit_hermes(doc: CommentedMap, name: str, launch: Launch, key: KeyPlan, ask: bool) -> None:
     """Set the entry ``name`` in a loaded Hermes config: added, or brought up to date with its other keys kept."""
     servers = doc[_HERMES_KEY]
     if _empty(servers):
-        _put(doc, _HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, trust))]))
+        _put(doc, _HERMES_KEY, CommentedMap([(name, _new_entry(launch, key, ask))]))
         return
     servers = _block_map(servers, _HERMES_KEY)
     if _empty(servers.get(name)):
-        _put(servers, name, _new_entry(launch, key, trust))
+        _put(servers, name, _new_entry(launch, key, ask))
         return
-    entry = _block_map(servers[name], f"{_HERMES_KEY}.{name}")
+    where = f"{_HERMES_KEY}.{name}"
+    entry = _block_map(servers[name], where)
     if _plain(entry.get("command")) != launch.command:
         _put(entry, "command", DoubleQuotedScalarString(launch.command), first=True)
     if _plain(entry.get("args")) != list(launch.args):
         _put(entry, "args", _flow_list(launch.args), after="command")
-    env = entry.get("env")
     if key.op == "set":
-        if _empty(env):
-            _put(entry, "env", CommentedMap([(KEY_VAR, DoubleQuotedScalarString(key.value))]))
-        elif _plain(_block_map(env, f"{_HERMES_KEY}.{name}.env").get(KEY_VAR)) != key.value:
-            _put(env, KEY_VAR, DoubleQuotedScalarString(key.value))
-    elif key.op == "remove" and isinstance(env, CommentedMap) and KEY_VAR in env:
-        index = _own_keys(env).index(KEY_VAR)
-        rest = _take_trailing(env, KEY_VAR)
-        del env[KEY_VAR]
-        if not env:
-            entry["env"] = CommentedMap()
-            entry["env"].fa.set_flow_style()
-            _give_trailing(entry, "env", rest)
-        elif index:
-            _give_trailing(env, _own_keys(env)[index - 1], rest)
-        else:
-            _give_trailing(entry, "env", rest, inside=False)
+        _set_env(entry, where, KEY_VAR, key.value)
+    elif key.op == "remove":
+        _drop_env(entry, KEY_VAR)
+    env = entry.get("env")
+    if ask and not (isinstance(env, Mapping) and CONFIRM_VAR in env):
+        _set_env(entry, where, CONFIRM_VAR, ASK_EVERY_PAID_CALL)  # a threshold of the user's own is kept
+    elif not ask:
+        _drop_env(entry, CONFIRM_VAR)
+    if _plain(entry.get("trust")) == STALE_TRUST:
+        _drop_key(entry, "trust")  # an earlier install's promise: Hermes reads no `trust` key
 
 
 def _layout(doc: CommentedMap) -> tuple[int, int, int]:
@@ -1103,12 +1145,13 @@ def _carry_over(original: str, before: str, after: str) -> str | None:
     return "".join(old)
 
 
-def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust: str | None) -> str:
+def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, ask: bool) -> str:
     """``text`` (a Hermes config.yaml) with the entry ``name`` added or brought up to date, all else intact.
 
     Comments, key order, quoting and the file's layout stay; ``text`` itself comes back when the entry is
-    already as wanted. ``trust`` goes into a new (or empty) entry only: an existing one keeps its own. Raises
-    :class:`YamlShapeError` (nothing to write) when the file cannot be edited safely.
+    already as wanted. ``ask``: the entry's env carries ``RUNAPI_MCP_CONFIRM_ABOVE_CENTS`` (``"0"`` unless it
+    has a value of its own), else it carries none. A ``trust: untrusted`` an earlier install wrote goes (Hermes
+    does not read it). Raises :class:`YamlShapeError` (nothing to write) when the file cannot be edited safely.
     """
     crlf = "\r\n" in text
     body = text.replace("\r\n", "\n")
@@ -1123,8 +1166,8 @@ def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust:
     if doc is None or _HERMES_KEY not in doc:
         # A new block at the end of the file, after everything in it (comments included).
         gap = "\n" if body.strip() and body.splitlines()[-1].strip() else ""
-        new = body + gap + hermes_snippet(name, launch, key, trust=trust)
-        if doc is None or _reads_as(new, _plain(doc) | {_HERMES_KEY: {name: _plain(_new_entry(launch, key, trust))}}):
+        new = body + gap + hermes_snippet(name, launch, key, ask=ask)
+        if doc is None or _reads_as(new, _plain(doc) | {_HERMES_KEY: {name: _plain(_new_entry(launch, key, ask))}}):
             return new.replace("\n", "\r\n") if crlf else new
         # The end of the file is not the end of the settings (an explicit document end, '...'): add it in there.
     yaml = _yaml(*_layout(doc))
@@ -1132,9 +1175,9 @@ def hermes_updated(text: str, name: str, launch: Launch, key: KeyPlan, *, trust:
     yaml.dump(doc, rendered)  # the file as ruamel writes it, to compare the edited rendering with
     before = rendered.getvalue()
     if _HERMES_KEY in doc:
-        _edit_hermes(doc, name, launch, key, trust)
+        _edit_hermes(doc, name, launch, key, ask)
     else:
-        doc[_HERMES_KEY] = CommentedMap([(name, _new_entry(launch, key, trust))])
+        doc[_HERMES_KEY] = CommentedMap([(name, _new_entry(launch, key, ask))])
     rendered = io.StringIO()
     yaml.dump(doc, rendered)
     after = rendered.getvalue()
@@ -1153,7 +1196,7 @@ def _reads_as(text: str, expected: Any) -> bool:
         return False
 
 
-def _check_hermes_edit(old: str, new: str, name: str, launch: Launch, key: KeyPlan) -> None:
+def _check_hermes_edit(old: str, new: str, name: str, launch: Launch, key: KeyPlan, *, ask: bool) -> None:
     """Read the edited text back (and with PyYAML, which Hermes uses, when it is installed): refuse an edit that
     went wrong."""
     problems: list[str] = []
@@ -1168,6 +1211,8 @@ def _check_hermes_edit(old: str, new: str, name: str, launch: Launch, key: KeyPl
         problems.append(f"{KEY_VAR} does not read back as written")
     if key.op == "remove" and isinstance(env, dict) and KEY_VAR in env:
         problems.append(f"{KEY_VAR} is still there")
+    if isinstance(env, dict) and ask != (CONFIRM_VAR in env):
+        problems.append(f"{CONFIRM_VAR} is {'missing' if ask else 'still there'}")
     loaders: list[Callable[[str], Any]] = [lambda text: copy.deepcopy(_plain_doc(text.replace("\r\n", "\n")))]
     try:
         import yaml as pyyaml  # type: ignore[import-untyped,unused-ignore]
@@ -1230,7 +1275,7 @@ class Options:
     key_mode: KeyMode = "none"
     print_only: bool = False
     config: Path | None = None
-    trust: str = "untrusted"
+    trust: str = "ask"  # Hermes only: "ask" before each paid call, or "full" ("untrusted" is the old name of "ask")
     launch: Launch | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     claude_cli: str | None = None  # the `claude` executable (found on PATH when None)
@@ -1393,26 +1438,28 @@ def _install_claude_cli(
 def _install_hermes(
     options: Options, client: Client, launch: Launch, key: KeyPlan, path: Path, hermes_dir: Path, outcome: Outcome
 ) -> None:
-    trust = options.trust if options.trust != "full" else None  # "full" is Hermes' default: nothing to write
+    ask = options.trust != "full"
     if options.print_only:
-        outcome.snippet = hermes_snippet(options.name, launch, key, trust=trust)
+        outcome.snippet = hermes_snippet(options.name, launch, key, ask=ask)
         outcome.messages.append(f"add this to {path} (nothing was written)")
         if key.hermes_dotenv:
             outcome.messages.append(f"and {KEY_VAR}=<your RunAPI key> to {hermes_dir / '.env'}")
+        outcome.messages += hermes_approval_notes(ASK_EVERY_PAID_CALL if ask else None, options.name)
         return
     dotenv = hermes_dir / ".env"
     with locked(path, *([dotenv] if key.hermes_dotenv else [])):
         config = read_config(path)
         old = config.text()
         try:
-            new = hermes_updated(old, options.name, launch, key, trust=trust)
+            new = hermes_updated(old, options.name, launch, key, ask=ask)
             existing = hermes_servers(old).get(options.name) or None  # read once already, by hermes_updated
+            written = hermes_servers(new).get(options.name) or {}
         except YamlShapeError as exc:
             raise InstallError(
                 f"{path}: {exc}. It was left unchanged; add the entry by hand "
                 "(runapi-mcp install hermes --print shows it)."
             ) from None
-        _check_hermes_edit(old, new, options.name, launch, key)
+        _check_hermes_edit(old, new, options.name, launch, key, ask=ask)
         env_file, env_old, env_new = None, "", ""
         if key.hermes_dotenv:
             env_file = read_config(dotenv)
@@ -1432,12 +1479,51 @@ def _install_hermes(
     else:
         verb = "updated" if existing is not None else "added"
         outcome.messages.append(f"{client.title}: {verb} '{options.name}' in {path} (command {launch.command})")
-        if trust and existing is None:
+        if existing is not None and _plain(existing.get("trust")) == STALE_TRUST and "trust" not in written:
             outcome.messages.append(
-                "note: trust: untrusted makes Hermes ask before each generate/edit/upscale call (they spend money); "
-                "read-only tools run without asking. Use --trust full for no approvals."
+                f"note: removed 'trust: {STALE_TRUST}' from the entry: Hermes reads no trust key (it never asked "
+                f"because of it); {CONFIRM_VAR} does the asking now"
             )
+    env = written.get("env")
+    threshold = env.get(CONFIRM_VAR) if isinstance(env, dict) else None
+    outcome.messages += hermes_approval_notes(None if threshold is None else str(threshold), options.name)
     outcome.messages += [f"backup: {b}" for b in outcome.backups]
+
+
+PAID_TOOLS = "generate_image, edit_image and upscale_image"
+READ_ONLY_TOOLS = "list_models, get_task, list_tasks, check_balance and gallery"
+
+
+def hermes_approval_notes(threshold: str | None, name: str = DEFAULT_NAME) -> list[str]:
+    """What a Hermes user sees before a paid call under the entry ``name`` whose threshold is ``threshold``
+    (None: it has none).
+
+    Checked against hermes-agent 0.19 itself by bench/hermes_check.py: its elicitation handler shows the
+    server's question as an approval, [o]nce | [s]ession | [d]eny read from the terminal (hermes chat -q) or
+    the gateway's approval (hermes --tui, chats); its classic prompt_toolkit REPL declines it without showing it.
+    """
+    if threshold is None:
+        return [
+            f"note: --trust full: Hermes runs {PAID_TOOLS} without asking (the entry has no {CONFIRM_VAR}); "
+            f"RUNAPI_MCP_MAX_SPEND_CENTS in its env caps what the server spends per day"
+        ]
+    which = (
+        "before each paid call"
+        if threshold == ASK_EVERY_PAID_CALL
+        else f"before each task quoted above {threshold} cents (the entry's own {CONFIRM_VAR}={threshold}, kept)"
+    )
+    return [
+        f"note: Hermes asks {which}: before {PAID_TOOLS} creates a task, Hermes shows \"Approval requested by MCP "
+        f"server '{name}'. Create this image task for $0.03 (3 cents)? gpt-image-2 text_to_image, 1k, ...\" with "
+        "[o]nce | [s]ession | [d]eny (hermes chat -q) or approval buttons (hermes --tui, gateway chats such as "
+        "Telegram or Slack). Once or session creates that one task; deny, or no answer before Hermes' approval "
+        f"timeout, creates nothing and charges nothing. {READ_ONLY_TOOLS} never ask. --trust full leaves the "
+        "question out.",
+        "warning: Hermes 0.19's interactive classic terminal (hermes, hermes --cli: its default interface) cannot "
+        "show the question and declines it unseen, so paid calls there end 'Not created: ... the user declined "
+        "it' and nothing is charged. Use hermes --tui, a gateway chat or hermes chat -q, or reinstall with "
+        "--trust full (no questions).",
+    ]
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
@@ -1469,9 +1555,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trust",
-        choices=("untrusted", "full"),
-        default="untrusted",
-        help="Hermes only: 'untrusted' (default) asks before each paid call; 'full' never asks",
+        choices=TRUST_CHOICES,
+        default="ask",
+        help=f"Hermes only: 'ask' (default) makes Hermes ask before each paid call ({CONFIRM_VAR}=0 in the "
+        f"entry: the server asks through MCP elicitation); 'full' never asks. '{STALE_TRUST}' is the old name of 'ask'",
     )
 
 
