@@ -438,6 +438,7 @@ class BodyBudget:
         self.by_owner: dict[Owner, int] = {}
         self.refused = 0
         self._trim = _Trim()
+        self._trim.busy = lambda: self.in_flight > 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -506,7 +507,7 @@ class BodyBudget:
             self.by_owner[owner] = left
         else:
             self.by_owner.pop(owner, None)
-        self._trim.released(size, idle=self.in_flight == 0)
+        self._trim.released(size)
 
     async def _busy(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.refused += 1
@@ -546,24 +547,32 @@ def _too_large(limit: int) -> ASGIApp:
 
 
 class _Trim:
-    """Gives freed heap back to the system after large bodies (glibc's ``malloc_trim``), at most once a
-    second and only when no body is in flight: without it the process keeps its peak RSS for good."""
+    """Gives freed heap back to the system after large bodies (glibc's ``malloc_trim``): a second after the
+    last body in flight is answered, once at least 8 MiB of bodies were released. Without it the process
+    keeps its peak RSS for good (freed arenas are not returned)."""
 
     THRESHOLD = 8 * 1024 * 1024
+    DELAY_S = 1.0
 
     def __init__(self) -> None:
         self._released = 0
-        self._last = 0.0
+        self._pending: asyncio.TimerHandle | None = None
         self._fn = _malloc_trim()
+        self.busy = lambda: False  # whether bodies are in flight (set by the budget)
 
-    def released(self, size: int, *, idle: bool) -> None:
+    def released(self, size: int) -> None:
         self._released += size
-        if self._fn is None or not idle or self._released < self.THRESHOLD:
+        if self._fn is None or self._pending is not None or self._released < self.THRESHOLD:
             return
-        now = time.monotonic()
-        if now - self._last < 1.0:
+        self._pending = asyncio.get_running_loop().call_later(self.DELAY_S, self._run)
+
+    def _run(self) -> None:
+        self._pending = None
+        if self._fn is None:
             return
-        self._last = now
+        if self.busy():
+            self._pending = asyncio.get_running_loop().call_later(self.DELAY_S, self._run)
+            return
         self._released = 0
         self._fn(0)
 

@@ -44,7 +44,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runapi_mcp.server.owners import OWNER_SCOPE_KEY
 
-log = logging.getLogger("runapi_mcp.http")
+# The limits' logger: each of its lines at most once per 10 s (``limits.throttle_logs``), as a user can
+# repeat what they say at will.
+log = logging.getLogger("runapi_mcp.http.limits")
 
 SSE_RETRY_MS = 3000
 """The reconnection delay every SSE stream suggests (its ``retry:`` field)."""
@@ -184,7 +186,7 @@ class UserSessions(StreamableHTTPSessionManager):
             if victim is None:
                 self.refused += 1
                 return None  # a race with another opening request: the SDK answers 503
-            self._close(victim, "the user opened a new session at the cap")
+            self._close(victim)
         # One store per session: a Last-Event-ID replay only ever sees this session's events.
         self.event_store = SessionEvents()
         transport = super()._admit_session(requestor)
@@ -193,14 +195,18 @@ class UserSessions(StreamableHTTPSessionManager):
             self._owner_of[transport.mcp_session_id] = owner
         return transport
 
-    def _close(self, session_id: str, why: str) -> None:
+    def _close(self, session_id: str) -> None:
         """End a session as its idle expiry would (its server task winds down and the SDK discards it)."""
         owner = self._owner_of.pop(session_id, None)
         transport = self._owned.get(owner, {}).pop(session_id, None)
         if transport is not None and transport.idle_scope is not None:
             transport.idle_scope.cancel()
             self.evicted += 1
-            log.info("closed idle session %s: %s", session_id[:12], why)
+            log.info(
+                "a user at the session cap (RUNAPI_MCP_MAX_SESSIONS_PER_USER=%d) opened another: closed their "
+                "least recently used idle one",
+                self.per_user,
+            )
 
     async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
         owner = self._owner_of.pop(session_id, None)
@@ -224,6 +230,11 @@ class McpEndpoint:
         opening = scope["type"] == "http" and scope["method"] == "POST" and not _has_session_header(scope)
         if opening and not self.sessions.has_room(owner):
             self.sessions.refused += 1
+            log.warning(
+                "refused a new session: the user is at the session cap (RUNAPI_MCP_MAX_SESSIONS_PER_USER=%d) "
+                "with every session busy",
+                self.sessions.per_user,
+            )
             detail = "each has a request or a stream in flight"
             await too_many_sessions(self.sessions.per_user, detail)(scope, receive, send)
             return
@@ -257,6 +268,10 @@ class SseStreams:
         owner = owner_in(scope)
         if self._open.get(owner, 0) >= self.per_user:
             self.refused += 1
+            log.warning(
+                "refused a new SSE stream: the user is at the session cap (RUNAPI_MCP_MAX_SESSIONS_PER_USER=%d)",
+                self.per_user,
+            )
             await too_many_sessions(self.per_user, "each an open SSE stream")(scope, receive, send)
             return
         self._open[owner] = self._open.get(owner, 0) + 1
