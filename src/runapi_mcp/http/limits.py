@@ -361,9 +361,13 @@ class GuardedH11Protocol(H11Protocol):
             return
         state = self.conn.their_state
         if state is h11.IDLE:
-            if after_response and not self.conn.trailing_data[0]:
+            if not self.conn.trailing_data[0]:
                 # Kept alive between requests: uvicorn's keep-alive timer closes it if nothing comes.
                 self._cancel_header_timer()
+                if self.timeout_keep_alive_task is None:
+                    self.timeout_keep_alive_task = self.loop.call_later(
+                        self.timeout_keep_alive, self.timeout_keep_alive_handler
+                    )
                 self.guard.waiting(self, fresh=False)
             else:  # partway through the next request's headers
                 if self._header_timer is None:
@@ -373,10 +377,12 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_header_timer()
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(self.guard.body_timeout_s, self._body_late)
-            if after_response:  # answered before the body came (a refusal): nothing more to wait for
-                self.guard.waiting(self, fresh=False)
-            else:
-                self.guard.forget(self)
+            if after_response:
+                # Answered before its body came in (a refusal): uvicorn drops the rest of the body as it
+                # arrives. Its keep-alive timer would close the connection under a client still sending
+                # (a reset that loses the answer): the body deadline governs instead.
+                self._unset_keepalive_if_required()
+            self.guard.forget(self)
         else:  # the request is complete (or the connection is done): the app has it
             self._cancel_timers()
             self.guard.forget(self)
@@ -437,8 +443,7 @@ class BodyBudget:
         self.in_flight = 0
         self.by_owner: dict[Owner, int] = {}
         self.refused = 0
-        self._trim = _Trim()
-        self._trim.busy = lambda: self.in_flight > 0
+        self._trim = _Trim(lambda: self.in_flight > 0)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -554,11 +559,11 @@ class _Trim:
     THRESHOLD = 8 * 1024 * 1024
     DELAY_S = 1.0
 
-    def __init__(self) -> None:
+    def __init__(self, busy: Callable[[], bool]) -> None:
         self._released = 0
         self._pending: asyncio.TimerHandle | None = None
         self._fn = _malloc_trim()
-        self.busy = lambda: False  # whether bodies are in flight (set by the budget)
+        self.busy = busy  # whether bodies are in flight
 
     def released(self, size: int) -> None:
         self._released += size
