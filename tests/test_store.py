@@ -155,3 +155,36 @@ async def test_history_records_each_status_change() -> None:
     moved = record.updated(status="pending").updated(progress=0.5).updated(status="completed")
     assert [step.status for step in moved.history] == ["pending", "completed"]
     assert all(step.at >= started for step in moved.history)
+
+
+async def test_what_the_gallery_asks_models_pictures_and_outputs_by_url(store: TaskStore) -> None:
+    def image(n: int, index: int, *, saved: bool = True) -> dict[str, object]:
+        return {
+            "id": f"img-{n}-{index}",
+            "task_id": f"task-{n:04d}",
+            "index": index,
+            "uri": f"runapi://images/img-{n}-{index}",
+            "path": f"/library/img-{n}-{index}.png" if saved else None,
+            "url": f"https://cdn.example/{n}/{index}.png",
+        }
+
+    await store.save(_record(1, prompt="A red FOX in the snow", images=[image(1, 0), image(1, 1)]))
+    await store.save(_record(2, prompt="Straße bei Nacht", model="imagen-4", images=[image(2, 0, saved=False)]))
+    await store.save(_record(3, status="failed", prompt="a fox that failed"))
+    await store.save(_record(4, prompt="bob's fox", owner="bob", model="flux-pro", images=[image(4, 0)]))
+    assert await store.models(owner="") == ["gpt-image-2", "imagen-4"]
+    assert await store.models() == ["flux-pro", "gpt-image-2", "imagen-4"]
+    # Pictures in the library (a file on disk), of matching tasks; text compared case-folded (ß = ss).
+    assert await store.count_pictures(owner="") == 2
+    assert await store.count_pictures(owner="", text="fox") == 2
+    assert await store.count_pictures(owner="", text="STRASSE") == 0  # its one output was never downloaded
+    assert await store.count_pictures(owner="", model="imagen-4") == 0
+    assert await store.count_pictures(owner="", status="failed", text="fox") == 0
+    assert await store.count_pictures(text="fox") == 3
+    assert await store.count_pictures(owner="bob", text="nothing like it") == 0
+    found = await store.outputs_at(
+        ["https://cdn.example/1/1.png", "https://cdn.example/4/0.png", "https://elsewhere.example/x.png"], owner=""
+    )
+    assert {url: image.id for url, image in found.items()} == {"https://cdn.example/1/1.png": "img-1-1"}
+    assert set(await store.outputs_at(["https://cdn.example/4/0.png"])) == {"https://cdn.example/4/0.png"}
+    assert await store.outputs_at([], owner="") == {}

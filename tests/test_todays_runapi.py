@@ -19,7 +19,6 @@ from mcp.client import Client
 from PIL import Image
 
 from runapi_mcp.app import open_app
-from runapi_mcp.http.gallery import Gallery
 from runapi_mcp.simulator import Fault, Simulator
 from tests.support import (
     FAST_POLICY,
@@ -103,7 +102,7 @@ async def test_gpt_image_25_generates_and_edits_16_images(harness: Harness, inpu
     assert {t["task_id"] for t in listed} == {made["task_id"], at_4k["task_id"], edited["task_id"]}
     shown = await harness.call("gallery", {"model": model})
     assert not shown.is_error and edited["task_id"] in str(shown.structured_content)
-    assert model in Gallery(harness.app.manager.store, harness.app.manager.images).models  # the web filter
+    assert model in await harness.app.manager.store.models(owner="")  # the web gallery's model filter
 
 
 # (what the caller asks, the field the refusal names, a value it allows, values it must not offer). "auto" is

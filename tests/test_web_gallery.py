@@ -24,10 +24,10 @@ import httpx2
 import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from playwright.async_api import Browser
+from playwright.async_api import Browser, Page
 
 from runapi_mcp.app import App, open_app
-from runapi_mcp.http import gallery
+from runapi_mcp.http import gallery, gallery_page
 from runapi_mcp.http.app import HttpOptions
 from runapi_mcp.http.serve import http_server
 from runapi_mcp.simulator import Simulator
@@ -152,21 +152,229 @@ async def test_the_gallery_in_a_browser(harness: Harness, browser: Browser) -> N
         assert await page.locator("li.tile:visible").count() == 1
         await page.screenshot(path=str(screenshot_path("web-gallery-filtered")), full_page=True)
 
-        # The full size and the download.
-        await page.goto(f"{base}/gallery")
+        # The model filter lists the library's models, not the catalog's sixty.
+        options = await page.locator("select[name=model] option").evaluate_all("os => os.map(o => o.value)")
+        assert options == ["", "gpt-image-2", "imagen-4"]
+
+        # The picture's link is its file (without JavaScript, or a middle click); the download is named.
         wanted = image_id(fox)
-        link = page.locator(f'a.thumb[href="/gallery/images/{wanted}"]')
-        async with page.expect_navigation():
-            await link.click()
-        assert page.url.endswith(f"/gallery/images/{wanted}")
-        width = await page.evaluate("() => document.images[0].naturalWidth")
-        assert width == fox["images"][0]["width"]
+        assert await page.locator(f"#image-{wanted} a.thumb").get_attribute("href") == f"/gallery/images/{wanted}"
+        full = await page.request.get(f"{base}/gallery/images/{wanted}")
+        assert full.status == 200 and full.headers["content-disposition"].startswith("inline;")
         download = await page.request.get(f"{base}/gallery/download/{wanted}")
-        assert download.status == 200
-        assert download.headers["content-disposition"].startswith("attachment;")
-        assert download.headers["content-type"] == "image/png"
+        assert download.status == 200 and download.headers["content-type"] == "image/png"
+        assert re.fullmatch(
+            r'attachment; filename="a-red-fox-in-fresh-snow-[0-9a-f]{8}\.png"', download.headers["content-disposition"]
+        )
         assert hostile["task_id"]  # made, shown as text above
         await page.close()
+
+
+LONG_PROMPT = "a lighthouse on a cliff at dusk, " * 40 + "the end of a long prompt"  # past the tile's 1000 chars
+
+
+async def _lightbox_shows(page: Page, wanted: str, width: int) -> None:
+    """The lightbox is open on ``wanted``, at full size (the file, not the thumbnail)."""
+    await page.wait_for_function(
+        """([id, width]) => {
+            const box = document.getElementById("lightbox"), image = document.getElementById("lb-image");
+            return box.open && image.complete && image.naturalWidth === width
+                && image.src.endsWith(`/gallery/images/${id}`) && location.hash === `#image-${id}`;
+        }""",
+        arg=[wanted, width],
+        timeout=10_000,
+    )
+
+
+async def _clipboard(page: Page) -> str:
+    return str(await page.evaluate("() => navigator.clipboard.readText()"))
+
+
+async def test_the_lightbox_copying_downloads_counts_and_sources_in_a_browser(
+    harness: Harness, browser: Browser
+) -> None:
+    fox, whale, long = await generate_all(
+        harness.client,
+        [
+            ("a red fox in fresh snow", "gpt-image-2"),
+            ("a blue whale under the sea", "imagen-4"),
+            (LONG_PROMPT, "gpt-image-2"),
+        ],
+    )
+    # An upscale of the fox (by its task id) and an edit of the whale (by its library URI): each links to its source.
+    upscaled = await harness.call("upscale_image", {"image": fox["task_id"]})
+    edited = await harness.call(
+        "edit_image", {"prompt": "the whale at night", "images": [f"runapi://images/{image_id(whale)}"]}
+    )
+    upscaled, edited = upscaled.structured_content, edited.structured_content
+    assert upscaled["status"] == edited["status"] == "completed"
+    # Newest first: the edit, the upscale, the long prompt, the whale, the fox.
+    order = [image_id(t) for t in (edited, upscaled, long, whale, fox)]
+    async with served(harness.app) as base:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        await page.goto(f"{base}/gallery")
+        assert await page.locator("li.tile").evaluate_all("ts => ts.map(t => t.dataset.image)") == order
+        assert await page.inner_text("#count") == "5 pictures"
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('li.tile img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=10_000,
+        )
+        await page.screenshot(path=str(screenshot_path("web-gallery-sources")), full_page=True)
+        assert "5 pictures in the library" in await page.inner_text(".summary")
+        options = await page.locator("select[name=model] option").evaluate_all("os => os.map(o => o.value)")
+        assert options == ["", *sorted({"gpt-image-2", "imagen-4", upscaled["model"]})]
+
+        # A click opens the picture full size on the page; the arrow keys move; Escape closes.
+        await page.click(f"#image-{order[3]} a.thumb")  # the whale
+        await _lightbox_shows(page, order[3], whale["images"][0]["width"])
+        assert page.url == f"{base}/gallery#image-{order[3]}"  # still the gallery: not the raw PNG
+        assert await page.inner_text("#lb-count") == "4 / 5"
+        assert await page.inner_text("#lb-prompt") == "a blue whale under the sea"
+        assert "imagen-4" in await page.inner_text("#lb-meta")
+        await page.screenshot(path=str(screenshot_path("web-gallery-lightbox")))
+        await page.keyboard.press("ArrowRight")
+        await _lightbox_shows(page, order[4], fox["images"][0]["width"])
+        assert await page.inner_text("#lb-count") == "5 / 5" and await page.is_disabled("#lb-next")
+        await page.keyboard.press("ArrowRight")  # the last: stays
+        await _lightbox_shows(page, order[4], fox["images"][0]["width"])
+        for _ in range(2):
+            await page.keyboard.press("ArrowLeft")
+        await _lightbox_shows(page, order[2], long["images"][0]["width"])
+        assert await page.inner_text("#lb-prompt") == LONG_PROMPT  # whole, though the tile shows 1000 chars
+        # Copy the prompt from the lightbox: the whole of it.
+        await page.click("#lb-copy")
+        assert await _clipboard(page) == LONG_PROMPT
+        assert await page.inner_text("#lb-copy") == "Copied"
+        await page.keyboard.press("Escape")
+        await page.wait_for_function("() => !document.getElementById('lightbox').open && !location.hash")
+        assert page.url == f"{base}/gallery"
+        assert await page.evaluate("() => document.activeElement.closest('li.tile').dataset.image") == order[2]
+
+        # One click copies a tile's prompt.
+        await page.click(f"#image-{order[4]} button.copy")
+        assert await _clipboard(page) == "a red fox in fresh snow"
+
+        # A download is named from its prompt (Content-Disposition, and the link's own download name).
+        async with page.expect_download() as started:
+            await page.click(f"#image-{order[4]} a.download")
+        download = await started.value
+        assert re.fullmatch(r"a-red-fox-in-fresh-snow-[0-9a-f]{8}\.png", download.suggested_filename)
+        async with page.expect_download() as started:
+            await page.click(f"#image-{order[0]} a.download")
+        assert re.fullmatch(r"the-whale-at-night-[0-9a-f]{8}\.png", (await started.value).suggested_filename)
+        # An upscale has no prompt of its own: it is named from its source's.
+        named = await page.request.get(f"{base}/gallery/download/{order[1]}")
+        assert re.fullmatch(
+            r'attachment; filename="upscaled-a-red-fox-in-fresh-snow-[0-9a-f]{8}\.png"',
+            named.headers["content-disposition"],
+        )
+        assert await page.get_attribute(f"#image-{order[1]} a.download", "download") == re.search(
+            r'filename="([^"]+)"', named.headers["content-disposition"]
+        ).group(1)  # type: ignore[union-attr]
+
+        # The upscale and the edit link to their sources; on this page, the link opens the source in the lightbox.
+        upscale_source = page.locator(f"#image-{order[1]} .source")
+        assert (await upscale_source.inner_text()).startswith("Upscaled from")
+        assert "Edited from" in await page.inner_text(f"#image-{order[0]} .source")
+        href = await page.locator(f"#image-{order[0]} a.source-link").get_attribute("href")
+        assert href == f"/gallery?task={whale['task_id']}#image-{order[3]}"
+        await upscale_source.locator("a.source-link").click()
+        await _lightbox_shows(page, order[4], fox["images"][0]["width"])  # the fox, from the upscale's link
+        await page.keyboard.press("Escape")
+        # Opened from elsewhere (another page, a bookmark), the link shows the source's task, its picture open.
+        await page.goto(f"{base}{href}")
+        await _lightbox_shows(page, order[3], whale["images"][0]["width"])
+        assert await page.inner_text("#lb-count") == "1 / 1"
+        assert "1 picture of task" in await page.inner_text(".summary")
+
+        # The count follows the filters, on every page.
+        await page.goto(f"{base}/gallery?model=imagen-4")
+        assert await page.inner_text("#count") == "1 picture"
+        assert "1 picture match" in await page.inner_text(".summary")
+        await page.goto(f"{base}/gallery?q=WHALE")
+        assert await page.inner_text("#count") == "2 pictures"
+        assert not problems, problems
+        await context.close()
+
+
+async def test_the_gallery_on_a_phone(harness: Harness, browser: Browser) -> None:
+    made = await generate_all(
+        harness.client,
+        [
+            ("a red fox in fresh snow", "gpt-image-2"),
+            ("a blue whale under the sea", "imagen-4"),
+            ("a kite", "gpt-image-2"),
+        ],
+    )
+    async with served(harness.app) as base:
+        context = await browser.new_context(
+            viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+        )
+        page = await context.new_page()
+        await page.goto(f"{base}/gallery")
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('li.tile img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=10_000,
+        )
+        boxes = [await page.locator("li.tile").nth(n).bounding_box() for n in range(3)]
+        assert all(box is not None for box in boxes)
+        first, second, third = (box for box in boxes if box is not None)
+        # Two pictures side by side, each about half the screen, within it; the third starts the next row.
+        assert abs(first["y"] - second["y"]) < 1 and first["x"] + first["width"] <= second["x"]
+        for box in (first, second):
+            assert 160 <= box["width"] <= 195 and box["x"] >= 0 and box["x"] + box["width"] <= 390, box
+        assert third["y"] >= first["y"] + first["height"] and abs(third["x"] - first["x"]) < 1
+        assert await page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+        await page.screenshot(path=str(screenshot_path("web-gallery-phone")), full_page=True)
+        # A tap opens the lightbox, the picture within the screen.
+        newest = image_id(made[2])
+        await page.tap(f"#image-{newest} a.thumb")
+        await _lightbox_shows(page, newest, made[2]["images"][0]["width"])
+        picture = await page.locator("#lb-image").bounding_box()
+        assert picture is not None and picture["x"] >= 0 and picture["x"] + picture["width"] <= 390
+        await page.screenshot(path=str(screenshot_path("web-gallery-phone-lightbox")))
+        await context.close()
+
+
+async def test_signing_in_and_out_through_the_form_in_a_browser(
+    sim: Simulator, home: Path, inputs: Path, browser: Browser
+) -> None:
+    async with served_with_token(sim, home, inputs) as (_, client, base):
+        await generate(client, "a lighthouse at dusk")
+        context = await browser.new_context()  # nothing set by hand: no header, no cookie
+        page = await context.new_page()
+        answer = await page.goto(f"{base}/gallery")
+        assert answer is not None and answer.status == 401 and "lighthouse" not in await page.inner_text("body")
+        # A wrong token: the form again, saying so.
+        await page.fill("input[name=token]", "not-the-token")
+        async with page.expect_navigation():
+            await page.click("button[type=submit]")
+        assert "not accepted" in await page.inner_text("body")
+        # The right one: the gallery, kept in an HttpOnly cookie for /gallery.
+        await page.fill("input[name=token]", TOKEN)
+        async with page.expect_navigation():
+            await page.click("button[type=submit]")
+        assert page.url == f"{base}/gallery"
+        assert "a lighthouse at dusk" in await page.inner_text("main")
+        [cookie] = await context.cookies()
+        assert cookie["name"] == gallery.COOKIE_NAME and cookie["httpOnly"] and cookie["path"] == "/gallery"
+        assert cookie["sameSite"] == "Strict" and TOKEN not in cookie["value"]
+        assert await page.evaluate("() => document.cookie") == ""  # not readable by the page's script
+        await page.screenshot(path=str(screenshot_path("web-gallery-signed-in")))
+        again = await page.goto(f"{base}/gallery")  # the session holds
+        assert again is not None and again.status == 200
+        # Sign out with the page's button: the cookie goes, the gallery asks for the token again.
+        async with page.expect_navigation():
+            await page.click(".signout button")
+        assert await context.cookies() == []
+        assert await page.locator("input[name=token]").count() == 1
+        gone = await page.goto(f"{base}/gallery")
+        assert gone is not None and gone.status == 401 and "lighthouse" not in await page.inner_text("body")
+        await context.close()
 
 
 # -- over plain HTTP -------------------------------------------------------------------------------
@@ -276,7 +484,7 @@ async def test_each_user_sees_only_their_own(
         base = f"http://127.0.0.1:{running.port}"
         http_client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {alice_token}"}, timeout=30)
         async with Client(streamable_http_client(f"{base}/mcp", http_client=http_client), mode="legacy") as alice:
-            made = await generate(alice, "alice's private picture")
+            made = await generate(alice, "alice's private picture", "imagen-4")
         wanted = image_id(made)
         pictures = [f"/gallery/thumbs/{wanted}", f"/gallery/images/{wanted}", f"/gallery/download/{wanted}"]
         async with httpx.AsyncClient(base_url=base) as http:
@@ -297,10 +505,85 @@ async def test_each_user_sees_only_their_own(
                 assert (
                     page.status_code == 200 and "private picture" not in page.text and made["task_id"] not in page.text
                 )
-                assert "No images yet" in page.text
+                assert "No images yet" in page.text and "0 pictures" in page.text
+                assert 'value="imagen-4"' not in page.text  # the model filter lists only bob's models
                 for path in pictures:
                     assert (await http.get(path, headers=as_bob)).status_code == 404, path
                 assert (await http.get("/gallery?q=private", headers=as_bob)).text.count("li class") == 0
+                task_page = await http.get("/gallery", params={"task": made["task_id"]}, headers=as_bob)
+                assert task_page.text.count("li class") == 0 and "private picture" not in task_page.text
+
+            # Bob edits alice's picture by its URL (he may fetch any URL): his edit names no picture of hers.
+            http_client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {bob_token}"}, timeout=30)
+            async with Client(streamable_http_client(f"{base}/mcp", http_client=http_client), mode="legacy") as bob:
+                result = await bob.call_tool(
+                    "edit_image", {"prompt": "bob's edit", "images": [made["images"][0]["url"]]}
+                )
+            assert not result.is_error, text_of(result)
+            text = (await http.get("/gallery", headers={"Authorization": f"Bearer {bob_token}"})).text
+            assert "bob&#x27;s edit" in text and "Edited from" in text and "an image at 127.0.0.1" in text
+            assert made["task_id"] not in text and wanted not in text and 'value="imagen-4"' not in text
+            # And alice's page shows nothing of bob's.
+            text = (await http.get("/gallery", headers=as_alice)).text
+            assert "bob" not in text and 'class="source-link"' not in text
+
+
+def test_download_names_come_from_the_prompt() -> None:
+    name, plain = gallery_page.download_names("A red fox, in fresh snow!", "img-1", "image/png")
+    assert name == plain and re.fullmatch(r"a-red-fox-in-fresh-snow-[0-9a-f]{8}\.png", name)
+    other, _ = gallery_page.download_names("A red fox, in fresh snow!", "img-2", "image/png")
+    assert other != name and other.startswith("a-red-fox-in-fresh-snow-")  # one prompt, two pictures
+    name, plain = gallery_page.download_names("Café crème sous la neige, 狐狸", "img-1", "image/webp")
+    assert name.startswith("café-crème-sous-la-neige-狐狸-") and name.endswith(".webp")
+    assert plain.startswith("cafe-creme-sous-la-neige-") and plain.isascii()
+    assert gallery_page.download_names("狐狸", "img-1", "image/png")[1].startswith("image-")
+    assert gallery_page.download_names(None, "img-1", None)[0].startswith("image-")
+    long, _ = gallery_page.download_names("word " * 100, "img-1", "image/jpeg")
+    assert len(long) <= gallery_page.SLUG_CHARS + len("-12345678.jpg") and not long.startswith("-")
+    # Nothing from the prompt can break out of the header or name a path.
+    name, plain = gallery_page.download_names('../../etc/passwd"; x=1\r\nSet-Cookie: a', "img-1", "image/png")
+    assert "/" not in name and '"' not in name and "\r" not in name and name.startswith("etc-passwd-x-1-set-cookie-a")
+    header = gallery_page.content_disposition("Café 狐狸", "img-1", "image/png")
+    assert re.fullmatch(
+        r"attachment; filename=\"cafe-[0-9a-f]{8}\.png\"; filename\*=UTF-8''caf%C3%A9-%E7%8B%90%E7%8B%B8-[0-9a-f]{8}\.png",
+        header,
+    )
+    header.encode("latin-1")  # a header's bytes
+
+
+def test_sources_and_hostile_values_are_escaped() -> None:
+    hostile = '"><script>window.__pwned = 1</script>'
+    tile = gallery_page.Tile(
+        task_id=hostile,
+        model=hostile,
+        status="completed",
+        prompt=hostile * 40,  # past the tile's cut: the whole prompt goes in data-prompt
+        created_at=0,
+        price_cents=None,
+        image_id="img-1",
+        action="edit_image",
+        sources=(
+            gallery_page.Source(image_id="img-0", task_id=hostile, has_file=True),
+            gallery_page.Source(url=f"https://example.com/{hostile}"),
+            *[gallery_page.Source(url="https://example.com/x.png")] * 5,
+        ),
+    )
+    view = gallery_page.GalleryView(
+        base="/gallery",
+        tiles=[tile],
+        filters=gallery_page.Filters(task=hostile),
+        models=[hostile],
+        statuses=["completed"],
+        next_cursor=None,
+        first_page=True,
+        count=1,
+    )
+    page = gallery_page.render_gallery(view, "nonce", thumb_edge=512)
+    assert "<script>window" not in page and page.count("<script") == 1
+    assert 'data-prompt="&quot;&gt;&lt;script&gt;' in page
+    assert 'href="/gallery?task=%22%3E%3Cscript%3E' in page  # the source's task, URL-encoded
+    assert 'href="https://example.com/&quot;&gt;&lt;script&gt;' in page and 'rel="noopener noreferrer"' in page
+    assert "Edited from" in page and "and 3 more" in page and '1 picture</strong> of task <code>&quot;&gt;' in page
 
 
 async def test_a_thumbnail_is_made_once_and_cached_on_disk(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,16 @@ long as the token is accepted (a JWT's ``exp`` plus the verifier's leeway; the s
 request, so a rotated shared token or an expired JWT ends the session at once and no session state is
 kept. The token is never logged.
 
+What the page shows besides the grid comes from the store, for this owner only: how many pictures
+match the filters (``TaskStore.count_pictures``, on every page), the models of the filter (those of the
+owner's tasks: ``TaskStore.models``), and what an edit or an upscale was made from. Its task's request
+holds its sources' URLs (``IMAGE_FIELDS``); a library picture is used by its RunAPI URL for a day after it
+was made (``tasks/references.py``), so a source whose URL is one of the owner's outputs
+(``TaskStore.outputs_at``) links to that picture in the gallery (``?task=<its task>#image-<id>``); any
+other source links to where RunAPI fetched it. A picture uploaded again later (older than a day, or a
+local file) is an upload URL and is shown as such. A download is named from its prompt
+(:func:`gallery_page.download_names`).
+
 Thumbnails are ``ImageStore`` previews at their own size (:data:`THUMB_EDGE`), so they are made once,
 under the process-wide decode budget of ``tasks/previews.py``, and cached in the library's
 ``.previews/`` beside the MCP previews.
@@ -42,7 +52,7 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal, cast
@@ -58,7 +68,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from runapi_mcp.catalog import get_catalog
+from runapi_mcp.catalog import is_http_url
+from runapi_mcp.catalog._catalog import IMAGE_FIELDS
 from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.history_cli import STATES
 from runapi_mcp.http.auth import SHARED_TOKEN_CLIENT_ID, owner_of
@@ -66,7 +77,9 @@ from runapi_mcp.http.gallery_page import (
     Filters,
     GalleryView,
     SignInLink,
+    Source,
     Tile,
+    content_disposition,
     render_gallery,
     render_problem,
     render_signin,
@@ -85,7 +98,7 @@ from runapi_mcp.tasks import (
 )
 from runapi_mcp.tasks.images import valid_image_id
 from runapi_mcp.tasks.previews import make_preview
-from runapi_mcp.tasks.store import encode_cursor
+from runapi_mcp.tasks.store import encode_cursor, library_pictures
 
 log = logging.getLogger("runapi_mcp.http.gallery")
 
@@ -101,8 +114,10 @@ THUMB_BYTES = 150_000
 SCAN_BATCH = 200
 SCAN_LIMIT = 5000
 MAX_QUERY_CHARS = 200
+MAX_SOURCES = 16  # the URLs of one task's request looked up (an edit takes at most 16 pictures)
 MAX_FORM_BYTES = 16 * 1024
-_TARGET_PARAMS = frozenset({"q", "model", "status", "cursor"})  # what a sign-in may carry on to the page
+_DONE = {"upscale_image": "upscaled", "reframe_image": "reframed", "remove_background": "cut out"}  # name words
+_TARGET_PARAMS = frozenset({"q", "model", "status", "task", "cursor"})  # what a sign-in may carry on to the page
 DEFAULT_PORT = 8766
 
 _PAGE_CSP = (
@@ -144,18 +159,10 @@ class Gallery:
     the server has no auth (loopback only), and then every caller is the local owner.
     """
 
-    def __init__(
-        self,
-        store: TaskStore,
-        images: ImageStore,
-        verifier: TokenVerifier | None = None,
-        *,
-        models: Sequence[str] | None = None,
-    ) -> None:
+    def __init__(self, store: TaskStore, images: ImageStore, verifier: TokenVerifier | None = None) -> None:
         self.store = store
         self.images = images
         self.verifier = verifier
-        self.models = list(models) if models is not None else list(get_catalog().model_names)
 
     def routes(self) -> list[BaseRoute]:
         base = GALLERY_PATH
@@ -290,7 +297,7 @@ class Gallery:
         caller = await self._caller(request)
         if caller is None:
             return self._refused(request)
-        filters = _filters(params.get("q"), params.get("model"), params.get("status"))
+        filters = _filters(params.get("q"), params.get("model"), params.get("status"), params.get("task"))
         nonce = secrets.token_urlsafe(16)
         try:
             records, next_cursor, note = await self._records(caller.owner, filters, params.get("cursor") or None)
@@ -298,10 +305,23 @@ class Gallery:
             response: Response = HTMLResponse(render_problem(GALLERY_PATH, nonce, str(exc)), status_code=400)
             _page_headers(response, nonce)
             return response
-        models = self.models if not filters.model or filters.model in self.models else [filters.model, *self.models]
+        if filters.task:
+            count = sum(library_pictures(record) for record in records)
+        else:
+            count = await self.store.count_pictures(
+                owner=caller.owner,
+                status=cast("TaskState | None", filters.status or None),
+                model=filters.model or None,
+                text=filters.q or None,
+            )
+        models = await self.store.models(owner=caller.owner)
+        if filters.model and filters.model not in models:
+            models = [filters.model, *models]  # asked for by a link: shown as chosen
+        sources = await self._sources(caller.owner, records)
+        names = {record.task_id: await self._name_from(caller.owner, record, sources) for record in records}
         view = GalleryView(
             base=GALLERY_PATH,
-            tiles=[tile for record in records for tile in _tiles(record)],
+            tiles=[tile for record in records for tile in _tiles(record, sources, names[record.task_id])],
             filters=filters,
             models=models,
             statuses=STATES,
@@ -309,6 +329,7 @@ class Gallery:
             first_page=not params.get("cursor"),
             scan_note=note,
             signed_in=caller.signed_in,
+            count=count,
         )
         response = HTMLResponse(render_gallery(view, nonce, thumb_edge=THUMB_EDGE))
         _page_headers(response, nonce)
@@ -318,6 +339,9 @@ class Gallery:
         self, owner: str, filters: Filters, cursor: str | None
     ) -> tuple[list[TaskRecord], str | None, str | None]:
         """One page of the owner's tasks, newest first: (records, the next page's cursor, a note)."""
+        if filters.task:  # one task (what a "made from" link opens): the owner's own, else none
+            record = await self.store.get(filters.task)
+            return ([record] if record is not None and record.owner == owner else []), None, None
         status = cast("TaskState | None", filters.status or None)  # one of STATES (_filters checked it)
         model = filters.model or None
         if not filters.q:
@@ -343,21 +367,36 @@ class Gallery:
         assert last is not None
         return found, encode_cursor(last), f"Searched {scanned} tasks; older ones are on the next page"
 
+    async def _sources(self, owner: str, records: list[TaskRecord]) -> dict[str, ImageRecord]:
+        """The owner's outputs the records' requests name by URL (what they were made from), by URL."""
+        urls = {url for record in records for url in _request_images(record)}
+        return await self.store.outputs_at(urls, owner=owner) if urls else {}
+
+    async def _name_from(self, owner: str, record: TaskRecord, sources: dict[str, ImageRecord]) -> str | None:
+        """What the task's downloads are named from: its prompt; for one without (an upscale), its first
+        library source's prompt, after what was done to it ("upscaled a red fox ...")."""
+        if record.prompt:
+            return record.prompt
+        for url in _request_images(record):
+            image = sources.get(url)
+            made = await self.store.get(image.task_id) if image is not None else None
+            if made is not None and made.owner == owner and made.prompt:
+                return f"{_DONE.get(record.action, 'from')} {made.prompt}"
+        return None
+
     # -- pictures --------------------------------------------------------------------------------
 
-    async def _image(self, request: Request) -> tuple[Response | None, ImageRecord | None]:
-        """The requested image if the caller may see it; else the response to send."""
+    async def _image(self, request: Request) -> tuple[ImageRecord, TaskRecord] | Response:
+        """The requested image and its task if the caller may see it; else the response to send."""
         caller = await self._caller(request)
         if caller is None:
-            return self._refused(request), None
+            return self._refused(request)
         image_id = str(request.path_params.get("image_id", ""))
-        image = await self._visible(caller.owner, image_id)
-        if image is None:
-            return _plain(404, "no such image"), None
-        return None, image
+        found = await self._visible(caller.owner, image_id)
+        return _plain(404, "no such image") if found is None else found
 
-    async def _visible(self, owner: str, image_id: str) -> ImageRecord | None:
-        """A library image of one of ``owner``'s tasks, or None (as for one that does not exist).
+    async def _visible(self, owner: str, image_id: str) -> tuple[ImageRecord, TaskRecord] | None:
+        """A library image of one of ``owner``'s tasks, and the task; None as for one that does not exist.
 
         Stricter than ``TaskManager.find_image``: the gallery serves only images it lists, so an image
         must be one of its task's recorded outputs (a library file with no task record is not shown).
@@ -370,13 +409,13 @@ class Gallery:
         record = await self.store.get(image.task_id)
         if record is None or record.owner != owner or all(i.id != image.id for i in record.images):
             return None
-        return image
+        return image, record
 
     async def thumb(self, request: Request) -> Response:
-        refused, image = await self._image(request)
-        if image is None:
-            assert refused is not None
-            return refused
+        found = await self._image(request)
+        if isinstance(found, Response):
+            return found
+        image, _ = found
         made = await make_preview(self.images, image, THUMB_EDGE, THUMB_BYTES)
         if isinstance(made, Preview):
             response = Response(made.data, media_type=made.mime_type)
@@ -396,10 +435,10 @@ class Gallery:
         return await self._file(request, "attachment")
 
     async def _file(self, request: Request, disposition: Literal["inline", "attachment"]) -> Response:
-        refused, image = await self._image(request)
-        if image is None:
-            assert refused is not None
-            return refused
+        found = await self._image(request)
+        if isinstance(found, Response):
+            return found
+        image, record = found
         data = await self.images.read(image.id)
         if data is None:
             return _plain(404, "no such image")
@@ -407,22 +446,52 @@ class Gallery:
         response.headers.update(_COMMON_HEADERS)
         response.headers["Content-Security-Policy"] = _IMAGE_CSP
         response.headers.update(image_headers(image, disposition))
+        if disposition == "attachment":  # saved under a name from its prompt
+            owner = record.owner
+            named = await self._name_from(owner, record, await self._sources(owner, [record]))
+            response.headers["Content-Disposition"] = content_disposition(named, image.id, image.mime_type)
         return response
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _filters(q: str | None, model: str | None, status: str | None) -> Filters:
+def _printable(value: str | None, limit: int) -> str:
+    value = (value or "").strip()
+    return value if len(value) <= limit and value.isprintable() else ""
+
+
+def _filters(q: str | None, model: str | None, status: str | None, task: str | None = None) -> Filters:
     """The filters the page accepts; anything else is dropped (shown as "any")."""
     q = (q or "").strip()[:MAX_QUERY_CHARS]
-    model = (model or "").strip()
-    if len(model) > 200 or not model.isprintable():
-        model = ""
-    return Filters(q=q, model=model, status=status if status in STATES else "")
+    return Filters(
+        q=q,
+        model=_printable(model, 200),
+        status=status if status in STATES else "",
+        task=_printable(task, 512),
+    )
 
 
-def _tiles(record: TaskRecord) -> list[Tile]:
+def _request_images(record: TaskRecord) -> Iterator[str]:
+    """The http(s) URLs of the pictures the task was made from, as its request sent them (at most
+    :data:`MAX_SOURCES`)."""
+    found = 0
+    for name in IMAGE_FIELDS:
+        value = record.request.get(name)
+        for url in value if isinstance(value, list) else [value]:
+            if isinstance(url, str) and is_http_url(url) and found < MAX_SOURCES:
+                found += 1
+                yield url
+
+
+def _source(url: str, sources: dict[str, ImageRecord]) -> Source:
+    image = sources.get(url)
+    if image is None:
+        return Source(url=url)
+    return Source(image_id=image.id, task_id=image.task_id, has_file=image.path is not None)
+
+
+def _tiles(record: TaskRecord, sources: dict[str, ImageRecord], name_from: str | None = None) -> list[Tile]:
     common = {
         "task_id": record.task_id,
         "model": record.model,
@@ -430,6 +499,9 @@ def _tiles(record: TaskRecord) -> list[Tile]:
         "prompt": record.prompt,
         "created_at": record.created_at,
         "price_cents": record.price_cents,
+        "action": record.action,
+        "sources": tuple(_source(url, sources) for url in _request_images(record)),
+        "name_from": name_from,
     }
     saved = [image for image in record.images if image.path]
     if not saved:
@@ -448,6 +520,7 @@ def _tiles(record: TaskRecord) -> list[Tile]:
             width=image.width,
             height=image.height,
             bytes=image.bytes,
+            mime_type=image.mime_type,
             note=f"Image {image.index + 1} of {len(record.images)}" if many else None,
         )
         for image in saved

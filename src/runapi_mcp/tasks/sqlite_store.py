@@ -17,7 +17,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ import anyio
 import pydantic
 
 from runapi_mcp.private import private_dir, private_file, tighten
-from runapi_mcp.tasks.records import TaskRecord, TaskState
+from runapi_mcp.tasks.records import ImageRecord, TaskRecord, TaskState
 from runapi_mcp.tasks.store import TaskPage, decode_cursor, encode_cursor, needs_taking_up
 
 log = logging.getLogger("runapi_mcp.tasks")
@@ -71,6 +71,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 SPEND_SQL = (
     "CASE WHEN cost_cents IS NOT NULL THEN cost_cents WHEN status != 'failed' THEN COALESCE(price_cents, 0) ELSE 0 END"
 )
+# store.library_pictures in SQL: the outputs with a local file.
+PICTURES_SQL = "(SELECT COUNT(*) FROM json_each(record, '$.images') WHERE json_extract(value, '$.path') IS NOT NULL)"
+# store.prompt_holds in SQL (casefold: Python's own, registered on the connection; SQLite's lower() is ASCII only).
+PROMPT_HOLDS_SQL = "instr(casefold(json_extract(record, '$.prompt')), ?) > 0"
+_URLS_PER_QUERY = 500  # well under SQLite's bound on a statement's parameters
 # Rows written by version 1 lack the new columns' values: fill them from the record itself.
 _BACKFILL_FROM = {1}
 
@@ -85,6 +90,7 @@ class SQLiteTaskStore:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._db = connection
+        self._db.create_function("casefold", 1, _casefold, deterministic=True)
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)  # one worker thread at a time: one writer path
 
@@ -185,6 +191,70 @@ class SQLiteTaskStore:
 
         return await self._run(read)
 
+    async def models(self, owner: str | None = None) -> list[str]:
+        sql = "SELECT DISTINCT model FROM tasks" + ("" if owner is None else " WHERE owner = ?")
+        args = () if owner is None else (owner,)
+
+        def read() -> list[str]:
+            with self._lock:
+                return sorted(str(row[0]) for row in self._db.execute(sql, args).fetchall())
+
+        return await self._run(read)
+
+    async def count_pictures(
+        self,
+        *,
+        status: TaskState | None = None,
+        model: str | None = None,
+        owner: str | None = None,
+        text: str | None = None,
+    ) -> int:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("owner", owner), ("status", status), ("model", model)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if text:
+            where.append(PROMPT_HOLDS_SQL)
+            args.append(text.casefold())
+        sql = f"SELECT COALESCE(SUM({PICTURES_SQL}), 0) FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+
+        def read() -> int:
+            with self._lock:
+                return int(self._db.execute(sql, tuple(args)).fetchone()[0])
+
+        return await self._run(read)
+
+    async def outputs_at(self, urls: Collection[str], owner: str | None = None) -> dict[str, ImageRecord]:
+        wanted = sorted(set(urls))
+
+        def read() -> dict[str, ImageRecord]:
+            found: dict[str, ImageRecord] = {}
+            for start in range(0, len(wanted), _URLS_PER_QUERY):
+                chunk = wanted[start : start + _URLS_PER_QUERY]
+                sql = (
+                    "SELECT image.value FROM tasks, json_each(tasks.record, '$.images') AS image "
+                    f"WHERE json_extract(image.value, '$.url') IN ({', '.join('?' * len(chunk))})"
+                )
+                args: tuple[Any, ...] = tuple(chunk)
+                if owner is not None:
+                    sql, args = sql + " AND tasks.owner = ?", (*args, owner)
+                with self._lock:
+                    rows = self._db.execute(sql, args).fetchall()
+                for (text,) in rows:
+                    try:
+                        image = ImageRecord.model_validate_json(text)
+                    except pydantic.ValidationError:
+                        continue
+                    if image.url is not None:
+                        found[image.url] = image
+            return found
+
+        return await self._run(read) if wanted else {}
+
     async def load_state(self, key: str) -> Any:
         def read() -> Any:
             with self._lock:
@@ -224,6 +294,10 @@ class SQLiteTaskStore:
             except pydantic.ValidationError as exc:  # one bad row must not hide the others
                 log.warning("skipping an unreadable task record in %s: %s", self.path, exc.errors()[:1])
         return records
+
+
+def _casefold(text: object) -> str | None:
+    return text.casefold() if isinstance(text, str) else None
 
 
 def _connect(path: Path) -> sqlite3.Connection:

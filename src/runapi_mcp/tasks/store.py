@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from runapi_mcp.tasks.records import UNFINISHED, TaskRecord, TaskState
+from runapi_mcp.tasks.records import UNFINISHED, ImageRecord, TaskRecord, TaskState
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,24 @@ class TaskStore(Protocol):
         """What the tasks created since ``since`` (epoch seconds) cost (``TaskRecord.spend_cents``: RunAPI's
         reported cost, else the quote of a task that did not fail), of ``owner`` only when given."""
 
+    async def models(self, owner: str | None = None) -> list[str]:
+        """The models the tasks were made with (``owner``'s tasks only, when given), sorted."""
+
+    async def count_pictures(
+        self,
+        *,
+        status: TaskState | None = None,
+        model: str | None = None,
+        owner: str | None = None,
+        text: str | None = None,
+    ) -> int:
+        """How many pictures in the library (outputs with a local file) the matching tasks have; ``text``:
+        only tasks whose prompt holds it, compared case-folded (:func:`prompt_holds`)."""
+
+    async def outputs_at(self, urls: Collection[str], owner: str | None = None) -> dict[str, ImageRecord]:
+        """The outputs RunAPI served at ``urls`` (their ``ImageRecord.url``), by URL, of ``owner``'s tasks
+        when given: which pictures an edit or an upscale was made from (its request holds their URLs)."""
+
     async def load_state(self, key: str) -> Any:
         """A small JSON value kept under ``key`` (e.g. what the poll schedule learned), or None."""
 
@@ -98,6 +116,16 @@ def matches(record: TaskRecord, status: TaskState | None, model: str | None, own
         and (model is None or record.model == model)
         and (owner is None or record.owner == owner)
     )
+
+
+def prompt_holds(record: TaskRecord, text: str) -> bool:
+    """The one text-search rule: the prompt holds ``text``, both case-folded."""
+    return text.casefold() in (record.prompt or "").casefold()
+
+
+def library_pictures(record: TaskRecord) -> int:
+    """How many of the task's outputs are in the library (downloaded: they have a local file)."""
+    return sum(1 for image in record.images if image.path)
 
 
 def newest_first(records: Iterable[TaskRecord]) -> list[TaskRecord]:
@@ -146,6 +174,33 @@ class MemoryTaskStore:
             for r in self._records.values()
             if r.created_at >= since and (owner is None or r.owner == owner)
         )
+
+    async def models(self, owner: str | None = None) -> list[str]:
+        return sorted({r.model for r in self._records.values() if owner is None or r.owner == owner})
+
+    async def count_pictures(
+        self,
+        *,
+        status: TaskState | None = None,
+        model: str | None = None,
+        owner: str | None = None,
+        text: str | None = None,
+    ) -> int:
+        return sum(
+            library_pictures(r)
+            for r in self._records.values()
+            if matches(r, status, model, owner) and (not text or prompt_holds(r, text))
+        )
+
+    async def outputs_at(self, urls: Collection[str], owner: str | None = None) -> dict[str, ImageRecord]:
+        wanted = set(urls)
+        return {
+            image.url: image.model_copy(deep=True)
+            for r in self._records.values()
+            if owner is None or r.owner == owner
+            for image in r.images
+            if image.url is not None and image.url in wanted
+        }
 
     async def load_state(self, key: str) -> Any:
         return json.loads(json.dumps(self._state.get(key)))
