@@ -15,6 +15,7 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -494,6 +495,46 @@ def test_hermes_keeps_a_threshold_of_the_users_own(home: Path, capsys: pytest.Ca
     printed = capsys.readouterr()
     assert hermes_servers(printed.out)["runapi"]["env"] == {CONFIRM_VAR: "0"}
     assert "Hermes asks before each paid call" in printed.err
+
+
+HERMES_VENV = Path(tempfile.gettempdir()) / "runapi-mcp-hermes" / "venv"  # where bench/hermes_check.py installs it
+
+
+def hermes_python() -> str | None:
+    """An interpreter with hermes-agent[mcp]: $RUNAPI_HERMES_PYTHON, else the one bench/hermes_check.py made."""
+    named = os.environ.get("RUNAPI_HERMES_PYTHON")
+    python = Path(named) if named else HERMES_VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    if not python.exists():
+        return None
+    probe = subprocess.run(
+        [str(python), "-c", "import tools.mcp_tool, mcp"], capture_output=True, timeout=120, check=False
+    )
+    return str(python) if probe.returncode == 0 else None
+
+
+@pytest.mark.timeout(300)
+def test_hermes_agent_itself_asks_before_paid_calls_only() -> None:
+    """hermes-agent from PyPI, its own MCP client and elicitation handler, against entries written by install
+    hermes (bench/hermes_check.py): a paid call asks first, a read-only call does not, a denial creates nothing."""
+    python = hermes_python()
+    if python is None:
+        pytest.skip(
+            "hermes-agent is not installed: it pins mcp==1.26.0 while runapi-mcp needs mcp>=2.3, so it cannot share "
+            "the test venv. `python bench/hermes_check.py` installs hermes-agent[mcp] into a venv of its own "
+            f"({HERMES_VENV}, about 200 MB, 1-2 minutes), which this test then uses (or set RUNAPI_HERMES_PYTHON)"
+        )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "hermes_check.py"), "--hermes-python", python, "--no-install"],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-6000:] + done.stderr[-3000:]
+    verdicts = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL", "info", "SKIP"))]
+    assert len(verdicts) == 9 and all(line.startswith("PASS") for line in verdicts[:8]), "\n".join(verdicts)
+    assert "Create this image task for $0.03 (3 cents)?" in out and "[o]nce  |  [s]ession  |  [d]eny" in out
 
 
 # -- files that are not a plain file of one's own (issue 14, item 7) ------------------------------------------
