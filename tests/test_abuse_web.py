@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import anyio
 import httpx
@@ -43,10 +44,12 @@ class AttackerSite:
 
     def __init__(self) -> None:
         self.pages: dict[str, str] = {}
-        pages = self.pages
+        self.seen: list[tuple[str, dict[str, str]]] = []  # (path, headers) of each request, in order
+        pages, seen = self.pages, self.seen
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                seen.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
                 body = pages.get(self.path, "not here").encode()
                 self.send_response(200 if self.path in pages else 404)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
@@ -78,11 +81,14 @@ def attacker() -> Iterator[AttackerSite]:
         thread.join(5)
 
 
-async def generate_as(base: str, token: str, prompt: str) -> str:
-    """One picture made over HTTP by the token's user; its task id."""
+async def generate_as(base: str, token: str, prompt: str, *, images: list[str] | None = None) -> str:
+    """One picture made over HTTP by the token's user (an edit of ``images`` when given); its task id."""
     http_client = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
     async with Client(streamable_http_client(f"{base}/mcp", http_client=http_client), mode="legacy") as client:
-        result = await client.call_tool("generate_image", {"prompt": prompt, "model": "gpt-image-2"})
+        if images:
+            result = await client.call_tool("edit_image", {"prompt": prompt, "images": images})
+        else:
+            result = await client.call_tool("generate_image", {"prompt": prompt, "model": "gpt-image-2"})
     assert not result.is_error, text_of(result)
     assert result.structured_content is not None
     return str(result.structured_content["task_id"])
@@ -213,3 +219,44 @@ async def test_sign_in_goes_on_only_to_the_gallery(
         for site in ("cross-site", "same-site", "none"):
             refused = await http.post("/gallery/login", data={"token": alice}, headers={"Sec-Fetch-Site": site})
             assert refused.status_code == 403 and "set-cookie" not in refused.headers, site
+
+
+async def test_hostile_links_into_the_gallery_run_nothing_and_its_links_out_leak_nothing(
+    sim: Simulator, home: Path, inputs: Path, issuer: Issuer, keys: Keys, browser: Browser, attacker: AttackerSite
+) -> None:
+    async with gallery_with_users(sim, home, inputs, issuer, keys, pictures=False) as (base, alice, _):
+        # Alice edits a picture another site serves: her gallery links to it as its source.
+        await generate_as(base, alice, "alice's edit", images=[attacker.url("localhost", "/source.png")])
+        context = await browser.new_context()
+        page = await context.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+        await sign_in_with_the_form(page, base, alice)
+
+        # A page on another port (the same site: her SameSite cookie goes along) sends her to the gallery with
+        # hostile filters and a hostile #image- fragment (what the lightbox opens): all of it is text, nothing
+        # runs, no lightbox opens.
+        hostile = '"><img src=x onerror="window.__pwned = 1"><script>window.__pwned = 2</script>'
+        fragment = quote('x"><img src=x onerror=window.__pwned=3>', safe="")
+        trap = f"{base}/gallery?{urlencode({'q': hostile, 'model': hostile, 'task': hostile})}#image-{fragment}"
+        attacker.pages["/go"] = f"<script>location.href = {trap!r};</script>"
+        await page.goto(attacker.url("127.0.0.1", "/go"))
+        await page.wait_for_url(f"{base}/gallery?**")
+        await page.wait_for_load_state()
+        assert await page.input_value("input[name=q]") == hostile  # shown as the search it was
+        assert "0 pictures" in await page.inner_text(".summary")
+        assert await page.evaluate("() => window.__pwned") is None and not dialogs
+        assert await page.locator("dialog[open]").count() == 0
+
+        # The link out to the source: no Referer (the gallery's address and filters stay here), no opener.
+        await page.goto(f"{base}/gallery")
+        link = page.locator("a.source-link.external")
+        assert await link.inner_text() == "an image at localhost"
+        async with context.expect_page() as opened:
+            await link.click()
+        away = await opened.value
+        await away.wait_for_load_state()
+        [headers] = [h for p, h in attacker.seen if p == "/source.png"]
+        assert "referer" not in headers, headers
+        assert await away.evaluate("() => window.opener") is None
+        await context.close()

@@ -248,7 +248,7 @@ async def test_the_lightbox_copying_downloads_counts_and_sources_in_a_browser(
         # Copy the prompt from the lightbox: the whole of it.
         await page.click("#lb-copy")
         assert await _clipboard(page) == LONG_PROMPT
-        assert await page.inner_text("#lb-copy") == "Copied"
+        assert await page.text_content("#said") == "Prompt copied"  # said to a screen reader (the button says it too)
         await page.keyboard.press("Escape")
         await page.wait_for_function("() => !document.getElementById('lightbox').open && !location.hash")
         assert page.url == f"{base}/gallery"
@@ -583,7 +583,7 @@ def test_sources_and_hostile_values_are_escaped() -> None:
     assert 'data-prompt="&quot;&gt;&lt;script&gt;' in page
     assert 'href="/gallery?task=%22%3E%3Cscript%3E' in page  # the source's task, URL-encoded
     assert 'href="https://example.com/&quot;&gt;&lt;script&gt;' in page and 'rel="noopener noreferrer"' in page
-    assert "Edited from" in page and "and 3 more" in page and '1 picture</strong> of task <code>&quot;&gt;' in page
+    assert "Edited from" in page and "and 3 more" in page and "1 picture</strong> of task <code>&quot;&gt;" in page
 
 
 async def test_a_thumbnail_is_made_once_and_cached_on_disk(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
