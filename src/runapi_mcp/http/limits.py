@@ -329,6 +329,11 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.guard.made(self)
+        if self.guard.open > self.guard.max_connections + self.guard.slack:
+            # Past the gate (an event loop that accepts without calling GuardedSocket.accept): refused here.
+            self.guard.refused += 1
+            self.close_now(_BUSY)
+            return
         self._header_timer = self.loop.call_later(self.guard.header_timeout_s, self._headers_late)
         self.guard.waiting(self, fresh=True)
 
