@@ -17,6 +17,7 @@ from runapi_mcp.cli import main
 from runapi_mcp.doctor import Report, diagnose, jsonc_loads
 from runapi_mcp.install import KEY_VAR, Options, config_path, install, server_launch
 from runapi_mcp.simulator import Simulator
+from runapi_mcp.tasks import TaskRecord
 from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore
 from tests.support import SIM_KEY
 
@@ -244,13 +245,20 @@ def test_the_task_store_layout(home: Path) -> None:
     data = home / "d"
     data.mkdir()
 
-    async def make_store() -> None:
+    async def make_store(records: int = 0) -> None:
         store = await SQLiteTaskStore.open(data / "tasks.sqlite3")
+        for n in range(records):
+            await store.save(
+                TaskRecord(idempotency_key=f"k{n}", model="gpt-image-2", service="s", action="a", route="/r")
+            )
         await store.close()
 
     anyio.run(make_store)
     check = next(c for c in doctor({"home": str(data)}, {}, offline=True).checks if c.name == "task store")
     assert check.status == "OK" and f"layout {SCHEMA_VERSION}, 0 tasks" in check.detail
+    anyio.run(make_store, 1)
+    check = next(c for c in doctor({"home": str(data)}, {}, offline=True).checks if c.name == "task store")
+    assert check.status == "OK" and check.detail.endswith(f"layout {SCHEMA_VERSION}, 1 task"), check.detail
     db = sqlite3.connect(data / "tasks.sqlite3")
     db.execute("PRAGMA user_version = 99")
     db.close()

@@ -87,7 +87,7 @@ async def test_list_tasks_pages_newest_first_and_filters(harness: Harness) -> No
 
     first = await harness.call("list_tasks", {"limit": 10})
     text = text_of(first)
-    assert text.startswith("10 task(s), newest first:")
+    assert text.startswith("10 tasks, newest first:")
     assert newest_first[0] in text and "seeded prompt 22" in text
     assert f"cursor='{listed[0]['next_cursor']}'" in text
 
@@ -261,19 +261,71 @@ async def test_the_cli_prints_the_history_the_server_keeps(
     # The server keeps its store open: the CLI reads the same file beside it.
     code, lines = await cli()
     assert code == 0
-    assert lines[0].split() == ["TASK", "STATUS", "MODEL", "CREATED", "PRICE", "IMAGES"]
+    assert lines[0].split() == ["TASK", "STATUS", "MODEL", "CREATED", "PRICE", "PROMPT", "IMAGES"]
     assert made.structured_content["task_id"] in lines[1] and "completed" in lines[1] and image["path"] in lines[1]
-    assert "task-seed-001" in lines[2] and "failed" in lines[2] and "$0.01" in lines[2]
-    assert "1 not downloaded" in lines[2] and len(lines) == 3
+    assert "for the table" in lines[1] and "$0.03" in lines[1]
+    assert "task-seed-001" in lines[2] and "failed" in lines[2] and "seeded prompt 1" in lines[2]
+    assert "$0.01" not in lines[2], "a failed task RunAPI reported no cost for shows no price"
+    assert "1 not downloaded" in lines[2]
+    # The reason, under STATUS on the line below.
+    assert lines[3].strip() == "failed: upstream said no (RunAPI charged nothing)"
+    assert lines[3].index("failed:") == lines[0].index("STATUS") and len(lines) == 4
     code, lines = await cli("--status", "failed", "--limit", "5")
-    assert code == 0 and len(lines) == 2 and "task-seed-001" in lines[1]
+    assert code == 0 and len(lines) == 3 and "task-seed-001" in lines[1]
     code, lines = await cli("--limit", "1")
-    assert code == 0 and len(lines) == 3 and lines[2] == "(newest 1 shown; --limit N shows more)"
+    assert code == 0 and len(lines) == 3 and lines[2] == "(the newest 1 task shown; --limit N shows more)"
+    code, lines = await cli("--limit", "2")
+    assert code == 0 and len(lines) == 4
     code, lines = await cli("--status", "pending")
     assert code == 0 and lines == [f"No tasks with status pending in {harness.app.settings.store_file}"]
     with pytest.raises(SystemExit) as refused:
         await cli("--status", "finished")
     assert refused.value.code == 2 and "--status" in capsys.readouterr().err
+
+
+async def test_list_tasks_text_counts_in_words_and_prices_no_uncharged_failure(harness: Harness) -> None:
+    start = time.time() - 100
+    for record in (
+        seeded(1, start=start),  # 1 cent, completed
+        seeded(2, start=start, status="failed"),  # quoted 2 cents, failed, no cost reported: not charged
+        seeded(3, start=start, status="failed").model_copy(update={"cost_cents": 3}),  # failed, charged
+    ):
+        await harness.app.manager.store.save(record)
+    text = text_of(await harness.call("list_tasks", {}))
+    lines = {line.split(",")[0].lstrip("- "): line for line in text.splitlines()[1:]}
+    assert text.startswith("3 tasks, newest first:")
+    assert ", 1 cent," in lines["task-seed-001"]
+    assert "cent" not in lines["task-seed-002"] and "error: upstream said no" in lines["task-seed-002"]
+    assert ", 3 cents," in lines["task-seed-003"]
+    one = text_of(await harness.call("list_tasks", {"limit": 1}))
+    assert one.startswith("1 task, newest first:")
+
+
+def test_the_table_shortens_prompts_and_says_why_a_task_ended() -> None:
+    from runapi_mcp.history_cli import PROMPT_WIDTH, format_table
+    from runapi_mcp.wording import count
+
+    start = time.time() - 1_000
+    long_prompt = "A watercolour fox\n\nin deep   snow, " + "soft light, " * 20
+    records = [
+        seeded(1, start=start).model_copy(update={"prompt": long_prompt}),
+        seeded(2, start=start, status="failed").model_copy(update={"cost_cents": 2, "error": "bad\nthing " * 40}),
+        seeded(3, start=start).model_copy(update={"prompt": None, "action": "upscale"}),
+        seeded(4, start=start, status="cancelled").model_copy(update={"error": "cancelled by the user"}),
+        seeded(5, start=start, status="failed").model_copy(update={"error": None}),
+    ]
+    lines = format_table(records).splitlines()
+    prompt_at = lines[0].index("PROMPT")
+    shown = lines[1][prompt_at:].split("  ")[0]
+    assert shown == "A watercolour fox in deep snow, soft li…"
+    assert len(shown) == PROMPT_WIDTH
+    # A failed task RunAPI reported a cost for shows it, and its reason on one line, cut short.
+    assert "$0.02" in lines[2] and lines[3].strip().startswith("failed: bad thing bad thing")
+    assert lines[3].strip().endswith("…") and "charged nothing" not in lines[3] and "\n" not in lines[3]
+    assert lines[4][prompt_at:].startswith("- "), "an upscale has no prompt"
+    assert lines[5].startswith("task-seed-004") and lines[6].strip() == "cancelled: cancelled by the user"
+    assert lines[7].startswith("task-seed-005") and "-" in lines[7] and len(lines) == 8, "no reason, no line"
+    assert [count(n, "task") for n in (0, 1, 2)] == ["0 tasks", "1 task", "2 tasks"]
 
 
 def test_every_spelling_of_the_task_states_agrees() -> None:

@@ -178,7 +178,7 @@ async def test_a_task_augmented_generate_image_runs_as_an_mcp_task(harness: Harn
         result = await client.request("tasks/result", {"taskId": task_id})  # blocks until the task ends
         done = await client.request("tasks/get", {"taskId": task_id})
         assert done["status"] == "completed" and "pollInterval" not in done
-        assert "1 image(s)" in done["statusMessage"]
+        assert "1 image;" in done["statusMessage"]
 
         # The same result the plain tool call returns, tied to the task.
         assert result["_meta"][RELATED_TASK_META_KEY] == {"taskId": task_id}

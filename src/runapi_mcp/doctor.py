@@ -48,6 +48,7 @@ from runapi_mcp.install import (
 )
 from runapi_mcp.private import private_dir
 from runapi_mcp.redaction import Redactor
+from runapi_mcp.wording import count
 
 Status = Literal["OK", "WARN", "FAIL"]
 DEFAULT_TIMEOUT_S = 8.0
@@ -338,10 +339,11 @@ def _store(report: Report, settings: Settings) -> None:
         report.add(
             "OK",
             "task store",
-            f"{_tilde(path)}: layout {version}, {tasks} tasks (brought to layout {SCHEMA_VERSION} at the next start)",
+            f"{_tilde(path)}: layout {version}, {count(tasks, 'task')} (brought to layout {SCHEMA_VERSION} at the "
+            "next start)",
         )
     else:
-        report.add("OK", "task store", f"{_tilde(path)}: layout {version}, {tasks} tasks")
+        report.add("OK", "task store", f"{_tilde(path)}: layout {version}, {count(tasks, 'task')}")
 
 
 def _allowed_dirs(report: Report, settings: Settings) -> None:

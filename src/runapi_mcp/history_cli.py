@@ -2,7 +2,9 @@
 
 The store is opened the way the server opens it (``app.open_store``), so the table shows what
 ``list_tasks`` would, also while a server is running on the same home (the store allows readers
-beside its writer).
+beside its writer). Each task is one line (its prompt shortened to one line of ``PROMPT_WIDTH``); a
+failed or cancelled task that has a reason gets a second line with it. A failed task RunAPI reported no
+cost for shows no price: it was not charged, and "$0.03 ... failed" would read as a charge.
 """
 
 from __future__ import annotations
@@ -12,15 +14,32 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO, cast
 
+from runapi_mcp.wording import count
+
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep it light
     from runapi_mcp.config import Settings
     from runapi_mcp.tasks import TaskRecord, TaskState
 
 STATES: tuple[str, ...] = ("submitting", "pending", "processing", "completed", "failed", "cancelled")
-HEADER = ("TASK", "STATUS", "MODEL", "CREATED", "PRICE", "IMAGES")
+HEADER = ("TASK", "STATUS", "MODEL", "CREATED", "PRICE", "PROMPT", "IMAGES")
+PROMPT_WIDTH = 40
+REASON_WIDTH = 160
 
 
-def _price(cents: int | None) -> str:
+def shorten(text: str | None, width: int) -> str:
+    """``text`` on one line (runs of white space as one space), cut to ``width`` characters with an ellipsis."""
+    flat = " ".join((text or "").split())
+    if not flat:
+        return "-"
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
+
+
+def _price(record: TaskRecord) -> str:
+    """What RunAPI reported the task cost, else its quote; nothing for a failed task it reported no cost for."""
+    if record.cost_cents is not None:
+        cents: int | None = record.cost_cents
+    else:
+        cents = None if record.status == "failed" else record.price_cents
     return "-" if cents is None else f"${cents / 100:.2f}"
 
 
@@ -41,18 +60,34 @@ def rows(records: Sequence[TaskRecord]) -> list[tuple[str, ...]]:
             record.status,
             record.model,
             datetime.fromtimestamp(record.created_at).strftime("%Y-%m-%d %H:%M:%S"),
-            _price(record.cost_cents if record.cost_cents is not None else record.price_cents),
+            _price(record),
+            shorten(record.prompt, PROMPT_WIDTH),
             _images(record),
         )
         for record in records
     ]
 
 
+def reason(record: TaskRecord) -> str | None:
+    """Why a failed or cancelled task ended, on one line (None for the others, or when nothing was said)."""
+    if record.status not in ("failed", "cancelled") or not record.error:
+        return None
+    charged = " (RunAPI charged nothing)" if record.status == "failed" and record.cost_cents is None else ""
+    return f"{record.status}: {shorten(record.error, REASON_WIDTH)}{charged}"
+
+
 def format_table(records: Sequence[TaskRecord]) -> str:
-    """A plain-text table, columns padded to their widest cell (the last one, paths, left as it is)."""
+    """A plain-text table, columns padded to their widest cell (the last one, paths, left as it is); a failed
+    task's reason on the line below it, under STATUS."""
     table = [HEADER, *rows(records)]
     widths = [max(len(row[n]) for row in table) for n in range(len(HEADER) - 1)]
-    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]) for row in table]
+    indent = " " * (widths[0] + 2)
+    lines: list[str] = []
+    for n, row in enumerate(table):
+        lines.append("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+        why = reason(records[n - 1]) if n else None
+        if why:
+            lines.append(indent + why)
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -68,5 +103,5 @@ async def print_history(settings: Settings, status: str | None, limit: int, out:
         return 0
     stream.write(format_table(page.records) + "\n")
     if page.next_cursor is not None:
-        stream.write(f"(newest {limit} shown; --limit N shows more)\n")
+        stream.write(f"(the newest {count(limit, 'task')} shown; --limit N shows more)\n")
     return 0

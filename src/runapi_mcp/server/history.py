@@ -30,6 +30,7 @@ from runapi_mcp.tasks import (
     TaskRecord,
     TaskState,
 )
+from runapi_mcp.wording import count
 
 TASK_URI_PREFIX = "runapi://tasks/"
 TASKS_INDEX_URI = "runapi://tasks"
@@ -71,13 +72,14 @@ def _when(ts: float) -> str:
 def _line(record: TaskRecord) -> str:
     """One task as one line of text: what a client without structured results reads."""
     parts = [record.task_id, record.status, record.model, _when(record.created_at)]
-    if record.price_cents is not None:
-        parts.append(f"{record.price_cents} cents")
+    # A failed task RunAPI did not charge shows no price (as in its result): "3 cents ... failed" reads as a charge.
+    if record.price_cents is not None and not (record.status == "failed" and not record.spend_cents):
+        parts.append(count(record.price_cents, "cent"))
     saved = [image.path for image in record.images if image.path]
     if saved:
-        parts.append(f"{len(record.images)} image(s): {', '.join(saved)}")
+        parts.append(f"{count(len(record.images), 'image')}: {', '.join(saved)}")
     elif record.images:
-        parts.append(f"{len(record.images)} image(s), not downloaded")
+        parts.append(f"{count(len(record.images), 'image')}, not downloaded")
     if record.status == "failed" and record.error:
         parts.append(f"error: {record.error[:200]}")
     if record.prompt:
@@ -154,7 +156,7 @@ class TaskHistory:
         if not records:
             text = f"No tasks{where}{' after this cursor' if cursor else ''}."
         else:
-            head = f"{len(records)} task(s){where}, newest first:"
+            head = f"{count(len(records), 'task')}{where}, newest first:"
             text = "\n".join([head, *(_line(r) for r in records)])
         if next_cursor:
             text += f"\nMore: call list_tasks with cursor='{next_cursor}' (and the same filters)."

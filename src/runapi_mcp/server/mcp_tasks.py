@@ -79,6 +79,7 @@ from runapi_mcp.server.subscriptions import Note, connection_of, send_best_effor
 from runapi_mcp.server.tools import ImageTools
 from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError
 from runapi_mcp.tasks.manager import TaskEndedError
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.server")
 
@@ -192,7 +193,7 @@ class TaskCore:
         """What a person reads about the task's state (VS Code shows a failed task by this alone)."""
         elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
         if record.status == "completed":
-            text = f"Completed in {elapsed:.0f}s: {len(record.images)} image(s); tasks/result returns them"
+            text = f"Completed in {elapsed:.0f}s: {count(len(record.images), 'image')}; tasks/result returns them"
             return f"{text}. Note: {record.error}" if record.error else text
         if record.status == "failed":
             return record.error or "RunAPI reported the task failed"
