@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -29,14 +31,17 @@ from mcp.shared.transport_context import TransportContext
 from mcp.types import METHOD_NOT_FOUND, CallToolResult, TextResourceContents
 from playwright.async_api import Browser, Frame, Page
 
-from runapi_mcp.server.apps_ui import THUMBNAILS_META_KEY, UI_TOOLS, UI_URI
+from runapi_mcp.server import apps_ui
+from runapi_mcp.server.apps_ui import THUMBNAILS_META_KEY, THUMBNAILS_OMITTED_META_KEY, UI_TOOLS, UI_URI
+from tests.apps_host import OfficialHost, official_host, require_packages
 from tests.browser import screenshot_path
-from tests.support import Harness, text_of
+from tests.support import TIME_SCALE, Harness, text_of
 
 pytestmark = pytest.mark.anyio
 
 APPS_SETTINGS = {"mimeTypes": [APP_MIME_TYPE]}
 WAIT_S = 15.0
+STEP_S = 5  # the view's longest wait in one call (WAIT_STEP_S in images.html)
 # What the spec tells hosts to enforce when a view declares no CSP: inline code, data: images, nothing else.
 DEFAULT_CSP = (
     "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -395,16 +400,18 @@ async def test_the_task_view_shows_the_picture_and_its_actions_call_the_tools(
         # Edit: the typed instruction on this task's picture. The host refuses: the view says so.
         await host.frame.click("#edit")
         edit = await host.next_request()
-        assert edit["params"] == {"name": "edit_image", "arguments": {"prompt": "make it night", "images": [task_id]}}
+        assert edit["params"] == {
+            "name": "edit_image", "arguments": {"prompt": "make it night", "images": [task_id], "timeout_s": STEP_S}
+        }
         await host.fail(edit, "denied by the user")
         await host.frame.wait_for_selector("#notice.error")
         assert "denied by the user" in await host.text("#notice")
 
-        # Variations: the same call again, without the waiting options.
+        # Variations: the same call again, with the view's own short wait instead of the model's.
         await host.frame.click("#variations")
         variation = await host.next_request()
         assert variation["params"] == {
-            "name": "generate_image", "arguments": {"prompt": prompt, "aspect_ratio": "16:9"}
+            "name": "generate_image", "arguments": {"prompt": prompt, "aspect_ratio": "16:9", "timeout_s": STEP_S}
         }
         await host.fail(variation, "not now")
 
@@ -416,7 +423,7 @@ async def test_the_task_view_shows_the_picture_and_its_actions_call_the_tools(
         # Upscale: answered with the real upscale result, which the view then shows; Back returns.
         await host.frame.click("#upscale")
         upscale = await host.next_request()
-        assert upscale["params"] == {"name": "upscale_image", "arguments": {"image": task_id}}
+        assert upscale["params"] == {"name": "upscale_image", "arguments": {"image": task_id, "timeout_s": STEP_S}}
         upscaled = await harness.call("upscale_image", {"image": task_id})
         assert not upscaled.is_error, text_of(upscaled)
         await host.answer(upscale, wire(upscaled))
@@ -436,7 +443,9 @@ async def test_the_task_view_shows_the_picture_and_its_actions_call_the_tools(
     async with open_host(browser, page_html) as host:
         follow = await host.next_request()
         running_id = running.structured_content["task_id"]
-        assert follow["params"] == {"name": "get_task", "arguments": {"task_id": running_id, "wait": True}}
+        assert follow["params"] == {
+            "name": "get_task", "arguments": {"task_id": running_id, "wait": True, "timeout_s": STEP_S}
+        }
         assert not await host.frame.is_hidden("#progress")
         assert await host.text("#status") == running.structured_content["status"]
         done = await harness.call("get_task", {"task_id": running_id, "wait": True})
@@ -483,7 +492,8 @@ async def test_the_gallery_view_filters_and_opens_a_task(harness: Harness, brows
         await host.frame.click("#variations")
         variation = await host.next_request()
         assert variation["params"] == {
-            "name": "generate_image", "arguments": {"prompt": "a red fox in the snow", "model": "gpt-image-2"}
+            "name": "generate_image",
+            "arguments": {"prompt": "a red fox in the snow", "model": "gpt-image-2", "timeout_s": STEP_S},
         }
         await host.fail(variation, "not now")
         await host.frame.click("#back")
@@ -494,3 +504,204 @@ async def test_the_gallery_view_filters_and_opens_a_task(harness: Harness, brows
         refresh = await host.next_request()
         assert refresh["params"] == {"name": "gallery", "arguments": {}}
         await host.answer(refresh, wire(listed))
+
+
+# -- the view hosted by the official bridge (@modelcontextprotocol/ext-apps), against the real server ----
+# The host page (tests/ext-apps-host/) wires AppBridge and the official MCP client as a chat client does;
+# the view's tools/call go through the bridge and the client to this server, in-process. Skips where the
+# npm packages are not installed (tests/apps_host.py says how).
+HOST_LIMIT_S = 60 * TIME_SCALE  # the official client's 60 s request limit, on the suite's time scale (1.5 s)
+
+
+def bridge_setup(tool: str, arguments: dict[str, Any], **options: Any) -> dict[str, Any]:
+    return {"tool": tool, "arguments": arguments, "forwardTools": True, "csp": DEFAULT_CSP, **options}
+
+
+async def progress_shown(host: OfficialHost) -> tuple[int, int]:
+    """The running task's elapsed seconds and percent, as the view shows them."""
+    elapsed = await host.frame.get_attribute("#progress-text", "data-elapsed")
+    pct = await host.frame.get_attribute("#progress-bar", "data-pct")
+    return int(elapsed or 0), int(pct or 0)
+
+
+async def test_the_official_bridge_shows_a_running_task_alive_and_its_follow_up_outlives_host_timeouts(
+    harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_packages()
+    manager = harness.app.manager
+    # The simulator runs 40x fast, so the server's own estimate reaches 99% at once; a 20 s task's curve
+    # shows the bar moving (only the estimate: polling is untouched).
+    monkeypatch.setattr(
+        manager, "estimated_progress",
+        lambda record: 1.0 if record.terminal else min(0.99, 1 - math.exp(-(time.time() - record.created_at) / 20)),
+    )
+    harness.sim.set_task_outcome(None, "running")  # the next task runs until this test ends it
+    setup = bridge_setup(
+        "generate_image", {"prompt": "a slow boat at dawn", "wait": False}, requestTimeoutMs=HOST_LIMIT_S * 1000
+    )
+    async with official_host(browser, harness.app.server, setup) as host:
+        started = cast(dict[str, Any], host.started["structuredContent"])
+        assert started["status"] in ("submitting", "pending", "processing")
+        record = await host.record()
+        assert record["initialized"] and record["appInfo"]["name"] == "runapi-mcp images"
+        assert not await host.frame.is_hidden("#progress")
+
+        # The clock and the bar move on their own, between the server's answers.
+        before = await progress_shown(host)
+        await host.frame.wait_for_function(
+            """([elapsed, pct]) => Number(document.querySelector('#progress-text').dataset.elapsed) >= elapsed + 2
+                 && Number(document.querySelector('#progress-bar').dataset.pct) > pct""",
+            arg=before, timeout=WAIT_S * 1000,
+        )
+        after = await progress_shown(host)
+        assert after[0] >= before[0] + 2 and after[1] > before[1], (before, after)
+        assert re.fullmatch(r"(pending|processing) — \d+%, \d+ s so far · checking every [\d.]+ s",
+                            await host.text("#progress-text"))
+        await host.page.screenshot(path=screenshot_path("apps-bridge-running"), full_page=True)
+
+        # Its first follow-up asked for a wait far under a real host's 60 s, but more than this host's
+        # (scaled) limit: the host gave up, and the view waited again in shorter steps, never stopping.
+        follows = await host.calls("get_task")
+        first = follows[0]
+        assert first["arguments"] == {"task_id": started["task_id"], "wait": True, "timeout_s": STEP_S}
+        assert STEP_S <= 60 / 2 and first["outcome"] == "error" and first["error"] == "Request timed out"
+        later = follows[1:]
+        assert later and all(c["arguments"]["timeout_s"] < HOST_LIMIT_S for c in later)
+        assert all(c["outcome"] in ("ok", "running") for c in later), later
+        assert {c["status"] for c in later if c["outcome"] == "ok"} <= {"pending", "processing"}
+        assert "error" not in (await host.frame.get_attribute("#notice", "class") or "")
+
+        harness.sim.set_task_outcome(started["runapi_task_id"], "completed")
+        await host.images_loaded(1)
+        assert await host.text("#status") == "completed" and await host.frame.is_hidden("#progress")
+        await host.page.screenshot(path=screenshot_path("apps-bridge-done"), full_page=True)
+        # A picture the model asked for is no news to it: nothing added to its context.
+        assert (await host.record())["modelContext"] == []
+
+
+async def test_the_official_bridge_carries_the_views_actions_and_the_model_hears_of_their_pictures(
+    harness: Harness, browser: Browser
+) -> None:
+    prompt = "A lighthouse on a cliff at sunset"
+    setup = bridge_setup("generate_image", {"prompt": prompt, "aspect_ratio": "16:9"})
+    async with official_host(browser, harness.app.server, setup) as host:
+        await host.images_loaded(1)
+        task_id = host.started["structuredContent"]["task_id"]
+        assert await host.text("[data-fact=task]") == task_id and await host.text("#prompt") == prompt
+
+        # The host (the user) refuses the edit: the view says so, and stays usable.
+        await host.deny("edit_image", "denied by the user")
+        await host.frame.fill("#edit-input", "make it night")
+        await host.frame.click("#edit")
+        await host.frame.wait_for_selector("#notice.error")
+        assert "denied by the user" in await host.text("#notice")
+        (edit,) = await host.calls("edit_image")
+        assert edit["arguments"] == {"prompt": "make it night", "images": [task_id], "timeout_s": STEP_S}
+
+        # Upscale goes through the bridge and the client to the server; the new picture replaces the view.
+        await host.frame.click("#upscale")
+        await host.frame.wait_for_function(
+            "(id) => document.querySelector('[data-fact=task]').textContent !== id", arg=task_id, timeout=WAIT_S * 1000
+        )
+        await host.images_loaded(1)
+        assert await host.text("#task-title") == "Upscaled image" and await host.text("#status") == "completed"
+        upscaled_id = await host.text("[data-fact=task]")
+        (upscale,) = await host.calls("upscale_image")
+        assert upscale["arguments"] == {"image": task_id, "timeout_s": STEP_S} and upscale["outcome"] == "ok"
+        await host.page.screenshot(path=screenshot_path("apps-bridge-task"), full_page=True)
+
+        # The chat never saw that call: the model is told, through ui/update-model-context.
+        upscaled = await harness.call("get_task", {"task_id": upscaled_id})
+        (image,) = upscaled.structured_content["images"]
+        context = (await host.record())["modelContext"][-1]
+        (block,) = context["content"]
+        assert block["type"] == "text" and upscaled_id in block["text"] and task_id in block["text"]
+        assert "upscale_image" in block["text"] and "completed" in block["text"] and image["uri"] in block["text"]
+        (made,) = context["structuredContent"]["made_in_view"]
+        assert made["task_id"] == upscaled_id and made["tool"] == "upscale_image" and made["source"] == task_id
+        assert made["status"] == "completed" and made["images"] == [image["uri"]]
+        await host.frame.click("#back")
+        assert await host.text("[data-fact=task]") == task_id
+
+
+async def test_without_server_tools_the_buttons_are_off_and_say_why(harness: Harness, browser: Browser) -> None:
+    arguments = {"prompt": "a quiet harbour"}
+    result = await harness.call("generate_image", arguments)
+    assert not result.is_error, text_of(result)
+    # A host that renders views but forwards no calls from them, and says so (no serverTools).
+    setup = bridge_setup(
+        "generate_image", arguments, result=wire(result), forwardTools=False, hostCapabilities={"openLinks": {}}
+    )
+    async with official_host(browser, harness.app.server, setup) as host:
+        await host.images_loaded(1)
+        for button in ("#edit", "#upscale", "#variations"):
+            assert await host.frame.is_disabled(button), button
+            assert "does not forward" in (await host.frame.get_attribute(button, "title") or "")
+        assert await host.frame.is_enabled("#open")
+        note = await host.text("#tools-off")
+        assert "ext-apps-test-host does not let this view call runapi-mcp's tools" in note
+        assert "offers no serverTools" in note and "Ask in the chat" in note
+        await host.page.screenshot(path=screenshot_path("apps-bridge-no-tools"), full_page=True)
+        assert await host.calls() == []
+
+    # A host that claims server tools but answers the view's calls with "Method not found".
+    setup = bridge_setup("generate_image", arguments, result=wire(result), forwardTools=False)
+    async with official_host(browser, harness.app.server, setup) as host:
+        await host.images_loaded(1)
+        assert await host.frame.is_hidden("#tools-off") and await host.frame.is_enabled("#upscale")
+        await host.frame.click("#variations")
+        await host.frame.wait_for_selector("#tools-off:not([hidden])")
+        assert "Method not found" in await host.text("#tools-off")
+        for button in ("#edit", "#upscale", "#variations"):
+            assert await host.frame.is_disabled(button), button
+
+
+async def test_gallery_tiles_over_the_thumbnail_budget_say_why_and_load_on_request(
+    harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_packages()
+    ids = await make_tasks(harness)
+    async with apps_client(harness) as client:
+        full = await client.call_tool("gallery", {})
+    thumbs = (full.meta or {})[THUMBNAILS_META_KEY]
+    sizes = {task_id: len(base64.b64decode(uri.split(",", 1)[1])) for task_id, uri in thumbs.items()}
+    assert set(sizes) == set(ids.values()) and THUMBNAILS_OMITTED_META_KEY not in (full.meta or {})
+    # A budget the largest thumbnail just fits (so each loads alone): the first goes, two do not fit together.
+    budget = max(sizes.values())
+    monkeypatch.setattr(apps_ui, "THUMB_BUDGET_BYTES", budget)
+    async with apps_client(harness) as client:
+        listed = await client.call_tool("gallery", {})
+    meta = listed.meta or {}
+    order = [t["task_id"] for t in listed.structured_content["tasks"]]  # newest first, as the budget is spent
+    sent: list[str] = []
+    left_out: list[str] = []
+    spent = 0
+    for task_id in order:
+        fits = spent + sizes[task_id] <= budget
+        (sent if fits else left_out).append(task_id)
+        spent += sizes[task_id] if fits else 0
+    assert list(meta[THUMBNAILS_META_KEY]) == sent and sent[0] == order[0] and left_out
+    assert meta[THUMBNAILS_OMITTED_META_KEY] == {"task_ids": left_out, "budget_bytes": budget}
+
+    async with official_host(browser, harness.app.server, bridge_setup("gallery", {})) as host:
+        await host.frame.wait_for_function("() => document.querySelectorAll('.tile').length === 3")
+        await host.images_loaded(len(sent))
+        blank = await host.frame.eval_on_selector_all(
+            ".tile .thumb[data-omitted]", "nodes => nodes.map(n => n.closest('.tile').dataset.taskId)"
+        )
+        assert sorted(blank) == sorted(left_out)
+        assert "Thumbnail not sent (size limit of one answer)" in await host.text(".tile .thumb[data-omitted]")
+        assert await host.text("#thumbs-note") == (
+            f"{len(left_out)} thumbnail(s) not sent: one answer carries only so many ({round(budget / 1000)} KB),"
+            " newest first."
+        )
+        assert await host.text("#load-thumbs") == f"Load {len(left_out)} more"
+        await host.page.screenshot(path=screenshot_path("apps-bridge-gallery-budget"), full_page=True)
+
+        await host.frame.click("#load-thumbs")
+        await host.frame.wait_for_selector("#thumbs", state="hidden")
+        await host.images_loaded(3)
+        assert await host.frame.eval_on_selector_all(".tile img", "nodes => nodes.length") == 3
+        loads = await host.calls("gallery")
+        assert [c["arguments"]["query"] for c in loads] == left_out
+        assert all(c["arguments"]["limit"] == 3 and c["outcome"] == "ok" for c in loads)

@@ -23,7 +23,12 @@ What each client gets:
   Apps itself gets it on its ``initialize`` answer too.
 - ``gallery`` returns text (one line per task, with saved paths) and ``structuredContent`` for every
   client; only a client that advertised Apps also gets small thumbnails, in the result's ``_meta`` (kept
-  out of the model's context by the Apps spec), so no other client pays for bytes it cannot show.
+  out of the model's context by the Apps spec), so no other client pays for bytes it cannot show. Those
+  over one answer's byte budget are named there too, so the view can say why a tile is blank and fetch it.
+
+The view follows a running task itself: a clock from ``elapsed_s``, and ``get_task(wait=true)`` in short
+steps (``timeout_s``), since a host gives up on a request after a while (the official client after 60 s)
+and passes the view no progress notifications. A host time-out only shortens the next step.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ UI_URI = "ui://runapi/images.html"
 UI_TOOLS = frozenset({"generate_image", "edit_image", "upscale_image", "get_task", "gallery"})
 UI_META: dict[str, Any] = {"ui": {"resourceUri": UI_URI}}
 THUMBNAILS_META_KEY = "runapi-mcp/thumbnails"  # result _meta: task id -> data: URI of its first image
+# result _meta, when the budget left some out: {"task_ids": [...], "budget_bytes": n}. The view says why
+# those tiles are blank and loads them on request (a gallery call whose query is the task id).
+THUMBNAILS_OMITTED_META_KEY = "runapi-mcp/thumbnails-omitted"
 
 GALLERY_DEFAULT = 24
 GALLERY_MAX = 48
@@ -164,9 +172,12 @@ class AppsUI:
             text = "\n".join(lines)
         else:
             text = f"No tasks{where} yet." if not filters else f"No tasks match{where}."
-        meta = None
+        meta: dict[str, Any] | None = None
         if client_supports_apps(ctx):
-            meta = {THUMBNAILS_META_KEY: await self._thumbnails(records)}
+            thumbnails, omitted = await self._thumbnails(records)
+            meta = {THUMBNAILS_META_KEY: thumbnails}
+            if omitted:
+                meta[THUMBNAILS_OMITTED_META_KEY] = {"task_ids": omitted, "budget_bytes": THUMB_BUDGET_BYTES}
         return CallToolResult(
             content=[TextContent(type="text", text=text)],
             structured_content=listing.model_dump(mode="json"),
@@ -196,8 +207,9 @@ class AppsUI:
             cursor = page.next_cursor
         return found[:limit], len(found) > limit
 
-    async def _thumbnails(self, records: Sequence[TaskRecord]) -> dict[str, str]:
-        """A data: URI of each task's first saved image, newest first, until the byte budget is spent."""
+    async def _thumbnails(self, records: Sequence[TaskRecord]) -> tuple[dict[str, str], list[str]]:
+        """A data: URI of each task's first saved image, newest first, while the byte budget lasts; and the
+        tasks whose thumbnail the budget left out."""
         firsts = [(r.task_id, image) for r in records for image in r.images[:1] if image.path]
         made: dict[str, Preview] = {}
 
@@ -210,14 +222,18 @@ class AppsUI:
             for n, (task_id, _) in enumerate(firsts):
                 tg.start_soon(make, task_id, n)
         out: dict[str, str] = {}
+        omitted: list[str] = []
         spent = 0
         for task_id, _ in firsts:
             preview = made.get(task_id)
-            if preview is None or spent + len(preview.data) > THUMB_BUDGET_BYTES:
+            if preview is None:
+                continue
+            if spent + len(preview.data) > THUMB_BUDGET_BYTES:
+                omitted.append(task_id)
                 continue
             spent += len(preview.data)
             out[task_id] = f"data:{preview.mime_type};base64,{base64.b64encode(preview.data).decode()}"
-        return out
+        return out, omitted
 
     # -- per-client shaping ------------------------------------------------------------------------
     async def middleware(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
