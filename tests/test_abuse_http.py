@@ -185,6 +185,29 @@ async def test_incomplete_requests_time_out(
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
+async def test_the_body_budget_counts_chunked_bodies_as_they_come(sim: Simulator, home: Path, inputs: Path) -> None:
+    budget = 64 * 1024
+    auth = {"Authorization": f"Bearer {TOKEN}", "Accept": ACCEPT, "Content-Type": "application/json"}
+    hello = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", **HELLO}}
+
+    async def chunked(data: bytes) -> AsyncIterator[bytes]:  # no Content-Length: httpx sends it chunked
+        for start in range(0, len(data), 8192):
+            yield data[start : start + 8192]
+
+    async with (
+        serving(sim, home, inputs, user_body_budget_bytes=budget) as (_, _, base),
+        httpx.AsyncClient(base_url=base, headers=auth, timeout=30) as http,
+    ):
+        small = await http.post("/mcp", content=chunked(json.dumps(hello).encode()))
+        assert small.status_code == 200 and small.headers["mcp-session-id"]
+        big = json.dumps({**hello, "padding": "x" * 2 * budget}).encode()
+        over = await http.post("/mcp", content=chunked(big))
+        assert over.status_code == 503 and over.headers["retry-after"] == "1"
+        assert "RUNAPI_MCP_USER_BODY_BUDGET_BYTES" in over.json()["error"]["message"]
+        declared = await http.post("/mcp", content=big)  # with its Content-Length: larger than the whole budget
+        assert declared.status_code == 413
+
+
 # -- 9. SSE priming events ----------------------------------------------------------------------------
 async def test_sse_streams_start_with_a_priming_event(sim: Simulator, home: Path, inputs: Path) -> None:
     version = "2025-11-25"

@@ -437,7 +437,7 @@ class BodyBudget:
     Over either budget the request is answered ``503`` with ``Retry-After`` before anything of its body
     is read; the body then arriving is dropped as it comes (uvicorn discards a body once the response is
     complete), so the client reads the answer, and the body deadline bounds how long that may take. A body
-    larger than a whole budget can never fit: ``413``, and the connection is closed. The user is the
+    larger than a whole budget can never fit: ``413``, its body dropped the same way. The user is the
     verified owner (``_OwnerScope``); requests with none share one budget.
     """
 
@@ -551,9 +551,9 @@ def _json_error(status: int, message: str, headers: dict[str, str] | None = None
 
 
 def _too_large(limit: int) -> ASGIApp:
-    # Closed after the answer: a body this large is not worth draining.
-    message = f"Request body larger than a user's whole budget ({limit} bytes)"
-    return _json_error(413, message, {"Connection": "close"})
+    # Not closed after the answer: the client would lose it to a reset; what comes is dropped, under the
+    # body deadline.
+    return _json_error(413, f"Request body larger than a user's whole budget ({limit} bytes)")
 
 
 class _Trim:
