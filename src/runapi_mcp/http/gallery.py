@@ -98,7 +98,7 @@ from runapi_mcp.tasks import (
 )
 from runapi_mcp.tasks.images import valid_image_id
 from runapi_mcp.tasks.previews import make_preview
-from runapi_mcp.tasks.store import encode_cursor, library_pictures
+from runapi_mcp.tasks.store import encode_cursor, library_pictures, prompt_holds
 
 log = logging.getLogger("runapi_mcp.http.gallery")
 
@@ -347,7 +347,6 @@ class Gallery:
         if not filters.q:
             page = await self.store.page(owner=owner, status=status, model=model, limit=PAGE_TASKS, cursor=cursor)
             return page.records, page.next_cursor, None
-        needle = filters.q.casefold()
         found: list[TaskRecord] = []
         scanned = 0
         last: TaskRecord | None = None
@@ -356,7 +355,7 @@ class Gallery:
             for record in page.records:
                 scanned += 1
                 last = record
-                if needle in (record.prompt or "").casefold():
+                if prompt_holds(record, filters.q):
                     found.append(record)
                     if len(found) > PAGE_TASKS:  # one more than shown: there is a next page
                         shown = found[:PAGE_TASKS]
@@ -446,10 +445,9 @@ class Gallery:
         response.headers.update(_COMMON_HEADERS)
         response.headers["Content-Security-Policy"] = _IMAGE_CSP
         response.headers.update(image_headers(image, disposition))
-        if disposition == "attachment":  # saved under a name from its prompt
-            owner = record.owner
-            named = await self._name_from(owner, record, await self._sources(owner, [record]))
-            response.headers["Content-Disposition"] = content_disposition(named, image.id, image.mime_type)
+        # Saved under a name from its prompt, from the download link or from the picture shown.
+        named = await self._name_from(record.owner, record, await self._sources(record.owner, [record]))
+        response.headers["Content-Disposition"] = content_disposition(named, image.id, image.mime_type, disposition)
         return response
 
 

@@ -175,10 +175,13 @@ def download_names(prompt: str | None, image_id: str, mime_type: str | None) -> 
     return f"{name}-{short}{extension}", f"{ascii_name}-{short}{extension}"
 
 
-def content_disposition(prompt: str | None, image_id: str, mime_type: str | None) -> str:
-    """``attachment`` with the name of :func:`download_names` (RFC 6266: ``filename*`` when it is not ASCII)."""
+def content_disposition(
+    prompt: str | None, image_id: str, mime_type: str | None, disposition: str = "attachment"
+) -> str:
+    """``disposition`` with the name of :func:`download_names` (RFC 6266: ``filename*`` when it is not
+    ASCII). Inline too: a browser saving a picture it shows ("Save image as") offers the same name."""
     name, ascii_name = download_names(prompt, image_id, mime_type)
-    header = f'attachment; filename="{ascii_name}"'  # [a-z0-9.-] only: nothing to quote
+    header = f'{disposition}; filename="{ascii_name}"'  # [a-z0-9.-] only: nothing to quote
     if name != ascii_name:
         header += f"; filename*=UTF-8''{quote(name, safe='')}"
     return header
