@@ -2,10 +2,11 @@
 
 - **Descriptors.** At start the soft open-file limit is raised to the hard one (:func:`raise_fd_limit`).
   Open connections are capped below it (``RUNAPI_MCP_MAX_CONNECTIONS``, by default the limit less a
-  reserve for the store, logs and upstream connections), so ``accept()`` does not run out: a connection
-  over the cap closes the oldest one still waiting for its request headers (a slow or silent client, or an
-  idle keep-alive one), and only when every connection is busy with a request is the new one answered
-  ``503`` at once, without reading anything.
+  reserve for the store, logs and upstream connections), where connections are accepted
+  (:class:`ConnectionGuard`, through the listening socket's ``accept()``), so ``accept()`` does not run
+  out: a connection over the cap closes the oldest one still waiting for its request headers (a slow or
+  silent client, or an idle keep-alive one), and only when every connection is busy with a request is the
+  new one answered ``503`` at once, without reading anything.
 - **Time.** A connection's request headers must be complete within ``RUNAPI_MCP_HEADER_TIMEOUT_S`` (10 s)
   of its opening (or of the first byte of the next request on a kept-alive connection), and its body within
   ``RUNAPI_MCP_BODY_TIMEOUT_S`` (60 s) of the headers; an idle kept-alive connection closes after 5 s
@@ -15,7 +16,8 @@
   ``Retry-After`` before its body is read, using its ``Content-Length`` (a chunked body is counted as it
   arrives).
 - **Logs.** A condition that can repeat per connection is logged at most once per 10 s, with a count
-  (:class:`Throttle`): asyncio's ``accept()`` errors included, whose tracebacks would otherwise fill the disk.
+  (:class:`Throttle`): asyncio's ``accept()`` errors and the SDK's tracebacks for a client gone mid-body
+  included, which would otherwise fill the disk.
 """
 
 from __future__ import annotations
