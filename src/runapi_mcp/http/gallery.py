@@ -446,7 +446,9 @@ class Gallery:
         response.headers["Content-Security-Policy"] = _IMAGE_CSP
         response.headers.update(image_headers(image, disposition))
         # Saved under a name from its prompt, from the download link or from the picture shown.
-        named = await self._name_from(record.owner, record, await self._sources(record.owner, [record]))
+        named = record.prompt or await self._name_from(
+            record.owner, record, await self._sources(record.owner, [record])
+        )
         response.headers["Content-Disposition"] = content_disposition(named, image.id, image.mime_type, disposition)
         return response
 
