@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.message import SessionMessage
 from mcp.types import jsonrpc_message_adapter
-from playwright.async_api import Browser, Frame, Page
+from playwright.async_api import Browser, BrowserContext, Frame, Page
 
 HOST_DIR = Path(__file__).resolve().parent / "ext-apps-host"
 # The files the page imports: if any is missing, the packages are not installed (or changed layout).
@@ -45,6 +46,7 @@ NEEDED = (
 )
 INSTALL = "npm ci --prefix tests/ext-apps-host"
 WAIT_S = 15.0
+_contexts: weakref.WeakKeyDictionary[Browser, BrowserContext] = weakref.WeakKeyDictionary()
 
 
 def missing_packages() -> str | None:
@@ -70,6 +72,10 @@ class _Handler(SimpleHTTPRequestHandler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, directory=str(HOST_DIR), **kwargs)
 
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "max-age=3600")  # a second host page in a test loads from cache
+        super().end_headers()
+
     def guess_type(self, path: str | os.PathLike[str]) -> str:
         return "text/javascript" if str(path).endswith((".js", ".mjs")) else super().guess_type(path)
 
@@ -78,8 +84,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
 
 @contextmanager
-def _served() -> Iterator[str]:
-    """The host folder over loopback HTTP (Chromium fetches the ~115 module files side by side)."""
+def served_host_folder() -> Iterator[str]:
+    """The host folder over loopback HTTP (Chromium fetches the ~115 module files side by side): its origin."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     thread = threading.Thread(target=server.serve_forever, name="ext-apps-host", daemon=True)
     thread.start()
@@ -129,39 +135,41 @@ class OfficialHost:
 
 @asynccontextmanager
 async def official_host(
-    browser: Browser, server: Server[Any] | MCPServer, setup: dict[str, Any]
+    browser: Browser, origin: str, server: Server[Any] | MCPServer, setup: dict[str, Any]
 ) -> AsyncIterator[OfficialHost]:
-    """The host page connected to ``server``, showing the view of ``setup["tool"]``.
+    """The host page from ``origin`` (``served_host_folder``) connected to ``server``, showing the view of
+    ``setup["tool"]``.
 
     ``setup``: ``tool`` and ``arguments`` (the host makes the call through its client, unless ``result``
     is given), ``forwardTools`` (the bridge forwards the view's tools/call to the server), ``csp``,
     ``hostCapabilities`` (replaces the default: open links, server tools, logging, model context) and
     ``requestTimeoutMs`` (the host's limit on each forwarded request; the official client's is 60 s).
     """
-    require_packages()
-    page = await browser.new_page(viewport={"width": 900, "height": 900})
+    context = _contexts.get(browser)
+    if context is None:  # one per browser: its cache serves the packages to each host page after the first
+        context = _contexts[browser] = await browser.new_context(viewport={"width": 900, "height": 900})
+    page = await context.new_page()
     host = OfficialHost(page, page.main_frame)
     page.on("request", lambda request: host.requests.append(request.url))
     page.on("console", lambda message: host.errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: host.errors.append(str(error)))
     try:
-        with _served() as origin:
-            async with InMemoryTransport(server) as (read, write), anyio.create_task_group() as tg:
-                await _relay(page, read, write, tg, host.errors)
-                await page.goto(f"{origin}/host.html")
-                await page.wait_for_function("() => typeof window.startHost === 'function'", timeout=WAIT_S * 1000)
-                with anyio.fail_after(WAIT_S):
-                    host.started = await page.evaluate("(setup) => window.startHost(setup)", setup)
-                element = await page.wait_for_selector("iframe#view")
-                assert element is not None
-                frame = await element.content_frame()
-                assert frame is not None
-                host.frame = frame
-                yield host
-                # Nothing but the host's own files was fetched: the view made no request of its own.
-                assert all(url.startswith((origin, "about:", "data:")) for url in host.requests), host.requests
-                assert host.errors == [], host.errors
-                tg.cancel_scope.cancel()
+        async with InMemoryTransport(server) as (read, write), anyio.create_task_group() as tg:
+            await _relay(page, read, write, tg, host.errors)
+            await page.goto(f"{origin}/host.html")
+            await page.wait_for_function("() => typeof window.startHost === 'function'", timeout=WAIT_S * 1000)
+            with anyio.fail_after(WAIT_S):
+                host.started = await page.evaluate("(setup) => window.startHost(setup)", setup)
+            element = await page.wait_for_selector("iframe#view")
+            assert element is not None
+            frame = await element.content_frame()
+            assert frame is not None
+            host.frame = frame
+            yield host
+            # Nothing but the host's own files was fetched: the view made no request of its own.
+            assert all(url.startswith((origin, "about:", "data:")) for url in host.requests), host.requests
+            assert host.errors == [], host.errors
+            tg.cancel_scope.cancel()
     finally:
         await page.close()
 

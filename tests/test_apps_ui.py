@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -33,7 +33,7 @@ from playwright.async_api import Browser, Frame, Page
 
 from runapi_mcp.server import apps_ui
 from runapi_mcp.server.apps_ui import THUMBNAILS_META_KEY, THUMBNAILS_OMITTED_META_KEY, UI_TOOLS, UI_URI
-from tests.apps_host import OfficialHost, official_host, require_packages
+from tests.apps_host import OfficialHost, official_host, require_packages, served_host_folder
 from tests.browser import screenshot_path
 from tests.support import TIME_SCALE, Harness, text_of
 
@@ -513,6 +513,15 @@ async def test_the_gallery_view_filters_and_opens_a_task(harness: Harness, brows
 HOST_LIMIT_S = 60 * TIME_SCALE  # the official client's 60 s request limit, on the suite's time scale (1.5 s)
 
 
+@pytest.fixture(scope="session")
+def ext_apps() -> Iterator[str]:
+    """The host page's origin; skips (before the server and the browser start) where the npm packages are
+    not installed."""
+    require_packages()
+    with served_host_folder() as origin:
+        yield origin
+
+
 def bridge_setup(tool: str, arguments: dict[str, Any], **options: Any) -> dict[str, Any]:
     return {"tool": tool, "arguments": arguments, "forwardTools": True, "csp": DEFAULT_CSP, **options}
 
@@ -525,9 +534,8 @@ async def progress_shown(host: OfficialHost) -> tuple[int, int]:
 
 
 async def test_the_official_bridge_shows_a_running_task_alive_and_its_follow_up_outlives_host_timeouts(
-    harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
+    ext_apps: str, harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_packages()
     manager = harness.app.manager
     # The simulator runs 40x fast, so the server's own estimate reaches 99% at once; a 20 s task's curve
     # shows the bar moving (only the estimate: polling is untouched).
@@ -539,7 +547,7 @@ async def test_the_official_bridge_shows_a_running_task_alive_and_its_follow_up_
     setup = bridge_setup(
         "generate_image", {"prompt": "a slow boat at dawn", "wait": False}, requestTimeoutMs=HOST_LIMIT_S * 1000
     )
-    async with official_host(browser, harness.app.server, setup) as host:
+    async with official_host(browser, ext_apps, harness.app.server, setup) as host:
         started = cast(dict[str, Any], host.started["structuredContent"])
         assert started["status"] in ("submitting", "pending", "processing")
         record = await host.record()
@@ -580,11 +588,11 @@ async def test_the_official_bridge_shows_a_running_task_alive_and_its_follow_up_
 
 
 async def test_the_official_bridge_carries_the_views_actions_and_the_model_hears_of_their_pictures(
-    harness: Harness, browser: Browser
+    ext_apps: str, harness: Harness, browser: Browser
 ) -> None:
     prompt = "A lighthouse on a cliff at sunset"
     setup = bridge_setup("generate_image", {"prompt": prompt, "aspect_ratio": "16:9"})
-    async with official_host(browser, harness.app.server, setup) as host:
+    async with official_host(browser, ext_apps, harness.app.server, setup) as host:
         await host.images_loaded(1)
         task_id = host.started["structuredContent"]["task_id"]
         assert await host.text("[data-fact=task]") == task_id and await host.text("#prompt") == prompt
@@ -624,7 +632,9 @@ async def test_the_official_bridge_carries_the_views_actions_and_the_model_hears
         assert await host.text("[data-fact=task]") == task_id
 
 
-async def test_without_server_tools_the_buttons_are_off_and_say_why(harness: Harness, browser: Browser) -> None:
+async def test_without_server_tools_the_buttons_are_off_and_say_why(
+    ext_apps: str, harness: Harness, browser: Browser
+) -> None:
     arguments = {"prompt": "a quiet harbour"}
     result = await harness.call("generate_image", arguments)
     assert not result.is_error, text_of(result)
@@ -632,7 +642,7 @@ async def test_without_server_tools_the_buttons_are_off_and_say_why(harness: Har
     setup = bridge_setup(
         "generate_image", arguments, result=wire(result), forwardTools=False, hostCapabilities={"openLinks": {}}
     )
-    async with official_host(browser, harness.app.server, setup) as host:
+    async with official_host(browser, ext_apps, harness.app.server, setup) as host:
         await host.images_loaded(1)
         for button in ("#edit", "#upscale", "#variations"):
             assert await host.frame.is_disabled(button), button
@@ -646,7 +656,7 @@ async def test_without_server_tools_the_buttons_are_off_and_say_why(harness: Har
 
     # A host that claims server tools but answers the view's calls with "Method not found".
     setup = bridge_setup("generate_image", arguments, result=wire(result), forwardTools=False)
-    async with official_host(browser, harness.app.server, setup) as host:
+    async with official_host(browser, ext_apps, harness.app.server, setup) as host:
         await host.images_loaded(1)
         assert await host.frame.is_hidden("#tools-off") and await host.frame.is_enabled("#upscale")
         await host.frame.click("#variations")
@@ -657,9 +667,8 @@ async def test_without_server_tools_the_buttons_are_off_and_say_why(harness: Har
 
 
 async def test_gallery_tiles_over_the_thumbnail_budget_say_why_and_load_on_request(
-    harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
+    ext_apps: str, harness: Harness, browser: Browser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_packages()
     ids = await make_tasks(harness)
     async with apps_client(harness) as client:
         full = await client.call_tool("gallery", {})
@@ -683,17 +692,17 @@ async def test_gallery_tiles_over_the_thumbnail_budget_say_why_and_load_on_reque
     assert list(meta[THUMBNAILS_META_KEY]) == sent and sent[0] == order[0] and left_out
     assert meta[THUMBNAILS_OMITTED_META_KEY] == {"task_ids": left_out, "budget_bytes": budget}
 
-    async with official_host(browser, harness.app.server, bridge_setup("gallery", {})) as host:
+    async with official_host(browser, ext_apps, harness.app.server, bridge_setup("gallery", {})) as host:
         await host.frame.wait_for_function("() => document.querySelectorAll('.tile').length === 3")
         await host.images_loaded(len(sent))
         blank = await host.frame.eval_on_selector_all(
             ".tile .thumb[data-omitted]", "nodes => nodes.map(n => n.closest('.tile').dataset.taskId)"
         )
         assert sorted(blank) == sorted(left_out)
-        assert "Thumbnail not sent (size limit of one answer)" in await host.text(".tile .thumb[data-omitted]")
+        assert "Thumbnail not sent: over the size limit of one answer." in await host.text(".tile .thumb[data-omitted]")
+        plural = "thumbnail" if len(left_out) == 1 else "thumbnails"
         assert await host.text("#thumbs-note") == (
-            f"{len(left_out)} thumbnail(s) not sent: one answer carries only so many ({round(budget / 1000)} KB),"
-            " newest first."
+            f"{len(left_out)} {plural} not sent: one answer carries at most {round(budget / 1000)} KB of them, newest first."
         )
         assert await host.text("#load-thumbs") == f"Load {len(left_out)} more"
         await host.page.screenshot(path=screenshot_path("apps-bridge-gallery-budget"), full_page=True)
