@@ -78,6 +78,7 @@ ARGUMENTS: dict[str, dict[str, str]] = {
         "params": "dict?",
         "wait": "bool",
         "timeout_s": "number?",
+        "save_as": "str?",
     },
     "edit_image": {
         "prompt": "str",
@@ -88,8 +89,16 @@ ARGUMENTS: dict[str, dict[str, str]] = {
         "params": "dict?",
         "wait": "bool",
         "timeout_s": "number?",
+        "save_as": "str?",
     },
-    "upscale_image": {"image": "str", "factor": "int", "model": "str", "wait": "bool", "timeout_s": "number?"},
+    "upscale_image": {
+        "image": "str",
+        "factor": "int",
+        "model": "str",
+        "wait": "bool",
+        "timeout_s": "number?",
+        "save_as": "str?",
+    },
     "get_task": {"task_id": "str", "wait": "bool", "timeout_s": "number?"},
     "list_models": {"model": "str?", "action": "str?"},
     "check_balance": {},
@@ -635,6 +644,7 @@ def invalid_calls(served: Served) -> st.SearchStrategy[Invalid]:
         "status": "completed",
         "cursor": "bm90LWEtY3Vyc29y",
         "query": "fox",
+        "save_as": "fuzz-copy.png",
     }
     bad_text = each(
         STRING_ARGUMENTS,
@@ -919,6 +929,20 @@ NAMED_CASES: dict[str, Callable[[Served], Invalid]] = {
         "upscale_image", {"image": str(s.files.png), "model": "gpt-image-2"}, "model"
     ),
     "upscale-bad-image": lambda s: Invalid("upscale_image", {"image": str(s.files.text_file)}, "image"),
+    # save_as is checked on the disk before anything is quoted, uploaded or created (test_save_as.py has more).
+    "save-as-outside": lambda s: Invalid(
+        "generate_image", {"prompt": PROMPT, "save_as": str(s.files.outside_png.with_name("copy.png"))}, "save_as"
+    ),
+    "save-as-existing-file": lambda s: Invalid(
+        "edit_image", {**s.base("edit_image"), "save_as": str(s.files.png)}, "save_as"
+    ),
+    "save-as-fifo": lambda s: Invalid("upscale_image", {**s.base("upscale_image"), "save_as": str(s.files.fifo)}, "save_as"),
+    "save-as-missing-directory": lambda s: Invalid(
+        "generate_image", {"prompt": PROMPT, "save_as": "no/such/dir/copy.png"}, "save_as"
+    ),
+    "save-as-dot-dot-out": lambda s: Invalid(
+        "generate_image", {"prompt": PROMPT, "save_as": "/dev/shm/../../etc/copy.png"}, "save_as"
+    ),
 }
 
 

@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import TextResourceContents
 
 from runapi_mcp.catalog import ALIASES, get_catalog
-from runapi_mcp.server.arguments import IMAGE_FORMS, no_filter
+from runapi_mcp.server.arguments import IMAGE_FORMS, SAVE_AS_DESCRIPTION, no_filter
 from runapi_mcp.server.catalog_view import INDEX_BUDGET_BYTES
 from runapi_mcp.server.icons import TOOL_KINDS, icon_for
 from runapi_mcp.server.surface import TOOLS_BUDGET_BYTES, result_bytes, visible, visible_bytes
@@ -100,6 +100,12 @@ async def test_input_schemas_say_only_what_a_choice_needs(harness: Harness) -> N
     assert IMAGE_FORMS in edit["images"]["description"] and edit["images"]["maxItems"] == 16
     assert tools["upscale_image"].input_schema["properties"]["image"]["description"] == IMAGE_FORMS
     assert "get_task(task_id, wait=true)" in (tools["generate_image"].description or "")
+    # save_as on every tool that makes a picture, optional, saying in a few words how the copy is named.
+    for name in ("generate_image", "edit_image", "upscale_image"):
+        save_as = tools[name].input_schema["properties"]["save_as"]
+        assert save_as == {"description": SAVE_AS_DESCRIPTION, "type": "string"}, name
+        assert "save_as" not in tools[name].input_schema["required"]
+    assert "extension" in SAVE_AS_DESCRIPTION and len(SAVE_AS_DESCRIPTION) <= 80
 
 
 async def test_guards_not_shown_are_still_enforced(harness: Harness) -> None:

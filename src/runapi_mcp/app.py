@@ -118,6 +118,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         ),
         # http.webhook serves these (CALLBACK_PATH); a server RunAPI cannot reach is polled only.
         callback_base=settings.callback_base,
+        save_dirs=settings.allowed_dirs,  # save_as copies go where local images may be read from
     )
     resolver = ImageResolver(
         client,

@@ -67,17 +67,17 @@ AspectRatioArg = Annotated[str, Field(max_length=20, description="e.g. 1:1, 16:9
 ResolutionArg = Annotated[str, Field(max_length=20, description="1k, 2k or 4k"), _PLAIN, _shows("string")]
 ParamsArg = Annotated[
     dict[str, Any] | None,
-    Field(max_length=MAX_PARAMS, description="The model's other fields (list_models)"),
+    Field(max_length=MAX_PARAMS, description="Other model fields (list_models)"),
     _shows("object"),
 ]
-WaitArg = Annotated[bool, Field(description="false: return the task_id at once")]
+WaitArg = Annotated[bool, Field(description="false: return task_id at once")]
 TimeoutArg = Annotated[
     float | None,
     Field(ge=0, le=MAX_TIMEOUT_S, description="Longest wait (s)"),
     _shows("number"),
 ]
 # Every form an image reference takes (tasks.ImageResolver reads them): the same words for both arguments.
-IMAGE_FORMS = "runapi://images/..., a task_id, an absolute path, an http(s) URL or a data: URI"
+IMAGE_FORMS = "runapi://images/..., task_id, absolute path, http(s) URL or data: URI"
 ImagesArg = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_REF_CHARS), _PLAIN]],
     Field(min_length=1, max_length=MAX_IMAGES, description=f"Each: {IMAGE_FORMS}"),
@@ -89,8 +89,9 @@ ImageArg = Annotated[
     _PLAIN,
     _shows("string"),
 ]
-# The model's allowed values (topaz-upscale-image: 1, 2, 4) are the catalog's to check.
-FactorArg = Annotated[int, Field(ge=1, description="e.g. 2 or 4"), _shows("integer")]
+# The model's allowed values (topaz-upscale-image: 1, 2, 4) are the catalog's to check; upscale_image's
+# description names them, so the argument needs no words of its own.
+FactorArg = Annotated[int, Field(ge=1), _shows("integer")]
 TaskIdArg = Annotated[str, Field(min_length=1, max_length=512), _PLAIN, _shows("string")]
 _Name = Annotated[str, Field(max_length=200), _PLAIN]
 
@@ -118,16 +119,25 @@ ActionFilterArg = Annotated[
 ]
 ModelNameArg = Annotated[_Filter, Field(description="A model: its fields"), _shows("string")]
 
+# save_as: where a copy of the finished picture goes (tasks.saving checks the path before anything is sent).
+# Blank is no path, as for the filters: a client filling in a default asks for no copy.
+SAVE_AS_DESCRIPTION = "Also copy it to this file (extension follows the image type)"
+SaveAsArg = Annotated[
+    Annotated[str, Field(max_length=4096), _PLAIN] | None,
+    AfterValidator(_filter_value),
+    Field(description=SAVE_AS_DESCRIPTION),
+    _shows("string"),
+]
+
 # list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
 MAX_PAGE = 100
 # One flat Literal (TaskState is a union of two): pydantic then names the argument alone in its error.
 TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed", "cancelled"]
 TaskStatusArg = Annotated[
     TaskStateName | None,
-    Field(description="Only tasks in this state"),
     _shows("string", enum=list(get_args(TaskStateName))),
 ]
-ModelFilterArg = Annotated[_Filter, Field(description="Only tasks of this model"), _shows("string")]
+ModelFilterArg = Annotated[_Filter, _shows("string")]
 LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Tasks per page")]
 CursorArg = Annotated[
     Annotated[str, Field(min_length=1, max_length=1000), _PLAIN] | None,

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from runapi_mcp.server.owners import current_file_link
 from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord, TaskState
+from runapi_mcp.tasks.saving import extension_note
 
 PreviewOutcome = Preview | PreviewSkipped | None
 
@@ -37,6 +38,8 @@ class ImageOut(BaseModel):
     download_url: str | None = Field(
         None, description="Over HTTP: the full-size image at this server (a signed link, valid for a day)"
     )
+    saved_as: str | None = Field(None, description="Where its save_as copy was written")
+    save_error: str | None = Field(None, description="Why no save_as copy was written")
 
 
 class TaskResult(BaseModel):
@@ -60,6 +63,9 @@ class TaskResult(BaseModel):
     created_at: str
     updated_at: str
     completed_at: str | None
+    save_as: str | None = Field(
+        None, description="The file asked for (save_as): copies go there when done (-1, -2... for several)"
+    )
     next_step: str | None = Field(
         None, description="What to do next: wait with get_task, or why there is nothing to wait for"
     )
@@ -115,6 +121,7 @@ def task_result(record: TaskRecord, progress: float | None = None, *, waited_out
         created_at=_iso(record.created_at) or "",
         updated_at=_iso(record.updated_at) or "",
         completed_at=_iso(record.completed_at),
+        save_as=record.save_as,
         next_step=next_step(record, waited_out=waited_out),
     )
 
@@ -149,6 +156,7 @@ def summary_text(
                     line += f" (full size over HTTP: {url})"
                 if n in skipped:
                     line += f" (no preview: {skipped[n]})"
+                line += _copy_text(record, image)
                 lines.append(line)
             else:
                 reason = f" ({image.error})" if image.error else ""
@@ -163,11 +171,23 @@ def summary_text(
     if record.status == "cancelled":
         return f"{head} was cancelled after {elapsed:.0f}s: {record.error or CANCELLED_NOTE}"
     text = f"{head} is {record.status} ({elapsed:.0f}s so far)."
+    if record.save_as:
+        text += f" When done, a copy goes to {record.save_as}."
     if record.status == "submitting":
         text += " RunAPI has not confirmed the create yet; it is sent again with the same key until it does."
     elif record.error:
         text += f" Last polling problem: {record.error}."
     return f"{text} {next_step(record, waited_out=waited_out)}"
+
+
+def _copy_text(record: TaskRecord, image: ImageRecord) -> str:
+    """What became of an image's save_as copy, for its line of the summary ("" when none was asked for)."""
+    if image.saved_as:
+        note = extension_note(record.save_as, image.saved_as)
+        return f"; copied to {image.saved_as}" + (f" ({note})" if note else "")
+    if image.save_error:
+        return f"; not copied to save_as: {image.save_error}"
+    return ""
 
 
 def tool_result(

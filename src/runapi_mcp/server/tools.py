@@ -15,12 +15,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from runapi_mcp.catalog import Catalog, CatalogError, RequestKind
+from runapi_mcp.catalog import Catalog, CatalogError, RequestKind, ValidatedRequest
 from runapi_mcp.client import NO_API_KEY_MESSAGE
 from runapi_mcp.server.arguments import (
     READ_LOCAL,
@@ -34,6 +35,7 @@ from runapi_mcp.server.arguments import (
     ParamsArg,
     PromptArg,
     ResolutionArg,
+    SaveAsArg,
     TaskIdArg,
     TimeoutArg,
     WaitArg,
@@ -45,6 +47,7 @@ from runapi_mcp.server.cost import SpendGuard
 from runapi_mcp.server.progress import ProgressReporter
 from runapi_mcp.server.results import PREVIEW_BUDGET_BYTES, PREVIEW_MAX_EDGE, TaskResult, tool_result
 from runapi_mcp.tasks import Availability, ImageResolver, TaskManager, TaskRecord, make_previews
+from runapi_mcp.tasks.saving import check_save_as, expected_outputs, requested_path
 
 TICK_S = 1.0  # progress at least this often while waiting (the spec asks for nothing; users for <= 2 s)
 
@@ -93,6 +96,7 @@ class TaskRequest:
     wait: bool = True
     timeout_s: float | None = None
     images_argument: str = "images"  # the tool argument the images came in, for errors about them
+    save_as: str | None = None  # where a copy of the pictures goes (tasks.saving), as the caller gave it
 
     @classmethod
     def from_arguments(
@@ -107,12 +111,13 @@ class TaskRequest:
         images: list[str] | None = None,
         wait: bool,
         timeout_s: float | None,
+        save_as: str | None = None,
     ) -> TaskRequest:
         options: dict[str, Any] = {}
         soft: dict[str, Any] = {}
         for name, value in (("aspect_ratio", aspect_ratio), ("output_resolution", output_resolution)):
             (soft if value == _SOFT_DEFAULTS[name] else options)[name] = value
-        return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s)
+        return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s, save_as=save_as)
 
 
 class BalanceResult(BaseModel):
@@ -168,12 +173,13 @@ class ImageTools:
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
+        save_as: SaveAsArg = None,
     ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
-        """Make an image from a prompt; returns a preview, its runapi://images/ URI and file path. Waits
-        ~10-30 s; if still running, call get_task(task_id, wait=true)."""
+        """Make an image from a prompt: a preview, its runapi://images/ URI and file path. Waits ~10-30 s;
+        if still running, call get_task(task_id, wait=true)."""
         request = TaskRequest.from_arguments(
             "generate", prompt=prompt, model=model, aspect_ratio=aspect_ratio,
-            output_resolution=output_resolution, params=params, wait=wait, timeout_s=timeout_s,
+            output_resolution=output_resolution, params=params, wait=wait, timeout_s=timeout_s, save_as=save_as,
         )  # fmt: skip
         return await self.run(ctx, request)
 
@@ -188,12 +194,13 @@ class ImageTools:
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
+        save_as: SaveAsArg = None,
     ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
         """Edit images by instruction (other models: remix, reframe, remove background). Returns like
         generate_image."""
         request = TaskRequest.from_arguments(
             "edit", prompt=prompt, model=model, aspect_ratio=aspect_ratio, output_resolution=output_resolution,
-            params=params, images=images, wait=wait, timeout_s=timeout_s,
+            params=params, images=images, wait=wait, timeout_s=timeout_s, save_as=save_as,
         )  # fmt: skip
         return await self.run(ctx, request)
 
@@ -205,6 +212,7 @@ class ImageTools:
         model: ModelArg = "topaz-upscale-image",
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
+        save_as: SaveAsArg = None,
     ) -> Annotated[CallToolResult, TaskResult] | InputRequiredResult:
         """Enlarge an image (topaz-upscale-image: factor 1, 2 or 4). Returns like generate_image."""
         spec = self.catalog.resolve(model, "upscale")[1]
@@ -229,8 +237,9 @@ class ImageTools:
                 field="factor",
             )
         request = TaskRequest(
-            "upscale", None, model, options, {}, None, [image], wait, timeout_s, images_argument="image"
-        )
+            "upscale", None, model, options, {}, None, [image], wait, timeout_s, images_argument="image",
+            save_as=save_as,
+        )  # fmt: skip
         return await self.run(ctx, request)
 
     async def get_task(
@@ -272,8 +281,9 @@ class ImageTools:
     async def run(self, ctx: Context[Any, Any], request: TaskRequest) -> CallToolResult | InputRequiredResult:
         """Validate everything, quote, then upload, create, and wait as asked.
 
-        Nothing is sent for a bad call, and nothing is uploaded or created for one the spend cap refuses
-        or the user does not confirm (``RUNAPI_MCP_CONFIRM_ABOVE_CENTS``).
+        Nothing is sent for a bad call (a ``save_as`` that cannot take the copy included), and nothing is
+        uploaded or created for one the spend cap refuses or the user does not confirm
+        (``RUNAPI_MCP_CONFIRM_ABOVE_CENTS``).
         """
         timeout = self._timeout(request.timeout_s)
         validated = self.catalog.validate(
@@ -285,6 +295,7 @@ class ImageTools:
             soft_options=request.soft_options,
             params=request.params,
         )
+        save_as = await self._check_save_as(request.save_as, validated)
         if not self.deps.has_key:
             raise MissingKeyError
         if self.deps.availability is not None:  # a model RunAPI has taken out: refused before any quote
@@ -306,11 +317,25 @@ class ImageTools:
                 return question  # 2026 era: the client asks and calls again with the answer
             urls = await resolver.upload(plan) if plan is not None else []
             record = await self.manager.submit(
-                validated.with_images(urls), prompt=request.prompt, price_cents=quote.cents
+                validated.with_images(urls), prompt=request.prompt, price_cents=quote.cents, save_as=save_as
             )
         if not request.wait or record.terminal:
             return await self.result(record)
         return await self.wait_for(ctx, record, timeout)
+
+    async def _check_save_as(self, value: str | None, validated: ValidatedRequest) -> str | None:
+        """The absolute path of ``save_as``, refused (naming it) where no copy could be written: checked on the
+        disk in a worker thread, before anything is quoted, uploaded or created."""
+        if value is None:
+            return None
+        dirs = self.manager.save_dirs
+        path = requested_path(value, dirs)
+        count_field = validated.model.fields.get("output_count")
+        outputs = expected_outputs(
+            validated.body, validated.model.max_outputs, count_field.default if count_field else None
+        )
+        await anyio.to_thread.run_sync(check_save_as, path, outputs, dirs)
+        return path
 
     async def wait_for(self, ctx: Context[Any, Any], record: TaskRecord, timeout_s: float) -> CallToolResult:
         """Wait for a task with progress notifications; a result either way (done, failed, still running)."""

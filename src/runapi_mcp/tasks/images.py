@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -568,6 +568,29 @@ class ImageStore:
         record = self._record(image_id, path, len(data), st.st_mtime)
         record = record.model_copy(update={"width": info.width, "height": info.height})
         return StoredImage(record=record, data=data)
+
+    @contextmanager
+    def open_image_sync(self, image_id: str) -> Iterator[tuple[IO[bytes], ImageInfo, int]]:
+        """A library image's file, its header read, and its size: for a copy streamed elsewhere (blocking).
+
+        Opened like :meth:`read_image_sync` (by id, through the sandbox, of the format its name says) but
+        not read whole: an output may be up to ``max_bytes``. Raises :class:`ImageNotFoundError`.
+        """
+        found = self._image_file(image_id)
+        if found is None:
+            raise ImageNotFoundError(f"no image {image_id!r} in the library")
+        path = found[0]
+        with ExitStack() as stack:
+            try:  # only the opening and the checks: what the caller's block raises is the caller's
+                opened = stack.enter_context(open_checked_sync(path, allowed_dirs=[self.root], limit=self.max_bytes))
+                fp = stack.enter_context(open(opened.fd, "rb", closefd=False))
+                info = _inspect_stream(fp, opened.size, complete=False)
+                if info.extension != path.suffix:
+                    raise ImageFileError(f"not the {path.suffix} its name says")
+                fp.seek(0)
+            except (SandboxError, ImageFileError) as exc:
+                raise ImageNotFoundError(f"the library file of image {image_id!r} cannot be used: {exc}") from None
+            yield fp, info, opened.size
 
     async def read_image(self, image_id: str) -> StoredImage:
         """:meth:`read_image_sync` in a worker thread (for ``runapi://images/{id}`` and edit uploads)."""

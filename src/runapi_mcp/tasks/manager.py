@@ -23,9 +23,10 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -44,8 +45,9 @@ from runapi_mcp.client import (
     TaskInfo,
 )
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
-from runapi_mcp.tasks.images import ImageFileError, ImageStore
+from runapi_mcp.tasks.images import ImageFileError, ImageNotFoundError, ImageStore
 from runapi_mcp.tasks.records import LOCAL_OWNER, ImageRecord, StatusChange, TaskRecord, current_owner
+from runapi_mcp.tasks.saving import SaveAsError, write_copy
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
 
@@ -133,6 +135,7 @@ class TaskManager:
         max_concurrent_downloads: int = 16,
         durations_memory: DurationMemory | None = None,
         callback_base: str | None = None,
+        save_dirs: Sequence[Path] = (),
     ) -> None:
         self.client = client
         self.images = images
@@ -157,6 +160,9 @@ class TaskManager:
         # Set when the process is shutting down: every wait returns what it has at once, so a tool call
         # still waiting gets its answer (the task id, "still running") before the connection closes.
         self._stopping = False
+        # Where save_as copies may be written (RUNAPI_MCP_ALLOWED_DIRS): read when each copy is written, so a
+        # task taken up after a restart is held to the directories allowed then.
+        self.save_dirs: tuple[Path, ...] = tuple(save_dirs)
 
     @property
     def policy(self) -> PollPolicy:
@@ -206,14 +212,20 @@ class TaskManager:
 
     # -- creating ------------------------------------------------------------------------
     async def submit(
-        self, prepared: PreparedRequest, *, prompt: str | None, price_cents: int | None = None
+        self,
+        prepared: PreparedRequest,
+        *,
+        prompt: str | None,
+        price_cents: int | None = None,
+        save_as: str | None = None,
     ) -> TaskRecord:
         """Record the task, then create it upstream (one idempotency key for every try) and start polling.
 
         The record exists before the create is sent: if RunAPI's answer is lost, the task stays
         "submitting" under the server's id and the create is re-sent with the same key until RunAPI
         answers (it never runs or bills a key twice). A definite refusal (bad request, no credits, bad
-        key) marks the task failed and is raised.
+        key) marks the task failed and is raised. ``save_as`` (absolute, checked by the caller) is where
+        copies of the pictures are written once they are in the library (``tasks.saving``).
         """
         now = time.time()
         record = TaskRecord(
@@ -227,6 +239,7 @@ class TaskManager:
             resolution=prepared.body.get("output_resolution"),
             max_outputs=prepared.model.max_outputs,
             price_cents=price_cents,
+            save_as=save_as,
             owner=current_owner.get(),
             callback_token=self._new_callback_token(prepared),
             created_at=now,
@@ -671,6 +684,8 @@ class TaskManager:
         images = await self._download_all(
             tracked, [self.images.undownloaded(record.task_id, i, u) for i, u in enumerate(urls)]
         )
+        # Before the task reads "completed": whoever it wakes sees where the copies went.
+        images = await self._save_copies(tracked, images)
         await self._update(
             tracked,
             status="completed",
@@ -695,6 +710,7 @@ class TaskManager:
             if not self._wants_refetch(tracked):  # it may have finished while this call looked
                 return
             images = await self._download_all(tracked, list(tracked.record.images))
+            images = await self._save_copies(tracked, images)
             await self._update(tracked, images=images, error=_download_note(images, []))
 
     async def _download_all(self, tracked: _Tracked, images: list[ImageRecord]) -> list[ImageRecord]:
@@ -709,6 +725,34 @@ class TaskManager:
             for n, image in enumerate(images):
                 if image.path is None and image.url:
                     tg.start_soon(fetch, n, image)
+        return results
+
+    async def _save_copies(self, tracked: _Tracked, images: list[ImageRecord]) -> list[ImageRecord]:
+        """The save_as copy of every picture in the library that has none yet (each is tried once).
+
+        A copy that cannot be written is noted on its image (``save_error``); it never fails the task."""
+        save_as = tracked.record.save_as
+        if save_as is None:
+            return images
+        results = list(images)
+        for n, image in enumerate(images):
+            if image.path is None or image.saved_as is not None or image.save_error is not None:
+                continue
+            try:
+                saved = await anyio.to_thread.run_sync(
+                    write_copy, self.images, image, save_as, len(images), self.save_dirs
+                )
+            except (SaveAsError, ImageNotFoundError) as exc:
+                reason = str(exc)
+            except Exception as exc:
+                log.exception("task %s: copying image %d to save_as failed unexpectedly", tracked.task_id, image.index)
+                reason = f"internal error while copying ({type(exc).__name__})"
+            else:
+                log.info("task %s: image %d copied to %s", tracked.task_id, image.index, saved)
+                results[n] = image.model_copy(update={"saved_as": str(saved)})
+                continue
+            log.warning("task %s: image %d not copied to save_as: %s", tracked.task_id, image.index, reason)
+            results[n] = image.model_copy(update={"save_error": reason})
         return results
 
     async def _download(self, tracked: _Tracked, image: ImageRecord) -> ImageRecord:

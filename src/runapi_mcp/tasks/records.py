@@ -54,6 +54,8 @@ class ImageRecord(BaseModel):
     bytes: int | None = None
     error: str | None = None  # why it is not in the library (yet), when it is not
     created_at: float = Field(default_factory=time.time)
+    saved_as: str | None = None  # where its save_as copy was written (tasks.saving)
+    save_error: str | None = None  # why no save_as copy was written (it is tried once)
 
 
 class TaskRecord(BaseModel):
@@ -93,6 +95,8 @@ class TaskRecord(BaseModel):
     max_outputs: int | None = None  # the most images a task of this model returns (from the catalog)
     price_cents: int | None = None  # RunAPI's quote for the task, taken before the create
     cost_cents: int | None = None  # what RunAPI reported the task cost (usage.cost), once it reports it
+    # Where a copy of each picture goes when the task completes (the tool's save_as, absolute; tasks.saving).
+    save_as: str | None = None
     history: list[StatusChange] = Field(default_factory=list)
 
     def updated(self, **changes: Any) -> TaskRecord:
