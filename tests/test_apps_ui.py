@@ -1,10 +1,15 @@
 """MCP Apps: the view resource, the tools' links to it, the gallery tool, and the view in a browser.
 
 The server side is checked through real clients (in-process, raw JSON-RPC where the wire shape per
-protocol version matters). The browser side loads the view, read through the server, into a small host
-page written here that speaks the Apps bridge (ui/initialize, tool-input, tool-result) and records the
-view's requests, under the restrictive CSP the spec asks hosts to apply by default; the tool results it
-hands over are real ones from the simulator.
+protocol version matters). The browser side runs the view, read through the server, under the restrictive
+CSP the spec asks hosts to apply by default, in two hosts:
+
+- a small host page written here that speaks the Apps bridge (ui/initialize, tool-input, tool-result) and
+  hands each of the view's requests to the test, which answers it with real results or refusals (no npm
+  package needed);
+- the official host bridge, ``AppBridge`` from ``@modelcontextprotocol/ext-apps`` with the official MCP
+  client, forwarding the view's calls to the server (``tests/apps_host.py``; skipped where the npm
+  packages are not installed). There the view follows a running task through a host's time-outs.
 """
 
 from __future__ import annotations
@@ -575,8 +580,10 @@ async def test_the_official_bridge_shows_a_running_task_alive_and_its_follow_up_
         assert STEP_S <= 60 / 2 and first["outcome"] == "error" and first["error"] == "Request timed out"
         later = follows[1:]
         assert later and all(c["arguments"]["timeout_s"] < HOST_LIMIT_S for c in later)
-        assert all(c["outcome"] in ("ok", "running") for c in later), later
-        assert {c["status"] for c in later if c["outcome"] == "ok"} <= {"pending", "processing"}
+        answered = [c for c in later if c["outcome"] == "ok"]
+        assert answered and {c["status"] for c in answered} <= {"pending", "processing"}
+        # (on a loaded machine a shorter wait may still miss the limit: only ever a time-out, and waited again)
+        assert all(c["error"] == "Request timed out" for c in later if c["outcome"] == "error"), later
         assert "error" not in (await host.frame.get_attribute("#notice", "class") or "")
 
         harness.sim.set_task_outcome(started["runapi_task_id"], "completed")
