@@ -11,7 +11,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import stat
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import pytest
 from runapi_mcp import __version__
 from runapi_mcp import install as install_module
 from runapi_mcp.cli import main
-from runapi_mcp.config import settings_from_environment
 from runapi_mcp.install import (
     CONFIRM_VAR,
     KEY_VAR,
@@ -45,7 +43,6 @@ from runapi_mcp.install import (
     install,
     server_launch,
 )
-from tests.support import Harness
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Launch("/opt/runapi/bin/runapi-mcp", ("serve",))
@@ -1015,39 +1012,6 @@ def test_bad_names_are_usage_errors(home: Path) -> None:
 # -- packaging metadata ---------------------------------------------------------------------------------------
 
 
-def test_registry_server_json_matches_the_package() -> None:
-    server = json.loads((ROOT / "server.json").read_text())
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert server["$schema"].startswith("https://static.modelcontextprotocol.io/schemas/")
-    assert re.fullmatch(r"io\.github\.[A-Za-z0-9-]+/runapi-mcp", server["name"])
-    assert 1 <= len(server["description"]) <= 100, "the registry's limit"
-    assert server["version"] == __version__ == pyproject["project"]["version"]
-    [package] = server["packages"]
-    assert package["registryType"] == "pypi" and package["identifier"] == pyproject["project"]["name"]
-    assert package["version"] == __version__ and package["transport"] == {"type": "stdio"}
-    variables = {v["name"]: v for v in package["environmentVariables"]}
-    known = {s.variable for s in settings_from_environment().values()}
-    assert set(variables) <= known, "only variables the server reads"
-    assert variables[KEY_VAR]["isSecret"] is True
-    # The registry verifies PyPI ownership by this line in the package description (the README).
-    assert f"mcp-name: {server['name']}" in (ROOT / "README.md").read_text()
-    owner = server["name"].split("/")[0].removeprefix("io.github.")
-    assert server["repository"]["url"] == f"https://github.com/{owner}/runapi-mcp"
-    assert pyproject["project"]["urls"]["Repository"] == server["repository"]["url"]
-
-
-def test_desktop_extension_manifest() -> None:
-    manifest = json.loads((ROOT / "manifest.json").read_text())
-    assert manifest["version"] == __version__ and manifest["server"]["type"] == "python"
-    config = manifest["server"]["mcp_config"]
-    assert config["args"] == ["-m", "runapi_mcp", "serve"]
-    assert config["env"][KEY_VAR] == "${user_config.api_key}"
-    assert config["env"]["PYTHONPATH"] == "${__dirname}/server/lib"
-    api_key = manifest["user_config"]["api_key"]
-    assert api_key["sensitive"] is True and api_key["required"] is True and api_key["type"] == "string"
-    assert manifest["server"]["entry_point"] == "server/lib/runapi_mcp/__main__.py"
-
-
 def test_license_metadata() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]
@@ -1057,8 +1021,3 @@ def test_license_metadata() -> None:
     assert text.startswith("MIT License") and "Copyright (c) 2026 runapi-mcp contributors" in text
 
 
-@pytest.mark.anyio
-async def test_manifest_tools_are_the_servers_tools(harness: Harness) -> None:
-    manifest = json.loads((ROOT / "manifest.json").read_text())
-    listed = {tool.name for tool in (await harness.client.list_tools()).tools}
-    assert {tool["name"] for tool in manifest["tools"]} <= listed
