@@ -375,7 +375,7 @@ asyncio.run(main())
 
 async def slow_headers(pid: int, base: str, token: str) -> dict[str, Any]:
     """400 slow-header clients (more than the server's descriptors), reconnecting whenever closed, while
-    another client makes two calls; then 20 held-open ones that never finish their headers."""
+    another client makes two calls. (The header deadline itself: ``test_incomplete_requests_time_out``.)"""
     port = base.rsplit(":", 1)[1]
     attack = subprocess.Popen(
         [sys.executable, "-c", SLOW_HEADERS, port, "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -393,16 +393,6 @@ async def slow_headers(pid: int, base: str, token: str) -> dict[str, Any]:
         if attack.poll() is None:
             attack.kill()
     figures["attacker"] = json.loads(out)
-    # Held open, never finishing their headers: answered 408 and closed at the header deadline.
-    held = []
-    for _ in range(20):
-        conn = socket.create_connection(("127.0.0.1", int(port)))
-        conn.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        held.append(conn)
-    await anyio.sleep(1.3)
-    figures["held"] = [conn.recv(100) for conn in held]
-    for conn in held:
-        conn.close()
     return figures
 
 
@@ -490,7 +480,7 @@ async def test_one_server_process_under_a_low_descriptor_limit(
     """Slow headers, then 100 big bodies, against one ``runapi-mcp serve`` process whose open-file limit is
     256 (its soft limit starts at 128: the server raises it to the hard one)."""
     env = server_env(
-        sim, home, inputs, RUNAPI_MCP_LOG_LEVEL="INFO", RUNAPI_MCP_HEADER_TIMEOUT_S="1",
+        sim, home, inputs, RUNAPI_MCP_LOG_LEVEL="INFO", RUNAPI_MCP_HEADER_TIMEOUT_S="3",
         RUNAPI_MCP_JWT_ISSUER=issuer.url, RUNAPI_MCP_JWT_AUDIENCE=AUDIENCE,
         RUNAPI_MCP_JWT_JWKS_URL=issuer.url + JWKS_PATH,
     )  # fmt: skip
@@ -515,7 +505,6 @@ async def test_one_server_process_under_a_low_descriptor_limit(
     # Slow headers: the other user is served; the server never runs out of descriptors, nor floods its log.
     assert max(slow["took"]) < 10 and max(slow["fds"]) < 256
     assert slow["attacker"]["connections"] > 400 and slow["attacker"]["closed_by_server"] > 0
-    assert all(answer.startswith(b"HTTP/1.1 408") for answer in slow["held"]), slow["held"]
     # Big bodies: every call answered (a 503 with Retry-After over the budget), memory bounded.
     busy = [a for a in answers if isinstance(a, Answer) and a.status == 503]
     assert set(statuses) == {200, 503}, statuses

@@ -107,7 +107,7 @@ def connection_cap(fd_limit: int | None) -> tuple[int, int]:
     if fd_limit is None:
         return 4096, 64
     reserve = max(64, fd_limit // 8)
-    return max(16, fd_limit - reserve), max(8, min(256, reserve // 2))
+    return max(16, fd_limit - reserve), max(8, min(256, reserve // 3))
 
 
 # -- logs ----------------------------------------------------------------------------------------------
