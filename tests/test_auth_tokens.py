@@ -249,17 +249,26 @@ async def test_token_without_kid_uses_the_only_fitting_key(
 # -- refused tokens -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NOW_PLUS:
+    """A claim time this many seconds from when the test runs."""
+
+    seconds: int
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
         pytest.param({"aud": "https://elsewhere.test/mcp"}, id="wrong-audience"),
         pytest.param({"aud": None}, id="no-audience"),
         pytest.param({"iss": "https://evil.test"}, id="wrong-issuer"),
-        pytest.param({"exp": int(time.time()) - 120}, id="expired-beyond-leeway"),
+        # Times as offsets from the test's own start (NOW_PLUS): values taken at collection go stale in a
+        # long run (a suite of 12 minutes made "120 s in the future" the past).
+        pytest.param({"exp": NOW_PLUS(-120)}, id="expired-beyond-leeway"),
         pytest.param({"exp": None}, id="no-exp"),
-        pytest.param({"exp": str(int(time.time()) + 300)}, id="exp-a-string"),
-        pytest.param({"nbf": int(time.time()) + 120}, id="not-yet-valid"),
-        pytest.param({"iat": int(time.time()) + 120}, id="issued-in-the-future"),
+        pytest.param({"exp": "str", "exp_offset": 300}, id="exp-a-string"),
+        pytest.param({"nbf": NOW_PLUS(120)}, id="not-yet-valid"),
+        pytest.param({"iat": NOW_PLUS(120)}, id="issued-in-the-future"),
         pytest.param({"sub": None}, id="no-sub"),
         pytest.param({"sub": ""}, id="empty-sub"),
         pytest.param({"sub": 42}, id="numeric-sub"),
@@ -269,7 +278,14 @@ async def test_bad_claims_refused(
     verifier: BearerVerifier, issuer: Issuer, keys: Keys, overrides: dict[str, Any]
 ) -> None:
     payload = claims(issuer.url)
-    payload.update(overrides)
+    now = int(time.time())
+    for name, value in overrides.items():
+        if isinstance(value, NOW_PLUS):
+            value = now + value.seconds
+        elif value == "str":
+            value = str(now + overrides["exp_offset"])
+        payload[name] = value
+    payload.pop("exp_offset", None)
     payload = {k: v for k, v in payload.items() if v is not None}
     assert await verifier.verify_token(mint(keys.rsa, payload)) is None
 
