@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, BinaryIO, NoReturn, Self
+from typing import Any, BinaryIO, Generic, NoReturn, Protocol, Self, TypeVar
 
 import anyio
 from mcp.server.stdio import stdio_server
@@ -105,7 +105,31 @@ class StdioTransport:
             self.calls.discard(item.message.id)
 
 
-class _Reading:
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+_Stream = TypeVar("_Stream", bound=_Closable)
+
+
+class _Wrapped(Generic[_Stream]):
+    """What both wrapped streams share: closing closes the SDK's stream, as a context manager too."""
+
+    _inner: _Stream
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+class _Reading(_Wrapped[ReadStream[SessionMessage | Exception]]):
     """The transport's read stream, reporting each message read (the sender's context passed on)."""
 
     def __init__(self, inner: ReadStream[SessionMessage | Exception], transport: StdioTransport) -> None:
@@ -129,19 +153,9 @@ class _Reading:
         self._transport._received(item)
         return item
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
-class _Writing:
+class _Writing(_Wrapped[WriteStream[SessionMessage]]):
     """The transport's write stream (no buffer: a send returns once the stdout writer took the message)."""
 
     def __init__(self, inner: WriteStream[SessionMessage], transport: StdioTransport) -> None:
@@ -156,16 +170,6 @@ class _Writing:
             self._transport._sending -= 1
         self._transport._sent(item)
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
 
 def end_process() -> NoReturn:
