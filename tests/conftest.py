@@ -38,11 +38,11 @@ def simulator() -> Iterator[Simulator]:
 
 @pytest.fixture
 def sim(simulator: Simulator) -> Iterator[Simulator]:
-    """The session simulator with a clean request log and no faults."""
-    simulator.clear_faults()
-    simulator.clear_log()
+    """The session simulator as new (``Simulator.reset``): what one test queued, injected, configured or
+    created never reaches the next. Reset after the test too, for a module fixture set up next."""
+    simulator.reset()
     yield simulator
-    simulator.clear_faults()
+    simulator.reset()
 
 
 @pytest.fixture

@@ -348,7 +348,7 @@ def served(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> It
     for path in (home, inputs, outside):
         path.mkdir()
     files = Files.make(inputs, outside)
-    simulator.clear_faults()
+    simulator.reset()
     settings = make_settings(simulator, home, inputs)
     with start_blocking_portal() as portal, portal.wrap_async_context_manager(_connected(settings)) as connected:
         client, transport, redact = connected
@@ -358,7 +358,7 @@ def served(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> It
             yield served
         finally:
             _release_fifo_readers(files.fifo)
-    simulator.clear_faults()
+    simulator.reset()
 
 
 def _release_fifo_readers(fifo: Path) -> None:

@@ -78,15 +78,13 @@ class RouteResource(Resource):
 
 @pytest.fixture(scope="module")
 def oracle(simulator: Simulator) -> Iterator[Simulator]:
-    """The session simulator, its status answers carrying a short ``Retry-After`` (the SDK's poll pace)."""
-    before = simulator.config.status_retry_after
+    """The session simulator as new, its status answers carrying a short ``Retry-After`` (the SDK's poll pace)."""
+    simulator.reset()
     simulator.configure(status_retry_after=RETRY_AFTER_S)
-    simulator.clear_faults()
     try:
         yield simulator
     finally:
-        simulator.configure(status_retry_after=before)
-        simulator.clear_faults()
+        simulator.reset()
 
 
 def _options(sim: Simulator) -> dict[str, Any]:

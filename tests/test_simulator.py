@@ -53,8 +53,7 @@ def sim() -> Iterator[Simulator]:
 
 @pytest.fixture
 def client(sim: Simulator) -> Iterator[httpx.Client]:
-    sim.clear_faults()
-    sim.clear_log()
+    sim.reset()  # the module's simulator, as new for each test
     with _client(sim.base_url, headers={"Authorization": f"Bearer {KEY}"}) as c:
         yield c
 
@@ -817,6 +816,50 @@ def test_control_api(sim: Simulator, client: httpx.Client) -> None:
     )
     assert client.get(f"{T2I}/{task['id']}").json()["status"] == "completed"
     assert control.post("/_sim/outcome", json={"task_id": "nope"}).status_code == 404
+    control.close()
+
+
+def test_reset_forgets_everything_a_test_did(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
+    """What the ``sim`` fixture relies on between tests: a reset simulator is a new one on the same port."""
+    uploaded = _upload(client, _png((0, 90, 0), (16, 16)))
+    prepared = _prepare(client, b"never sent")
+    first = client.post(T2I, json=_body(), headers={"Idempotency-Key": "reset-1"}).json()["id"]
+    sim.set_task_outcome(None, "running")  # queued for the next task: the next test must not inherit it
+    sim.set_task_outcome(None, "failed", error="queued twice")
+    sim.inject(Fault("status", status=503, path_contains="/never-called", times=None))
+    sim.set_catalog_status("z-image", "disabled")
+    sim.configure(upload_lifetime_s=5.0, status_retry_after=1.0, report_progress=True, id_style="task_id")
+    sim.set_balance(3)
+    config_before = _config()
+    etag = client.get("/api/v1/price_schedules").headers["etag"]
+    assert sim.config != config_before and sim.requests and sim.tasks_created >= 1
+
+    sim.reset()
+
+    assert sim.config == config_before
+    assert sim.task_ids == [] and sim.tasks_created == 0 and sim.balance_cents == config_before.initial_balance_cents
+    assert sim.faults == [] and sim.requests == [] and sim.callbacks == []
+    assert [p for d in ("files", "images", "staging") for p in (sim._data_dir / d).iterdir()] == []
+    assert client.get(f"{T2I}/{first}").status_code == 404
+    assert anon.get(uploaded["url"]).status_code == 404
+    refused = client.post("/api/v1/files/confirm", json={"signed_id": prepared["signed_id"]})
+    assert refused.status_code in (404, 422), refused.text
+    schedules = client.get("/api/v1/price_schedules", headers={"If-None-Match": etag})
+    assert schedules.status_code == 200 and schedules.headers["etag"] != etag
+    assert {r["catalog_status"] for r in schedules.json()["price_schedules"] if r["model"] == "z-image"} == {"active"}
+    again = client.post(T2I, json=_body(), headers={"Idempotency-Key": "reset-1"})
+    assert again.status_code == 200 and "id" in again.json()  # id_style is back to "id"
+    assert again.json()["id"] != first and sim.tasks_created == 1  # the key is new again: a new task
+    assert sim.completed_at(again.json()["id"]) is not None  # not held: the queued outcomes are gone
+    assert "retry-after" not in client.get(f"{T2I}/{again.json()['id']}").headers
+
+    # The same over the control API.
+    control = _client(sim.base_url)
+    assert control.post("/_sim/outcome", json={"status": "running"}).status_code == 200
+    assert control.post("/_sim/reset").json() == {"ok": True}
+    assert sim.requests == [] and sim.task_ids == []
+    fresh = client.post(T2I, json=_body()).json()["id"]
+    assert sim.completed_at(fresh) is not None
     control.close()
 
 

@@ -881,6 +881,8 @@ class SimulatorApp:
         """POST the terminal task (its status answer, as RunAPI does) to ``url`` once it ends; recorded in
         ``SimState.callbacks``. ``drop_callback`` and ``slow_callback`` task faults drop or delay it."""
         while True:
+            if self.state.get_task(task.id) is not task:
+                return  # forgotten by a reset: nobody waits for its callback any more
             answer, running = self.status_answer(task, base)
             if not running:
                 break
@@ -1440,6 +1442,9 @@ class SimulatorApp:
                 for fault in faults:
                     state.inject(fault)
                 return JSONAnswer({"faults": [f.to_dict() for f in state.faults()]}, status_code=201)
+        elif path == "/_sim/reset" and method == "POST":
+            await anyio.to_thread.run_sync(state.reset)  # it waits for a running pre-render and deletes files
+            return JSONAnswer({"ok": True})
         elif path == "/_sim/callbacks" and method == "GET":
             return JSONAnswer({"callbacks": [c.to_dict() for c in state.callbacks()]})
         elif path == "/_sim/requests":

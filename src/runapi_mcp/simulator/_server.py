@@ -170,6 +170,13 @@ class Simulator:
     ) -> None:
         self.close()
 
+    def reset(self) -> None:
+        """Forget everything since the start, as a new simulator would (it keeps serving on the same port):
+        tasks, uploads, idempotency records, faults, queued outcomes (``set_task_outcome(None, ...)``),
+        catalog statuses, ``configure`` changes, the balance, the request log and the callbacks. Also
+        ``POST /_sim/reset``."""
+        self._state.reset()
+
     # -- inspection ------------------------------------------------------------------------------
     @property
     def requests(self) -> list[LoggedRequest]:

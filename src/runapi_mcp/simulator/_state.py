@@ -7,6 +7,7 @@ in a worker thread by the caller.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -198,6 +199,8 @@ def safe_name(name: str | None, mime: str) -> str:
 class SimState:
     def __init__(self, config: SimulatorConfig, data_dir: Path, catalog: Catalog | None = None) -> None:
         self.config = config
+        # What ``reset`` restores: ``configure`` changes the config in place (the ``Simulator`` shares it).
+        self._initial_config = copy.deepcopy(config)
         self.catalog = catalog or get_catalog()
         self.lock = threading.RLock()
         self._rng = random.Random(config.seed)
@@ -225,6 +228,35 @@ class SimState:
         self.tasks_created = 0
         self.open_streams = 0
         self._planted_keys: set[str] = set()
+
+    def reset(self) -> None:
+        """Back to the state of a new simulator with the config it started with: no tasks, uploads,
+        idempotency records, faults, queued outcomes, catalog statuses, logged requests or callbacks; the
+        starting balance and the seeded durations. Answers still streaming are left alone (``open_streams``
+        counts them until their clients hang up); a callback waiting for a forgotten task is never sent."""
+        self.shutdown()  # pending pre-renders of the tasks about to be forgotten are dropped
+        with self.lock:
+            fresh = copy.deepcopy(self._initial_config)
+            for name in (f.name for f in dataclasses.fields(fresh)):
+                setattr(self.config, name, getattr(fresh, name))
+            self._rng = random.Random(self.config.seed)
+            self.tasks.clear()
+            self.files.clear()
+            self._pending_uploads.clear()
+            self._catalog_status.clear()
+            self.schedules_as_of = datetime.now(UTC)  # a new ETag: a client's cached schedules are stale
+            self._idempotency.clear()
+            self._faults.clear()
+            self._log.clear()
+            self._callbacks.clear()
+            self._next_outcomes.clear()
+            self._render_locks.clear()
+            self.balance_cents = self.config.initial_balance_cents
+            self.spent_cents_total = self.spent_cents_today = self.tasks_created = 0
+            self._planted_keys.clear()
+            for folder in (self.files_dir, self.images_dir, self.staging_dir):
+                for path in folder.iterdir():
+                    path.unlink(missing_ok=True)
 
     # -- faults ----------------------------------------------------------------------------------
     def inject(self, fault: Fault) -> None:
