@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import queue
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import anyio
+import anyio.lowlevel
 from mcp.client import Client
 
 from runapi_mcp.app import App
@@ -194,3 +198,75 @@ class RawStdioServer:
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.close()
+
+
+class FakeClock:
+    """A clock the test moves by hand (a ``runapi_mcp.clock.Clock``): ``sleep`` returns once ``advance`` has
+    moved time to its end, so a test proves "nothing happened for 5 s" by advancing 5 s, not by waiting.
+
+    Wall time moves with monotonic time, from ``wall`` (a fixed moment: what is stored is the same every run).
+    With ``autojump`` every sleep moves time by its length and returns at once (waits a test only counts).
+    ``slept`` keeps the length of every sleep asked for, in order.
+    """
+
+    def __init__(self, *, start: float = 1000.0, wall: float = 1_767_225_600.0, autojump: bool = False) -> None:
+        self._now = start
+        self._wall_offset = wall - start
+        self._autojump = autojump
+        self._sleeps: list[tuple[float, int, anyio.Event]] = []  # a heap: (end, order, set at the end)
+        self._order = itertools.count()
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self._now
+
+    def time(self) -> float:
+        return self._now + self._wall_offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if self._autojump:
+            self._now += max(0.0, seconds)
+        if self._autojump or seconds <= 0:
+            await anyio.lowlevel.checkpoint()
+            return
+        entry = (self._now + seconds, next(self._order), anyio.Event())
+        heapq.heappush(self._sleeps, entry)
+        try:
+            await entry[2].wait()
+        finally:
+            if entry in self._sleeps:  # cancelled before its end: no longer asleep
+                self._sleeps.remove(entry)
+                heapq.heapify(self._sleeps)
+
+    def wakes(self) -> list[float]:
+        """When the sleeps now pending end, soonest first."""
+        return sorted(end for end, _, _ in self._sleeps)
+
+    async def advance(self, seconds: float) -> int:
+        """Move time ``seconds`` on, ending every sleep due by then in the order they end (each sleeper runs
+        until it waits again before the next is woken, unless it waits on I/O); how many sleeps ended."""
+        target = self._now + seconds
+        woken = 0
+        while self._sleeps and self._sleeps[0][0] <= target:
+            end, _, event = heapq.heappop(self._sleeps)
+            self._now = max(self._now, end)
+            event.set()
+            woken += 1
+            for _ in range(_SETTLE_CHECKPOINTS):
+                await anyio.lowlevel.checkpoint()
+        self._now = max(self._now, target)
+        await anyio.lowlevel.checkpoint()
+        return woken
+
+    async def sleeping(self, count: int = 1, *, within: float = 10.0) -> None:
+        """Return once ``count`` sleeps are pending (a loop has come to rest); fails after ``within`` real
+        seconds."""
+        with anyio.fail_after(within):
+            while len(self._sleeps) < count:
+                await anyio.sleep(0.002)
+
+
+# Checkpoints a woken sleeper gets before the next is woken: enough for a loop to reach its next sleep when
+# nothing it awaits is I/O (a few task switches for the cancel scopes and task groups on the way).
+_SETTLE_CHECKPOINTS = 20

@@ -62,7 +62,7 @@ from runapi_mcp.client import (
 )
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY
+from tests.support import SIM_KEY, FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -107,19 +107,19 @@ class Recorder:
         return item(request)
 
 
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
+class Sleeps(FakeClock):
+    """The client's clock: a retry's wait returns at once, and its length is kept in ``delays``."""
 
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
+    def __init__(self) -> None:
+        super().__init__(autojump=True)
+        self.delays = self.slept
 
 
 def make_client(
     handler: Handler, *, key: str | None = KEY, sleeps: Sleeps | None = None, **kwargs: Any
 ) -> RunAPIClient:
     kwargs.setdefault("image_policy", ImageUrlPolicy(BASE, resolver=fake_dns()))
-    return RunAPIClient(key, BASE, transport=httpx.MockTransport(handler), sleep=sleeps or Sleeps(), **kwargs)
+    return RunAPIClient(key, BASE, transport=httpx.MockTransport(handler), clock=sleeps or Sleeps(), **kwargs)
 
 
 def listing(directory: pathlib.Path) -> list[str]:
@@ -253,16 +253,16 @@ async def test_retry_after_seconds_overrides_backoff() -> None:
 
 
 async def test_retry_after_http_date_and_cap() -> None:
-    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    sleeps = Sleeps()
+    date = email.utils.formatdate(sleeps.time() + 30, usegmt=True)  # read from the client's clock
     recorder = Recorder(
         httpx.Response(503, headers={"Retry-After": date}),
         httpx.Response(429, headers={"Retry-After": "3600"}),
         task_json(),
     )
-    sleeps = Sleeps()
     async with make_client(recorder, sleeps=sleeps) as client:
         await client.get_task(CREATE, "t1")
-    assert 27 <= sleeps.delays[0] <= 30
+    assert sleeps.delays[0] == 30.0
     assert sleeps.delays[1] == 60.0
 
 
@@ -616,7 +616,7 @@ async def test_a_plain_http_upload_url_on_runapis_own_origin_is_used() -> None:
     """A local RunAPI (a simulator, a proxy in front of both) may hand out plain-http storage on its origin."""
     base = "http://127.0.0.1:8000"
     recorder = Recorder(prepared(url=f"{base}/storage/tok"), httpx.Response(200), file_answer())
-    client = RunAPIClient(KEY, base, transport=httpx.MockTransport(recorder), sleep=Sleeps())
+    client = RunAPIClient(KEY, base, transport=httpx.MockTransport(recorder), clock=Sleeps())
     async with client:
         assert (await client.upload_file(b"x", filename="a.png", mime_type="image/png")).url
     assert [(r.method, str(r.url)) for r in recorder.requests] == [
@@ -700,7 +700,7 @@ async def test_upload_against_the_simulator(sim: Simulator) -> None:
     """The simulator's storage checks what RunAPI's does: the prepared headers exactly, the prepared size
     and MD5, and no Authorization on the PUT."""
     data = small_png()
-    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+    async with RunAPIClient(SIM_KEY, sim.base_url, clock=Sleeps()) as client:
         uploaded = await client.upload_file(data, filename="teal.png", mime_type="image/png")
     assert uploaded.url.startswith(f"{sim.base_url}/files/") and uploaded.expires_at
     prepare, put, confirm = sim.requests
@@ -769,7 +769,7 @@ async def test_quote_price_without_a_model_and_with_nested_params() -> None:
 
 
 async def test_quote_price_against_the_simulator(sim: Simulator) -> None:
-    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+    async with RunAPIClient(SIM_KEY, sim.base_url, clock=Sleeps()) as client:
         low = await client.quote_price(
             "gpt_image_2", "text_to_image", model="gpt-image-2", params={"prompt": "a cat", "output_resolution": "1k"}
         )
@@ -882,7 +882,7 @@ async def test_price_schedules_filters_and_refusals() -> None:
 
 
 async def test_price_schedules_against_the_simulator(sim: Simulator) -> None:
-    async with RunAPIClient(SIM_KEY, sim.base_url, sleep=Sleeps()) as client:
+    async with RunAPIClient(SIM_KEY, sim.base_url, clock=Sleeps()) as client:
         table = await client.price_schedules()
         assert table is not None and table.etag and table.rows
         assert await client.price_schedules(etag=table.etag) is None
@@ -1842,7 +1842,7 @@ def trickle(every_s: float) -> Route:
 def loopback_client(server: LoopbackServer, **kwargs: Any) -> RunAPIClient:
     table = {"images.test": ["::1", "127.0.0.1"], "localhost": ["127.0.0.1"]}
     policy = ImageUrlPolicy(server.base, resolver=fake_dns(table))
-    kwargs.setdefault("sleep", Sleeps())
+    kwargs.setdefault("clock", Sleeps())
     return RunAPIClient(KEY, server.base, image_policy=policy, **kwargs)
 
 

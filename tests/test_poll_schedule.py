@@ -7,7 +7,6 @@ import itertools
 import json
 import math
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,9 @@ from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    now = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
-    return now
+def clock() -> list[float]:
+    """The time the schedule is asked about, moved by the tests (the schedule reads no clock of its own)."""
+    return [1000.0]
 
 
 def _manager(tmp_path: Path) -> TaskManager:
@@ -85,7 +83,7 @@ def test_a_task_found_done_at_the_jump_is_learned_at_the_window_start(tmp_path: 
     jump = window[0] + PollPolicy().fine_interval_s
     tracked = _tracked(clock[0], "4k")
     tracked.polls, tracked.prev_poll, tracked.last_poll = 2, clock[0] + 1.5, clock[0] + jump
-    manager._learn(tracked)
+    manager.schedule.learn(tracked, clock[0])
     # It finished somewhere between the early look and the jump: recording the window's start (not the
     # middle of the gap, not the jump) lets the window open earlier next time and never creep later.
     after = manager.durations.finish_window("gpt-image-2@4k", 2.0)
@@ -117,7 +115,7 @@ def _run_tasks(manager: TaskManager, clock: list[float], durations: list[float],
             tracked.polled(clock[0])
             if clock[0] - tracked.started >= duration:
                 break
-        manager._learn(tracked)
+        manager.schedule.learn(tracked, clock[0])
         polls.append(tracked.polls)
         clock[0] += 1.0
     return polls
@@ -180,8 +178,7 @@ async def _open_manager(store: TaskStore, upstream: str, tmp_path: Path, **kwarg
 
 
 async def _remember(manager: TaskManager) -> None:
-    assert manager._durations_memory is not None
-    await manager._durations_memory.save(manager.durations)
+    await manager.save_durations()
 
 
 @pytest.mark.anyio
@@ -292,7 +289,7 @@ def _task_looks(manager: TaskManager, clock: list[float], duration: float, resol
         looks.append(round(clock[0] - tracked.started, 3))
         if clock[0] - tracked.started >= duration:
             break
-    manager._learn(tracked)
+    manager.schedule.learn(tracked, clock[0])
     clock[0] += 1.0
     return looks
 

@@ -26,10 +26,11 @@ from mcp.client import Client
 from starlette.applications import Starlette
 
 from runapi_mcp.app import App, open_app
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.http.webhook import CALLBACK_PATH, MAX_CALLBACK_BODY, callback_routes
 from runapi_mcp.simulator import Fault, Simulator
 from runapi_mcp.tasks import PollPolicy, PollSchedule, PollState, TaskRecord
-from tests.support import FAST_POLICY, TIME_SCALE, make_settings, text_of, upstream_creates
+from tests.support import FAST_POLICY, TIME_SCALE, FakeClock, make_settings, text_of, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -69,9 +70,16 @@ def _bound_socket() -> socket.socket:
 
 @asynccontextmanager
 async def webhooked(
-    sim: Simulator, home: Path, inputs: Path, *, policy: PollPolicy = SLOW_FALLBACK, public: bool = True
+    sim: Simulator,
+    home: Path,
+    inputs: Path,
+    *,
+    policy: PollPolicy = SLOW_FALLBACK,
+    public: bool = True,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[Webhooked]:
-    """The server with webhooks on (``public_url`` is the callback server's address) and an MCP client."""
+    """The server with webhooks on (``public_url`` is the callback server's address) and an MCP client;
+    ``clock`` is the server's."""
     sock = _bound_socket()  # bound first: the settings need its port before the manager exists
     public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(sim, home, inputs, public_url=public_url if public else None)
@@ -82,7 +90,7 @@ async def webhooked(
             completed.setdefault(record.task_id, time.monotonic())
 
     try:
-        async with open_app(settings, policy=policy) as app, Client(app.server, mode="legacy") as client:
+        async with open_app(settings, policy=policy, clock=clock) as app, Client(app.server, mode="legacy") as client:
             app.manager.add_listener(note)
             config = uvicorn.Config(
                 Starlette(routes=callback_routes(app.manager)),
@@ -283,7 +291,8 @@ async def test_a_flood_of_valid_callbacks_costs_a_bounded_number_of_status_reads
     sim: Simulator, home: Path, inputs: Path
 ) -> None:
     sim.set_task_outcome(None, "running")
-    async with webhooked(sim, home, inputs) as hooked, httpx.AsyncClient() as http:
+    clock = FakeClock()  # the server's: the test moves it, so "no read meanwhile" is proved, not waited for
+    async with webhooked(sim, home, inputs, clock=clock) as hooked, httpx.AsyncClient() as http:
         data = await hooked.generate("flooded")
         task_id, upstream = data["task_id"], data["runapi_task_id"]
         url = hooked.url(task_id, (await hooked.record(task_id)).callback_token)
@@ -300,23 +309,28 @@ async def test_a_flood_of_valid_callbacks_costs_a_bounded_number_of_status_reads
 
         await burst()
         await reads_reach(1)
-        await anyio.sleep(0.3)
-        assert len(status_reads(sim, upstream)) == 1  # 40 valid callbacks: one read now...
-        # ...and one more when the one-second gap ends (a callback inside it is kept, not dropped: it may
-        # be the completion's own), however many came meanwhile.
+        # At rest: the poll loop until its fallback look, and the one wake kept for when the gap ends.
+        await clock.sleeping(2)
+        gap = SLOW_FALLBACK.callback_min_gap_s
+        assert await clock.advance(gap - 0.01) == 0  # nothing due inside the one-second gap...
+        assert len(status_reads(sim, upstream)) == 1  # ...so 40 valid callbacks made one read...
+        # ...and one more when the gap ends (a callback inside it is kept, not dropped: it may be the
+        # completion's own), however many came meanwhile.
+        assert await clock.advance(0.02) == 1
         await reads_reach(2)
-        first, second = (r.time for r in status_reads(sim, upstream)[:2])
-        assert second - first >= PollPolicy().callback_min_gap_s * 0.9
-        await anyio.sleep(1.5)
-        assert len(status_reads(sim, upstream)) == 2  # no callbacks, no reads (the fallback is 5 s away)
+        await clock.sleeping(1)
+        assert clock.wakes()[0] - clock.monotonic() >= SLOW_FALLBACK.callback_fallback_s * 0.99
+        assert await clock.advance(3.5) == 0  # no callbacks, no reads (the fallback is 5 s away)
+        assert len(status_reads(sim, upstream)) == 2
         assert (await hooked.record(task_id)).status in ("pending", "processing")  # the reads said: running
         sim.set_task_outcome(upstream, "completed")
-        done = await hooked.app.manager.wait(task_id, 3)  # the completion's callback: well before the fallback
+        with anyio.fail_after(5):  # the completion's callback: the clock stands still, no fallback comes
+            done = await hooked.app.manager.wait(task_id, 3)
         assert done.status == "completed"
-        # A finished task: acknowledged, and nothing is done.
+        # A finished task: acknowledged, and nothing is done: no loop is left to wake, whatever time passes.
         reads = len(status_reads(sim, upstream))
         assert (await http.post(url)).status_code == 204
-        await anyio.sleep(0.2)
+        assert await clock.advance(60.0) == 0
         assert len(status_reads(sim, upstream)) == reads
 
 

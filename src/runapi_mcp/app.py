@@ -14,6 +14,7 @@ import anyio
 from runapi_mcp import __version__
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.client import RunAPIClient
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.config import Settings
 from runapi_mcp.server import RunAPIMCPServer, ServerDeps, build_server
 from runapi_mcp.stdio import StdioTransport, end_process
@@ -84,24 +85,32 @@ async def open_store(settings: Settings) -> AsyncIterator[TaskStore]:
 
 @asynccontextmanager
 async def open_app(
-    settings: Settings, *, policy: PollPolicy | None = None, store: TaskStore | None = None
+    settings: Settings,
+    *,
+    policy: PollPolicy | None = None,
+    store: TaskStore | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[App]:
     """Everything wired and running (poll loops live as long as the block); ``store`` replaces the
-    SQLite store in ``RUNAPI_MCP_HOME`` (e.g. a ``MemoryTaskStore``)."""
+    SQLite store in ``RUNAPI_MCP_HOME`` (e.g. a ``MemoryTaskStore``); ``clock`` is the one every part reads
+    the time from and sleeps on (a test's, moved by hand)."""
     async with AsyncExitStack() as stack:
         if store is None:
             store = await stack.enter_async_context(open_store(settings))
-        yield await stack.enter_async_context(_wired(settings, policy, store))
+        yield await stack.enter_async_context(_wired(settings, policy, store, clock))
 
 
 @asynccontextmanager
-async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore) -> AsyncIterator[App]:
+async def _wired(
+    settings: Settings, policy: PollPolicy | None, store: TaskStore, clock: Clock
+) -> AsyncIterator[App]:
     client = RunAPIClient(
         settings.key(),
         settings.base_url,
         user_agent=f"runapi-mcp/{__version__}",
         max_connections=settings.max_concurrent_requests * 2,
         redactor=settings.redactor,
+        clock=clock,
     )
     images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
     manager = TaskManager(
@@ -119,6 +128,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         # http.webhook serves these (CALLBACK_PATH); a server RunAPI cannot reach is polled only.
         callback_base=settings.callback_base,
         save_dirs=settings.allowed_dirs,  # save_as copies go where local images may be read from
+        clock=clock,
     )
     resolver = ImageResolver(
         client,
@@ -129,7 +139,7 @@ async def _wired(settings: Settings, policy: PollPolicy | None, store: TaskStore
         find_image=manager.find_image,
     )
     catalog = get_catalog()
-    availability = Availability(client, catalog, max_age_s=settings.schedules_max_age_s)
+    availability = Availability(client, catalog, max_age_s=settings.schedules_max_age_s, clock=clock)
     server = build_server(
         ServerDeps(manager=manager, resolver=resolver, catalog=catalog, wait_s=settings.wait_s,
                    has_key=client.has_key, max_spend_cents=settings.max_spend_cents,

@@ -16,7 +16,7 @@ import pathlib
 import random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from types import TracebackType
@@ -63,6 +63,7 @@ from runapi_mcp.client.models import (
     UploadedFile,
     UploadTarget,
 )
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.redaction import Redactor
 
 __all__ = [
@@ -81,7 +82,6 @@ __all__ = [
 logger = logging.getLogger("runapi_mcp.client")
 
 T = TypeVar("T")
-Sleep = Callable[[float], Awaitable[None]]
 
 DEFAULT_BASE_URL = "https://runapi.ai"
 NO_API_KEY_MESSAGE = (
@@ -184,7 +184,7 @@ class RunAPIClient:
         user_agent: str = f"runapi-mcp/{__version__}",
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 20,
-        sleep: Sleep | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         redactor: Redactor | None = None,
         image_policy: ImageUrlPolicy | None = None,
         download_transport: httpx.AsyncBaseTransport | None = None,
@@ -193,7 +193,8 @@ class RunAPIClient:
         download_deadline_s: float = DEFAULT_DOWNLOAD_DEADLINE_S,
         max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES,
     ) -> None:
-        """``sleep`` replaces ``anyio.sleep`` between retries (tests pass a recorder).
+        """``clock`` times the waits between retries and reads the time a ``Retry-After`` date is measured
+        from (tests pass one they move by hand).
 
         ``transport`` serves the API calls, and the downloads too unless ``download_transport`` is given
         (tests pass one mock for both). ``image_policy`` defaults to one built from ``base_url``.
@@ -207,7 +208,7 @@ class RunAPIClient:
             raise ValueError("download_deadline_s, download_read_timeout and max_answer_bytes must be > 0")
         self._base_url = str(url).rstrip("/")
         self._retry = retry
-        self._sleep: Sleep = sleep or anyio.sleep
+        self._clock = clock
         self._timeout = timeout
         self._redactor = redactor if redactor is not None else Redactor([self._api_key])
         self._image_policy = image_policy if image_policy is not None else ImageUrlPolicy(self._base_url)
@@ -334,7 +335,7 @@ class RunAPIClient:
         the task's id (``X-RunAPI-Task-Id``) where the body names none."""
         return TaskInfo.from_response(
             data,
-            retry_after=parse_retry_after(header(response, "Retry-After", self._redactor)),
+            retry_after=parse_retry_after(header(response, "Retry-After", self._redactor), now=self._clock.time()),
             header_id=_task_id(response, self._redactor),
         )
 
@@ -570,7 +571,7 @@ class RunAPIClient:
             if not may_retry or retry >= max_retries:
                 raise outcome.error
             status = outcome.error.status_code
-            await self._sleep(self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after))
+            await self._clock.sleep(self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after))
             retry += 1
 
     async def _call_once(
@@ -623,7 +624,7 @@ class RunAPIClient:
         if not response.is_success:
             body = await self._error_body(response)
             message, code = error_details(status, body)
-            retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
+            retry_after = parse_retry_after(header(response, "Retry-After", self._redactor), now=self._clock.time())
             error = error_for_status(
                 status,
                 message,
@@ -693,7 +694,7 @@ class RunAPIClient:
             if not outcome.retryable or retry >= self._retry.max_retries:
                 raise outcome.error
             status = outcome.error.status_code
-            await self._sleep(self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after))
+            await self._clock.sleep(self._retry.delay(retry, status_code=status, retry_after=outcome.retry_after))
             retry += 1
 
     async def _download_once(
@@ -826,7 +827,7 @@ class RunAPIClient:
     def _download_failure(self, response: httpx.Response, host: str) -> _Attempt:
         status = response.status_code
         reason = f"{status_text(status)} from {host}"
-        retry_after = parse_retry_after(header(response, "Retry-After", self._redactor))
+        retry_after = parse_retry_after(header(response, "Retry-After", self._redactor), now=self._clock.time())
         error: RunAPIError
         if status in _GONE_STATUSES:
             error = NotFoundError(reason, status_code=status, summary=_EXPIRED_URL)

@@ -14,7 +14,6 @@ With per-user tokens each user has a day of their own: the cap (or the user's ow
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import anyio
 
 from runapi_mcp.client import RunAPIClient, RunAPIError
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.tasks import LOCAL_OWNER, current_owner
 
 log = logging.getLogger("runapi_mcp.server.cost")
@@ -67,7 +67,7 @@ class SpendGuard:
         cap_cents: int | None,
         *,
         user_caps: Mapping[str, int] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
         self._spent_since = spent_since
@@ -85,7 +85,7 @@ class SpendGuard:
 
     async def spent_today(self) -> int:
         """Today's (UTC) spend of the current request's user as this server recorded it, in cents."""
-        return await self._spent_since(start_of_day_utc(self._clock()), current_owner.get())
+        return await self._spent_since(start_of_day_utc(self._clock.time()), current_owner.get())
 
     async def quote(self, service: str, action: str, body: Mapping[str, Any]) -> Quote:
         """RunAPI's quote for a create body; a failure is returned (and logged), never raised."""
@@ -122,7 +122,7 @@ class SpendGuard:
         async with self._lock:
             spent = await self.spent_today() + self._admitted.get(owner, 0)
             if spent + quote.cents > cap:
-                now = self._clock()
+                now = self._clock.time()
                 raise SpendLimitError(
                     f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {cap} cents per "
                     f"UTC day; {spent} cents spent today by this server + {quote.cents} cents quoted for this "

@@ -146,6 +146,7 @@ class ImageTools:
             deps.manager.store.spent_cents,
             deps.max_spend_cents,
             user_caps=deps.user_spend_cents,
+            clock=deps.manager.clock,
         )
         self.confirm = SpendConfirmation(deps.confirm_above_cents)
 

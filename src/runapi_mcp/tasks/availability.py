@@ -15,14 +15,13 @@ shown as available upstream, not callable here, until a release carries their co
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
 from runapi_mcp.catalog import ActionSpec, Catalog, CatalogError
 from runapi_mcp.client import PriceSchedule, PriceSchedules, RunAPIClient, RunAPIError
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger("runapi_mcp.availability")
 
@@ -54,7 +53,7 @@ class Availability:
         catalog: Catalog,
         *,
         max_age_s: float = DEFAULT_MAX_AGE_S,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
         self._catalog = catalog
@@ -86,14 +85,14 @@ class Availability:
                 answer = await self._client.price_schedules(etag=self._table.etag if self._table else None)
             except RunAPIError as exc:
                 log.warning("could not read RunAPI's price schedules (%s); keeping what was known", exc)
-                self._read_at = self._clock()  # not again at once: the next call after max_age_s tries
+                self._read_at = self._clock.monotonic()  # not again at once: the next call after max_age_s tries
                 return
-            self._read_at = self._clock()
+            self._read_at = self._clock.monotonic()
             if answer is not None:  # None: 304, the table holds
                 self.use(answer)
 
     def _stale(self) -> bool:
-        return self._read_at is None or self._clock() - self._read_at >= self._max_age_s
+        return self._read_at is None or self._clock.monotonic() - self._read_at >= self._max_age_s
 
     def use(self, answer: PriceSchedules) -> None:
         """Take ``answer`` as RunAPI's current schedules (what refresh does with a fresh read)."""

@@ -21,7 +21,6 @@ import hmac
 import logging
 import math
 import secrets
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +43,7 @@ from runapi_mcp.client import (
     RunAPITransportError,
     TaskInfo,
 )
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock, wait_for_event
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageNotFoundError, ImageStore
 from runapi_mcp.tasks.records import LOCAL_OWNER, ImageRecord, StatusChange, TaskRecord, current_owner
@@ -110,13 +110,13 @@ class _Tracked:
         return self.record.task_id
 
 
-def _poll_state(record: TaskRecord) -> PollState:
-    elapsed = max(0.0, time.time() - record.created_at)
+def _poll_state(record: TaskRecord, clock: Clock) -> PollState:
+    elapsed = max(0.0, clock.time() - record.created_at)
     return PollState(
         kind=record.kind_key,
         model=record.model,
         resolution=record.resolution,
-        started=time.monotonic() - elapsed,
+        started=clock.monotonic() - elapsed,
         progress=record.progress,
     )
 
@@ -136,8 +136,11 @@ class TaskManager:
         durations_memory: DurationMemory | None = None,
         callback_base: str | None = None,
         save_dirs: Sequence[Path] = (),
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.client = client
+        # Every time read and every wait goes through it: a test moves it by hand.
+        self.clock = clock
         self.images = images
         self.store: TaskStore = store or MemoryTaskStore()
         self.schedule = PollSchedule(policy or PollPolicy())
@@ -171,6 +174,11 @@ class TaskManager:
     @property
     def durations(self) -> DurationModel:
         return self.schedule.durations
+
+    async def save_durations(self) -> None:
+        """Keep what the schedule learned where it outlives the process (done after every finished task)."""
+        if self._durations_memory is not None:
+            await self._durations_memory.save(self.durations)
 
     # -- lifecycle -----------------------------------------------------------------------
     @asynccontextmanager
@@ -227,7 +235,7 @@ class TaskManager:
         key) marks the task failed and is raised. ``save_as`` (absolute, checked by the caller) is where
         copies of the pictures are written once they are in the library (``tasks.saving``).
         """
-        now = time.time()
+        now = self.clock.time()
         record = TaskRecord(
             idempotency_key=f"runapi-mcp-{uuid.uuid4().hex}",
             model=prepared.model.slug,
@@ -247,7 +255,7 @@ class TaskManager:
             history=[StatusChange(status="submitting", at=now)],
         )
         await self.store.save(record)
-        tracked = _Tracked(record=record, poll=_poll_state(record))
+        tracked = _Tracked(record=record, poll=_poll_state(record, self.clock))
         self._tracked[record.task_id] = tracked
         try:
             accepted = await self._create(tracked)
@@ -264,7 +272,7 @@ class TaskManager:
         """Send the create once (the client retries per its policy). True when RunAPI accepted it; False
         when its answer never came (the task stays "submitting"); raises on a definite refusal."""
         record = tracked.record
-        tracked.create_sent = time.monotonic()
+        tracked.create_sent = self.clock.monotonic()
         try:
             async with self._limiter:
                 tracked.upstream_requests += 1
@@ -298,8 +306,8 @@ class TaskManager:
         self._aliases[upstream_id] = record.task_id
         log.info("created task %s = RunAPI %s (%s %s)", record.task_id, upstream_id, record.model, record.action)
         await self._update(tracked, upstream_id=upstream_id, status="pending", error=None)
-        tracked.poll = _poll_state(tracked.record)
-        tracked.poll.started = time.monotonic()  # the task runs upstream from now (a re-send may be late)
+        tracked.poll = _poll_state(tracked.record, self.clock)
+        tracked.poll.started = self.clock.monotonic()  # the task runs upstream from now (a re-send may be late)
         if info is not None:
             await self._guarded(tracked, "reading the create answer", self._apply, tracked, info)
         return True
@@ -371,14 +379,12 @@ class TaskManager:
         Cancelling the caller only stops this wait: the poll loop belongs to the manager.
         """
         tracked = await self._lookup(task_id)
-        deadline = anyio.current_time() + max(0.0, timeout_s)
+        deadline = self.clock.monotonic() + max(0.0, timeout_s)
         while not tracked.record.terminal and not self._stopping:
-            remaining = deadline - anyio.current_time()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 break
-            event = tracked.changed
-            with anyio.move_on_after(min(tick_s, remaining)):
-                await event.wait()
+            await wait_for_event(self.clock, tracked.changed, min(tick_s, remaining))
             if on_tick is not None:
                 await on_tick(tracked.record.model_copy(deep=True))
         return tracked.record.model_copy(deep=True)
@@ -388,7 +394,7 @@ class TaskManager:
         if record.terminal:
             return 1.0
         tracked = self._tracked.get(record.task_id)
-        elapsed = time.monotonic() - tracked.poll.started if tracked else time.time() - record.created_at
+        elapsed = self.clock.monotonic() - tracked.poll.started if tracked else self.clock.time() - record.created_at
         mean, _ = self.durations.estimate(record.kind_key, record.model, record.resolution)
         guess = 1.0 - math.exp(-elapsed / max(mean, 0.1))  # approaches 1, never reaches it
         if record.progress is not None:
@@ -406,7 +412,7 @@ class TaskManager:
         tracked = await self._lookup(task_id)
         if tracked.record.terminal:
             raise TaskEndedError(tracked.task_id, tracked.record.status)
-        await self._update(tracked, status="cancelled", error=note, completed_at=time.time())
+        await self._update(tracked, status="cancelled", error=note, completed_at=self.clock.time())
         tracked.wake.set()  # the poll loop's sleep ends now, and the loop with it
         return tracked.record.model_copy(deep=True)
 
@@ -443,7 +449,7 @@ class TaskManager:
             # A loop that gave up (or never started) runs again; but not beside a submit() still sending
             # the create (its loop starts when that returns, and sees the wake then).
             tracked = self._track(record)
-        now = time.monotonic()
+        now = self.clock.monotonic()
         tracked.poll.called_back = tracked.poll.called_back or now
         gap = self.policy.callback_min_gap_s
         if now - tracked.last_wake >= gap:
@@ -456,12 +462,12 @@ class TaskManager:
         return True
 
     def _wake(self, tracked: _Tracked) -> None:
-        tracked.last_wake = time.monotonic()
+        tracked.last_wake = self.clock.monotonic()
         tracked.wake.set()
         log.info("task %s: RunAPI called back; reading its status", tracked.task_id)
 
     async def _wake_later(self, tracked: _Tracked, delay: float) -> None:
-        await anyio.sleep(delay)
+        await self.clock.sleep(delay)
         tracked.wake_deferred = False
         if not tracked.record.terminal:
             self._wake(tracked)
@@ -491,13 +497,11 @@ class TaskManager:
         """Seconds until the next status read: the fallback pace for a task this server will be called
         back about (read afresh: a restart without webhooks polls a task created with them as usual)."""
         tracked.poll.callback = tracked.record.callback_token is not None and self._callback_base is not None
-        return self.schedule.next_delay(tracked.poll, time.monotonic(), retry_after)
+        return self.schedule.next_delay(tracked.poll, self.clock.monotonic(), retry_after)
 
     async def _nap(self, tracked: _Tracked, seconds: float) -> bool:
         """Sleep ``seconds``, less if a completion callback wakes the task; True when one did."""
-        with anyio.move_on_after(seconds):
-            await tracked.wake.wait()
-        if not tracked.wake.is_set():
+        if not await wait_for_event(self.clock, tracked.wake, seconds):
             return False
         tracked.wake = anyio.Event()
         return True
@@ -517,13 +521,13 @@ class TaskManager:
     def _track(self, record: TaskRecord) -> _Tracked:
         tracked = self._tracked.get(record.task_id)
         if tracked is None:
-            tracked = _Tracked(record=record, poll=_poll_state(record))
+            tracked = _Tracked(record=record, poll=_poll_state(record, self.clock))
             self._tracked[record.task_id] = tracked
             if record.upstream_id:
                 self._aliases[record.upstream_id] = record.task_id
         if not tracked.record.terminal and not tracked.polling and self._tg is not None:
             tracked.polling = True
-            tracked.loop_started = time.monotonic()
+            tracked.loop_started = self.clock.monotonic()
             self._tg.start_soon(self._poll_loop, tracked)
         return tracked
 
@@ -555,7 +559,7 @@ class TaskManager:
             # must not bring it back to life or replace the note saying why it stopped.
             for key in ("status", "error", "completed_at"):
                 changes.pop(key, None)
-        tracked.record = tracked.record.updated(**changes)
+        tracked.record = tracked.record.updated(at=self.clock.time(), **changes)
         tracked.poll.progress = tracked.record.progress
         await self.store.save(tracked.record)
         event, tracked.changed = tracked.changed, anyio.Event()
@@ -579,7 +583,7 @@ class TaskManager:
         delay = self.policy.fine_interval_s * 4
         while tracked.record.status == "submitting":
             # Right after a try that went unanswered, wait before the next; a resumed task goes at once.
-            woken = await self._nap(tracked, max(0.0, tracked.create_sent + delay - time.monotonic()))
+            woken = await self._nap(tracked, max(0.0, tracked.create_sent + delay - self.clock.monotonic()))
             if tracked.record.terminal:  # cancelled meanwhile: a create RunAPI never confirmed is not re-sent
                 return False
             try:
@@ -604,14 +608,14 @@ class TaskManager:
             if tracked.record.terminal:  # cancelled meanwhile: no further look
                 return
             retry_after = None
-            if time.monotonic() - tracked.loop_started > policy.give_up_s:
+            if self.clock.monotonic() - tracked.loop_started > policy.give_up_s:
                 await self._update(
                     tracked,
                     error=f"RunAPI has not finished this task within {policy.give_up_s / 60:.0f} min; "
                     "call get_task again later",
                 )
                 return
-            tracked.poll.polled(time.monotonic())
+            tracked.poll.polled(self.clock.monotonic())
             try:
                 async with self._limiter:
                     tracked.upstream_requests += 1
@@ -664,7 +668,7 @@ class TaskManager:
 
     def _learn(self, poll: PollState) -> None:
         """Learn the task's duration from when it was last seen running and first seen done."""
-        self.schedule.learn(poll, time.monotonic())
+        self.schedule.learn(poll, self.clock.monotonic())
 
     # -- internals: outputs --------------------------------------------------------------
     async def _complete(self, tracked: _Tracked, info: TaskInfo) -> None:
@@ -693,15 +697,14 @@ class TaskManager:
             images=images,
             remote_urls=urls,
             error=_download_note(images, notes),
-            completed_at=time.time(),
+            completed_at=self.clock.time(),
         )
         # After the update: the waiters (woken by it) need not wait for a store write about the schedule.
-        if self._durations_memory is not None:
-            await self._durations_memory.save(self.durations)  # a few KB, once per finished task
+        await self.save_durations()  # a few KB, once per finished task
 
     def _wants_refetch(self, tracked: _Tracked) -> bool:
         """A completed task with outputs not in the library, last tried long enough ago."""
-        return tracked.record.missing_outputs and time.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
+        return tracked.record.missing_outputs and self.clock.monotonic() - tracked.last_fetch >= _REFETCH_AFTER_S
 
     async def _refetch(self, tracked: _Tracked) -> None:
         if tracked.fetching.locked():
@@ -720,7 +723,7 @@ class TaskManager:
         async def fetch(n: int, image: ImageRecord) -> None:
             results[n] = await self._download(tracked, image)
 
-        tracked.last_fetch = time.monotonic()
+        tracked.last_fetch = self.clock.monotonic()
         async with anyio.create_task_group() as tg:
             for n, image in enumerate(images):
                 if image.path is None and image.url:
@@ -761,7 +764,9 @@ class TaskManager:
             async with self._downloads:
                 tracked.upstream_requests += 1
                 deadline = self.policy.download_deadline_s
-                with anyio.fail_after(deadline + 5):  # the client keeps the deadline; this is a backstop
+                # The client keeps the deadline; this is a backstop. Both are on the event loop's clock, not
+                # ``self.clock``: they bound real I/O, which a test's clock does not speed up.
+                with anyio.fail_after(deadline + 5):
                     saved = await self.images.download(
                         self.client, tracked.record, image.index, image.url, deadline_s=deadline
                     )

@@ -99,9 +99,9 @@ class TaskRecord(BaseModel):
     save_as: str | None = None
     history: list[StatusChange] = Field(default_factory=list)
 
-    def updated(self, **changes: Any) -> TaskRecord:
-        """A validated copy with ``changes`` applied, ``updated_at`` set to now, a status change recorded."""
-        now = time.time()
+    def updated(self, *, at: float, **changes: Any) -> TaskRecord:
+        """A validated copy with ``changes`` applied, ``updated_at`` set to ``at``, a status change recorded."""
+        now = at
         data = {**self.model_dump(), **changes, "updated_at": now}
         if changes.get("status", self.status) != self.status:
             data["history"] = [*data["history"], {"status": changes["status"], "at": now}]
