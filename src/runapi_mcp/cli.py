@@ -1,4 +1,4 @@
-"""``runapi-mcp``: serve over stdio (default), run the RunAPI simulator, or run the offline demo."""
+"""``runapi-mcp``: serve MCP (stdio by default, or HTTP); also simulate, demo, tasks, gallery, install, doctor."""
 
 from __future__ import annotations
 
