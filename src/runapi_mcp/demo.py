@@ -12,9 +12,26 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from runapi_mcp.simulator import Simulator, SimulatorConfig
+from runapi_mcp.tasks.durations import documented_seconds
 
 DEFAULT_PROMPT = "A lighthouse on a cliff at sunset, painted in watercolor, with the words 'runapi-mcp'"
 BAR_WIDTH = 30
+DEMO_MODEL = "gpt-image-2"  # generate_image's default model
+DURATION_JITTER = 0.1
+
+
+def simulator_config(api_key: str) -> SimulatorConfig:
+    """The demo's simulator: tasks take as long as RunAPI documents for the model, +-10 %, the durations the
+    poller expects of a fresh install. Shorter ones would sit finished upstream until the poller's first look
+    into the documented window, and the bar would jump from halfway to done."""
+    # Rendered as each task is created, as RunAPI's are ready when it says so (a 2K render on the first
+    # download would add a second or two the real service does not take).
+    return SimulatorConfig(
+        api_key=api_key,
+        durations=documented_seconds(DEMO_MODEL),
+        duration_jitter=DURATION_JITTER,
+        prerender=True,
+    )
 
 
 class ProgressBar:
@@ -50,8 +67,7 @@ async def run_demo(
 ) -> int:
     out = sys.stdout
     key = "sk-demo-" + secrets.token_hex(8)  # the simulator's own key; never a real one
-    config = SimulatorConfig(api_key=key, durations={"1k": 6.0, "2k": 9.0, "4k": 12.0}, duration_jitter=0.1)
-    with Simulator(config) as sim:
+    with Simulator(simulator_config(key)) as sim:
         base_url = sim.base_url
         env = {
             "RUNAPI_API_KEY": key,

@@ -72,6 +72,13 @@ _PRIOR_S: dict[str, dict[str, float]] = {
     "gpt-image-2.5-sunburst": _GPT_IMAGE_2_S,
 }
 _DEFAULT_PRIOR_S = 20.0
+
+
+def documented_seconds(model: str) -> dict[str, float]:
+    """Seconds RunAPI documents a task of ``model`` takes, by output resolution (empty: not documented).
+    The offline demo's simulator takes these, so its tasks finish where the poller expects real ones."""
+    return dict(_PRIOR_S.get(model, {}))
+
 _PRIOR_SPREAD = 0.35  # relative spread of an untimed kind (the prior is a guess)
 # Half-width of the window around a documented prior, relative: RunAPI's own ends (10 s, 30 s) fall
 # inside the 1k and 4k windows (9.6-14.4 s, 22.4-33.6 s), so a fresh install polls finely wherever

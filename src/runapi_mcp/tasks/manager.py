@@ -390,16 +390,12 @@ class TaskManager:
         return tracked.record.model_copy(deep=True)
 
     def estimated_progress(self, record: TaskRecord) -> float:
-        """0..1: upstream's own progress where it reports one, else elapsed over expected time."""
+        """0..1: upstream's own progress where it reports one, else an estimate (``PollSchedule.progress``)."""
         if record.terminal:
             return 1.0
         tracked = self._tracked.get(record.task_id)
         elapsed = self.clock.monotonic() - tracked.poll.started if tracked else self.clock.time() - record.created_at
-        mean, _ = self.durations.estimate(record.kind_key, record.model, record.resolution)
-        guess = 1.0 - math.exp(-elapsed / max(mean, 0.1))  # approaches 1, never reaches it
-        if record.progress is not None:
-            guess = max(guess * 0.5, record.progress)
-        return min(0.99, guess)
+        return self.schedule.progress(record.kind_key, record.model, record.resolution, elapsed, record.progress)
 
     async def cancel(self, task_id: str, note: str) -> TaskRecord:
         """Stop tracking a running task for good: it becomes "cancelled", with ``note`` as its error.
