@@ -54,6 +54,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from runapi_mcp.tasks.records import kind_key
+
 if TYPE_CHECKING:
     from runapi_mcp.tasks.store import TaskStore
 
@@ -389,12 +391,6 @@ class DurationMemory:
             os.replace(path, path.with_name(path.name + ".imported"))
         log.info("took over the learned task durations from %s", path)
         return {"format": _FORMAT, "saved_at": time.time(), "kinds": section["kinds"]}
-
-
-def kind_key(model: str, resolution: str | None) -> str:
-    """What tasks of similar duration share, the key the model learns under: ``model@resolution``
-    (``TaskRecord.kind_key`` is this of the task's model and resolution; ``_split_kind`` reads it back)."""
-    return f"{model}@{resolution or 'default'}"
 
 
 def _split_kind(key: str) -> tuple[str, str | None]:

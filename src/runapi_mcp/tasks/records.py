@@ -10,7 +10,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runapi_mcp.client import TaskStatus
-from runapi_mcp.tasks.durations import kind_key
 
 # A task's state here: RunAPI's four, "submitting" before RunAPI has confirmed the create (the task is
 # recorded first, so a create whose answer was lost is still known, and re-sent with its key), and
@@ -25,6 +24,13 @@ LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one 
 current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
 TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed", "cancelled"})
 UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
+
+
+def kind_key(model: str, resolution: str | None) -> str:
+    """What tasks of similar duration share, the key ``durations`` learns under: ``model@resolution``
+    (``TaskRecord.kind_key`` is this of the task's model and resolution; ``durations._split_kind`` reads it
+    back). Here, with the records, so that ``durations`` depends on them and not the other way round."""
+    return f"{model}@{resolution or 'default'}"
 
 
 def new_task_id() -> str:
@@ -128,7 +134,7 @@ class TaskRecord(BaseModel):
 
     @property
     def kind_key(self) -> str:
-        """What tasks of similar duration share: model and resolution (``durations.kind_key``)."""
+        """What tasks of similar duration share: model and resolution (:func:`kind_key`)."""
         return kind_key(self.model, self.resolution)
 
     @property
