@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import anyio
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
@@ -35,7 +34,6 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.sse import SseServerTransport
-from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
 from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -47,9 +45,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runapi_mcp import __version__
 from runapi_mcp.app import App
-from runapi_mcp.config import is_loopback_host as is_loopback_host  # re-exported: serve.py, gallery.py, tests
 from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
+from runapi_mcp.http.hosts import HostCheck, transport_security
 from runapi_mcp.http.limits import BodyBudget, HttpLimits
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
 from runapi_mcp.http.responses import image_headers
@@ -65,7 +63,6 @@ MCP_PATH = "/mcp"
 SSE_PATH = "/sse"
 MESSAGES_PATH = "/messages/"
 FILES_PATH = "/files"
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
 @dataclass(frozen=True)
@@ -77,42 +74,6 @@ class HttpOptions:
     port: int = 8000
     public_url: str | None = None  # as clients (and RunAPI) reach this server
     jwt_issuer: str | None = None  # advertised in the protected-resource metadata
-
-
-def transport_security(options: HttpOptions) -> TransportSecuritySettings:
-    """Host and Origin allow-lists: this machine's names, plus the public URL's host when set.
-
-    Bound to loopback with no public URL, only loopback names pass (a page on another site that
-    rebinds its DNS name to 127.0.0.1 sends its own name as Host). Bound elsewhere with no public URL,
-    the host names clients use are not known here: auth (required off loopback) is the protection.
-    """
-    hosts = [f"{h}:*" for h in _LOOPBACK_HOSTS]
-    origins = [f"http://{h}:*" for h in _LOOPBACK_HOSTS] + [f"https://{h}:*" for h in _LOOPBACK_HOSTS]
-    if options.public_url:
-        parts = urlsplit(options.public_url)
-        netloc = parts.netloc.lower()
-        hosts += [netloc, f"{parts.hostname}:*"]
-        origins += [f"{parts.scheme}://{netloc}", f"{parts.scheme}://{parts.hostname}:*"]
-    elif not is_loopback_host(options.host):
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
-
-
-class _HostCheck:
-    """DNS-rebinding protection for every route (the SDK's transports check only their own)."""
-
-    def __init__(self, app: ASGIApp, settings: TransportSecuritySettings) -> None:
-        self.app = app
-        self.security = TransportSecurityMiddleware(settings)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            # Content-Type is the transports' business (they check it for their own POSTs).
-            refused = await self.security.validate_request(Request(scope, receive), is_post=False)
-            if refused is not None:
-                await refused(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 class _FileLinkScope:
@@ -168,7 +129,7 @@ def build_http_app(
 ) -> Starlette:
     """The Starlette app serving ``app``'s MCP server over the chosen transports."""
     lowlevel = app.server._lowlevel_server
-    security = transport_security(options)
+    security = transport_security(options.host, options.public_url)
     metadata_url: AnyHttpUrl | None = None
     routes: list[BaseRoute] = [Route("/health", _health, methods=["GET"])]
     if verifier is not None and options.jwt_issuer and options.public_url:
@@ -225,7 +186,7 @@ def build_http_app(
             yield
 
     middleware = [
-        Middleware(_HostCheck, settings=security),
+        Middleware(HostCheck, settings=security),
         Middleware(_FileLinkScope, public_url=options.public_url, links=links),
     ]
     if verifier is not None:

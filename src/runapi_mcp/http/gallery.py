@@ -5,7 +5,7 @@ Two ways to reach it:
 - ``runapi-mcp gallery`` (:func:`run_gallery`) serves only the gallery on loopback, for stdio users. It
   opens the task store and the image library read-mostly; no task manager runs (a stdio server on the
   same home polls its own tasks), so it needs no RunAPI key and spends nothing. No auth: only this
-  machine can connect, and the Host/Origin check of ``http.app`` keeps other sites' pages out.
+  machine can connect, and the Host/Origin check (``hosts.py``) keeps other sites' pages out.
 - ``runapi-mcp serve --transport http|streamable-http|sse`` mounts the same routes beside ``/files``.
 
 Each caller sees only their own tasks and images (the owner ``http.app`` puts in ``current_owner``: a
@@ -59,7 +59,6 @@ from typing import Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
-import uvicorn
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from starlette.applications import Starlette
@@ -68,10 +67,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from runapi_mcp.app import open_store
 from runapi_mcp.catalog import is_http_url
 from runapi_mcp.catalog._catalog import IMAGE_FIELDS
-from runapi_mcp.config import ConfigError, Settings
-from runapi_mcp.history_cli import STATES
+from runapi_mcp.config import ConfigError, Settings, is_loopback_host
 from runapi_mcp.http.auth import SHARED_TOKEN_CLIENT_ID, owner_of
 from runapi_mcp.http.gallery_page import (
     Filters,
@@ -84,8 +83,10 @@ from runapi_mcp.http.gallery_page import (
     render_problem,
     render_signin,
 )
+from runapi_mcp.http.hosts import HostCheck, transport_security
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
 from runapi_mcp.http.responses import IMMUTABLE_CACHE, image_headers
+from runapi_mcp.http.uvicorn_server import Serving, bind_socket, serving
 from runapi_mcp.tasks import (
     ImageRecord,
     ImageStore,
@@ -98,6 +99,7 @@ from runapi_mcp.tasks import (
 )
 from runapi_mcp.tasks.images import valid_image_id
 from runapi_mcp.tasks.previews import make_preview
+from runapi_mcp.tasks.records import STATES
 from runapi_mcp.tasks.store import encode_cursor, library_pictures, prompt_holds
 
 log = logging.getLogger("runapi_mcp.http.gallery")
@@ -599,16 +601,14 @@ def _plain(status: int, text: str) -> Response:
 # -- runapi-mcp gallery --------------------------------------------------------------------------
 
 
-def standalone_app(store: TaskStore, images: ImageStore, host: str, port: int) -> Starlette:
-    """The gallery alone, with no auth, behind http.app's Host/Origin check (loopback names only)."""
-    from runapi_mcp.http.app import HttpOptions, _HostCheck, transport_security  # http.app imports this module
+def standalone_app(store: TaskStore, images: ImageStore, host: str) -> Starlette:
+    """The gallery alone, with no auth, behind the Host/Origin check (loopback names only)."""
 
     async def home(_: Request) -> Response:
         return RedirectResponse(GALLERY_PATH, status_code=307)
 
-    security = transport_security(HttpOptions(host=host, port=port))
     routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *Gallery(store, images).routes()]
-    return Starlette(routes=routes, middleware=[Middleware(_HostCheck, settings=security)])
+    return Starlette(routes=routes, middleware=[Middleware(HostCheck, settings=transport_security(host, None))])
 
 
 @dataclass
@@ -616,11 +616,14 @@ class RunningGallery:
     """A serving gallery: its URL, and an event set once it has stopped (a signal, or ``stop()``)."""
 
     url: str
-    stopped: anyio.Event
-    server: uvicorn.Server
+    serving: Serving
+
+    @property
+    def stopped(self) -> anyio.Event:
+        return self.serving.stopped
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.serving.stop()
 
 
 @asynccontextmanager
@@ -632,10 +635,6 @@ async def serving_gallery(
     SIGINT and SIGTERM stop the server (uvicorn's handlers, without its re-raise: the store is closed
     on the way out); ``stopped`` is set then.
     """
-    from runapi_mcp.app import open_store
-    from runapi_mcp.http.app import is_loopback_host
-    from runapi_mcp.http.serve import _Server, bind_socket  # http.serve imports http.app, which imports this
-
     if not is_loopback_host(host):
         raise ConfigError(
             f"the gallery has no auth, so it serves on loopback only, not {host}; to share it, use "
@@ -650,28 +649,9 @@ async def serving_gallery(
     try:
         async with open_store(settings) as store:
             images = ImageStore(settings.images_dir, max_bytes=settings.max_output_bytes)
-            config = uvicorn.Config(
-                standalone_app(store, images, host, bound), log_config=None, access_log=False, lifespan="off"
-            )
-            server = _Server(config)
-            running = RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", anyio.Event(), server)
-
-            async def serve() -> None:
-                try:
-                    await server.serve(sockets=[sock])
-                finally:
-                    server.settled.set()
-                    running.stopped.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(serve)
-                await server.settled.wait()
-                if not server.started:
-                    raise ConfigError(f"could not serve the gallery on {host}:{bound}")
-                try:
-                    yield running
-                finally:
-                    running.stop()
+            app = standalone_app(store, images, host)
+            async with serving(app, sock, failure=f"could not serve the gallery on {host}:{bound}") as running:
+                yield RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", running)
     finally:
         sock.close()
 

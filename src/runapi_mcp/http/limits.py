@@ -10,7 +10,8 @@
 - **Time.** A connection's request headers must be complete within ``RUNAPI_MCP_HEADER_TIMEOUT_S`` (10 s)
   of its opening (or of the first byte of the next request on a kept-alive connection), and its body within
   ``RUNAPI_MCP_BODY_TIMEOUT_S`` (60 s) of the headers; an idle kept-alive connection closes after 5 s
-  (:class:`GuardedH11Protocol`, uvicorn's h11 protocol with those timers).
+  (``uvicorn_server.GuardedH11Protocol``, uvicorn's h11 protocol with those timers: uvicorn's internals
+  stay in that one module).
 - **Request bodies** (:class:`BodyBudget`). The bytes of request bodies in flight (from the headers until the
   request is answered) are bounded for the process and per user; a request over either answers ``503`` with
   ``Retry-After`` before its body is read, using its ``Content-Length`` (a chunked body is counted as it
@@ -33,15 +34,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Protocol
 
-import h11
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.config import Config
-from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
 
 from runapi_mcp.config import Settings
 from runapi_mcp.http.sessions import Owner, owner_in
@@ -190,12 +187,19 @@ def _raw_response(status: str, body: dict[str, Any] | None, extra: str = "") -> 
     return head.encode() + b"\r\n" + data
 
 
-_BUSY = _raw_response(
+BUSY_RESPONSE = _raw_response(
     "503 Service Unavailable",
     {"error": "the server is at its connection limit (RUNAPI_MCP_MAX_CONNECTIONS); retry shortly"},
     f"Retry-After: {BUSY_RETRY_AFTER_S}\r\n",
 )
-_TIMEOUT = _raw_response("408 Request Timeout", {"error": "request headers not complete in time"})
+TIMEOUT_RESPONSE = _raw_response("408 Request Timeout", {"error": "request headers not complete in time"})
+
+
+class Connection(Protocol):
+    """What the guard needs of an open connection (``uvicorn_server.GuardedH11Protocol``)."""
+
+    def close_now(self, answer: bytes = b"") -> None:
+        """Close the connection at once (after ``answer``, raw bytes, if any)."""
 
 
 class ConnectionGuard:
@@ -220,10 +224,10 @@ class ConnectionGuard:
         # are released on the event loop's next turn): part of the descriptor reserve.
         self.slack = slack
         self._accepted: deque[float] = deque()  # accepted, protocol not yet made (when)
-        self._live: set[GuardedH11Protocol] = set()
-        self._closing: set[GuardedH11Protocol] = set()  # closed to make room, not yet gone
-        self._fresh: dict[GuardedH11Protocol, None] = {}
-        self._idle: dict[GuardedH11Protocol, None] = {}
+        self._live: set[Connection] = set()
+        self._closing: set[Connection] = set()  # closed to make room, not yet gone
+        self._fresh: dict[Connection, None] = {}
+        self._idle: dict[Connection, None] = {}
         self.made_room = 0  # connections closed to make room
         self.refused = 0  # connections answered 503 at once
         self.header_timeouts = 0
@@ -258,7 +262,7 @@ class ConnectionGuard:
         self.refused += 1
         try:
             conn.setblocking(False)
-            conn.send(_BUSY)
+            conn.send(BUSY_RESPONSE)
         except OSError:
             pass
         conn.close()
@@ -279,21 +283,21 @@ class ConnectionGuard:
                 return True
         return False
 
-    def made(self, protocol: GuardedH11Protocol) -> None:
+    def made(self, protocol: Connection) -> None:
         if self._accepted:
             self._accepted.popleft()
         self._live.add(protocol)
 
-    def lost(self, protocol: GuardedH11Protocol) -> None:
+    def lost(self, protocol: Connection) -> None:
         self.forget(protocol)
         self._live.discard(protocol)
         self._closing.discard(protocol)
 
-    def waiting(self, protocol: GuardedH11Protocol, *, fresh: bool) -> None:
+    def waiting(self, protocol: Connection, *, fresh: bool) -> None:
         (self._idle if fresh else self._fresh).pop(protocol, None)
         (self._fresh if fresh else self._idle).setdefault(protocol, None)
 
-    def forget(self, protocol: GuardedH11Protocol) -> None:
+    def forget(self, protocol: Connection) -> None:
         self._fresh.pop(protocol, None)
         self._idle.pop(protocol, None)
 
@@ -310,125 +314,6 @@ class GuardedSocket(socket.socket):
             # asyncio ends this turn's accept loop on it: the next turn first lets the closed ones go.
             raise ConnectionAbortedError("refused at the connection limit")
         return conn, address
-
-
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a header deadline, a body deadline and the connection cap."""
-
-    guard: ClassVar[ConnectionGuard]
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self.guard.made(self)
-        if self.guard.open > self.guard.max_connections + self.guard.slack:
-            # Past the gate (an event loop that accepts without calling GuardedSocket.accept): refused here.
-            self.guard.refused += 1
-            self.close_now(_BUSY)
-            return
-        self._header_timer = self.loop.call_later(self.guard.header_timeout_s, self._headers_late)
-        self.guard.waiting(self, fresh=True)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
-        self.guard.lost(self)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        self._track(after_response=False)
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._track(after_response=True)
-
-    def close_now(self, answer: bytes = b"") -> None:
-        """Close the connection at once (after ``answer``, raw bytes, if any)."""
-        self._cancel_timers()
-        if not self.transport.is_closing():
-            if answer:
-                self.transport.write(answer)
-            self.transport.close()
-
-    def _track(self, *, after_response: bool) -> None:
-        """Arm or disarm the deadlines for where the request now is."""
-        if self.transport.is_closing():
-            self._cancel_timers()
-            self.guard.forget(self)
-            return
-        state = self.conn.their_state
-        if state is h11.IDLE:
-            if not self.conn.trailing_data[0]:
-                # Kept alive between requests: uvicorn's keep-alive timer closes it if nothing comes.
-                self._cancel_header_timer()
-                if self.timeout_keep_alive_task is None:
-                    self.timeout_keep_alive_task = self.loop.call_later(
-                        self.timeout_keep_alive, self.timeout_keep_alive_handler
-                    )
-                self.guard.waiting(self, fresh=False)
-            else:  # partway through the next request's headers
-                if self._header_timer is None:
-                    self._header_timer = self.loop.call_later(self.guard.header_timeout_s, self._headers_late)
-                self.guard.waiting(self, fresh=True)
-        elif state is h11.SEND_BODY:
-            self._cancel_header_timer()
-            if self._body_timer is None:
-                self._body_timer = self.loop.call_later(self.guard.body_timeout_s, self._body_late)
-            if after_response:
-                # Answered before its body came in (a refusal): uvicorn drops the rest of the body as it
-                # arrives. Its keep-alive timer would close the connection under a client still sending
-                # (a reset that loses the answer): the body deadline governs instead.
-                self._unset_keepalive_if_required()
-            self.guard.forget(self)
-        else:  # the request is complete (or the connection is done): the app has it
-            self._cancel_timers()
-            self.guard.forget(self)
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
-            return
-        self.guard.header_timeouts += 1
-        log.warning(
-            "closed connections whose request headers were not complete within %g s", self.guard.header_timeout_s
-        )
-        self.guard.forget(self)
-        self.close_now(_TIMEOUT if self.conn.trailing_data[0] else b"")
-
-    def _body_late(self) -> None:
-        self._body_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
-            return
-        self.guard.body_timeouts += 1
-        log.warning("closed connections whose request body was not complete within %g s", self.guard.body_timeout_s)
-        self.guard.forget(self)
-        self.close_now()
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _cancel_timers(self) -> None:
-        self._cancel_header_timer()
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
-
-
-def guarded_protocol(guard: ConnectionGuard) -> type[GuardedH11Protocol]:
-    """A protocol class (uvicorn's ``http=``) bound to ``guard``."""
-    return type("RunapiH11Protocol", (GuardedH11Protocol,), {"guard": guard})
 
 
 # -- request bodies ------------------------------------------------------------------------------------

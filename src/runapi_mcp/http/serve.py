@@ -1,4 +1,4 @@
-"""Serving the HTTP app with uvicorn, in the same event loop as the task manager.
+"""Serving the HTTP app (through ``uvicorn_server``), in the same event loop as the task manager.
 
 Shutdown (SIGTERM, SIGINT) is graceful: the listening socket closes, every tool call still waiting on a
 task answers at once with what it has (the task id, "still running": get_task finds it later), the
@@ -8,32 +8,21 @@ next start.
 
 from __future__ import annotations
 
-import errno
 import logging
-import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from types import FrameType
 
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 
 from runapi_mcp.app import App, open_app
-from runapi_mcp.config import ConfigError, Settings
-from runapi_mcp.http.app import HttpOptions, build_http_app, describe, is_loopback_host
+from runapi_mcp.config import ConfigError, Settings, is_loopback_host
+from runapi_mcp.http.app import HttpOptions, build_http_app, describe
 from runapi_mcp.http.auth import build_verifier
-from runapi_mcp.http.limits import (
-    KEEP_ALIVE_S,
-    ConnectionGuard,
-    HttpLimits,
-    connection_cap,
-    guarded_protocol,
-    raise_fd_limit,
-    throttle_logs,
-)
+from runapi_mcp.http.limits import ConnectionGuard, HttpLimits, connection_cap, raise_fd_limit, throttle_logs
+from runapi_mcp.http.uvicorn_server import Serving, bind_socket, serving
 from runapi_mcp.http.webhook import callback_routes
 
 log = logging.getLogger("runapi_mcp.http")
@@ -43,66 +32,23 @@ log = logging.getLogger("runapi_mcp.http")
 GRACEFUL_SHUTDOWN_S = 3.0
 
 
-class _Server(uvicorn.Server):
-    """uvicorn with an optional hook run first thing at shutdown, and no re-raise of the stopping signal.
-
-    Also serves the standalone gallery (``gallery.py``).
-    """
-
-    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None] | None = None) -> None:
-        super().__init__(config)
-        self._on_shutdown = on_shutdown
-        self.settled = anyio.Event()  # started, or failed to
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        try:
-            await super().startup(sockets)
-        finally:
-            self.settled.set()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        if self._on_shutdown is not None:
-            self._on_shutdown()
-        await super().shutdown(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # uvicorn's own re-raises the signal once it has shut down, which would end the process before
-        # the manager and the store are closed: the rest of the shutdown is ours.
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        else:
-            self.should_exit = True
-
-
-def bind_socket(host: str, port: int, *, fallback: bool = False) -> socket.socket:
-    """A socket bound to ``host:port`` (port 0: any free port); with ``fallback``, any free port when that
-    one is taken. Raises the ``OSError`` of a failed bind."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if not (fallback and exc.errno == errno.EADDRINUSE):
-                raise
-            sock.bind((host, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 @dataclass
 class RunningServer:
     """A serving HTTP app: its bound port, and an event set when it has stopped."""
 
-    server: _Server
-    port: int
-    stopped: anyio.Event
+    serving: Serving
     guard: ConnectionGuard
 
+    @property
+    def port(self) -> int:
+        return self.serving.port
+
+    @property
+    def stopped(self) -> anyio.Event:
+        return self.serving.stopped
+
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.serving.stop()
 
 
 def check_exposure(settings: Settings, options: HttpOptions) -> None:
@@ -130,41 +76,22 @@ async def http_server(
     verifier = build_verifier(settings)
     extra = callback_routes(app.manager) if settings.public_url else []
     starlette: Starlette = build_http_app(app, options, verifier=verifier, extra_routes=extra)
-    config = uvicorn.Config(
-        starlette,
-        host=options.host,
-        port=options.port,
-        http=guarded_protocol(guard),  # h11 with header and body deadlines and the connection cap
-        timeout_keep_alive=KEEP_ALIVE_S,
-        log_config=None,  # our logging (stderr, redacted) stays in charge
-        access_log=False,
-        timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
-        lifespan="on",
-    )
-    server = _Server(config, app.manager.stop_waiting)
     if sock is None:
         sock = bind_socket(options.host, options.port)
-    port = int(sock.getsockname()[1])
-    listener = guard.listen(sock)  # accept() asks the guard first: the connection cap
-    running = RunningServer(server, port, anyio.Event(), guard)
-
-    async def serve() -> None:
-        try:
-            await server.serve(sockets=[listener])
-        finally:
-            server.settled.set()
-            running.stopped.set()
-
+    failure = f"could not serve HTTP on {options.host}:{sock.getsockname()[1]}"
     try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(serve)
-            await server.settled.wait()
-            if not server.started or server.should_exit:
-                raise ConfigError(f"could not serve HTTP on {options.host}:{running.port}")
-            try:
-                yield running
-            finally:
-                running.stop()
+        async with serving(
+            starlette,
+            sock,
+            failure=failure,
+            guard=guard,  # h11 with the header and body deadlines; the connection cap where connections are accepted
+            lifespan=True,
+            on_shutdown=app.manager.stop_waiting,  # waiting calls answer before the connections are waited for
+            graceful_shutdown_s=GRACEFUL_SHUTDOWN_S,
+        ) as running:
+            if running.stopping:  # a signal during the start (uvicorn took it): as if it had not started
+                raise ConfigError(failure)
+            yield RunningServer(running, guard)
     finally:
         if verifier is not None:
             await verifier.aclose()

@@ -9,11 +9,10 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from runapi_mcp.simulator import _png
-from runapi_mcp.simulator._server import _url, serve_in_thread, stop_thread
+from runapi_mcp.simulator._server import ThreadServer, _url, serve_in_thread, stop_thread
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class ImageHost:
         self.headers = dict(headers or {})
         self._lock = threading.Lock()
         self._log: list[HostRequest] = []
-        self._server: uvicorn.Server | None = None
+        self._server: ThreadServer | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
 

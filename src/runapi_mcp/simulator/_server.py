@@ -30,6 +30,9 @@ from runapi_mcp.simulator._models import (
 )
 from runapi_mcp.simulator._state import Outcome, SimState
 
+# The simulator's uvicorn server (this island's one module that imports uvicorn).
+ThreadServer = uvicorn.Server
+
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
