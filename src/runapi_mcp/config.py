@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from runapi_mcp.client import DEFAULT_BASE_URL
 from runapi_mcp.redaction import Redactor
 
+DEFAULT_BASE_URL = "https://runapi.ai"  # RunAPI itself (the client's default too)
 DEFAULT_WAIT_S = 50.0
 RUNAPI_CONFIG_FILE = Path("~/.config/runapi/config.json")
 CALLBACK_PATH = "/callbacks/runapi"

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO, cast
 
+from runapi_mcp.tasks.records import STATES as STATES  # the choices of --status
 from runapi_mcp.wording import count
 
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep it light
     from runapi_mcp.config import Settings
     from runapi_mcp.tasks import TaskRecord, TaskState
 
-STATES: tuple[str, ...] = ("submitting", "pending", "processing", "completed", "failed", "cancelled")
 HEADER = ("TASK", "STATUS", "MODEL", "CREATED", "PRICE", "PROMPT", "IMAGES")
 PROMPT_WIDTH = 40
 REASON_WIDTH = 160

@@ -64,6 +64,7 @@ from runapi_mcp.client.models import (
     UploadTarget,
 )
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
+from runapi_mcp.config import DEFAULT_BASE_URL as DEFAULT_BASE_URL  # the client's default is the setting's
 from runapi_mcp.redaction import Redactor
 
 __all__ = [
@@ -83,7 +84,6 @@ logger = logging.getLogger("runapi_mcp.client")
 
 T = TypeVar("T")
 
-DEFAULT_BASE_URL = "https://runapi.ai"
 NO_API_KEY_MESSAGE = (
     "No RunAPI API key is set. Set RUNAPI_API_KEY in this server's environment (in Claude Desktop: the "
     '"env" block of its mcpServers entry; in Hermes: env: under mcp_servers), or put {"apiKey": "..."} '

@@ -22,6 +22,9 @@ LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one 
 # per request (not passed down every call) so that every path to a task, including image references
 # resolved deep in the resolver, sees the same caller.
 current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
+# Every state, in the order a task goes through them (the filters of list_tasks, the gallery and
+# `runapi-mcp tasks --status` offer them so).
+STATES: tuple[TaskState, ...] = ("submitting", "pending", "processing", "completed", "failed", "cancelled")
 TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed", "cancelled"})
 UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
 
