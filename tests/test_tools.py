@@ -15,6 +15,7 @@ from mcp.types import BlobResourceContents, TextResourceContents
 from PIL import Image
 
 from runapi_mcp.app import open_app
+from runapi_mcp.errors import UserError
 from runapi_mcp.simulator import Fault
 from tests.support import (
     FAST_POLICY,
@@ -478,3 +479,27 @@ async def test_json_text_is_read_only_as_a_list_or_object(harness: Harness, inpu
         assert refused.is_error and field in text_of(refused), text_of(refused)
         assert "Error executing tool" not in text_of(refused)
     assert upstream_creates(harness.sim) == []
+
+
+async def test_an_error_for_the_user_is_the_whole_answer_and_any_other_is_internal(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """How a failed call is worded depends on its exception's class alone: any ``UserError`` (wherever it is
+    defined: a new one joins no list) is the caller's to fix and its text is the answer; anything else is an
+    internal error, its details in the log only."""
+
+    class NewRefusal(UserError, ValueError):
+        pass
+
+    def refuses(which: str) -> str:
+        if which == "user":
+            raise NewRefusal("'which' must be 'other' here (nothing was created)")
+        raise RuntimeError("a bug, with /some/private/path in its text")
+
+    harness.app.server.add_tool(refuses, name="refuses", description="fails on purpose")
+    result = await harness.call("refuses", {"which": "user"})
+    assert result.is_error and text_of(result) == "'which' must be 'other' here (nothing was created)"
+    result = await harness.call("refuses", {"which": "other"})
+    text = text_of(result)
+    assert result.is_error and "internal error (RuntimeError)" in text and "/some/private/path" not in text
+    assert "/some/private/path" in caplog.text

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
+from runapi_mcp.errors import UserError
+
 # generate_image, edit_image, upscale_image: which of a model's actions a tool call means.
 RequestKind = Literal["generate", "edit", "upscale"]
 FieldType = Literal["string", "integer", "number", "boolean", "array"]
@@ -99,7 +101,7 @@ _REPR.maxstring = 80
 _REPR.maxother = 80
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError, ValueError):
     """A request the catalog refuses. ``field`` names the argument; ``allowed`` what it takes."""
 
     def __init__(self, message: str, *, field: str | None = None, allowed: Iterable[Any] | None = None) -> None:

@@ -48,6 +48,7 @@ from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runapi_mcp.catalog import OUTPUT_COUNT_FIELDS, SPLIT_IMAGES_OUTPUTS, ValidatedRequest
+from runapi_mcp.errors import UserError
 
 log = logging.getLogger("runapi_mcp.server.confirm")
 
@@ -74,7 +75,7 @@ class CostConfirmation(BaseModel):
     )
 
 
-class ConfirmationRefused(ValueError):
+class ConfirmationRefused(UserError, ValueError):
     """The user did not confirm a costly task, or could not be asked after all: nothing was uploaded or
     created. Its text is the whole answer to the call (an error result: the tool promises a task, and
     there is none)."""

@@ -24,6 +24,7 @@ import anyio
 
 from runapi_mcp.client import RunAPIClient, RunAPIError
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
+from runapi_mcp.errors import UserError
 from runapi_mcp.tasks import LOCAL_OWNER, current_owner
 
 log = logging.getLogger("runapi_mcp.server.cost")
@@ -33,7 +34,7 @@ MAX_SPEND_VARIABLE = "RUNAPI_MCP_MAX_SPEND_CENTS"
 SpentSince = Callable[[float, str | None], Awaitable[int]]  # (since, owner) -> cents
 
 
-class SpendLimitError(ValueError):
+class SpendLimitError(UserError, ValueError):
     """A task refused by the daily spend cap (or because the cap could not be checked); nothing was sent."""
 
 

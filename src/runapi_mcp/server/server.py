@@ -28,23 +28,21 @@ from mcp.types import (
 from pydantic import AnyUrl, ValidationError
 
 from runapi_mcp import __version__
-from runapi_mcp.catalog import CatalogError
 from runapi_mcp.client import RunAPIError
+from runapi_mcp.errors import UserError
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.server.apps_ui import AppsUI
 from runapi_mcp.server.arguments import describe_argument_names, describe_invalid_arguments
 from runapi_mcp.server.compat import ProtocolCompat
 from runapi_mcp.server.completions import Completions
-from runapi_mcp.server.confirm import ConfirmationRefused
-from runapi_mcp.server.cost import SpendLimitError
 from runapi_mcp.server.history import TaskHistory
 from runapi_mcp.server.mcp_tasks import McpTasks
 from runapi_mcp.server.owners import owner_scope
 from runapi_mcp.server.prompts import ImagePrompts, library_sizes
 from runapi_mcp.server.resources import LibraryResources
 from runapi_mcp.server.subscriptions import LiveUpdates, OwnerScopedBus
-from runapi_mcp.server.tools import ImageTools, MissingKeyError, ServerDeps
-from runapi_mcp.tasks import IMAGE_URI_PREFIX, ImageReferenceError, InvalidCursorError, UnknownTaskError
+from runapi_mcp.server.tools import ImageTools, ServerDeps
+from runapi_mcp.tasks import IMAGE_URI_PREFIX, InvalidCursorError
 
 log = logging.getLogger("runapi_mcp.server")
 
@@ -69,17 +67,6 @@ RunAPI image models (GPT Image 2 by default) behind one API key.
   list_models(model=...) shows a model's fields (allowed values, limits), which other fields go in params,
   e.g. model="imagen-4", params={"seed": 7}.
 """
-
-# Errors that are the caller's to fix: their text is the whole answer.
-_INPUT_ERRORS: tuple[type[Exception], ...] = (
-    CatalogError,
-    ImageReferenceError,
-    UnknownTaskError,
-    MissingKeyError,
-    InvalidCursorError,
-    SpendLimitError,
-    ConfirmationRefused,
-)
 
 
 class RunAPIMCPServer(MCPServer[Any]):
@@ -165,7 +152,7 @@ class RunAPIMCPServer(MCPServer[Any]):
         if isinstance(cause, ValidationError):
             allowed = list(tool.parameters.get("properties", {}))
             return describe_invalid_arguments(name, cause, allowed)
-        if isinstance(cause, _INPUT_ERRORS):
+        if isinstance(cause, UserError):  # the caller's to fix: its text is the whole answer
             return str(cause)
         if isinstance(cause, RunAPIError):
             return _upstream_refusal(cause)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from runapi_mcp.catalog import Catalog, CatalogError, RequestKind, ValidatedRequest
 from runapi_mcp.client import NO_API_KEY_MESSAGE
+from runapi_mcp.errors import UserError
 from runapi_mcp.server.arguments import (
     READ_LOCAL,
     ActionFilterArg,
@@ -60,7 +61,7 @@ _SOFT_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}
 _DEFAULT_FACTOR = 2
 
 
-class MissingKeyError(ValueError):
+class MissingKeyError(UserError, ValueError):
     """The server has no RunAPI key: nothing can be created or read upstream."""
 
     def __init__(self) -> None:

@@ -44,6 +44,7 @@ from runapi_mcp.client import (
     TaskInfo,
 )
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock, wait_for_event
+from runapi_mcp.errors import UserError
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import ImageFileError, ImageNotFoundError, ImageStore
 from runapi_mcp.tasks.records import LOCAL_OWNER, ImageRecord, StatusChange, TaskRecord, current_owner
@@ -63,7 +64,7 @@ _REFETCH_AFTER_S = 10.0
 _REPORT_POLL_FAILURES_AFTER = 3
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(UserError, KeyError):
     """No task with that id was created through this server."""
 
     def __init__(self, task_id: str) -> None:

@@ -21,6 +21,7 @@ from urllib.parse import unquote_to_bytes, urlparse
 
 from runapi_mcp.catalog import is_http_url
 from runapi_mcp.client import RunAPIClient
+from runapi_mcp.errors import UserError
 from runapi_mcp.tasks.images import (
     IMAGE_URI_PREFIX,
     ImageFileError,
@@ -49,7 +50,7 @@ def _expand_user(value: str) -> Path:
     return Path(os.path.expanduser(value))
 
 
-class ImageReferenceError(ValueError):
+class ImageReferenceError(UserError, ValueError):
     """An ``images`` entry that cannot be used; the message says which one and why."""
 
     def __init__(self, message: str, *, field: str = "images") -> None:

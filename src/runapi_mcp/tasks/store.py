@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from runapi_mcp.errors import UserError
 from runapi_mcp.tasks.records import UNFINISHED, ImageRecord, TaskRecord, TaskState
 
 
@@ -24,7 +25,7 @@ class TaskPage:
     next_cursor: str | None
 
 
-class InvalidCursorError(ValueError):
+class InvalidCursorError(UserError, ValueError):
     """A cursor this store did not hand out."""
 
     def __str__(self) -> str:
