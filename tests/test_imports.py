@@ -9,7 +9,7 @@ module are not edges: every module would otherwise be in a cycle with its own pa
 
 The layers, lowest first (each may import only its own and those before it)::
 
-    base (errors, redaction, wording, private, the package) -> config -> client -> catalog -> tasks
+    base (clock, errors, private, redaction, wording, the package) -> config -> client -> catalog -> tasks
     -> server -> stdio -> app -> http -> commands -> cli
 
 The simulator is an island beside them: it may import only the base and the catalog (what it knows of
@@ -35,7 +35,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "runapi_mcp"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("runapi_mcp", "runapi_mcp.errors", "runapi_mcp.redaction", "runapi_mcp.wording", "runapi_mcp.private")),
+    ("base", ("runapi_mcp", *(f"runapi_mcp.{name}" for name in ("clock", "errors", "private", "redaction", "wording")))),
     ("config", ("runapi_mcp.config",)),
     ("client", ("runapi_mcp.client",)),
     ("catalog", ("runapi_mcp.catalog",)),
