@@ -181,3 +181,14 @@ def test_the_settings_page_lists_every_setting_with_its_flag() -> None:
     )
     readme = {_code(cells[0]) for cells in _section_table(README, "## Settings")}
     assert readme <= settings.keys(), f"README settings table names no setting: {sorted(readme - settings.keys())}"
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    # .ci/run is what CI runs: the README's test command, exactly (a change to one is a change to both).
+    readme = README.read_text("utf-8")
+    match = re.search(r"\*\*Tests:\*\*\s*```sh\n([^\n]+)\n```", readme)
+    assert match, "README.md: no **Tests:** command block"
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text("utf-8").splitlines() if line.strip()]
+    assert ci_lines[-1] == match.group(1), (
+        f".ci/run ends {ci_lines[-1]!r}; the README's test command is {match.group(1)!r}"
+    )
