@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import heapq
+import io
 import itertools
 import json
 import os
 import queue
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
+import httpx
 from mcp.client import Client
+from PIL import Image
 
 from runapi_mcp.app import App
 from runapi_mcp.config import Settings, load_settings
@@ -28,6 +35,13 @@ SIM_KEY = "sk-test-5f2a9c1e7b3d4a60b8e1c2d3f4a5b6c7"
 # Tasks take 0.3-0.6 s here; the poll policy is scaled to match so the suite stays fast.
 TIME_SCALE = 0.025
 FAST_POLICY = PollPolicy().scaled(TIME_SCALE)
+
+
+# How long a wait for something that does happen may take before the test fails: generous, since a loaded
+# 2-core machine can be slow; a passing test never waits it out.
+WAIT_S = 10.0
+# How often a wait looks again at state it cannot be woken by (another thread's, another process's).
+LOOK_EVERY_S = 0.01
 
 
 def make_settings(sim: Simulator, home: Path, inputs: Path, **overrides: Any) -> Settings:
@@ -270,3 +284,91 @@ class FakeClock:
 # Checkpoints a woken sleeper gets before the next is woken: enough for a loop to reach its next sleep when
 # nothing it awaits is I/O (a few task switches for the cancel scopes and task groups on the way).
 _SETTLE_CHECKPOINTS = 20
+# -- waiting for something to happen -------------------------------------------------------------------------
+# For state no event announces (the simulator's thread, a subprocess, a file): look again until it holds, and
+# fail, saying what was awaited, if it does not ``within`` its limit. Never a fixed sleep: a fast machine goes
+# on at once, a slow one is given the whole limit.
+def wait_until(
+    condition: Callable[[], object], what: str, within: float = WAIT_S, *, every: float = LOOK_EVERY_S
+) -> None:
+    """Block until ``condition()`` is true (from synchronous tests); AssertionError naming ``what`` after
+    ``within`` seconds. The condition may raise to fail at once (a process that died)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {within:g} s: {what}")
+        time.sleep(every)
+
+
+async def until(
+    condition: Callable[[], object], what: str, within: float = WAIT_S, *, every: float = LOOK_EVERY_S
+) -> None:
+    """``wait_until`` for async tests: the event loop runs meanwhile."""
+    with anyio.move_on_after(within):
+        while not condition():
+            await anyio.sleep(every)
+        return
+    raise AssertionError(f"not within {within:g} s: {what}")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server to start on, or a connection to be refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def healthy(base: str) -> bool:
+    """Whether the server at ``base`` answers its health check now (one still starting refuses the
+    connection)."""
+    try:
+        return httpx.get(f"{base}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+# -- test pictures --------------------------------------------------------------------------------------------
+Color = str | tuple[int, ...]
+
+
+def png_bytes(
+    size: tuple[int, int] = (64, 48), color: Color = "teal", *, mode: str = "RGB", fmt: str = "PNG"
+) -> bytes:
+    """A plain picture of one colour (``fmt``: any format Pillow writes, PNG by default)."""
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt)
+    return buf.getvalue()
+
+
+def png_file(path: Path, size: tuple[int, int] = (64, 48), color: Color = "teal") -> Path:
+    """``png_bytes`` written to ``path``; the path."""
+    path.write_bytes(png_bytes(size, color))
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def zero_png(width: int, height: int, *, bit_depth: int = 8, color_type: int = 0, channels: int = 1) -> bytes:
+    """A PNG of ``width`` x ``height`` zero pixels, made without holding the raw pixels.
+
+    The deflate stream is one compressed block of rows repeated (a full flush makes each block stand
+    alone), with the Adler-32 of all the raw rows computed alongside: a valid stream, built in well
+    under a second even for a 60000x60000 bomb.
+    """
+    row = 1 + (width * bit_depth * channels + 7) // 8
+    rows_per_block = max(1, (1 << 20) // row)
+    block = b"\0" * (row * rows_per_block)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    unit = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
+    full, rest = divmod(height, rows_per_block)
+    tail_rows = b"\0" * (row * rest)
+    tail = deflate.compress(tail_rows) + deflate.flush(zlib.Z_FINISH)
+    adler = 1
+    for _ in range(full):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(tail_rows, adler)
+    idat = b"\x78\xda" + unit * full + tail + struct.pack(">I", adler)
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")

@@ -33,7 +33,7 @@ from runapi_mcp.app import App, open_app
 from runapi_mcp.http.app import HttpOptions
 from runapi_mcp.http.serve import RunningServer, http_server
 from runapi_mcp.simulator import Simulator
-from tests.support import FAST_POLICY, make_settings, server_env
+from tests.support import FAST_POLICY, free_port, healthy, make_settings, server_env, wait_until
 from tests.test_auth_tokens import AUDIENCE, JWKS_PATH, Issuer, Keys, issuer, keys
 from tests.test_http import TOKEN
 from tests.test_http_users import connect as connect_user
@@ -244,12 +244,6 @@ async def test_sse_streams_start_with_a_priming_event(sim: Simulator, home: Path
 
 
 # -- 2 and 3: a server process of its own (a real descriptor limit, a real RSS) --------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _low_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, 256))  # soft 128: the server raises it to the hard 256
 
@@ -257,7 +251,7 @@ def _low_fd_limit() -> None:
 @contextmanager
 def server_process(env: dict[str, str], stderr: Path, *, low_fd_limit: bool = False) -> Iterator[tuple[int, str]]:
     """``runapi-mcp serve --transport http`` as a subprocess: (pid, base URL)."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "runapi_mcp", "serve", "--transport", "http", "--port", str(port)]
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
@@ -269,15 +263,12 @@ def server_process(env: dict[str, str], stderr: Path, *, low_fd_limit: bool = Fa
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()[-2000:]
-            time.sleep(0.05)
+
+        def started() -> bool:
+            assert proc.poll() is None, stderr.read_text()[-2000:]
+            return healthy(base)
+
+        wait_until(started, "the server to start", 20)
         yield proc.pid, base
     finally:
         proc.terminate()

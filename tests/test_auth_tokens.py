@@ -35,7 +35,7 @@ from runapi_mcp.http.auth import BearerVerifier, JWTSettings, build_verifier, ow
 from runapi_mcp.http.serve import http_server
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER
-from tests.support import FAST_POLICY, make_settings
+from tests.support import FAST_POLICY, free_port, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -200,13 +200,6 @@ def verifier_for(
 @pytest.fixture
 def verifier(issuer: Issuer, http: httpx.AsyncClient, clock: Clock) -> BearerVerifier:
     return verifier_for(issuer, http, clock)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 # -- valid tokens ---------------------------------------------------------------------------------
@@ -425,7 +418,7 @@ async def test_concurrent_verifications_share_one_fetch(verifier: BearerVerifier
 async def test_jwks_server_down_refuses_without_raising(
     http: httpx.AsyncClient, clock: Clock, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    down = f"http://127.0.0.1:{closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     verifier = BearerVerifier(
         jwt=JWTSettings(issuer=down, audience=AUDIENCE, jwks_url=down + JWKS_PATH), http=http, clock=clock
     )

@@ -18,7 +18,6 @@ from typing import Any
 import anyio
 import pytest
 from mcp.client import Client
-from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.server.cost import start_of_day_utc
@@ -27,6 +26,7 @@ from tests.support import (
     FAST_POLICY,
     Harness,
     make_settings,
+    png_file,
     price_quotes,
     sent_anything,
     text_of,
@@ -54,11 +54,6 @@ def completed_with_a_local_image(result: Any) -> dict[str, Any]:
     [image] = data["images"]
     assert image["path"] and Path(image["path"]).is_file(), image
     return data
-
-
-def png_file(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
-    Image.new("RGB", size, "navy").save(path, "PNG")
-    return path
 
 
 @asynccontextmanager

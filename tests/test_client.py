@@ -17,7 +17,6 @@ import contextlib
 import email.utils
 import gzip
 import hashlib
-import io
 import ipaddress
 import json
 import logging
@@ -31,7 +30,6 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
-from PIL import Image
 
 from runapi_mcp.client import (
     NO_API_KEY_MESSAGE,
@@ -62,7 +60,7 @@ from runapi_mcp.client import (
 )
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY, FakeClock
+from tests.support import SIM_KEY, FakeClock, png_bytes
 
 pytestmark = pytest.mark.anyio
 
@@ -690,16 +688,10 @@ async def test_upload_source_posts_a_json_source() -> None:
     assert json.loads(second.content) == {"source": {"type": "base64", "data": "iVBORw0KGgo="}}
 
 
-def small_png() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (4, 4), "teal").save(out, format="PNG")
-    return out.getvalue()
-
-
 async def test_upload_against_the_simulator(sim: Simulator) -> None:
     """The simulator's storage checks what RunAPI's does: the prepared headers exactly, the prepared size
     and MD5, and no Authorization on the PUT."""
-    data = small_png()
+    data = png_bytes((4, 4))
     async with RunAPIClient(SIM_KEY, sim.base_url, clock=Sleeps()) as client:
         uploaded = await client.upload_file(data, filename="teal.png", mime_type="image/png")
     assert uploaded.url.startswith(f"{sim.base_url}/files/") and uploaded.expires_at

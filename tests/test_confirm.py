@@ -5,7 +5,6 @@ The simulator quotes gpt-image-2 at 3 cents (1k), 6 cents (2k) and 12 cents (4k)
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +26,6 @@ from mcp.types import (
     InputResponses,
     UrlElicitationCapability,
 )
-from PIL import Image
 
 from runapi_mcp.app import App, open_app
 from runapi_mcp.catalog import get_catalog
@@ -42,7 +40,7 @@ from runapi_mcp.server.confirm import (
     uses_input_required,
 )
 from runapi_mcp.simulator import Simulator
-from tests.support import FAST_POLICY, make_settings, price_quotes, text_of, uploads, upstream_creates
+from tests.support import FAST_POLICY, make_settings, png_file, price_quotes, text_of, uploads, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -72,14 +70,6 @@ class Asker:
 async def app(sim: Simulator, home: Path, inputs: Path) -> AsyncIterator[App]:
     async with open_app(make_settings(sim, home, inputs, confirm_above_cents=THRESHOLD), policy=FAST_POLICY) as app:
         yield app
-
-
-def local_png(inputs: Path) -> str:
-    path = inputs / "photo.png"
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 48), "teal").save(buf, "PNG")
-    path.write_bytes(buf.getvalue())
-    return str(path)
 
 
 # -- the setting ------------------------------------------------------------------------------------------
@@ -188,7 +178,7 @@ async def test_no_yes_uploads_and_creates_nothing(
     app: App, sim: Simulator, inputs: Path, mode: str, action: str, content: dict[str, Any] | None, fail: bool
 ) -> None:
     asker = Asker(action, content, fail=fail)
-    image = local_png(inputs)  # a local file: accepting would upload it first
+    image = str(png_file(inputs / "photo.png"))  # a local file: accepting would upload it first
     arguments = {"prompt": "make it night", "images": [image], "output_resolution": "4k"}
     async with Client(app.server, mode=mode, elicitation_callback=asker) as client:
         if fail and mode != "legacy":

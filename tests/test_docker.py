@@ -8,6 +8,7 @@ Podman. Without a running engine (``docker info`` fails) they are skipped at onc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -33,7 +34,7 @@ from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY, RawStdioServer, text_of
+from tests.support import SIM_KEY, RawStdioServer, free_port, text_of, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -182,23 +183,17 @@ http.server.HTTPServer(("127.0.0.1", port), Handler).serve_forever()
 needs_proc = pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="the healthcheck reads /proc (Linux)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_port(port: int, proc: subprocess.Popen[Any]) -> None:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited ({proc.returncode}) before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on port {port} within {timeout} s")
+            return False
+        return True
+
+    wait_until(listening, f"a listener on port {port}", 20)
 
 
 def healthcheck(pid: int) -> subprocess.CompletedProcess[str]:
@@ -321,16 +316,18 @@ def inspect(engine: str, name: str, template: str) -> str:
     return result.stdout.strip()
 
 
-def wait_healthy(engine: str, name: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
+def wait_healthy(engine: str, name: str) -> None:
     status = ""
-    while time.monotonic() < deadline:
+
+    def healthy_or_stopped() -> bool:
+        nonlocal status
         status = inspect(engine, name, "{{if .State.Health}}{{.State.Health.Status}}{{end}}")
-        if status == "healthy":
-            return
-        if inspect(engine, name, "{{.State.Running}}") == "false":
-            break
-        time.sleep(0.5)
+        return status == "healthy" or inspect(engine, name, "{{.State.Running}}") == "false"
+
+    with contextlib.suppress(AssertionError):  # not healthy in time: the logs say why
+        wait_until(healthy_or_stopped, f"container {name} healthy", 90, every=0.5)
+    if status == "healthy":
+        return
     logs = subprocess.run([engine, "logs", name], capture_output=True, text=True, timeout=30, check=False)
     raise AssertionError(f"container {name} not healthy ({status or 'no status'}): {logs.stderr[-3000:]}")
 

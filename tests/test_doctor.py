@@ -4,7 +4,6 @@ and the key is never printed."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from runapi_mcp.install import KEY_VAR, Options, config_path, install, server_la
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import TaskRecord
 from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore
-from tests.support import SIM_KEY
+from tests.support import SIM_KEY, free_port
 
 LITERAL = "sk-in-a-config-file-7d2e9a1b4c6f8e0d"
 
@@ -36,13 +35,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(path)
     yield path
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def lines_of(report: Report) -> dict[str, str]:
@@ -65,7 +57,7 @@ def test_a_broken_setup_fails_with_what_to_fix(home: Path, capsys: pytest.Captur
     desktop.parent.mkdir(parents=True)
     desktop.write_text(json.dumps({"mcpServers": {"runapi": {"command": "/gone/runapi-mcp", "args": ["serve"]}}}))
 
-    code = main(["doctor", "--home", str(blocker / "home"), "--base-url", f"http://127.0.0.1:{closed_port()}"])
+    code = main(["doctor", "--home", str(blocker / "home"), "--base-url", f"http://127.0.0.1:{free_port()}"])
     out = capsys.readouterr().out
     assert code == 1
     fails = {line.split(":")[0].split(None, 1)[1] for line in out.splitlines() if line.startswith("FAIL")}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -40,7 +39,6 @@ from mcp.client._memory import InMemoryTransport
 from mcp.client._transport import TransportStreams, WriteStream
 from mcp.shared.message import SessionMessage
 from mcp.types import CallToolResult, JSONRPCRequest
-from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.catalog import ALIASES, CatalogError, FieldSpec, RequestKind, get_catalog
@@ -49,7 +47,7 @@ from runapi_mcp.redaction import Redactor
 from runapi_mcp.server import RunAPIMCPServer
 from runapi_mcp.server.arguments import no_filter
 from runapi_mcp.simulator import Simulator
-from tests.support import FAST_POLICY, SIM_KEY, make_settings, text_of, upstream_creates
+from tests.support import FAST_POLICY, SIM_KEY, make_settings, png_bytes, text_of, upstream_creates
 
 # A tool that takes longer than this to answer counts as a hang. Valid calls finish in about 0.5 s
 # against the simulator; refusals in milliseconds.
@@ -207,12 +205,6 @@ class _SwapArguments:
 # -- the server under test ---------------------------------------------------------------------------
 
 
-def _png(size: tuple[int, int] = (48, 32)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, "teal").save(buf, "PNG")
-    return buf.getvalue()
-
-
 @dataclass(frozen=True)
 class Files:
     """A valid input image, and files that look like images to a careless reader but are not usable."""
@@ -240,11 +232,11 @@ class Files:
             fifo=inputs / "pipe.png",
             symlink=inputs / "link.png",
         )
-        files.png.write_bytes(_png())
-        files.outside_png.write_bytes(_png())
+        files.png.write_bytes(png_bytes((48, 32)))
+        files.outside_png.write_bytes(png_bytes((48, 32)))
         files.text_file.write_text("not a picture\n")
         files.empty_file.write_bytes(b"")
-        files.truncated.write_bytes(_png()[:12])
+        files.truncated.write_bytes(png_bytes((48, 32))[:12])
         files.folder.mkdir()
         os.mkfifo(files.fifo)
         files.symlink.symlink_to(files.png)
@@ -738,7 +730,7 @@ def json_values(served: Served) -> st.SearchStrategy[Any]:
         str(files.truncated),
         "/dev/zero",
         "runapi://images/x",
-        "data:image/png;base64," + base64.b64encode(_png((4, 4))).decode(),
+        "data:image/png;base64," + base64.b64encode(png_bytes((4, 4))).decode(),
         "http://",
     ]
     scalars = st.one_of(

@@ -21,7 +21,7 @@ import re
 import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ import pytest
 from mcp.client import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
-from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.client import DEFAULT_RETRY_POLICY
@@ -44,8 +43,10 @@ from tests.support import (
     Harness,
     RawStdioServer,
     make_settings,
+    png_file,
     server_env,
     text_of,
+    until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -101,16 +102,6 @@ async def _create_held(harness: Harness, args: dict[str, Any] | None = None) -> 
     assert not result.is_error, text_of(result)
     task_id: str = _data(result)["runapi_task_id"]  # the simulator knows tasks by RunAPI's id
     return task_id
-
-
-async def _eventually(condition: Callable[[], bool], failure: str, within_s: float = CALL_TIMEOUT_S) -> None:
-    """Wait for something the simulator's thread does (no event to await across threads)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        if condition():
-            return
-        assert time.monotonic() < deadline, failure
-        await anyio.sleep(0.01)
 
 
 def _release(sim: Simulator, task_ids: list[str]) -> None:
@@ -351,7 +342,7 @@ async def test_trickling_hosts_hit_the_deadline_and_starve_nothing(sim: Simulato
             sim.inject(Fault("trickle", chunk=1, delay=0.05, path_contains=f"/images/{task_id}/", times=None))
         released = time.monotonic()
         _release(sim, slow)
-        await _eventually(lambda: sim.open_streams >= len(slow), "the trickling downloads did not start")
+        await until(lambda: sim.open_streams >= len(slow), "the trickling downloads to start", CALL_TIMEOUT_S)
         # Creates and polls have their own slots: the normal task does not wait for the trickles.
         normal = await _call(harness, "generate_image", {"prompt": "a normal picture meanwhile"})
         assert sim.open_streams == len(slow), "the normal task waited for the trickling downloads to end"
@@ -370,7 +361,7 @@ async def test_trickling_hosts_hit_the_deadline_and_starve_nothing(sim: Simulato
             assert f"did not deliver within {deadline_s:g} s" in image["error"], image["error"]
             assert "did not deliver" in text_of(result)
         # The client hung up on every trickle (none is left streaming into the void).
-        await _eventually(lambda: sim.open_streams == 0, "a trickle is still streaming: the client never hung up")
+        await until(lambda: sim.open_streams == 0, "the client to hang up on every trickle", CALL_TIMEOUT_S)
         assert _leftovers(home) == []
         await _still_serving(harness)
 
@@ -716,7 +707,7 @@ async def test_odd_poll_answers_do_not_break_the_poll_loop(harness: Harness) -> 
         harness.sim.inject(dataclasses.replace(fault, method="GET", path_contains=status_path, times=2))
         tasks[task_id] = f"{fault.kind} {fault.body or fault.status}"
     # Let the odd answers land while the tasks still run, then let them finish.
-    await _eventually(lambda: not harness.sim.faults, "the polls never met the odd answers")
+    await until(lambda: not harness.sim.faults, "the polls to meet the odd answers", CALL_TIMEOUT_S)
     _release(harness.sim, list(tasks))
     results = await _wait_all(harness, list(tasks))
     for task_id, what in tasks.items():
@@ -751,7 +742,7 @@ async def test_a_planted_library_entry_is_never_served(harness: Harness, tmp_pat
     root = harness.app.settings.images_dir
     root.mkdir(parents=True, exist_ok=True)
     outside_png = tmp_path / "outside.png"
-    Image.new("RGB", (8, 8), "red").save(outside_png)
+    png_file(outside_png, (8, 8), "red")
     sidecar = {"image": {"path": "/proc/self/environ", "url": "file:///proc/self/environ", "mime_type": "image/png"}}
     planted = {
         # A sidecar claiming another file, and the id's own file a symlink to /etc/passwd.

@@ -11,8 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,18 @@ from runapi_mcp.config import ConfigError
 from runapi_mcp.http.app import HttpOptions
 from runapi_mcp.http.serve import RunningServer, check_exposure, http_server
 from runapi_mcp.simulator import Fault, Simulator
-from tests.support import FAST_POLICY, SIM_KEY, make_settings, server_env, text_of, upstream_creates
+from tests.support import (
+    FAST_POLICY,
+    SIM_KEY,
+    free_port,
+    healthy,
+    make_settings,
+    server_env,
+    text_of,
+    until,
+    upstream_creates,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -115,9 +125,7 @@ async def test_resource_updates_reach_the_subscriber_and_only_it(
         await watcher.subscribe_resource(f"runapi://tasks/{task_id}")
         done = await maker.call_tool("get_task", {"task_id": task_id, "wait": True})
         assert (done.structured_content or {})["status"] == "completed"
-        with anyio.fail_after(10):
-            while not any(_updated(m, task_id) for m in watcher_inbox):
-                await anyio.sleep(0.05)
+        await until(lambda: any(_updated(m, task_id) for m in watcher_inbox), "the watcher's update")
     assert not any(_updated(m, task_id) for m in maker_inbox)  # it did not subscribe
 
 
@@ -265,31 +273,10 @@ async def raw_tool_call(base: str, tool: str, arguments: dict[str, Any]) -> dict
     raise AssertionError("the call got no answer")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/health", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 async def test_sigterm_answers_waiting_calls_and_the_task_resumes_on_the_next_start(
     sim: Simulator, home: Path, inputs: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **server_env(sim, home, inputs, RUNAPI_MCP_AUTH_TOKEN=TOKEN)}
     command = [sys.executable, "-m", "runapi_mcp", "serve", "--transport", "http", "--port", str(port)]
@@ -297,7 +284,7 @@ async def test_sigterm_answers_waiting_calls_and_the_task_resumes_on_the_next_st
     sim.set_task_outcome(None, "running")
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        _wait_for(lambda: _healthy(base), 20, "the server to start")
+        wait_until(lambda: healthy(base), "the server to start", 20)
         answers: list[dict[str, Any]] = []
         async with anyio.create_task_group() as tg:
 
@@ -305,9 +292,7 @@ async def test_sigterm_answers_waiting_calls_and_the_task_resumes_on_the_next_st
                 answers.append(await raw_tool_call(base, "generate_image", {"prompt": "a slow dawn"}))
 
             tg.start_soon(call)
-            with anyio.fail_after(10):
-                while not upstream_creates(sim):
-                    await anyio.sleep(0.05)
+            await until(lambda: upstream_creates(sim), "the create upstream")
             first.send_signal(signal.SIGTERM)
         result = answers[0]
         assert not result.get("isError"), result
@@ -322,7 +307,7 @@ async def test_sigterm_answers_waiting_calls_and_the_task_resumes_on_the_next_st
     sim.set_task_outcome(upstream_id, "completed")
     second = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(lambda: _healthy(base), 20, "the server to start again")
+        wait_until(lambda: healthy(base), "the server to start again", 20)
         async with connect(base, "sse") as client:
             done = await client.call_tool("get_task", {"task_id": task_id, "wait": True})
         assert (done.structured_content or {})["status"] == "completed", text_of(done)

@@ -43,6 +43,7 @@ from runapi_mcp.install import (
     install,
     server_launch,
 )
+from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = Launch("/opt/runapi/bin/runapi-mcp", ("serve",))
@@ -757,9 +758,7 @@ def test_eight_concurrent_installs_keep_every_entry(home: Path, tmp_path: Path) 
         )
         for i, name in enumerate(names)
     ]
-    deadline = time.monotonic() + 40
-    while len(list(tmp_path.glob("ready*"))) < len(names) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(list(tmp_path.glob("ready*"))) == len(names), "every install at the start line", 40)
     go.touch()
     results = [(p.wait(timeout=40), *p.communicate()) for p in procs]
     assert all(code == 0 for code, _, _ in results), results

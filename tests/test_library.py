@@ -5,12 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
 import textwrap
 import time
-import zlib
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,46 +34,12 @@ from runapi_mcp.tasks.images import (
 from runapi_mcp.tasks.previews import PixelBudget, PreviewSkipped, make_previews
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
-from tests.support import SIM_KEY
+from tests.support import SIM_KEY, png_bytes, zero_png
 
 pytestmark = pytest.mark.anyio
 
 
 # -- test pictures ------------------------------------------------------------------------------------
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def zero_png(width: int, height: int, *, bit_depth: int = 8, color_type: int = 0, channels: int = 1) -> bytes:
-    """A PNG of ``width`` x ``height`` zero pixels, made without holding the raw pixels.
-
-    The deflate stream is one compressed block of rows repeated (a full flush makes each block stand
-    alone), with the Adler-32 of all the raw rows computed alongside: a valid stream, built in well
-    under a second even for a 60000x60000 bomb.
-    """
-    row = 1 + (width * bit_depth * channels + 7) // 8
-    rows_per_block = max(1, (1 << 20) // row)
-    block = b"\0" * (row * rows_per_block)
-    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
-    unit = deflate.compress(block) + deflate.flush(zlib.Z_FULL_FLUSH)
-    full, rest = divmod(height, rows_per_block)
-    tail_rows = b"\0" * (row * rest)
-    tail = deflate.compress(tail_rows) + deflate.flush(zlib.Z_FINISH)
-    adler = 1
-    for _ in range(full):
-        adler = zlib.adler32(block, adler)
-    adler = zlib.adler32(tail_rows, adler)
-    idat = b"\x78\xda" + unit * full + tail + struct.pack(">I", adler)
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), color: str = "teal", mode: str = "RGB") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 BOMB = zero_png(60000, 60000, bit_depth=1)
@@ -302,9 +266,8 @@ def test_inspection_reads_headers_only(no_decoding: None, huge_png: bytes) -> No
     assert (info.width, info.height, info.mime_type) == (60000, 60000, "image/png")
     assert inspect_image(huge_png).pixels == 280_000_000
     for fmt, size in (("JPEG", (40, 30)), ("WEBP", (41, 31)), ("GIF", (42, 32)), ("BMP", (43, 33)), ("TIFF", (44, 34))):
-        buf = io.BytesIO()
-        Image.new("RGB", size, "red").save(buf, fmt)
-        assert (inspect_image(buf.getvalue(), complete=True).width, inspect_image(buf.getvalue()).height) == size
+        data = png_bytes(size, "red", fmt=fmt)
+        assert (inspect_image(data, complete=True).width, inspect_image(data).height) == size
     with pytest.raises(ImageFileError, match="it is text"):
         inspect_image(b"hello")
 
@@ -343,7 +306,7 @@ async def test_a_corrupt_image_gets_a_skipped_preview(store: ImageStore) -> None
 
 async def test_previews_are_made_cached_and_keep_transparency(store: ImageStore) -> None:
     opaque = await download(store, "task-p", png_bytes((1600, 900), "orange"), 0)
-    clear = await download(store, "task-p", png_bytes((300, 300), (0, 0, 0, 0), "RGBA"), 1)  # type: ignore[arg-type]
+    clear = await download(store, "task-p", png_bytes((300, 300), (0, 0, 0, 0), mode="RGBA"), 1)
     missing = store.undownloaded("task-p", 2, "https://cdn.example/gone.png")
     record = record_for("task-p").model_copy(update={"images": [opaque, clear, missing]})
     first = await make_previews(store, record, 512, 600_000)

@@ -44,7 +44,7 @@ from runapi_mcp.server.mcp_tasks import (
 from runapi_mcp.server.results import CANCELLED_NOTE
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import TaskRecord
-from tests.support import FAST_POLICY, Harness, make_settings, price_quotes, upstream_creates
+from tests.support import FAST_POLICY, Harness, make_settings, price_quotes, until, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -72,12 +72,8 @@ class RawClient:
         return [params for name, params in self.notes if name == method]
 
     async def wait_for_note(self, method: str, predicate: Any) -> dict[str, Any]:
-        with anyio.fail_after(WAIT_S):
-            while True:
-                found = [n for n in self.notifications(method) if predicate(n)]
-                if found:
-                    return found[-1]
-                await anyio.sleep(0.01)
+        await until(lambda: [n for n in self.notifications(method) if predicate(n)], f"a {method}", WAIT_S)
+        return [n for n in self.notifications(method) if predicate(n)][-1]
 
 
 @asynccontextmanager
@@ -219,9 +215,7 @@ async def test_cancelling_a_running_task_stops_tracking_it_for_good(
         task_id = (await client.call_as_task("generate_image", {"prompt": "held"}))["task"]["taskId"]
         upstream = (await harness.app.manager.get(task_id)).upstream_id
         assert upstream is not None
-        with anyio.fail_after(WAIT_S):
-            while polls_of(sim, upstream) < 2:  # polling has begun
-                await anyio.sleep(0.01)
+        await until(lambda: polls_of(sim, upstream) >= 2, "polling begun", WAIT_S)
 
         blocked: list[dict[str, Any]] = []
 

@@ -23,8 +23,8 @@ from runapi.core import ClientOptions, HttpClient, PricingClient, ProviderClient
 from runapi_mcp.catalog import ActionSpec, get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY
-from tests.test_oracle_sdk import _body, _pick, _png, _resource
+from tests.support import SIM_KEY, png_bytes
+from tests.test_oracle_sdk import _body, _pick, _resource
 
 pytestmark = pytest.mark.anyio
 
@@ -191,7 +191,7 @@ async def test_a_local_file_goes_up_in_the_same_three_steps(
     sim: Simulator, sdk_wire: tuple[Wire, HttpClient], tmp_path: Path
 ) -> None:
     wire, http = sdk_wire
-    data = _png()
+    data = png_bytes((96, 64), (200, 40, 40))
     path = tmp_path / "fox.png"
     path.write_bytes(data)
     uploaded = provider(http).files.create(file=str(path))
@@ -220,7 +220,7 @@ async def test_a_local_file_goes_up_in_the_same_three_steps(
 async def test_a_remote_source(sim: Simulator, sdk_wire: tuple[Wire, HttpClient], tmp_path: Path) -> None:
     wire, http = sdk_wire
     path = tmp_path / "src.png"
-    path.write_bytes(_png())
+    path.write_bytes(png_bytes((96, 64), (200, 40, 40)))
     source_url = provider(http).files.create(file=str(path)).url
     wire.take()
     provider(http).files.create(source=source_url, file_name="again.png")

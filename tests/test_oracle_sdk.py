@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import io
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 from runapi.core import (
     AccountBalanceResponse,
     AccountInfoResponse,
@@ -48,7 +46,7 @@ from runapi.gpt_image_2 import GptImage2Client
 from runapi_mcp.catalog import ActionSpec, FieldSpec, ModelSpec, get_catalog
 from runapi_mcp.simulator import Fault, Simulator
 from runapi_mcp.simulator._tasks import ApiError, validate_body
-from tests.support import SIM_KEY
+from tests.support import SIM_KEY, png_bytes
 
 CATALOG = get_catalog()
 PROMPT = "a lighthouse on a cliff at dusk"
@@ -118,12 +116,6 @@ def _resource(action: ActionSpec, http: HttpClient) -> Resource:
                     if isinstance(resource, Resource) and getattr(resource, "ENDPOINT", None) == action.path:
                         return resource
     return RouteResource(http, action.path)
-
-
-def _png(size: tuple[int, int] = (96, 64), colour: tuple[int, int, int] = (200, 40, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
 
 
 # -- a valid body for any model --------------------------------------------------------------------------
@@ -201,7 +193,7 @@ def test_every_route_runs_to_completion_with_the_sdk(oracle: Simulator, shared_h
     """One model of every route in the catalog, created and polled by the SDK's ``run()`` (the route's
     package resource where RunAPI ships one); a route that takes a ``source_task_id`` gets a finished task."""
     source = tmp_path / "source.png"
-    source.write_bytes(_png())
+    source.write_bytes(png_bytes((96, 64), (200, 40, 40)))
     uploaded = ProviderClient(api_key=SIM_KEY, http_client=shared_http).files.create(file=source)
     takes_task = [a for a in CATALOG.actions if "source_task_id" in _pick(a).fields and _pick(a).fields["source_task_id"].required]
     first = [a for a in CATALOG.actions if a not in takes_task]
@@ -240,7 +232,7 @@ def test_gpt_image_2_create_then_get(oracle: Simulator) -> None:
 
 # -- files ---------------------------------------------------------------------------------------------
 def test_files_create_uploads_a_local_file_in_three_steps(oracle: Simulator, tmp_path: Path) -> None:
-    data = _png((50, 40), (20, 160, 20))
+    data = png_bytes((50, 40), (20, 160, 20))
     path = tmp_path / "green.png"
     path.write_bytes(data)
     oracle.clear_log()
@@ -262,7 +254,7 @@ def test_files_create_uploads_a_local_file_in_three_steps(oracle: Simulator, tmp
 
 
 def test_files_create_from_a_url_or_base64_source(oracle: Simulator) -> None:
-    data = _png((30, 30), (10, 10, 200))
+    data = png_bytes((30, 30), (10, 10, 200))
     files = ProviderClient(**_options(oracle)).files
     inline = files.create(source=base64.b64encode(data).decode("ascii"), file_name="blue.png")
     assert isinstance(inline, UploadResponse) and inline.size_bytes == len(data)

@@ -18,7 +18,7 @@ from mcp.client import Client
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault, Simulator
-from tests.support import FAST_POLICY, RawStdioServer, make_settings, server_env, text_of
+from tests.support import FAST_POLICY, RawStdioServer, make_settings, server_env, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -42,13 +42,6 @@ def _get_task(server: RawStdioServer, task_id: str) -> dict[str, Any]:
         "tools/call", {"name": "get_task", "arguments": {"task_id": task_id, "wait": True, "timeout_s": 20}}
     )
     return _structured(answer)
-
-
-def _eventually(condition: Any, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def test_a_task_running_when_the_server_is_killed_completes_after_a_restart(
@@ -80,7 +73,7 @@ def test_a_kill_between_the_create_and_its_answer_creates_one_task(sim: Simulato
     sim.inject(Fault("slow", delay=1.5, method="POST", path_contains="/gpt_image_2/"))
     with _started(RawStdioServer(env)) as first:
         first.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": GENERATE})
-        _eventually(lambda: any(r.method == "POST" for r in sim.requests) or sim.faults == [], "no create sent")
+        wait_until(lambda: any(r.method == "POST" for r in sim.requests) or sim.faults == [], "the create sent")
         time.sleep(0.3)
         first.proc.kill()
         first.proc.wait()

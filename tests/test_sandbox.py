@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import sys
@@ -14,7 +13,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from PIL import Image
 
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.simulator import Simulator
@@ -23,17 +21,11 @@ from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.records import TaskRecord
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError, open_checked_sync, read_checked_sync, read_local_file
-from tests.support import SIM_KEY, uploads
+from tests.support import SIM_KEY, png_bytes, uploads
 
 pytestmark = pytest.mark.anyio
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /dev and /proc of Linux")
-
-
-def png_bytes(color: str, size: tuple[int, int] = (32, 24)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -132,8 +124,8 @@ def racing_dir(request: pytest.FixtureRequest, allowed: Path, outside: Path) -> 
     sub = allowed / "sub"
     real = allowed / "real" if request.param == "flip" else sub
     real.mkdir()
-    (real / "image.png").write_bytes(png_bytes("blue"))
-    (outside / "image.png").write_bytes(png_bytes("red"))
+    (real / "image.png").write_bytes(png_bytes((32, 24), "blue"))
+    (outside / "image.png").write_bytes(png_bytes((32, 24), "red"))
     stop = threading.Event()
     if request.param == "flip":
         sub.symlink_to(real)
@@ -151,7 +143,7 @@ def racing_dir(request: pytest.FixtureRequest, allowed: Path, outside: Path) -> 
 
 
 def test_swapping_a_component_for_a_symlink_never_reads_outside(racing_dir: Path, allowed: Path, outside: Path) -> None:
-    inside_bytes = png_bytes("blue")
+    inside_bytes = png_bytes((32, 24), "blue")
     outcomes = {"read": 0, "refused": 0}
     for _ in range(800):
         try:
@@ -316,13 +308,13 @@ async def test_the_resolver_never_uploads_a_file_from_outside(
     # Only the inside picture was ever read: one upload (the cache serves the rest), one URL.
     assert len(uploads(sim)) == 1 and len(urls) == 1
     async with httpx.AsyncClient() as http:
-        assert (await http.get(urls.pop())).content == png_bytes("blue")
+        assert (await http.get(urls.pop())).content == png_bytes((32, 24), "blue")
     assert 0 < refused < 300
 
 
 async def test_resolver_errors_name_the_entry(resolver: ImageResolver, allowed: Path, sim: Simulator) -> None:
     os.mkfifo(allowed / "pipe.png")
-    (allowed / "good.png").write_bytes(png_bytes("green"))
+    (allowed / "good.png").write_bytes(png_bytes((32, 24), "green"))
     cases = {
         str(allowed / "pipe.png"): "is a FIFO, not a regular file",
         (allowed / "pipe.png").as_uri(): "is a FIFO, not a regular file",

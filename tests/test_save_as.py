@@ -26,8 +26,8 @@ from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import sandbox
 from runapi_mcp.tasks.sandbox import SandboxError, check_new_file_sync, create_new_file_sync, write_fd_all
 from runapi_mcp.tasks.saving import copy_name, expected_outputs, possible_names
-from tests.support import FAST_POLICY, Harness, make_settings, sent_anything, text_of, uploads
-from tests.test_sandbox import _flip_forever, _swap_forever, png_bytes
+from tests.support import FAST_POLICY, Harness, make_settings, png_bytes, sent_anything, text_of, uploads
+from tests.test_sandbox import _flip_forever, _swap_forever
 
 pytestmark = pytest.mark.anyio
 
@@ -83,7 +83,7 @@ async def test_a_relative_save_as_lands_under_the_first_allowed_directory(harnes
 
 async def test_an_absolute_save_as_for_edit_and_upscale(harness: Harness, inputs: Path) -> None:
     source = inputs / "source.png"
-    source.write_bytes(png_bytes("teal", (64, 48)))
+    source.write_bytes(png_bytes())
     edited = await harness.call(
         "edit_image", {"prompt": "make it purple", "images": [str(source)], "save_as": str(inputs / "purple.png")}
     )
@@ -189,7 +189,7 @@ async def test_refused_before_anything_is_sent(harness: Harness, inputs: Path, o
 
 async def test_an_edit_with_a_bad_save_as_uploads_nothing(harness: Harness, inputs: Path, outside: Path) -> None:
     source = inputs / "source.png"
-    source.write_bytes(png_bytes("teal"))
+    source.write_bytes(png_bytes((32, 24)))
     result = await harness.call(
         "edit_image", {"prompt": "purple", "images": [str(source)], "save_as": str(outside / "edited.png")}
     )

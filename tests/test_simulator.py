@@ -21,6 +21,7 @@ from PIL import Image
 from runapi_mcp.catalog import CatalogError, ModelSpec, get_catalog
 from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, ImageHost, Simulator, SimulatorConfig
 from runapi_mcp.simulator._tasks import ApiError, validate_body
+from tests.support import png_bytes, wait_until
 
 KEY = "sk-sim-test-key"
 T2I = "/api/v1/gpt_image_2/text_to_image"
@@ -62,20 +63,16 @@ def _body(prompt: str = "a red fox in the snow", **extra: Any) -> dict[str, Any]
     return {"model": "gpt-image-2", "prompt": prompt, **extra}
 
 
-def _wait(client: httpx.Client, path: str, timeout: float = 5.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        answer: dict[str, Any] = client.get(path).json()
-        if answer["status"] not in ("pending", "processing"):
-            return answer
-        assert time.monotonic() < deadline, f"task did not finish: {answer}"
-        time.sleep(0.02)
+def _wait(client: httpx.Client, path: str) -> dict[str, Any]:
+    """The task's status answer once it has ended."""
+    answers: list[dict[str, Any]] = []
 
+    def ended() -> bool:
+        answers.append(client.get(path).json())
+        return answers[-1]["status"] not in ("pending", "processing")
 
-def _png(color: tuple[int, int, int], size: tuple[int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
+    wait_until(ended, f"{path} to end", 5.0, every=0.02)
+    return answers[-1]
 
 
 def _md5(data: bytes) -> str:
@@ -271,7 +268,7 @@ def test_set_task_outcome(sim: Simulator, client: httpx.Client) -> None:
 def test_upload_then_edit_is_derived_from_the_source(
     sim: Simulator, client: httpx.Client, anon: httpx.Client
 ) -> None:
-    source = _png((230, 20, 20), (600, 400))
+    source = png_bytes((600, 400), (230, 20, 20))
     info = _upload(client, source, "red.png")
     assert set(info) == {"file_name", "url", "size_bytes", "mime_type", "created_at", "expires_at"}
     assert info["size_bytes"] == len(source) and info["mime_type"] == "image/png"
@@ -288,7 +285,7 @@ def test_upload_then_edit_is_derived_from_the_source(
 
 
 def test_upload_json_sources_and_limits(client: httpx.Client, anon: httpx.Client) -> None:
-    data = _png((0, 128, 0), (64, 48))
+    data = png_bytes((64, 48), (0, 128, 0))
     up = client.post(
         "/api/v1/files", json={"source": {"type": "base64", "data": base64.b64encode(data).decode()}}
     )
@@ -330,7 +327,7 @@ def test_edit_of_remote_and_missing_sources(client: httpx.Client) -> None:
 
 
 def test_upscale_multiplies_the_source_size(client: httpx.Client, anon: httpx.Client) -> None:
-    up = _upload(client, _png((9, 9, 9), (300, 200)), "s.png")
+    up = _upload(client, png_bytes((300, 200), (9, 9, 9)), "s.png")
     task = client.post(
         "/api/v1/topaz/upscale_image",
         json={"model": "topaz-upscale-image", "source_image_url": up["url"], "upscale_factor": 4},
@@ -488,12 +485,9 @@ def _image_url(sim: Simulator, client: httpx.Client) -> str:
     return url
 
 
-def _wait_streams_closed(sim: Simulator, timeout: float = 2.0) -> None:
+def _wait_streams_closed(sim: Simulator) -> None:
     """Wait until the simulator sends no streamed answer (it may finish just after its client)."""
-    deadline = time.monotonic() + timeout
-    while sim.open_streams:
-        assert time.monotonic() < deadline, f"{sim.open_streams} answer(s) still streaming"
-        time.sleep(0.01)
+    wait_until(lambda: not sim.open_streams, "every streamed answer to end", 2.0)
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -821,7 +815,7 @@ def test_control_api(sim: Simulator, client: httpx.Client) -> None:
 
 def test_reset_forgets_everything_a_test_did(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
     """What the ``sim`` fixture relies on between tests: a reset simulator is a new one on the same port."""
-    uploaded = _upload(client, _png((0, 90, 0), (16, 16)))
+    uploaded = _upload(client, png_bytes((16, 16), (0, 90, 0)))
     prepared = _prepare(client, b"never sent")
     first = client.post(T2I, json=_body(), headers={"Idempotency-Key": "reset-1"}).json()["id"]
     sim.set_task_outcome(None, "running")  # queued for the next task: the next test must not inherit it
@@ -906,10 +900,7 @@ def test_prerender_renders_outputs_before_they_are_downloaded(anon: httpx.Client
         headers = {"Authorization": f"Bearer {KEY}"}
         task_id = c.post(T2I, json=_body(output_resolution="1k"), headers=headers).json()["id"]
         images = sim._data_dir / "images"
-        deadline = time.monotonic() + 10
-        while not list(images.glob(f"{task_id}_*.png")):
-            assert time.monotonic() < deadline, "the picture was not rendered in the background"
-            time.sleep(0.02)
+        wait_until(lambda: list(images.glob(f"{task_id}_*.png")), "the picture rendered in the background")
         assert c.get(f"{T2I}/{task_id}", headers=headers).json()["status"] in ("pending", "processing")
         sim.set_task_outcome(task_id, "completed")
         url = c.get(f"{T2I}/{task_id}", headers=headers).json()["images"][0]["url"]
@@ -918,19 +909,19 @@ def test_prerender_renders_outputs_before_they_are_downloaded(anon: httpx.Client
 
 # -- today's contract: direct uploads, quotes, schedules, task headers (runapi-core 0.10.1) ------------
 def test_multipart_upload_is_refused_and_legacy_takes_it(sim: Simulator, client: httpx.Client) -> None:
-    multipart = client.post("/api/v1/files", files={"file": ("red.png", _png((1, 2, 3), (8, 8)), "image/png")})
+    multipart = client.post("/api/v1/files", files={"file": ("red.png", png_bytes((8, 8), (1, 2, 3)), "image/png")})
     assert multipart.status_code == 415
     assert "/api/v1/files/prepare" in multipart.json()["error"]["message"]
     sim.configure(legacy=True)
     try:
-        old = client.post("/api/v1/files", files={"file": ("red.png", _png((1, 2, 3), (8, 8)), "image/png")})
+        old = client.post("/api/v1/files", files={"file": ("red.png", png_bytes((8, 8), (1, 2, 3)), "image/png")})
         assert old.status_code == 200 and old.json()["mime_type"] == "image/png"
     finally:
         sim.configure(legacy=False)
 
 
 def test_direct_upload_rules(sim: Simulator, client: httpx.Client, anon: httpx.Client) -> None:
-    data = _png((10, 200, 10), (40, 30))
+    data = png_bytes((40, 30), (10, 200, 10))
     prepared = _prepare(client, data, "green.png")
     assert set(prepared) == {"signed_id", "upload_url", "headers"}
     assert prepared["upload_url"].startswith(sim.base_url + "/storage/")
@@ -978,7 +969,7 @@ def test_direct_upload_rules(sim: Simulator, client: httpx.Client, anon: httpx.C
 def test_uploads_expire(client: httpx.Client, anon: httpx.Client) -> None:
     with Simulator(_config(upload_lifetime_s=0.4)) as sim, _client(sim.base_url) as c:
         c.headers["Authorization"] = f"Bearer {KEY}"
-        info = _upload(c, _png((200, 0, 0), (32, 32)))
+        info = _upload(c, png_bytes((32, 32), (200, 0, 0)))
         created, expires = (
             datetime.fromisoformat(info[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at")
         )
@@ -993,7 +984,7 @@ def test_uploads_expire(client: httpx.Client, anon: httpx.Client) -> None:
         again = c.post("/api/v1/files", json={"source": {"type": "url", "url": info["url"]}})
         assert again.status_code == 422
     # The default: one hour.
-    info = _upload(client, _png((0, 0, 200), (8, 8)))
+    info = _upload(client, png_bytes((8, 8), (0, 0, 200)))
     created, expires = (datetime.fromisoformat(info[k].replace("Z", "+00:00")) for k in ("created_at", "expires_at"))
     assert expires - created == timedelta(hours=1)
 

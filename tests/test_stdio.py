@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY, RawStdioServer, server_env, text_of
+from tests.support import SIM_KEY, RawStdioServer, server_env, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -146,11 +145,11 @@ def test_a_signal_answers_the_waiting_call_and_ends_the_server(
         server.initialize("2025-06-18")
         call = {"name": "generate_image", "arguments": {"prompt": "a long wait"}}
         server.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": call})
-        deadline = time.monotonic() + 10
         # The task's own status polled (not the price schedules read at start): the call is waiting.
-        while not [r for r in sim.requests if r.method == "GET" and "/api/v1/gpt_image_2/" in r.path]:
-            assert time.monotonic() < deadline, "the task was never polled"
-            time.sleep(0.05)
+        wait_until(
+            lambda: [r for r in sim.requests if r.method == "GET" and "/api/v1/gpt_image_2/" in r.path],
+            "the task polled",
+        )
         server.proc.send_signal(signum)
         assert server.proc.wait(timeout=10) == 0  # stdin is still open: the signal alone ends it
         answers = server.remaining()

@@ -38,7 +38,7 @@ from runapi_mcp.server import subscriptions
 from runapi_mcp.server.subscriptions import LiveUpdates
 from runapi_mcp.simulator import Fault, Simulator
 from runapi_mcp.tasks import TaskRecord
-from tests.support import Harness, RawStdioServer, server_env, text_of
+from tests.support import Harness, RawStdioServer, server_env, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -292,11 +292,11 @@ def test_a_raw_2025_06_18_client_over_stdio(sim: Simulator, home: Path, inputs: 
             ]
 
         def until(condition: Callable[[], bool]) -> None:
-            deadline = time.monotonic() + WAIT_S
-            while not condition():
-                assert time.monotonic() < deadline, "timed out"
+            def read_then_check() -> bool:
                 server.request("ping")  # notifications are read while a request waits for its answer
-                time.sleep(0.02)
+                return condition()
+
+            wait_until(read_then_check, "the notifications", WAIT_S, every=0.02)
 
         assert data["status"] == "pending" and len(listed()) == 1  # the new task, announced before the answer
         assert server.request("resources/subscribe", {"uri": uri})["result"] == {}

@@ -7,7 +7,6 @@ accepts only the forms RunAPI's SDK (runapi-core 0.10.1) sends; its request log 
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 import anyio
 import pytest
 from mcp.client import Client
-from PIL import Image
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault, Simulator
@@ -24,6 +22,7 @@ from tests.support import (
     FAST_POLICY,
     Harness,
     make_settings,
+    png_file,
     price_quotes,
     sent_anything,
     text_of,
@@ -35,13 +34,6 @@ pytestmark = pytest.mark.anyio
 
 GPT_25 = ("gpt-image-2.5-flare", "gpt-image-2.5-sunburst")
 RATIOS = ["auto", "1:1", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5", "16:9", "9:16", "2:1", "1:2", "3:1", "1:3", "21:9", "9:21"]
-
-
-def png_file(path: Path, size: tuple[int, int] = (48, 32), color: str = "teal") -> Path:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 def done(result: Any) -> dict[str, Any]:
@@ -88,7 +80,7 @@ async def test_gpt_image_25_generates_and_edits_16_images(harness: Harness, inpu
         )
     )
     assert (at_4k["images"][0]["width"], at_4k["images"][0]["height"]) == (3840, 2160)
-    sources = [str(png_file(inputs / f"s{i}.png", color=(i * 15, 100, 200))) for i in range(16)]  # type: ignore[arg-type]
+    sources = [str(png_file(inputs / f"s{i}.png", (48, 32), (i * 15, 100, 200))) for i in range(16)]
     harness.sim.clear_log()
     edited = done(await harness.call("edit_image", {"prompt": "as one poster", "images": sources, "model": model}))
     assert edited["action"] == "edit_image"
@@ -124,7 +116,7 @@ async def test_each_gpt_image_25_rule_is_refused_before_anything_is_sent(
 ) -> None:
     arguments: dict[str, Any] = {"prompt": "a lighthouse", "model": "gpt-image-2.5-flare", **options}
     if tool == "edit_image":
-        arguments["images"] = [str(png_file(inputs / "src.png"))]
+        arguments["images"] = [str(png_file(inputs / "src.png", (48, 32)))]
     result = await harness.call(tool, arguments)
     assert result.is_error
     message = text_of(result)
@@ -143,7 +135,7 @@ async def test_each_gpt_image_25_rule_is_refused_before_anything_is_sent(
 
 
 async def test_grok_image_20_edits_source_images(harness: Harness, inputs: Path) -> None:
-    images = [str(png_file(inputs / f"g{i}.png", color=c)) for i, c in enumerate(("red", "blue"))]
+    images = [str(png_file(inputs / f"g{i}.png", (48, 32), c)) for i, c in enumerate(("red", "blue"))]
     edited = done(
         await harness.call(
             "edit_image",
@@ -163,7 +155,7 @@ async def test_grok_image_20_edits_source_images(harness: Harness, inputs: Path)
 
 
 async def test_topaz_factor_8_is_refused_naming_1_2_4(harness: Harness, inputs: Path) -> None:
-    image = str(png_file(inputs / "small.png"))
+    image = str(png_file(inputs / "small.png", (48, 32)))
     for tool, arguments in (
         ("upscale_image", {"image": image, "factor": 8}),
         ("edit_image", {"prompt": "x", "images": [image], "model": "topaz-upscale-image", "params": {"upscale_factor": 8}}),
@@ -216,7 +208,7 @@ async def test_a_5xx_create_naming_its_task_is_tracked_by_that_id(harness: Harne
 
 
 async def test_an_upload_is_reused_well_inside_its_life_and_redone_after(harness: Harness, inputs: Path) -> None:
-    image = str(png_file(inputs / "to-edit.png"))
+    image = str(png_file(inputs / "to-edit.png", (48, 32)))
     with simulator_config(harness.sim, upload_lifetime_s=3.0):
         done(await harness.call("edit_image", {"prompt": "make it blue", "images": [image]}))
         done(await harness.call("edit_image", {"prompt": "make it red", "images": [image]}))
@@ -236,7 +228,7 @@ async def test_a_model_in_maintenance_is_refused_and_marked(sim: Simulator, home
     async with server(sim, home, inputs, schedules_max_age_s=0) as harness:
         sim.set_catalog_status("gpt-image-2", "maintenance", action="edit_image")
         try:
-            image = str(png_file(inputs / "m.png"))
+            image = str(png_file(inputs / "m.png", (48, 32)))
             refused = await harness.call("edit_image", {"prompt": "x", "images": [image]})
             assert refused.is_error
             message = text_of(refused)

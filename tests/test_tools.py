@@ -22,19 +22,15 @@ from tests.support import (
     SIM_KEY,
     Harness,
     make_settings,
+    png_bytes,
     sent_anything,
     text_of,
+    until,
     uploads,
     upstream_creates,
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def png_bytes(size: tuple[int, int] = (64, 48), color: str = "teal") -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
 
 
 async def test_generate_image_returns_the_picture(harness: Harness) -> None:
@@ -166,19 +162,12 @@ async def test_cancelled_call_stops_the_wait_not_the_task(harness: Harness) -> N
     before = harness.sim.tasks_created
     async with anyio.create_task_group() as tg:
         tg.start_soon(harness.call, "generate_image", {"prompt": "cancel me", "output_resolution": "4k"})
-        with anyio.fail_after(10):  # cancelled once the create is out, however slow the machine
-            while not upstream_creates(harness.sim):
-                await anyio.sleep(0.01)
+        await until(lambda: upstream_creates(harness.sim), "the create out")  # however slow the machine
         tg.cancel_scope.cancel()
     [create] = upstream_creates(harness.sim)
-    task_id = None
-    for _ in range(100):
-        tasks = (await harness.app.manager.store.page()).records
-        if tasks:
-            task_id = tasks[0].task_id
-            break
-        await anyio.sleep(0.01)
-    assert task_id is not None and create
+    tasks = (await harness.app.manager.store.page()).records
+    assert tasks and create  # recorded before the create was sent
+    task_id = tasks[0].task_id
     done = await harness.call("get_task", {"task_id": task_id, "wait": True})
     assert done.structured_content["status"] == "completed"
     # One task upstream. A cancel that lands while the create's answer is on its way leaves the task

@@ -30,7 +30,7 @@ from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.http.webhook import CALLBACK_PATH, MAX_CALLBACK_BODY, callback_routes
 from runapi_mcp.simulator import Fault, Simulator
 from runapi_mcp.tasks import PollPolicy, PollSchedule, PollState, TaskRecord
-from tests.support import FAST_POLICY, TIME_SCALE, FakeClock, make_settings, text_of, upstream_creates
+from tests.support import FAST_POLICY, TIME_SCALE, FakeClock, make_settings, text_of, until, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -102,9 +102,7 @@ async def webhooked(
             server = uvicorn.Server(config)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(partial(server.serve, sockets=[sock]))
-                with anyio.fail_after(10):
-                    while not server.started:
-                        await anyio.sleep(0.005)
+                await until(lambda: server.started, "the callback receiver listening", every=0.005)
                 try:
                     yield Webhooked(app, client, public_url, completed)
                 finally:
@@ -116,14 +114,6 @@ async def webhooked(
 def status_reads(sim: Simulator, upstream_id: str) -> list[Any]:
     return [r for r in sim.requests if r.method == "GET" and r.path.startswith("/api/") and r.path.endswith(
         "/" + upstream_id)]
-
-
-async def _eventually(condition: Any, what: str, within: float = 10.0) -> None:
-    with anyio.move_on_after(within):
-        while not condition():
-            await anyio.sleep(0.01)
-        return
-    raise AssertionError(f"not within {within} s: {what}")
 
 
 # -- the create ------------------------------------------------------------------------------------------
@@ -201,7 +191,7 @@ async def test_a_valid_callback_completes_the_task_at_once_with_one_status_read(
         finished = sim.completed_at(upstream)
         assert finished is not None
         # Completed (status read, image downloaded and saved) promptly after RunAPI finished.
-        await _eventually(lambda: data["task_id"] in hooked.completed, "the listener heard of it")
+        await until(lambda: data["task_id"] in hooked.completed, "the listener heard of it")
         assert hooked.completed[data["task_id"]] - finished < 0.5
 
 
@@ -277,7 +267,7 @@ async def test_a_late_callback_still_completes_the_task_with_one_read(
         data = await hooked.generate("called back late")
         with anyio.fail_after(10):
             done = await hooked.app.manager.wait(data["task_id"], 10)
-        await _eventually(lambda: data["task_id"] in hooked.completed, "the listener heard of it")
+        await until(lambda: data["task_id"] in hooked.completed, "the listener heard of it")
     upstream = data["runapi_task_id"]
     finished = sim.completed_at(upstream)
     assert done.status == "completed" and finished is not None
@@ -303,9 +293,7 @@ async def test_a_flood_of_valid_callbacks_costs_a_bounded_number_of_status_reads
                     tg.start_soon(http.post, url)
 
         async def reads_reach(count: int) -> None:
-            with anyio.fail_after(5):
-                while len(status_reads(sim, upstream)) < count:
-                    await anyio.sleep(0.01)
+            await until(lambda: len(status_reads(sim, upstream)) >= count, f"{count} status reads", 5)
 
         await burst()
         await reads_reach(1)
