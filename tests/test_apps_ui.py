@@ -220,7 +220,7 @@ async def test_the_gallery_tool_answers_every_client_and_thumbnails_apps_clients
 
     listed = await harness.call("gallery")
     text = text_of(listed)
-    assert text.startswith("Gallery: 3 task(s), newest first:")
+    assert text.startswith("Gallery: 3 tasks, newest first:")
     for task_id in ids.values():
         assert task_id in text
     assert text.count(".png") + text.count(".jpg") >= 3  # the saved paths, for clients without the view
@@ -469,14 +469,14 @@ async def test_the_gallery_view_filters_and_opens_a_task(harness: Harness, brows
     async with open_host(browser, host_page(html, "gallery", {}, wire(listed))) as host:
         await host.frame.wait_for_function("() => document.querySelectorAll('.tile').length === 3")
         await host.images_loaded(3)
-        assert await host.text("#count") == "3 task(s)"
+        assert await host.text("#count") == "3 tasks"
         captions = await host.frame.eval_on_selector_all(".tile .caption", "nodes => nodes.map(n => n.textContent)")
         assert sorted(captions) == sorted(ids)
         await host.page.screenshot(path=screenshot_path("apps-gallery"), full_page=True)
 
         await host.frame.fill("#filter-text", "fox")
         assert await host.frame.eval_on_selector_all(".tile", "nodes => nodes.length") == 1
-        assert await host.text("#count") == "1 of 3 task(s)"
+        assert await host.text("#count") == "1 of 3 tasks"
         await host.frame.fill("#filter-text", "")
         await host.frame.select_option("#filter-model", "flux-kontext-pro")
         tiles = await host.frame.eval_on_selector_all(".tile", "nodes => nodes.map(n => n.dataset.taskId)")

@@ -110,7 +110,7 @@ def test_sigint_then_sigterm_answers_the_waiting_call_and_exits_before_the_sigte
         args = {"task_id": task_id, "wait": True, "timeout_s": 10}
         result = again.request("tools/call", {"name": "get_task", "arguments": args})["result"]
         assert result["structuredContent"]["status"] == "completed", result
-        assert "resumed 1 task(s) from the store" in again.close()
+        assert "resumed 1 task from the store" in again.close()
 
 
 def test_a_second_signal_ends_the_stop_at_once(sim: Simulator, home: Path, inputs: Path) -> None:

@@ -492,3 +492,24 @@ async def test_an_error_for_the_user_is_the_whole_answer_and_any_other_is_intern
     text = text_of(result)
     assert result.is_error and "internal error (RuntimeError)" in text and "/some/private/path" not in text
     assert "/some/private/path" in caplog.text
+
+
+async def test_counts_read_as_people_write_them(harness: Harness) -> None:
+    # "1 image", "2 images", "1 task", "2 tasks": never "image(s)" nor "1 images", in what every client reads.
+    one = await harness.call("generate_image", {"prompt": "one fox"})
+    assert text_of(one).splitlines()[0].endswith(": 1 image."), text_of(one)
+    two = await harness.call(
+        "generate_image",
+        {"prompt": "two foxes", "model": "gpt-4o-image", "aspect_ratio": "1:1", "params": {"output_count": 2}},
+    )
+    assert text_of(two).splitlines()[0].endswith(": 2 images."), text_of(two)
+    both = text_of(await harness.call("gallery"))
+    assert both.startswith("Gallery: 2 tasks, newest first:") and ", 2 images: " in both and ", 1 image: " in both
+    single = text_of(await harness.call("gallery", {"query": "one fox"}))
+    assert single.startswith("Gallery: 1 task (query='one fox'), newest first:"), single
+    listed = text_of(await harness.call("list_tasks"))
+    assert listed.startswith("2 tasks, newest first:") and ", 1 image: " in listed
+    models = text_of(await harness.call("list_models", {"model": "gpt-image-2"}))
+    assert "; 1 image per task" in models and "up to 1 image" not in models
+    for text in (text_of(one), text_of(two), both, single, listed, models):
+        assert "(s)" not in text.replace("http(s)", "") and "1 images" not in text and "1 tasks" not in text

@@ -28,6 +28,7 @@ from runapi_mcp.tasks import (
     TaskStore,
 )
 from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
+from runapi_mcp.wording import count
 
 
 @dataclass
@@ -204,12 +205,12 @@ async def _stop_on_signal(app: App, transport: StdioTransport, signals: AsyncIte
         tg.cancel_scope.cancel()
     answered = anyio.current_time()
     if transport.calls:
-        log.warning("stopping with %d tool call(s) unanswered", len(transport.calls))
+        log.warning("stopping with %s unanswered", count(len(transport.calls), "tool call"))
     with anyio.CancelScope(shield=True):
         await app.manager.store.close()
     log.info(
-        "stopped: %d tool call(s) answered in %.0f ms, the store closed in %.0f ms",
-        max(0, waiting - len(transport.calls)),
+        "stopped: %s answered in %.0f ms, the store closed in %.0f ms",
+        count(max(0, waiting - len(transport.calls)), "tool call"),
         (answered - started) * 1000,
         (anyio.current_time() - answered) * 1000,
     )

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from runapi_mcp.errors import UserError
+from runapi_mcp.wording import count as counted
 
 # generate_image, edit_image, upscale_image: which of a model's actions a tool call means.
 RequestKind = Literal["generate", "edit", "upscale"]
@@ -34,7 +35,7 @@ EDIT_ENDPOINTS = (
     "decompose_layers",
     "segment_map",
 )
-# The fields a model takes its input image(s) in, most general first.
+# The fields a model takes its input images in, most general first.
 IMAGE_FIELDS = ("source_image_urls", "source_image_url", "image_url", "reference_image_urls")
 # The field an upscale model takes its multiplier in (topaz: upscale_factor); the others are the names
 # the same knob has elsewhere, so a new upscale model using one works with upscale_image's ``factor``.
@@ -258,11 +259,13 @@ class FieldSpec(BaseModel):
 
     def _check_array(self, value: list[Any], where: str) -> None:
         if self.min_items is not None and len(value) < self.min_items:
-            raise CatalogError(f"{where} needs at least {self.min_items} item(s), got {len(value)}", field=self.name)
+            least = counted(self.min_items, "item")
+            raise CatalogError(f"{where} needs at least {least}, got {len(value)}", field=self.name)
         limit = self.items_limit
         if len(value) > limit:
             note = "" if self.max_items is not None else " (RunAPI states no limit; this is the catalog's)"
-            raise CatalogError(f"{where} takes at most {limit} item(s){note}, got {len(value)}", field=self.name)
+            most = counted(limit, "item")
+            raise CatalogError(f"{where} takes at most {most}{note}, got {len(value)}", field=self.name)
         item_type = self.items.type if self.items else ("string" if self.is_url else None)
         budget = [UNTYPED_MAX_VALUES]
         for i, item in enumerate(value):
@@ -369,7 +372,8 @@ def _check_untyped(value: Any, where: str, field_name: str, *, level: int, budge
         if level + 1 > UNTYPED_LIST_LEVELS:
             raise CatalogError(f"{where} nests lists more than {UNTYPED_LIST_LEVELS} levels deep", field=field_name)
         if len(value) > ARRAY_MAX_ITEMS:
-            raise CatalogError(f"{where} takes at most {ARRAY_MAX_ITEMS} item(s), got {len(value)}", field=field_name)
+            most = counted(ARRAY_MAX_ITEMS, "item")
+            raise CatalogError(f"{where} takes at most {most}, got {len(value)}", field=field_name)
         for i, item in enumerate(value):
             _check_untyped(item, f"{where}[{i}]", field_name, level=level + 1, budget=budget)
         return
@@ -601,7 +605,8 @@ class ValidatedRequest:
         if len(urls) != self.image_count:
             # The count was checked against the model's limits; a different number skips that check.
             raise CatalogError(
-                f"'images' was validated as {self.image_count} image(s) but {len(urls)} URL(s) were given",
+                f"'images' was validated as {counted(self.image_count, 'image')} but {counted(len(urls), 'URL')} "
+                f"{'was' if len(urls) == 1 else 'were'} given",
                 field="images",
             )
         body = dict(self.body)
@@ -912,13 +917,11 @@ class Catalog:
             return
         where = f"for model '{spec.slug}' (field '{image_field.name}')"
         if image_field.min_items is not None and count < image_field.min_items:
-            raise CatalogError(
-                f"'images' needs at least {image_field.min_items} image(s) {where}, got {count}", field="images"
-            )
+            least = counted(image_field.min_items, "image")
+            raise CatalogError(f"'images' needs at least {least} {where}, got {count}", field="images")
         if count > image_field.items_limit:
-            raise CatalogError(
-                f"'images' takes at most {image_field.items_limit} image(s) {where}, got {count}", field="images"
-            )
+            most = counted(image_field.items_limit, "image")
+            raise CatalogError(f"'images' takes at most {most} {where}, got {count}", field="images")
 
     def find_model(self, name: str) -> tuple[str, str | None]:
         """The slug ``name`` means (a slug or an alias, in any case) and, for an alias, its endpoint.

@@ -460,7 +460,7 @@ class RunAPIClient:
         (304): that answer still holds."""
         unknown = set(filters) - {"service", "action", "model"}
         if unknown:
-            raise ValueError(f"unknown filter(s): {sorted(unknown)}")
+            raise ValueError(f"unknown filter{'s' if len(unknown) > 1 else ''}: {sorted(unknown)}")
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in filters.items() if v)
         headers = {"If-None-Match": etag} if etag else {}
         return await self._call(

@@ -101,6 +101,7 @@ from runapi_mcp.tasks.images import valid_image_id
 from runapi_mcp.tasks.previews import make_preview
 from runapi_mcp.tasks.records import STATES
 from runapi_mcp.tasks.store import encode_cursor, library_pictures, prompt_holds
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.http.gallery")
 
@@ -366,7 +367,7 @@ class Gallery:
                 return found, None, None
             cursor = page.next_cursor
         assert last is not None
-        return found, encode_cursor(last), f"Searched {scanned} tasks; older ones are on the next page"
+        return found, encode_cursor(last), f"Searched {count(scanned, 'task')}; older ones are on the next page"
 
     async def _sources(self, owner: str, records: list[TaskRecord]) -> dict[str, ImageRecord]:
         """The owner's outputs the records' requests name by URL (what they were made from), by URL."""

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlencode, urlsplit
 
 from runapi_mcp.tasks.images import extension_for
+from runapi_mcp.wording import count as counted
 
 # Long prompts are cut for the grid (the full text stays in the task store and the sidecar; the lightbox
 # and "Copy prompt" take it whole from the tile's data-prompt).
@@ -613,7 +614,7 @@ def _tile(view: GalleryView, tile: Tile, thumb_edge: int) -> str:
 
 
 def _pictures(count: int) -> str:
-    return f"{count} picture" if count == 1 else f"{count} pictures"
+    return counted(count, "picture")
 
 
 def _summary(view: GalleryView) -> str:

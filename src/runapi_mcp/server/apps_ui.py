@@ -54,6 +54,7 @@ from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import TaskResult, task_result
 from runapi_mcp.tasks import Preview, TaskManager, TaskRecord, TaskState
 from runapi_mcp.tasks.previews import make_preview
+from runapi_mcp.wording import count
 
 UI_URI = "ui://runapi/images.html"
 # The tools whose results the view renders (list_models, check_balance, list_tasks stay plain).
@@ -103,7 +104,7 @@ def _line(record: TaskRecord) -> str:
     parts = [record.task_id, record.status, record.model, when]
     saved = [image.path for image in record.images if image.path]
     if saved:
-        parts.append(f"{len(saved)} image(s): {', '.join(saved)}")
+        parts.append(f"{count(len(saved), 'image')}: {', '.join(saved)}")
     if record.prompt:
         prompt = record.prompt if len(record.prompt) <= 80 else record.prompt[:77] + "..."
         parts.append(repr(prompt))
@@ -166,7 +167,7 @@ class AppsUI:
         filters = ", ".join(f"{k}={v!r}" for k, v in (("status", status), ("model", model), ("query", query)) if v)
         where = f" ({filters})" if filters else ""
         if records:
-            lines = [f"Gallery: {len(records)} task(s){where}, newest first:", *(_line(r) for r in records)]
+            lines = [f"Gallery: {count(len(records), 'task')}{where}, newest first:", *(_line(r) for r in records)]
             if more:
                 lines.append(f"More tasks match: raise limit (up to {GALLERY_MAX}) or page with list_tasks.")
             text = "\n".join(lines)

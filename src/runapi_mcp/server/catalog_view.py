@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from runapi_mcp.catalog import ALIASES, Catalog
 from runapi_mcp.tasks import Availability
+from runapi_mcp.wording import count
 
 INDEX_BUDGET_BYTES = 8_000  # text and structured content together, as JSON (surface.result_bytes)
 MODELS_URI = "runapi://models"
@@ -136,7 +137,8 @@ def details_text(listing: ModelList) -> str:
         if info.image_field:
             about.append(f"images go in {info.image_field}")
         if info.max_outputs:
-            about.append(f"up to {info.max_outputs} image(s) per task")
+            most = info.max_outputs
+            about.append("1 image per task" if most == 1 else f"up to {count(most, 'image')} per task")
         if info.availability:
             about.append(f"NOT AVAILABLE NOW: RunAPI marks it {info.availability}")
         lines = [f"\n{info.model}, {info.action} ({info.family}): {'; '.join(about)}"]

@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runapi_mcp.catalog import OUTPUT_COUNT_FIELDS, SPLIT_IMAGES_OUTPUTS, ValidatedRequest
 from runapi_mcp.errors import UserError
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.server.confirm")
 
@@ -85,7 +86,7 @@ def format_price(cents: int | None) -> str:
     """``$0.12 (12 cents)``; an unknown price says so."""
     if cents is None:
         return "unknown (RunAPI gave no price quote)"
-    return f"${cents / 100:.2f} ({cents} cent{'' if cents == 1 else 's'})"
+    return f"${cents / 100:.2f} ({count(cents, 'cent')})"
 
 
 def client_can_elicit(capabilities: ClientCapabilities | None) -> bool:

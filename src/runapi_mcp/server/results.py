@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from runapi_mcp.server.owners import current_file_link
 from runapi_mcp.tasks import ImageRecord, Preview, PreviewSkipped, TaskRecord, TaskState
 from runapi_mcp.tasks.saving import extension_note
+from runapi_mcp.wording import count
 
 PreviewOutcome = Preview | PreviewSkipped | None
 
@@ -141,11 +142,11 @@ def summary_text(
     cents = record.cost_cents if record.cost_cents is not None else record.price_cents
     if record.status == "failed" and not record.spend_cents:
         cents = None
-    price = f", {cents} cents" if cents is not None else ""
+    price = f", {count(cents, 'cent')}" if cents is not None else ""
     head = f"Task {record.task_id} ({record.model}, {record.action}{price})"
     if record.status == "completed":
         saved = [i for i in record.images if i.path]
-        lines = [f"{head} completed in {elapsed:.0f}s: {len(record.images)} image(s)."]
+        lines = [f"{head} completed in {elapsed:.0f}s: {count(len(record.images), 'image')}."]
         skipped = {n: p.reason for n, p in enumerate(previews) if isinstance(p, PreviewSkipped)}
         link = current_file_link.get() if download_urls is None else None
         for n, image in enumerate(record.images):

@@ -413,7 +413,8 @@ class Fault:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
-                f"unknown Fault field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+                f"unknown Fault field{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(known))}"
             )
         if "kind" not in data:
             raise ValueError("Fault needs a 'kind'")

@@ -51,6 +51,7 @@ from runapi_mcp.tasks.records import LOCAL_OWNER, ImageRecord, StatusChange, Tas
 from runapi_mcp.tasks.saving import SaveAsError, write_copy
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.tasks")
 
@@ -200,13 +201,13 @@ class TaskManager:
         """Take up what a previous process left: unfinished tasks, outputs not downloaded, partial files."""
         removed = await anyio.to_thread.run_sync(self.images.remove_partials, self.policy.download_deadline_s)
         if removed:
-            log.info("removed %d partial download(s) left by an earlier run", removed)
+            log.info("removed %s left by an earlier run", count(removed, "partial download"))
         for record in await self.store.unfinished():
             tracked = self._track(record)
             if self._wants_refetch(tracked) and self._tg is not None:
                 self._tg.start_soon(self._guarded, tracked, "downloading the images", self._refetch, tracked)
         if self._tracked:
-            log.info("resumed %d task(s) from the store", len(self._tracked))
+            log.info("resumed %s from the store", count(len(self._tracked), "task"))
 
     def stop_waiting(self) -> None:
         """Shutting down: every wait (now and later) returns at once; tasks stay in the store and resume
@@ -799,7 +800,7 @@ def _download_note(images: list[ImageRecord], notes: list[str]) -> str | None:
     parts = list(notes)
     if missing:
         parts.append(
-            f"downloaded {len(images) - len(missing)} of {len(images)} images; "
+            f"downloaded {len(images) - len(missing)} of {count(len(images), 'image')}; "
             + "; ".join(f"image {image.index}: {image.error or 'not downloaded'}" for image in missing)
             + "; the RunAPI URLs are kept: call get_task again to retry"
         )
