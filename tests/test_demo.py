@@ -9,7 +9,7 @@ import pytest
 from runapi_mcp.demo import DEMO_MODEL, simulator_config
 from runapi_mcp.server.tools import TICK_S
 from runapi_mcp.tasks import PollPolicy, PollSchedule, PollState
-from runapi_mcp.tasks.durations import kind_key
+from runapi_mcp.tasks.records import kind_key
 
 POLICY = PollPolicy()
 # The largest step the demo's bar may take between two updates, the last one (to 100 %) included: a task
