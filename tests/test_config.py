@@ -76,9 +76,10 @@ def test_key_is_secret_and_redacted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv", [["--wait-s", "5", "serve"], ["serve", "--wait-s", "5"], ["--wait-s", "5"]])
 def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
-    from runapi_mcp.cli import _settings_overrides, build_parser
+    from runapi_mcp.cli import build_parser
+    from runapi_mcp.commands.options import settings_overrides
 
-    assert _settings_overrides(build_parser().parse_args(argv)) == {"wait_s": 5.0}
+    assert settings_overrides(build_parser().parse_args(argv)) == {"wait_s": 5.0}
 
 
 @pytest.mark.parametrize(

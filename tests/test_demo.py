@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from runapi_mcp.demo import DEMO_MODEL, simulator_config
+from runapi_mcp.commands.demo import DEMO_MODEL, simulator_config
 from runapi_mcp.server.tools import TICK_S
 from runapi_mcp.tasks import PollPolicy, PollSchedule, PollState
 from runapi_mcp.tasks.records import kind_key

@@ -14,10 +14,10 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import BlobResourceContents, TextResourceContents
 
 from runapi_mcp.cli import main
-from runapi_mcp.history_cli import STATES
 from runapi_mcp.server.arguments import TaskStateName
 from runapi_mcp.server.results import TaskResult
 from runapi_mcp.tasks import ImageRecord, TaskRecord, TaskState
+from runapi_mcp.tasks.records import STATES
 from tests.support import Harness, text_of
 
 pytestmark = pytest.mark.anyio
@@ -302,7 +302,7 @@ async def test_list_tasks_text_counts_in_words_and_prices_no_uncharged_failure(h
 
 
 def test_the_table_shortens_prompts_and_says_why_a_task_ended() -> None:
-    from runapi_mcp.history_cli import PROMPT_WIDTH, format_table
+    from runapi_mcp.commands.tasks import PROMPT_WIDTH, format_table
     from runapi_mcp.wording import count
 
     start = time.time() - 1_000

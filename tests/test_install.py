@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 
 from runapi_mcp import __version__
-from runapi_mcp import install as install_module
 from runapi_mcp.cli import main
-from runapi_mcp.install import (
+from runapi_mcp.commands import install as install_module
+from runapi_mcp.commands.install import (
     CONFIRM_VAR,
     KEY_VAR,
     MAX_CONFIG_BYTES,
@@ -730,7 +730,7 @@ def test_a_file_too_large_for_a_config_is_refused(home: Path) -> None:
 CONCURRENT_INSTALL = """
 import sys, time
 from pathlib import Path
-import runapi_mcp.config, runapi_mcp.install  # imported before the start: the installs themselves race
+import runapi_mcp.config, runapi_mcp.commands.install  # imported before the start: the installs themselves race
 from runapi_mcp.cli import main
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()

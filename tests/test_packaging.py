@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from runapi_mcp import __version__
+from runapi_mcp.commands.install import KEY_VAR
 from runapi_mcp.config import load_settings, settings_from_environment
-from runapi_mcp.install import KEY_VAR
 from tests.support import Harness
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 from playwright.async_api import Browser, Page
 
 from runapi_mcp.app import App, open_app
+from runapi_mcp.commands import gallery as gallery_command
 from runapi_mcp.http import gallery, gallery_page
 from runapi_mcp.http.app import HttpOptions
 from runapi_mcp.http.serve import http_server
@@ -675,5 +676,5 @@ def test_the_gallery_command_refuses_an_address_off_loopback(
     sim: Simulator, home: Path, inputs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # No auth on this server: anyone who could reach the port would see the library.
-    assert gallery.run_gallery(make_settings(sim, home, inputs), "0.0.0.0", None) == 2
+    assert gallery_command.run_gallery(make_settings(sim, home, inputs), "0.0.0.0", None) == 2
     assert "loopback only" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Settings: environment first, then ``~/.config/runapi/config.json``, then defaults.
 
-Each setting is also a CLI flag (see ``cli.py``); a flag wins over the environment.
+Each setting is also a CLI flag (see ``commands/options.py``); a flag wins over the environment.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     # A setting with an ``env`` entry is also that environment variable and the flag named after the field
-    # (``wait_s`` -> ``--wait-s``): declared here once, read by ``load_settings`` and ``cli``.
+    # (``wait_s`` -> ``--wait-s``): declared here once, read by ``load_settings`` and ``commands.options``.
     api_key: SecretStr | None = Field(
         None, description="RunAPI key (prefer the environment)", json_schema_extra={"env": "RUNAPI_API_KEY"}
     )

@@ -2,7 +2,7 @@
 
 Two ways to reach it:
 
-- ``runapi-mcp gallery`` (:func:`run_gallery`) serves only the gallery on loopback, for stdio users. It
+- ``runapi-mcp gallery`` (:func:`serving_gallery`) serves only the gallery on loopback, for stdio users. It
   opens the task store and the image library read-mostly; no task manager runs (a stdio server on the
   same home polls its own tasks), so it needs no RunAPI key and spends nothing. No auth: only this
   machine can connect, and the Host/Origin check (``hosts.py``) keeps other sites' pages out.
@@ -50,7 +50,6 @@ import base64
 import binascii
 import logging
 import secrets
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -121,7 +120,6 @@ MAX_SOURCES = 16  # the URLs of one task's request looked up (an edit takes at m
 MAX_FORM_BYTES = 16 * 1024
 _DONE = {"upscale_image": "upscaled", "reframe_image": "reframed", "remove_background": "cut out"}  # name words
 _TARGET_PARAMS = frozenset({"q", "model", "status", "task", "cursor"})  # what a sign-in may carry on to the page
-DEFAULT_PORT = 8766
 
 _PAGE_CSP = (
     "default-src 'self'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; img-src 'self'; "
@@ -655,29 +653,3 @@ async def serving_gallery(
                 yield RunningGallery(f"http://{shown}:{bound}{GALLERY_PATH}", running)
     finally:
         sock.close()
-
-
-async def _serve_until_stopped(settings: Settings, host: str, port: int, fallback: bool) -> None:
-    async with serving_gallery(settings, host, port, fallback=fallback) as running:
-        print(f"runapi-mcp gallery: serving {settings.images_dir} at {running.url} (Ctrl-C to stop)", file=sys.stderr)
-        print(running.url, flush=True)  # one line on stdout, for scripts
-        await running.stopped.wait()
-    print("runapi-mcp gallery: stopped", file=sys.stderr)
-
-
-def run_gallery(settings: Settings, host: str, port: int | None) -> int:
-    """``runapi-mcp gallery``: serve until Ctrl-C (or SIGTERM); the exit code.
-
-    With no ``--port``, :data:`DEFAULT_PORT` (a stable, bookmarkable address), or any free port when
-    another process has it; a port given explicitly is used or the command fails.
-    """
-    from runapi_mcp.tasks.sqlite_store import StoreError
-
-    try:
-        anyio.run(_serve_until_stopped, settings, host, DEFAULT_PORT if port is None else port, port is None)
-    except (ConfigError, StoreError) as exc:
-        print(f"runapi-mcp gallery: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        pass
-    return 0

@@ -1527,6 +1527,8 @@ def hermes_approval_notes(threshold: str | None, name: str = DEFAULT_NAME) -> li
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
+NAME = "install"
+HELP = "Add this server to an MCP client's config (backs the file up first)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,8 +28,7 @@ from typing import Any, Literal, TextIO
 import anyio
 
 from runapi_mcp import __version__
-from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_runapi_config, load_settings
-from runapi_mcp.install import (
+from runapi_mcp.commands.install import (
     CLIENT_INFO,
     CLIENTS,
     CONFIRM_VAR,
@@ -46,10 +45,14 @@ from runapi_mcp.install import (
     runapi_config_has_key,
     server_launch,
 )
+from runapi_mcp.commands.options import add_settings_flags, settings_overrides
+from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_runapi_config, load_settings
 from runapi_mcp.private import private_dir
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.wording import count
 
+NAME = "doctor"
+HELP = "Check the setup (key, RunAPI, home, client configs) and say what to fix"
 Status = Literal["OK", "WARN", "FAIL"]
 DEFAULT_TIMEOUT_S = 8.0
 # An entry's key that is really a placeholder a client did not fill in (or a README example).
@@ -684,14 +687,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_S,
         help=f"Seconds for the RunAPI request (default {DEFAULT_TIMEOUT_S:g})",
     )
+    add_settings_flags(parser, sub=True)
 
 
-def run(args: argparse.Namespace, overrides: Mapping[str, Any], *, out: TextIO | None = None) -> int:
-    """``runapi-mcp doctor``: print the checks; 0 when none failed, 1 otherwise."""
+def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """``runapi-mcp doctor``: print the checks; 0 when none failed, 1 otherwise. The settings are read here,
+    not before: a bad one is one of the things it reports."""
     out = out or sys.stdout
     report = anyio.run(
         lambda: diagnose(
-            overrides,
+            settings_overrides(args),
             offline=getattr(args, "offline", False),
             name=getattr(args, "name", DEFAULT_NAME),
             request_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),

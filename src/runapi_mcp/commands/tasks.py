@@ -9,18 +9,24 @@ cost for shows no price: it was not charged, and "$0.03 ... failed" would read a
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, TextIO, cast
 
-from runapi_mcp.tasks.records import STATES as STATES  # the choices of --status
+import anyio
+
+from runapi_mcp.commands.options import add_settings_flags, configured, positive_int
+from runapi_mcp.tasks.records import STATES
 from runapi_mcp.wording import count
 
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep it light
     from runapi_mcp.config import Settings
     from runapi_mcp.tasks import TaskRecord, TaskState
 
+NAME = "tasks"
+HELP = "Print the task history, newest first, from the server's task store"
 HEADER = ("TASK", "STATUS", "MODEL", "CREATED", "PRICE", "PROMPT", "IMAGES")
 PROMPT_WIDTH = 40
 REASON_WIDTH = 160
@@ -105,3 +111,16 @@ async def print_history(settings: Settings, status: str | None, limit: int, out:
     if page.next_cursor is not None:
         stream.write(f"(the newest {count(limit, 'task')} shown; --limit N shows more)\n")
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", choices=STATES, help="Only tasks in this state")
+    parser.add_argument("--limit", type=positive_int, default=20, help="How many tasks (default 20)")
+    add_settings_flags(parser, sub=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = configured(args)
+    if settings is None:
+        return 2
+    return anyio.run(print_history, settings, args.status, args.limit)

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
-from runapi_mcp.simulator import Simulator, SimulatorConfig
 from runapi_mcp.tasks.durations import documented_seconds
+
+if TYPE_CHECKING:  # imported when the demo runs: cli imports this module for every command, serve included
+    from runapi_mcp.simulator import SimulatorConfig
+
+NAME = "demo"
+HELP = "Offline demo: simulator + server + MCP client, generates one image"
 
 DEFAULT_PROMPT = "A lighthouse on a cliff at sunset, painted in watercolor, with the words 'runapi-mcp'"
 BAR_WIDTH = 30
@@ -24,6 +31,8 @@ def simulator_config(api_key: str) -> SimulatorConfig:
     """The demo's simulator: tasks take as long as RunAPI documents for the model, +-10 %, the durations the
     poller expects of a fresh install. Shorter ones would sit finished upstream until the poller's first look
     into the documented window, and the bar would jump from halfway to done."""
+    from runapi_mcp.simulator import SimulatorConfig
+
     # Rendered as each task is created, as RunAPI's are ready when it says so (a 2K render on the first
     # download would add a second or two the real service does not take).
     return SimulatorConfig(
@@ -67,6 +76,8 @@ async def run_demo(
 ) -> int:
     out = sys.stdout
     key = "sk-demo-" + secrets.token_hex(8)  # the simulator's own key; never a real one
+    from runapi_mcp.simulator import Simulator
+
     with Simulator(simulator_config(key)) as sim:
         base_url = sim.base_url
         env = {
@@ -105,3 +116,16 @@ async def run_demo(
                 out.write(f"  {image['width']}x{image['height']} {image['mime_type']}  {image['uri']}\n")
                 out.write(f"Saved image: {image['path']}\n")
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("prompt", nargs="?", default=None, help="What to draw")
+    parser.add_argument("--home", dest="home", help="Where to save the image (RUNAPI_MCP_HOME)")
+    parser.add_argument("--aspect-ratio", default="16:9")
+    parser.add_argument("--output-resolution", default="1k")
+
+
+def run(args: argparse.Namespace) -> int:
+    """One picture made through the whole stack: 0, or 1 when none came back."""
+    home = os.path.abspath(args.home) if args.home else None
+    return anyio.run(run_demo, args.prompt, home, args.aspect_ratio, args.output_resolution)
