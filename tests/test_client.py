@@ -60,7 +60,7 @@ from runapi_mcp.client import (
 )
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.simulator import Simulator
-from tests.support import SIM_KEY, FakeClock, png_bytes
+from tests.support import SIM_KEY, FakeClock, png_bytes, until
 
 pytestmark = pytest.mark.anyio
 
@@ -1825,7 +1825,7 @@ def trickle(every_s: float) -> Route:
         writer.write(head(200, {"Content-Length": "1000", "Content-Type": "image/png"}))
         for _ in range(1000):
             await writer.drain()
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(every_s)  # real time: the slowness is what the client's deadline is tested on
             writer.write(b"x")
 
     return route
@@ -1885,8 +1885,8 @@ async def test_trickling_downloads_do_not_starve_api_calls(tmp_path: pathlib.Pat
         async with client, anyio.create_task_group() as tg:
             for n in range(8):
                 tg.start_soon(client.download, f"{server.base}/slow.png", tmp_path / f"{n}.png")
-            await anyio.sleep(0.3)
-            assert len(list(tmp_path.iterdir())) == 8  # every download is under way, holding a connection
+            # Every download under way, holding a connection:
+            await until(lambda: len(list(tmp_path.iterdir())) == 8, "eight downloads under way")
             with anyio.fail_after(2):
                 assert (await client.get_balance()).balance_cents == 7
             tg.cancel_scope.cancel()

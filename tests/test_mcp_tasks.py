@@ -44,7 +44,7 @@ from runapi_mcp.server.mcp_tasks import (
 from runapi_mcp.server.results import CANCELLED_NOTE
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import TaskRecord
-from tests.support import FAST_POLICY, Harness, make_settings, price_quotes, until, upstream_creates
+from tests.support import FAST_POLICY, FakeClock, Harness, make_settings, price_quotes, until, upstream_creates
 
 pytestmark = pytest.mark.anyio
 
@@ -104,13 +104,6 @@ async def error_of(request: Any) -> MCPError:
     with pytest.raises(MCPError) as caught:
         await request
     return caught.value
-
-
-async def wait_for_status(client: RawClient, task_id: str, status: str) -> dict[str, Any]:
-    with anyio.fail_after(WAIT_S):
-        while (task := await client.request("tasks/get", {"taskId": task_id}))["status"] != status:
-            await anyio.sleep(0.02)
-    return task
 
 
 def polls_of(sim: Simulator, upstream_id: str) -> int:
@@ -207,15 +200,22 @@ async def test_a_plain_call_is_unchanged_for_a_tasks_client(harness: Harness) ->
 
 
 # -- cancelling ------------------------------------------------------------------------------------
-async def test_cancelling_a_running_task_stops_tracking_it_for_good(
-    harness: Harness, sim: Simulator, home: Path, inputs: Path
-) -> None:
+async def test_cancelling_a_running_task_stops_tracking_it_for_good(sim: Simulator, home: Path, inputs: Path) -> None:
     sim.set_task_outcome(None, "running")  # RunAPI never finishes it on its own
-    async with raw_client(harness.app.server) as client:
+    # The server's clock: the test moves it, so "no poll after the cancel" is proved by moving time on, not
+    # by waiting (wall time from now: a ttl counted from a past date would have ended).
+    clock = FakeClock(wall=time.time())
+    async with (
+        open_app(make_settings(sim, home, inputs), policy=FAST_POLICY, clock=clock) as app,
+        raw_client(app.server) as client,
+    ):
         task_id = (await client.call_as_task("generate_image", {"prompt": "held"}))["task"]["taskId"]
-        upstream = (await harness.app.manager.get(task_id)).upstream_id
+        upstream = (await app.manager.get(task_id)).upstream_id
         assert upstream is not None
-        await until(lambda: polls_of(sim, upstream) >= 2, "polling begun", WAIT_S)
+        await clock.sleeping(1)  # the poll loop, at rest until its first look
+        assert await clock.advance(clock.wakes()[0] - clock.monotonic()) == 1
+        await until(lambda: polls_of(sim, upstream) == 1, "the first look")  # polling has begun
+        await clock.sleeping(1)  # and at rest until the next
 
         blocked: list[dict[str, Any]] = []
 
@@ -224,44 +224,43 @@ async def test_cancelling_a_running_task_stops_tracking_it_for_good(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait_for_result)
-            await anyio.sleep(0.05)
-            assert not blocked  # tasks/result waits while the task runs
+            await clock.sleeping(2)  # tasks/result is in, waiting (its tick beside the poll loop's nap)...
+            assert not blocked  # ...while the task runs
             cancelled = await client.request("tasks/cancel", {"taskId": task_id})
         assert cancelled["status"] == "cancelled" and cancelled["taskId"] == task_id
         assert blocked[0]["structuredContent"]["status"] == "cancelled"  # the waiting tasks/result ends with it
         assert CANCELLED_NOTE in cancelled["statusMessage"]
-        await anyio.sleep(0.1)  # a poll already on the wire when the cancel came may still be answered
-        polls = polls_of(sim, upstream)
-        await anyio.sleep(0.4)  # many poll spacings of the test policy
-        assert polls_of(sim, upstream) == polls  # polling stopped
+        await until(lambda: not clock.wakes(), "the poll loop to end")  # its nap ended by the cancel
+        assert await clock.advance(3600) == 0 and polls_of(sim, upstream) == 1  # an hour on: no look
 
         sim.set_task_outcome(upstream, "completed")  # RunAPI finishes it after all: still cancelled here
-        await anyio.sleep(0.1)
         assert (await client.request("tasks/get", {"taskId": task_id}))["status"] == "cancelled"
         result = await client.request("tasks/result", {"taskId": task_id})  # ended: answers at once
         assert result["structuredContent"]["status"] == "cancelled" and "was cancelled" in result["content"][0]["text"]
         tool = await client.request("tools/call", {"name": "get_task", "arguments": {"task_id": task_id}})
         assert tool["structuredContent"]["status"] == "cancelled"
         await client.wait_for_note("notifications/tasks/status", lambda n: n["status"] == "cancelled")
+        # None of these took it up again: no loop sleeps, however much time passes.
+        assert clock.wakes() == [] and await clock.advance(3600) == 0 and polls_of(sim, upstream) == 1
 
         again = await error_of(client.request("tasks/cancel", {"taskId": task_id}))
         assert again.error.code == INVALID_PARAMS and "already cancelled" in again.error.message
 
     # A restarted server keeps it cancelled and does not take it up again.
-    polls = polls_of(sim, upstream)
+    restart_clock = FakeClock(wall=time.time())
     async with (
-        open_app(make_settings(sim, home, inputs), policy=FAST_POLICY) as restarted,
+        open_app(make_settings(sim, home, inputs), policy=FAST_POLICY, clock=restart_clock) as restarted,
         raw_client(restarted.server) as client,
     ):
         assert (await client.request("tasks/get", {"taskId": task_id}))["status"] == "cancelled"
-        await anyio.sleep(0.1)
-    assert polls_of(sim, upstream) == polls
+        assert restart_clock.wakes() == [] and await restart_clock.advance(3600) == 0
+    assert polls_of(sim, upstream) == 1
 
 
 async def test_cancelling_an_ended_task_or_an_unknown_one_is_an_error(harness: Harness) -> None:
     async with raw_client(harness.app.server) as client:
         task_id = (await client.call_as_task("generate_image", {"prompt": "quick"}))["task"]["taskId"]
-        await wait_for_status(client, task_id, "completed")
+        await client.request("tasks/result", {"taskId": task_id})  # answers once the task has ended
         ended = await error_of(client.request("tasks/cancel", {"taskId": task_id}))
         assert ended.error.code == INVALID_PARAMS and "already completed" in ended.error.message
         assert (await client.request("tasks/get", {"taskId": task_id}))["status"] == "completed"
