@@ -210,9 +210,12 @@ async def test_wrong_tokens_and_unknown_tasks_are_404_and_change_nothing(
     sim: Simulator, home: Path, inputs: Path
 ) -> None:
     sim.set_task_outcome(None, "running")  # held: the simulator does not call back meanwhile
-    async with webhooked(sim, home, inputs) as hooked, httpx.AsyncClient() as http:
+    clock = FakeClock()  # the server's: its poll loop sleeps on it until the fallback look
+    async with webhooked(sim, home, inputs, clock=clock) as hooked, httpx.AsyncClient() as http:
         data = await hooked.generate("held")
         task_id, upstream = data["task_id"], data["runapi_task_id"]
+        await clock.sleeping(1)
+        asleep_until = clock.wakes()  # the fallback look: the only thing due
         before = await hooked.record(task_id)
         token = before.callback_token
         assert token is not None
@@ -231,7 +234,8 @@ async def test_wrong_tokens_and_unknown_tasks_are_404_and_change_nothing(
         assert answers[0].json() == {"error": "not found"}
         wrong_method = await http.get(hooked.url(task_id, token))
         assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
-        await anyio.sleep(0.3)
+        # None of them woke the poll loop (a wake ends its nap at once): it still sleeps until its fallback.
+        assert clock.wakes() == asleep_until
         assert status_reads(sim, upstream) == []  # no upstream request for any of them
         after = await hooked.record(task_id)
         assert after == before  # not even updated_at moved
