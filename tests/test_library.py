@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from PIL import Image, ImageFile
@@ -369,17 +370,23 @@ async def test_the_budget_is_first_come_first_served_and_survives_cancellation()
     budget = PixelBudget(100)
     order: list[str] = []
 
-    async def use(name: str, pixels: int, hold_s: float) -> None:
+    done = anyio.Event()
+
+    async def use(name: str, pixels: int) -> None:
         async with budget.hold(pixels):
             order.append(name)
-            await anyio.sleep(hold_s)
+            await done.wait()
 
+    # Each task, started, runs at the next checkpoint until it waits: holding its pixels, or in the queue.
     async with anyio.create_task_group() as tg:
-        tg.start_soon(use, "a", 60, 0.05)
-        await anyio.sleep(0.01)
-        tg.start_soon(use, "big", 90, 0.01)  # waits for a
-        await anyio.sleep(0.01)
-        tg.start_soon(use, "small", 10, 0.01)  # fits beside a, but must not overtake big
+        tg.start_soon(use, "a", 60)
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(use, "big", 90)  # waits for a
+        await anyio.lowlevel.checkpoint()
+        tg.start_soon(use, "small", 10)  # fits beside a, but must not overtake big
+        await anyio.lowlevel.checkpoint()
+        assert order == ["a"] and budget.in_use == 60
+        done.set()
     assert order == ["a", "big", "small"] and budget.in_use == 0
 
     async with budget.hold(100):
