@@ -7,6 +7,7 @@ accepts only the forms RunAPI's SDK (runapi-core 0.10.1) sends; its request log 
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -17,9 +18,11 @@ import pytest
 from mcp.client import Client
 
 from runapi_mcp.app import open_app
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Fault, Simulator
 from tests.support import (
     FAST_POLICY,
+    FakeClock,
     Harness,
     make_settings,
     png_file,
@@ -44,9 +47,11 @@ def done(result: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def server(sim: Simulator, home: Path, inputs: Path, **overrides: Any) -> AsyncIterator[Harness]:
+async def server(
+    sim: Simulator, home: Path, inputs: Path, *, clock: Clock = SYSTEM_CLOCK, **overrides: Any
+) -> AsyncIterator[Harness]:
     async with (
-        open_app(make_settings(sim, home, inputs, **overrides), policy=FAST_POLICY) as app,
+        open_app(make_settings(sim, home, inputs, **overrides), policy=FAST_POLICY, clock=clock) as app,
         Client(app.server, mode="legacy") as client,
     ):
         await app.availability.refresh()
@@ -207,16 +212,27 @@ async def test_a_5xx_create_naming_its_task_is_tracked_by_that_id(harness: Harne
         assert again.structured_content["task_id"] == data["task_id"] and again.structured_content["status"] == "completed"
 
 
-async def test_an_upload_is_reused_well_inside_its_life_and_redone_after(harness: Harness, inputs: Path) -> None:
+async def test_an_upload_is_reused_well_inside_its_life_and_redone_after(
+    sim: Simulator, home: Path, inputs: Path
+) -> None:
     image = str(png_file(inputs / "to-edit.png", (48, 32)))
-    with simulator_config(harness.sim, upload_lifetime_s=3.0):
-        done(await harness.call("edit_image", {"prompt": "make it blue", "images": [image]}))
-        done(await harness.call("edit_image", {"prompt": "make it red", "images": [image]}))
-        assert len(uploads(harness.sim)) == 1  # the second edit, well before expires_at, reused the URL
-        await anyio.sleep(3.2)  # past expires_at
-        done(await harness.call("edit_image", {"prompt": "make it green", "images": [image]}))
-        assert len(uploads(harness.sim)) == 2
-        creates = upstream_creates(harness.sim)
+    sim.configure(upload_lifetime_s=3.0)  # (the sim fixture sets it back)
+    # The server's clock, moved by the test: "after its life" is ten seconds on, not three waited. Its wall
+    # time starts at the simulator's, whose expires_at it reads.
+    clock = FakeClock(wall=time.time())
+    async with server(sim, home, inputs, clock=clock) as harness:
+
+        async def edit(prompt: str) -> None:  # the upload is decided before the create: no need to wait for it
+            result = await harness.call("edit_image", {"prompt": prompt, "images": [image], "wait": False})
+            assert not result.is_error, text_of(result)
+
+        await edit("make it blue")
+        await edit("make it red")
+        assert len(uploads(sim)) == 1  # the second edit, well before expires_at, reused the URL
+        await clock.advance(10.0)  # well past expires_at
+        await edit("make it green")
+        assert len(uploads(sim)) == 2
+        creates = upstream_creates(sim)
         assert creates[0].json["source_image_urls"] == creates[1].json["source_image_urls"]
         assert creates[2].json["source_image_urls"] != creates[0].json["source_image_urls"]
 

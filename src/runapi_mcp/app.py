@@ -138,6 +138,7 @@ async def _wired(
         max_bytes=settings.max_input_bytes,
         find_task=manager.find,
         find_image=manager.find_image,
+        clock=clock,
     )
     catalog = get_catalog()
     availability = Availability(client, catalog, max_age_s=settings.schedules_max_age_s, clock=clock)

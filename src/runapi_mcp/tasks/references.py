@@ -12,7 +12,6 @@ import binascii
 import hashlib
 import os
 import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from urllib.parse import unquote_to_bytes, urlparse
 
 from runapi_mcp.catalog import is_http_url
 from runapi_mcp.client import RunAPIClient
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.errors import UserError
 from runapi_mcp.tasks.images import (
     IMAGE_URI_PREFIX,
@@ -96,8 +96,10 @@ class ImageResolver:
         max_bytes: int,
         find_task: TaskLookup,
         find_image: ImageLookup | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
+        self._clock = clock  # when an uploaded URL may be given again (the manager's clock)
         self._images = images
         self._allowed = [Path(p).resolve() for p in allowed_dirs]
         self._max_bytes = max_bytes
@@ -203,7 +205,7 @@ class ImageResolver:
         return self._checked_upload(where, local.data, local.real_path.stem)
 
     async def _plan_library_image(self, where: str, image: ImageRecord) -> _Ready | _Upload:
-        if image.url and time.time() - image.created_at < _REUSE_REMOTE_URL_S:
+        if image.url and self._clock.time() - image.created_at < _REUSE_REMOTE_URL_S:
             return _Ready(image.url)
         if image.path is None:
             raise ImageReferenceError(f"{where}: image {image.id} was never downloaded")
@@ -239,13 +241,13 @@ class ImageResolver:
 
     def _cached_upload(self, plan: _Upload) -> str | None:
         cached = self._uploaded.get(plan.digest)
-        return cached[0] if cached and cached[1] > time.time() else None
+        return cached[0] if cached and cached[1] > self._clock.time() else None
 
     async def _upload(self, plan: _Upload) -> str:
         cached = self._cached_upload(plan)
         if cached is not None:
             return cached
-        uploaded_at = time.time()
+        uploaded_at = self._clock.time()
         uploaded = await self._client.upload_file(plan.data, filename=plan.filename, mime_type=plan.mime_type)
         self._uploaded[plan.digest] = (uploaded.url, upload_reusable_until(uploaded_at, uploaded.expires_at))
         return uploaded.url
