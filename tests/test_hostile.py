@@ -36,7 +36,7 @@ from mcp.types import CallToolResult, ImageContent, ResourceLink, TextContent
 from runapi_mcp.app import open_app
 from runapi_mcp.client import DEFAULT_RETRY_POLICY
 from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, FaultWhere, ImageHost, Simulator
-from runapi_mcp.tasks import manager as manager_module
+from runapi_mcp.tasks import fetcher as fetcher_module
 from tests.support import (
     FAST_POLICY,
     SIM_KEY,
@@ -407,7 +407,7 @@ async def test_get_task_downloads_a_missing_output_again(harness: Harness, monke
     """The RunAPI URL of an output that failed is kept, and get_task tries it again (at most every 10 s;
     the pause is cut to nothing here): one more round of the client's retries, not a multiple of it."""
     data = await _a_task_whose_host_is_down(harness)
-    monkeypatch.setattr(manager_module, "_REFETCH_AFTER_S", 0.0)
+    monkeypatch.setattr(fetcher_module, "REFETCH_AFTER_S", 0.0)
     again = _data(await _call(harness, "get_task", {"task_id": data["task_id"]}))
     assert again["images"][0]["path"] is None and again["error"], again
     assert _downloads(harness.sim) == 2 * ATTEMPTS, "get_task did not try the download again"

@@ -78,7 +78,7 @@ async def test_unfinished_means_what_a_restart_must_take_up(store: TaskStore) ->
     assert sorted(r.task_id for r in await store.unfinished()) == ["task-0001", "task-0002", "task-0003"]
     done = (await store.get("task-0002"))
     assert done is not None
-    await store.save(done.updated(at=time.time(), status="completed", images=[image.model_copy(update={"path": "/lib/j.png"})]))
+    await store.save(done.completed([image.model_copy(update={"path": "/lib/j.png"})], [], None, at=time.time()))
     assert sorted(r.task_id for r in await store.unfinished()) == ["task-0001", "task-0003"]
 
 
@@ -152,8 +152,8 @@ async def test_a_newer_layout_or_a_broken_row_is_handled(tmp_path: Path, caplog:
 async def test_history_records_each_status_change() -> None:
     record = _record(1, status="submitting")
     started = time.time()
-    moved = record.updated(at=started, status="pending").updated(at=started, progress=0.5).updated(
-        at=started + 1, status="completed"
+    moved = record.accepted("up-1", at=started).progressed("pending", 0.5, at=started).completed(
+        [], [], None, at=started + 1
     )
     assert [step.status for step in moved.history] == ["pending", "completed"]
     assert all(step.at >= started for step in moved.history)

@@ -429,7 +429,7 @@ def test_a_task_found_done_after_its_callback_is_timed_by_the_callback() -> None
 
 def test_an_error_quoting_the_callback_url_does_not_show_the_token() -> None:
     from runapi_mcp.client import BadRequestError
-    from runapi_mcp.tasks.manager import _hide_callback_token
+    from runapi_mcp.tasks.waker import hide_callback_token
 
     record = TaskRecord(
         idempotency_key="k", model="gpt-image-2", service="gpt_image_2", action="text_to_image", route="/x",
@@ -439,5 +439,5 @@ def test_an_error_quoting_the_callback_url_does_not_show_the_token() -> None:
         "callback_url https://h/callbacks/runapi/t?token=s3cret-token-value-0123456789 is not reachable",
         status_code=422,
     )
-    _hide_callback_token(record, error)
+    hide_callback_token(record, error)
     assert "s3cret-token-value" not in str(error) and "token=***" in str(error)

@@ -5,9 +5,11 @@ from runapi_mcp.tasks.availability import Availability, UpstreamModel
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
+from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
 from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
 from runapi_mcp.tasks.records import (
     LOCAL_OWNER,
+    STATES,
     TERMINAL,
     UNFINISHED,
     ImageRecord,
@@ -15,6 +17,7 @@ from runapi_mcp.tasks.records import (
     TaskRecord,
     TaskState,
     current_owner,
+    ended,
 )
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError
@@ -24,6 +27,7 @@ from runapi_mcp.tasks.store import InvalidCursorError, MemoryTaskStore, TaskPage
 __all__ = [
     "IMAGE_URI_PREFIX",
     "LOCAL_OWNER",
+    "STATES",
     "TERMINAL",
     "UNFINISHED",
     "Availability",
@@ -35,6 +39,7 @@ __all__ = [
     "ImageResolver",
     "ImageStore",
     "InvalidCursorError",
+    "LocalClaims",
     "MemoryTaskStore",
     "PollPolicy",
     "PollSchedule",
@@ -43,6 +48,7 @@ __all__ = [
     "PreviewSkipped",
     "SandboxError",
     "StatusChange",
+    "TaskClaims",
     "TaskManager",
     "TaskPage",
     "TaskRecord",
@@ -52,5 +58,6 @@ __all__ = [
     "UnknownTaskError",
     "UpstreamModel",
     "current_owner",
+    "ended",
     "make_previews",
 ]

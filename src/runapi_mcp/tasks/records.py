@@ -5,28 +5,37 @@ from __future__ import annotations
 import time
 import uuid
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runapi_mcp.client import TaskStatus
+# A task's states: the one definition, everything else (the stores' filters, the tools' enums, the MCP task
+# states, the CLI's and the gallery's choices) is derived from it. RunAPI's own (``client.TaskStatus``, to
+# which the client maps RunAPI's words) are pending, processing, completed and failed; here a task is also
+# "submitting" before RunAPI has confirmed the create (the task is recorded first, so a create whose answer
+# was lost is still known, and re-sent with its key), and "cancelled" once a client cancelled it (MCP
+# tasks/cancel): RunAPI has no cancel, so this server only stops tracking it; the state is final, whatever
+# RunAPI does with the task afterwards.
+RunningState = Literal["pending", "processing"]  # RunAPI has the task and has not finished it
+UnfinishedState = Literal["submitting", RunningState]
+EndedState = Literal["completed", "failed", "cancelled"]
+TaskState = Literal[UnfinishedState, EndedState]  # one flat Literal: a validation error names the field alone
+STATES: tuple[TaskState, ...] = get_args(TaskState)  # in the order a task goes through them
+TERMINAL: frozenset[TaskState] = frozenset(get_args(EndedState))
+UNFINISHED: frozenset[TaskState] = frozenset(get_args(UnfinishedState))
 
-# A task's state here: RunAPI's four, "submitting" before RunAPI has confirmed the create (the task is
-# recorded first, so a create whose answer was lost is still known, and re-sent with its key), and
-# "cancelled" once a client cancelled it (MCP tasks/cancel): RunAPI has no cancel, so this server only
-# stops tracking it; the state is final, whatever RunAPI does with the task afterwards.
-TaskState = Literal["submitting", "cancelled"] | TaskStatus
+
+def ended(status: TaskState) -> TypeGuard[EndedState]:
+    """Whether a task in ``status`` has ended (completed, failed or cancelled)."""
+    return status in TERMINAL
+
+
 LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one shared token)
 # Whose request is being served. The MCP layer sets it for each request from the caller's token; the
 # manager stamps it on the tasks it creates and answers "not found" for another owner's task. Set
 # per request (not passed down every call) so that every path to a task, including image references
 # resolved deep in the resolver, sees the same caller.
 current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
-# Every state, in the order a task goes through them (the filters of list_tasks, the gallery and
-# `runapi-mcp tasks --status` offer them so).
-STATES: tuple[TaskState, ...] = ("submitting", "pending", "processing", "completed", "failed", "cancelled")
-TERMINAL: frozenset[TaskState] = frozenset({"completed", "failed", "cancelled"})
-UNFINISHED: frozenset[TaskState] = frozenset({"submitting", "pending", "processing"})
 
 
 def kind_key(model: str, resolution: str | None) -> str:
@@ -36,9 +45,10 @@ def kind_key(model: str, resolution: str | None) -> str:
     return f"{model}@{resolution or 'default'}"
 
 
-def new_task_id() -> str:
-    """The server's own id of a task, known before RunAPI answers (URI-safe, sortable by creation)."""
-    return f"task-{int(time.time() * 1000):012x}-{uuid.uuid4().hex[:12]}"
+def new_task_id(at: float | None = None) -> str:
+    """The server's own id of a task created at ``at`` (epoch seconds, default now), known before RunAPI
+    answers (URI-safe, sortable by creation)."""
+    return f"task-{int((time.time() if at is None else at) * 1000):012x}-{uuid.uuid4().hex[:12]}"
 
 
 class StatusChange(BaseModel):
@@ -108,12 +118,58 @@ class TaskRecord(BaseModel):
     save_as: str | None = None
     history: list[StatusChange] = Field(default_factory=list)
 
-    def updated(self, *, at: float, **changes: Any) -> TaskRecord:
-        """A validated copy with ``changes`` applied, ``updated_at`` set to ``at``, a status change recorded."""
-        now = at
-        data = {**self.model_dump(), **changes, "updated_at": now}
+    # -- transitions: each returns a validated copy and names every field it changes (None included: a
+    # note set to None is cleared); ``at`` (epoch seconds, the caller's clock) becomes ``updated_at``.
+    def accepted(self, upstream_id: str, *, at: float) -> TaskRecord:
+        """RunAPI has the task as ``upstream_id``: it is pending, and a note about an unconfirmed create goes."""
+        return self._moved(at, upstream_id=upstream_id, status="pending", error=None)
+
+    def noted(self, note: str | None, *, at: float) -> TaskRecord:
+        """Its note (why nothing moves, what went wrong) is now ``note``; None clears it. The state stays."""
+        return self._moved(at, error=note)
+
+    def progressed(self, status: RunningState, progress: float | None, *, at: float) -> TaskRecord:
+        """Still running upstream, in ``status``, ``progress`` (0..1) done; None: no progress known."""
+        return self._moved(at, status=status, progress=progress)
+
+    def costed(self, cost_cents: int | None, *, at: float) -> TaskRecord:
+        """RunAPI reported what the task cost (None: it reports nothing, the quote counts)."""
+        return self._moved(at, cost_cents=cost_cents)
+
+    def failed(self, error: str, *, at: float) -> TaskRecord:
+        """RunAPI refused or failed the task, ``error`` says why. (Not stamped ``completed_at``: it never ran
+        to an end here.)"""
+        return self._moved(at, status="failed", error=error)
+
+    def completed(
+        self, images: list[ImageRecord], remote_urls: list[str], note: str | None, *, at: float
+    ) -> TaskRecord:
+        """RunAPI finished it: its outputs (``images``, from ``remote_urls``), with ``note`` saying what is
+        missing (None: nothing)."""
+        return self._moved(
+            at, status="completed", progress=1.0, images=images, remote_urls=remote_urls, error=note,
+            completed_at=at,
+        )
+
+    def refetched(self, images: list[ImageRecord], note: str | None, *, at: float) -> TaskRecord:
+        """Its outputs after another download of the missing ones, ``note`` saying what is still missing."""
+        return self._moved(at, images=images, error=note)
+
+    def cancelled(self, note: str, *, at: float) -> TaskRecord:
+        """A client cancelled it: final, ``note`` says so."""
+        return self._moved(at, status="cancelled", error=note, completed_at=at)
+
+    def _moved(self, at: float, **changes: Any) -> TaskRecord:
+        """A validated copy with ``changes``, ``updated_at`` at ``at`` and a status change in the history.
+
+        Cancelled is final: the status, note and end time of a cancelled task stay as they are. A create
+        answer, poll or download still in flight when it was cancelled must not bring it back to life or
+        replace the note saying why it stopped (its other fields, a cost or pictures, still count)."""
+        if self.status == "cancelled":
+            changes = {k: v for k, v in changes.items() if k not in ("status", "error", "completed_at")}
+        data = {**self.model_dump(), **changes, "updated_at": at}
         if changes.get("status", self.status) != self.status:
-            data["history"] = [*data["history"], {"status": changes["status"], "at": now}]
+            data["history"] = [*data["history"], {"status": changes["status"], "at": at}]
         return TaskRecord.model_validate(data)
 
     @property

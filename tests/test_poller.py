@@ -1,0 +1,134 @@
+"""The poller on a clock the test moves: when a task is looked at, that a cancelled task is never looked at
+again, and that only the tasks this process claims are polled (``TaskClaims``, the seam leases plug into).
+
+The manager runs against the simulator (real HTTP); its clock is a ``FakeClock``, so "no status read for
+ten minutes" is proved by moving the clock ten minutes, not by waiting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from runapi_mcp.catalog import PreparedRequest, get_catalog
+from runapi_mcp.client import RunAPIClient
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
+from runapi_mcp.simulator import Simulator
+from runapi_mcp.tasks import ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore
+from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
+from tests.support import FAST_POLICY, SIM_KEY, FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+def _prepared(prompt: str) -> PreparedRequest:
+    return get_catalog().prepare("generate", "gpt-image-2", prompt=prompt)
+
+
+@asynccontextmanager
+async def manager_on(
+    sim: Simulator, home: Path, store: TaskStore, clock: Clock, claims: TaskClaims | None = None
+) -> AsyncIterator[TaskManager]:
+    async with RunAPIClient(SIM_KEY, sim.base_url, clock=clock) as client:
+        manager = TaskManager(
+            client, ImageStore(home / "images"), store, policy=FAST_POLICY, clock=clock, claims=claims
+        )
+        async with manager.running():
+            yield manager
+
+
+def status_reads(sim: Simulator, upstream_id: str) -> int:
+    return sum(1 for r in sim.requests if r.method == "GET" and r.path.endswith("/" + upstream_id))
+
+
+async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
+    """Real time, bounded: for what crosses the loopback (a status read reaching the simulator)."""
+    with anyio.move_on_after(within):
+        while not condition():
+            await anyio.sleep(0.005)
+        return
+    raise AssertionError(f"not within {within} s: {what}")
+
+
+async def test_a_task_is_looked_at_when_the_schedule_says_and_never_after_a_cancel(
+    sim: Simulator, home: Path
+) -> None:
+    sim.set_task_outcome(None, "running")  # RunAPI never finishes it on its own
+    clock = FakeClock()
+    async with manager_on(sim, home, MemoryTaskStore(), clock) as manager:
+        record = await manager.submit(_prepared("held"), prompt="held")
+        upstream = record.upstream_id
+        assert record.status == "pending" and upstream is not None
+        await clock.sleeping(1)  # the poll loop, asleep until its early look
+        assert clock.wakes() == [pytest.approx(clock.monotonic() + FAST_POLICY.early_check_s)]
+        assert await clock.advance(FAST_POLICY.early_check_s * 0.9) == 0
+        assert status_reads(sim, upstream) == 0
+        assert await clock.advance(FAST_POLICY.early_check_s * 0.1) == 1
+        await until(lambda: manager.stats(record.task_id)["polls"] == 1 and len(clock.wakes()) == 1, "one look")
+        assert status_reads(sim, upstream) == 1
+
+        cancelled = await manager.cancel(record.task_id, "cancelled by the test")
+        assert cancelled.status == "cancelled"
+        await until(lambda: not clock.wakes(), "the poll loop ended")  # woken by the cancel, not by the clock
+        assert await clock.advance(FAST_POLICY.give_up_s * 2) == 0
+        sim.set_task_outcome(upstream, "completed")  # RunAPI finishes it after all: still cancelled here
+        assert await clock.advance(60.0) == 0
+        assert status_reads(sim, upstream) == 1
+        assert (await manager.get(record.task_id)).status == "cancelled"
+        assert manager.stats(record.task_id)["polls"] == 1
+
+
+class Claims:
+    """This process's claims, granted for ``granted`` only (another process polls the rest); what was asked
+    is kept in ``asked``."""
+
+    def __init__(self, store: TaskStore, granted: set[str]) -> None:
+        self._local = LocalClaims(store)
+        self.granted = granted
+        self.asked: list[tuple[str, str]] = []
+
+    async def take_up(self) -> list[TaskRecord]:
+        taken = [r for r in await self._local.take_up() if r.task_id in self.granted]
+        self.asked += [("take_up", r.task_id) for r in taken]
+        return taken
+
+    async def claim(self, record: TaskRecord) -> bool:
+        self.asked.append(("claim", record.task_id))
+        return record.task_id in self.granted
+
+    async def release(self, task_id: str) -> None:
+        self.asked.append(("release", task_id))
+
+
+async def test_only_the_tasks_this_process_claims_are_polled(sim: Simulator, home: Path) -> None:
+    store = MemoryTaskStore()
+    sim.set_task_outcome(None, "running")
+    async with manager_on(sim, home, store, SYSTEM_CLOCK) as first:
+        record = await first.submit(_prepared("claimed elsewhere"), prompt="claimed elsewhere")
+    task_id, upstream = record.task_id, record.upstream_id
+    assert upstream is not None
+    reads = status_reads(sim, upstream)
+
+    # Another process holds it: not taken up at start, and asking for it shows the stored record, unpolled.
+    clock = FakeClock()
+    elsewhere = Claims(store, granted=set())
+    async with manager_on(sim, home, store, clock, elsewhere) as second:
+        assert (await second.get(task_id)).status == "pending"
+        await until(lambda: elsewhere.asked == [("claim", task_id)], "the claim was asked for")
+        assert await clock.advance(FAST_POLICY.give_up_s) == 0  # no loop sleeps: none runs
+        assert status_reads(sim, upstream) == reads
+        assert second.stats(task_id)["polls"] == 0
+
+    # This process holds it: taken up at start, polled to the end, and its claim released then.
+    sim.set_task_outcome(upstream, "completed")
+    here = Claims(store, granted={task_id})
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, here) as third:
+        with anyio.fail_after(10):
+            done = await third.wait(task_id, 10)
+        assert done.status == "completed" and done.images[0].path, done
+        await until(lambda: ("release", task_id) in here.asked, "the claim was released")
+    assert here.asked == [("take_up", task_id), ("claim", task_id), ("release", task_id)]
