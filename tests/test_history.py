@@ -14,9 +14,9 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import BlobResourceContents, TextResourceContents
 
 from runapi_mcp.cli import main
-from runapi_mcp.server.arguments import TaskStateName
+from runapi_mcp.server.mcp_tasks import mcp_status
 from runapi_mcp.server.results import TaskResult
-from runapi_mcp.tasks import ImageRecord, TaskRecord, TaskState
+from runapi_mcp.tasks import TERMINAL, UNFINISHED, ImageRecord, TaskRecord, TaskState
 from runapi_mcp.tasks.records import STATES
 from tests.support import Harness, text_of
 
@@ -329,9 +329,15 @@ def test_the_table_shortens_prompts_and_says_why_a_task_ended() -> None:
 
 
 def test_every_spelling_of_the_task_states_agrees() -> None:
-    """The tool's flat Literal and the CLI's choices are the records' TaskState, spelled once more each."""
-    states = {value for part in get_args(TaskState) for value in get_args(part)}
-    assert set(get_args(TaskStateName)) == states == set(STATES)
+    """The records' TaskState is the one definition: the tools' filter, the CLI's choices and the MCP task
+    states are derived from it."""
+    states = get_args(TaskState)
+    assert states == STATES == ("submitting", "pending", "processing", "completed", "failed", "cancelled")
+    assert set(TERMINAL) | set(UNFINISHED) == set(states) and not TERMINAL & UNFINISHED
+    record = TaskRecord(idempotency_key="k", model="m", service="s", action="a", route="/r")
+    assert [mcp_status(record.model_copy(update={"status": s})) for s in states] == [
+        "working", "working", "working", "completed", "failed", "cancelled"
+    ]
 
 
 @pytest.mark.parametrize(

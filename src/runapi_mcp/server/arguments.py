@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, cast
 
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
@@ -20,6 +20,7 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, WithJso
 
 from runapi_mcp.catalog import IMAGE_ARRAY_MAX_ITEMS, MAX_PARAMS, PROMPT_MAX_LENGTH, text_problem
 from runapi_mcp.server.icons import tool_icons
+from runapi_mcp.tasks import STATES, TaskState
 
 MAX_TIMEOUT_S = 3600.0
 # The catalog's limits for what the source leaves open are the tools' limits too.
@@ -131,12 +132,7 @@ SaveAsArg = Annotated[
 
 # list_tasks: filters and paging (the cursor is opaque: only a next_cursor this server handed out works).
 MAX_PAGE = 100
-# One flat Literal (TaskState is a union of two): pydantic then names the argument alone in its error.
-TaskStateName = Literal["submitting", "pending", "processing", "completed", "failed", "cancelled"]
-TaskStatusArg = Annotated[
-    TaskStateName | None,
-    _shows("string", enum=list(get_args(TaskStateName))),
-]
+TaskStatusArg = Annotated[TaskState | None, _shows("string", enum=list(STATES))]
 ModelFilterArg = Annotated[_Filter, _shows("string")]
 LimitArg = Annotated[int, Field(ge=1, le=MAX_PAGE, description="Tasks per page")]
 CursorArg = Annotated[

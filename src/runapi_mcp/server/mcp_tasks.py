@@ -77,7 +77,7 @@ from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import CANCELLED_NOTE
 from runapi_mcp.server.subscriptions import Note, connection_of, send_best_effort
 from runapi_mcp.server.tools import ImageTools
-from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError
+from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError, ended
 from runapi_mcp.tasks.manager import TaskEndedError
 from runapi_mcp.wording import count
 
@@ -108,19 +108,13 @@ McpTaskStatus = Literal["working", "input_required", "completed", "failed", "can
 Finish = Callable[[CallToolResult], CallToolResult]
 Handler = Callable[[ServerRequestContext[Any, Any], Any], Awaitable[HandlerResult]]
 
-# Our states as MCP task states: everything before an end is "working" (MCP has no pending/queued).
-_STATUS: dict[str, McpTaskStatus] = {
-    "submitting": "working",
-    "pending": "working",
-    "processing": "working",
-    "completed": "completed",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
 
 
 def mcp_status(record: TaskRecord) -> McpTaskStatus:
-    return _STATUS.get(record.status, "working")
+    """The task's state as an MCP task state: an ended one's is its own (MCP names the three alike), and
+    everything before an end is "working" (MCP has no pending/queued)."""
+    status = record.status
+    return status if ended(status) else "working"
 
 
 def _iso(ts: float) -> str:
