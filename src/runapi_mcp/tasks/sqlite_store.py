@@ -7,8 +7,12 @@ read while one writes; within this process one connection and one lock make a si
 and every call runs in a worker thread of its own limiter so the event loop never waits on the disk.
 
 A record is kept whole as JSON (the ``TaskRecord`` model is the schema), beside the columns the
-queries need. The file's ``user_version`` says which layout it has; an older layout is migrated step
-by step, never discarded.
+queries need. The layout is brought up to date by ``migrations`` (each step once, in a transaction,
+recorded in ``schema_migrations``); an older layout is migrated step by step, never discarded.
+
+One process owns the tasks here: leases are kept in memory (``leases.LocalLeases``) and changes are
+delivered in-process (``changes.ChangeHub``). Spend holds are in the file, checked and taken under
+SQLite's write lock, so servers sharing a home cannot both slip under the cap.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,62 +31,41 @@ import anyio
 import pydantic
 
 from runapi_mcp.private import private_dir, private_file, tighten
+from runapi_mcp.tasks.changes import ChangeHub, TaskChange
+from runapi_mcp.tasks.leases import LocalLeases
+from runapi_mcp.tasks.migrations import (
+    CREATE_MIGRATIONS_TABLE,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    SCHEMA_VERSION,
+    newer_layout,
+)
 from runapi_mcp.tasks.records import ImageRecord, TaskRecord, TaskState
-from runapi_mcp.tasks.store import TaskPage, decode_cursor, encode_cursor, needs_taking_up
+from runapi_mcp.tasks.store import (
+    SPEND_SQL,
+    SpendHold,
+    StoreError,
+    TaskPage,
+    decode_cursor,
+    encode_cursor,
+    needs_taking_up,
+    new_hold_id,
+)
+
+__all__ = ["PICTURES_SQL", "PROMPT_HOLDS_SQL", "SCHEMA_VERSION", "SPEND_SQL", "SQLiteTaskStore", "StoreError"]
 
 log = logging.getLogger("runapi_mcp.tasks")
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
 _BUSY_TIMEOUT_S = 10.0  # another server on the same home may hold the write lock for a moment
 _JOURNALS = ("-wal", "-shm", "-journal")  # SQLite's files beside the database
 
-# Each step takes the file from version n to n + 1. Version 1 was the first layout (tasks by id, the
-# record as JSON); version 2 added the columns for paging by state, resuming and spending; version 3
-# the owner (per-user tokens over HTTP: each user sees their own tasks); version 4 what RunAPI reported a
-# task cost (usage.cost), which counts as its spend once known.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    0: (
-        """CREATE TABLE tasks (
-            task_id TEXT PRIMARY KEY,
-            upstream_id TEXT,
-            status TEXT NOT NULL,
-            model TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            record TEXT NOT NULL
-        )""",
-    ),
-    1: (
-        "ALTER TABLE tasks ADD COLUMN updated_at REAL NOT NULL DEFAULT 0",
-        "ALTER TABLE tasks ADD COLUMN price_cents INTEGER",
-        "ALTER TABLE tasks ADD COLUMN unfinished INTEGER NOT NULL DEFAULT 0",
-        "CREATE INDEX IF NOT EXISTS tasks_upstream ON tasks(upstream_id)",
-        "CREATE INDEX IF NOT EXISTS tasks_newest ON tasks(created_at DESC, task_id DESC)",
-        "CREATE INDEX IF NOT EXISTS tasks_unfinished ON tasks(unfinished) WHERE unfinished = 1",
-        "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    ),
-    2: (
-        "ALTER TABLE tasks ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
-        "CREATE INDEX IF NOT EXISTS tasks_owner_newest ON tasks(owner, created_at DESC, task_id DESC)",
-    ),
-    3: ("ALTER TABLE tasks ADD COLUMN cost_cents INTEGER",),
-}
-# TaskRecord.spend_cents in SQL: RunAPI's reported cost, else the quote of a task that did not fail.
-SPEND_SQL = (
-    "CASE WHEN cost_cents IS NOT NULL THEN cost_cents WHEN status != 'failed' THEN COALESCE(price_cents, 0) ELSE 0 END"
-)
 # store.library_pictures in SQL: the outputs with a local file.
 PICTURES_SQL = "(SELECT COUNT(*) FROM json_each(record, '$.images') WHERE json_extract(value, '$.path') IS NOT NULL)"
 # store.prompt_holds in SQL (casefold: Python's own, registered on the connection; SQLite's lower() is ASCII only).
 PROMPT_HOLDS_SQL = "instr(casefold(json_extract(record, '$.prompt')), ?) > 0"
 _URLS_PER_QUERY = 500  # well under SQLite's bound on a statement's parameters
-# Rows written by version 1 lack the new columns' values: fill them from the record itself.
-_BACKFILL_FROM = {1}
-
-
-class StoreError(RuntimeError):
-    """The task store cannot be opened or used (a broken file, a newer layout, no permission)."""
 
 
 class SQLiteTaskStore:
@@ -93,6 +77,16 @@ class SQLiteTaskStore:
         self._db.create_function("casefold", 1, _casefold, deterministic=True)
         self._lock = threading.Lock()
         self._limiter = anyio.CapacityLimiter(1)  # one worker thread at a time: one writer path
+        self._leases = LocalLeases(self.unfinished)
+        self._changes = ChangeHub()
+
+    @property
+    def leases(self) -> LocalLeases:
+        return self._leases
+
+    @property
+    def changes(self) -> ChangeHub:
+        return self._changes
 
     # -- opening -------------------------------------------------------------------------------------
     @classmethod
@@ -129,6 +123,9 @@ class SQLiteTaskStore:
                 )
 
         await self._run(write)
+        if not needs_taking_up(record):
+            self._leases.finished(record.task_id)
+        self._changes.publish(TaskChange(record.task_id, record.status))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         def read() -> list[TaskRecord]:
@@ -272,6 +269,47 @@ class SQLiteTaskStore:
 
         await self._run(write)
 
+    async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
+        def check() -> SpendHold:
+            now = time.time()
+            with self._lock:
+                # IMMEDIATE: the write lock from the first read, so another server on this home waits for the
+                # hold instead of reading the spend before it.
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("DELETE FROM spend_holds WHERE expires_at <= ?", (now,))
+                    spent = int(
+                        self._db.execute(
+                            f"SELECT COALESCE(SUM({SPEND_SQL}), 0) FROM tasks WHERE created_at >= ? AND owner = ?",
+                            (since, owner),
+                        ).fetchone()[0]
+                    ) + int(
+                        self._db.execute(
+                            "SELECT COALESCE(SUM(cents), 0) FROM spend_holds WHERE owner = ?", (owner,)
+                        ).fetchone()[0]
+                    )
+                    hold = SpendHold(False, spent)
+                    if spent + cents <= cap_cents:
+                        hold = SpendHold(True, spent, new_hold_id())
+                        self._db.execute(
+                            "INSERT INTO spend_holds (hold_id, owner, cents, expires_at) VALUES (?, ?, ?, ?)",
+                            (hold.hold_id, owner, cents, now + ttl_s),
+                        )
+                    self._db.commit()
+                except BaseException:
+                    self._db.rollback()
+                    raise
+            return hold
+
+        return await self._run(check)
+
+    async def release_spend(self, hold_id: str) -> None:
+        def write() -> None:
+            with self._transaction() as db:
+                db.execute("DELETE FROM spend_holds WHERE hold_id = ?", (hold_id,))
+
+        await self._run(write)
+
     # -- internals -----------------------------------------------------------------------------------
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -312,6 +350,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash
         db.isolation_level = "DEFERRED"  # transactions from here on (the connection's context manager commits)
         _migrate(db, path)
+    except StoreError:
+        db.close()
+        raise
     except sqlite3.Error as exc:
         db.close()
         raise StoreError(f"cannot use the task store {path}: {exc}") from exc
@@ -338,32 +379,48 @@ def _private_home(path: Path) -> None:
         log.warning("made the task store private (600): %s in %s", ", ".join(changed), home)
 
 
-def _migrate(db: sqlite3.Connection, path: Path) -> None:
-    version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"the task store {path} has layout {version}, newer than this server's {SCHEMA_VERSION}: "
-            "upgrade runapi-mcp, or point RUNAPI_MCP_HOME elsewhere"
-        )
-    while version < SCHEMA_VERSION:
-        with db:
-            for statement in _MIGRATIONS[version]:
-                db.execute(statement)
-            if version in _BACKFILL_FROM:
-                _backfill(db)
-            version += 1
-            db.execute(f"PRAGMA user_version = {version}")
-        log.info("task store %s: layout %d", path, version)
-
-
-def _backfill(db: sqlite3.Connection) -> None:
-    """Fill the columns version 2 added from each row's own record."""
-    for task_id, text in db.execute("SELECT task_id, record FROM tasks").fetchall():
+def _migrate(db: sqlite3.Connection, path: Path, target: int = SCHEMA_VERSION) -> None:
+    """Apply the missing migrations up to ``target``, each in an IMMEDIATE transaction of its own: a
+    second server opening the same file at the same time waits, then finds the step done."""
+    while True:
+        db.execute("BEGIN IMMEDIATE")
         try:
-            record = TaskRecord.model_validate_json(text)
-        except pydantic.ValidationError:
-            continue
-        db.execute(
-            "UPDATE tasks SET updated_at = ?, price_cents = ?, unfinished = ? WHERE task_id = ?",
-            (record.updated_at, record.price_cents, int(needs_taking_up(record)), task_id),
-        )
+            version = _layout(db)
+            if version > SCHEMA_VERSION:
+                raise StoreError(newer_layout(str(path), version, "point RUNAPI_MCP_HOME elsewhere"))
+            if version >= target:
+                db.commit()
+                return
+            migration = MIGRATIONS[version]  # takes layout `version` to `version + 1`
+            for step in migration.sqlite:
+                if isinstance(step, str):
+                    db.execute(step)
+                else:
+                    step(db)
+            db.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
+            db.execute(f"PRAGMA user_version = {migration.version}")  # what an older runapi-mcp checks
+            db.commit()
+        except BaseException:
+            db.rollback()
+            raise
+        log.info("task store %s: layout %d (%s)", path, migration.version, migration.name)
+
+
+def _layout(db: sqlite3.Connection) -> int:
+    """The file's layout, from ``schema_migrations``; a file from before that table says it in
+    ``user_version`` alone, and the table is made recording those migrations as applied."""
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,))
+    if exists.fetchone() is None:
+        adopted = int(db.execute("PRAGMA user_version").fetchone()[0])
+        db.execute(CREATE_MIGRATIONS_TABLE.format("REAL"))
+        now = time.time()
+        for migration in MIGRATIONS[:adopted]:
+            db.execute(
+                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now),
+            )
+    recorded = int(db.execute(f"SELECT COALESCE(MAX(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()[0])
+    return max(recorded, int(db.execute("PRAGMA user_version").fetchone()[0]))

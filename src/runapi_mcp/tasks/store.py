@@ -1,20 +1,37 @@
 """Where task records live: the interface the manager and the tools use, and an in-memory store.
 
 The embedded default is ``sqlite_store.SQLiteTaskStore`` (in ``RUNAPI_MCP_HOME``); a store shared by
-several server instances implements the same protocol. Every method is async (a store may block on
-disk or a network) and returns copies: what a caller holds is never the store's own object.
+several server instances (``pg_store.PostgresTaskStore``) implements the same protocol. Every method is
+async (a store may block on disk or a network) and returns copies: what a caller holds is never the
+store's own object. Beside the records, a store keeps the spend holds the daily cap admits tasks with,
+the leases that say which instance polls which task (``leases``), and a feed of every record change
+(``changes``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runapi_mcp.errors import UserError
+from runapi_mcp.tasks.changes import ChangeFeed, ChangeHub, TaskChange
+from runapi_mcp.tasks.leases import LocalLeases, TaskLeases
 from runapi_mcp.tasks.records import UNFINISHED, ImageRecord, TaskRecord, TaskState
+
+# TaskRecord.spend_cents in SQL (SQLite and PostgreSQL alike): RunAPI's reported cost, else the quote of a task
+# that did not fail.
+SPEND_SQL = (
+    "CASE WHEN cost_cents IS NOT NULL THEN cost_cents WHEN status != 'failed' THEN COALESCE(price_cents, 0) ELSE 0 END"
+)
+
+
+class StoreError(RuntimeError):
+    """The task store cannot be opened or used (a broken file, a newer layout, no permission, no database)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,20 @@ class TaskPage:
 
     records: list[TaskRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class SpendHold:
+    """A daily-cap check (``TaskStore.hold_spend``): ``admitted`` or not; ``spent_cents`` is what the owner's
+    tasks since the day's start cost plus the other live holds, before this one; ``hold_id`` releases it."""
+
+    admitted: bool
+    spent_cents: int
+    hold_id: str | None = None
+
+
+def new_hold_id() -> str:
+    return f"hold-{uuid.uuid4().hex}"
 
 
 class InvalidCursorError(UserError, ValueError):
@@ -102,6 +133,22 @@ class TaskStore(Protocol):
     async def save_state(self, key: str, value: Any) -> None:
         """Keep a small JSON value under ``key``."""
 
+    async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
+        """In one step no other instance can interleave with: what ``owner``'s tasks created since ``since``
+        cost (:meth:`spent_cents`) plus ``owner``'s live holds; when ``cents`` more stays within
+        ``cap_cents``, hold ``cents`` for ``ttl_s`` seconds (until :meth:`release_spend`) and admit."""
+
+    async def release_spend(self, hold_id: str) -> None:
+        """Drop a hold (its task is recorded with its price, or was never created)."""
+
+    @property
+    def leases(self) -> TaskLeases:
+        """Which instance polls which unfinished task (``tasks.leases``)."""
+
+    @property
+    def changes(self) -> ChangeFeed:
+        """Every record change, as it is committed (``tasks.changes``)."""
+
     async def close(self) -> None:
         """Release what the store holds (files, connections)."""
 
@@ -139,9 +186,23 @@ class MemoryTaskStore:
     def __init__(self) -> None:
         self._records: dict[str, TaskRecord] = {}
         self._state: dict[str, Any] = {}
+        self._holds: dict[str, tuple[str, int, float]] = {}  # hold id -> (owner, cents, expires at)
+        self._leases = LocalLeases(self.unfinished)
+        self._changes = ChangeHub()
+
+    @property
+    def leases(self) -> LocalLeases:
+        return self._leases
+
+    @property
+    def changes(self) -> ChangeHub:
+        return self._changes
 
     async def save(self, record: TaskRecord) -> None:
         self._records[record.task_id] = record.model_copy(deep=True)
+        if not needs_taking_up(record):
+            self._leases.finished(record.task_id)
+        self._changes.publish(TaskChange(record.task_id, record.status))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)
@@ -170,6 +231,9 @@ class MemoryTaskStore:
         return [r.model_copy(deep=True) for r in newest_first(self._records.values()) if needs_taking_up(r)]
 
     async def spent_cents(self, since: float, owner: str | None = None) -> int:
+        return self._spent(since, owner)
+
+    def _spent(self, since: float, owner: str | None) -> int:
         return sum(
             r.spend_cents
             for r in self._records.values()
@@ -208,6 +272,20 @@ class MemoryTaskStore:
 
     async def save_state(self, key: str, value: Any) -> None:
         self._state[key] = json.loads(json.dumps(value))
+
+    async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
+        # No await in here: nothing else on the event loop runs between the check and the hold.
+        now = time.time()
+        self._holds = {k: hold for k, hold in self._holds.items() if hold[2] > now}
+        spent = self._spent(since, owner) + sum(c for o, c, _ in self._holds.values() if o == owner)
+        if spent + cents > cap_cents:
+            return SpendHold(False, spent)
+        hold_id = new_hold_id()
+        self._holds[hold_id] = (owner, cents, now + ttl_s)
+        return SpendHold(True, spent, hold_id)
+
+    async def release_spend(self, hold_id: str) -> None:
+        self._holds.pop(hold_id, None)
 
     async def close(self) -> None:
         return None

@@ -1,0 +1,123 @@
+"""The change feed: every task record change (its id and new status), delivered to subscribers in this process.
+
+A store publishes a :class:`TaskChange` for each record it writes. The embedded stores publish in-process,
+after the write (one process owns all their tasks); the PostgreSQL store publishes with ``NOTIFY`` in the
+write's own transaction, and its listener hands what arrives, from every instance, to the same in-process
+:class:`ChangeHub`. A subscriber that may have missed changes (the listener's connection dropped, or the
+subscriber fell behind its buffer) receives a :class:`FeedGap` instead: it should re-read what it follows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, get_args
+
+import anyio
+
+from runapi_mcp.client import TaskStatus
+from runapi_mcp.tasks.records import TaskState
+
+DEFAULT_BUFFER = 1024  # changes a subscriber may fall behind by before it is told it missed some
+_STATES: frozenset[str] = frozenset({"submitting", "cancelled", *get_args(TaskStatus)})
+
+
+@dataclass(frozen=True)
+class TaskChange:
+    """A task record was written: its server id and its status after the write."""
+
+    task_id: str
+    status: TaskState
+
+    def payload(self) -> str:
+        """The change as the text a ``NOTIFY`` carries."""
+        return json.dumps({"task_id": self.task_id, "status": self.status}, separators=(",", ":"))
+
+    @staticmethod
+    def from_payload(text: str) -> TaskChange | None:
+        """The change a ``NOTIFY`` carried (None: not one of ours)."""
+        try:
+            data: Any = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        task_id, status = data.get("task_id"), data.get("status")
+        if not isinstance(task_id, str) or status not in _STATES:
+            return None
+        return TaskChange(task_id, status)
+
+
+@dataclass(frozen=True)
+class FeedGap:
+    """Changes may have been missed (``reason`` says why): re-read the tasks you follow."""
+
+    reason: str
+
+
+Change = TaskChange | FeedGap
+
+
+class Subscription:
+    """What one subscriber receives, in order: ``async for change in subscription``."""
+
+    def __init__(self, buffer: int) -> None:
+        self._buffer = max(1, buffer)
+        self._queue: deque[Change] = deque()
+        self._arrived = anyio.Event()
+
+    def deliver(self, change: Change) -> None:
+        """Queue ``change`` (never blocks the publisher: past the buffer, the backlog becomes one gap)."""
+        if len(self._queue) >= self._buffer:
+            self._queue.clear()
+            change = FeedGap(f"this subscriber fell more than {self._buffer} changes behind")
+        self._queue.append(change)
+        self._arrived.set()
+
+    async def receive(self) -> Change:
+        while not self._queue:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+        return self._queue.popleft()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await self.receive()
+
+
+class ChangeFeed(Protocol):
+    """Where a store's changes are followed (``store.changes``)."""
+
+    def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> AbstractAsyncContextManager[Subscription]:
+        """Receive every change committed from the moment the block is entered until it ends."""
+        ...
+
+
+class ChangeHub:
+    """In-process fan-out: each published change goes to every current subscriber."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscription] = []
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    @asynccontextmanager
+    async def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[Subscription]:
+        """Receive every change published from now until the block ends."""
+        subscription = Subscription(buffer)
+        self._subscribers.append(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscribers.remove(subscription)
+
+    def publish(self, change: Change) -> None:
+        for subscription in list(self._subscribers):
+            subscription.deliver(change)
