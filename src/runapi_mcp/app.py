@@ -27,7 +27,7 @@ from runapi_mcp.tasks import (
     TaskManager,
     TaskStore,
 )
-from runapi_mcp.tasks.sqlite_store import SQLiteTaskStore
+from runapi_mcp.tasks.backends import open_task_store
 from runapi_mcp.wording import count
 
 
@@ -75,8 +75,9 @@ def configure_logging(settings: Settings) -> None:
 
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[TaskStore]:
-    """The task store the server keeps its tasks in (``tasks.sqlite3`` in ``RUNAPI_MCP_HOME``)."""
-    store = await SQLiteTaskStore.open(settings.store_file)
+    """The task store the server keeps its tasks in: PostgreSQL at ``RUNAPI_MCP_DATABASE_URL`` when set, else
+    ``tasks.sqlite3`` in ``RUNAPI_MCP_HOME``."""
+    store = await open_task_store(database_url=settings.database, sqlite_file=settings.store_file)
     try:
         yield store
     finally:
@@ -93,7 +94,7 @@ async def open_app(
     clock: Clock = SYSTEM_CLOCK,
 ) -> AsyncIterator[App]:
     """Everything wired and running (poll loops live as long as the block); ``store`` replaces the
-    SQLite store in ``RUNAPI_MCP_HOME`` (e.g. a ``MemoryTaskStore``); ``clock`` is the one every part reads
+    configured one (:func:`open_store`; e.g. a ``MemoryTaskStore``); ``clock`` is the one every part reads
     the time from and sleeps on (a test's, moved by hand)."""
     async with AsyncExitStack() as stack:
         if store is None:

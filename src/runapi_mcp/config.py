@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from runapi_mcp.redaction import Redactor
+from runapi_mcp.redaction import Redactor, database_password, redact_url
 
 DEFAULT_BASE_URL = "https://runapi.ai"  # RunAPI itself (the client's default too)
 DEFAULT_WAIT_S = 50.0
@@ -71,6 +71,12 @@ class Settings(BaseModel):
         json_schema_extra={"env": "RUNAPI_MCP_CONFIRM_ABOVE_CENTS"},
     )
     # -- shared deployments (HTTP transports) ------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL task store several instances share, postgresql://user:password@host:5432/database "
+        "(prefer the environment; unset: SQLite in RUNAPI_MCP_HOME)",
+        json_schema_extra={"env": "RUNAPI_MCP_DATABASE_URL"},
+    )
     auth_token: SecretStr | None = Field(
         None,
         description="Bearer token every HTTP request must carry (one shared user)",
@@ -201,6 +207,21 @@ class Settings(BaseModel):
             raise ValueError(f"must be an http(s) URL with a host and no query, got {value[:200]!r}")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        url = value.get_secret_value().strip()
+        scheme = url.partition("://")[0].lower() if "://" in url else ""
+        if scheme not in ("postgresql", "postgres"):
+            # Never the value itself: it may carry a password.
+            shown = f"a {scheme}:// URL" if scheme else "no URL"
+            raise ValueError(
+                f"must be a PostgreSQL URL, postgresql://user:password@host:5432/database (or postgres://), got {shown}"
+            )
+        return SecretStr(url)
+
     @field_validator("user_spend_cents")
     @classmethod
     def _check_user_caps(cls, value: str | None) -> str | None:
@@ -233,6 +254,18 @@ class Settings(BaseModel):
         return self.home / "tasks.sqlite3"
 
     @property
+    def database(self) -> str | None:
+        """The PostgreSQL URL of the task store (None: SQLite in :attr:`store_file`)."""
+        return self.database_url.get_secret_value() if self.database_url else None
+
+    @property
+    def store_location(self) -> str:
+        """Where the tasks are, as it may be shown: the file, or the database URL without its password."""
+        if self.database is None:
+            return str(self.store_file)
+        return redact_url(self.database)
+
+    @property
     def callback_base(self) -> str | None:
         """Where RunAPI reaches this server's completion callbacks (None without a public URL: polling only)."""
         return f"{self.public_url}{CALLBACK_PATH}" if self.public_url else None
@@ -258,7 +291,7 @@ class Settings(BaseModel):
     def redactor(self) -> Redactor:
         """The process's one redaction (the API key in every form it may be echoed in)."""
         token = self.auth_token.get_secret_value() if self.auth_token else None
-        return Redactor([self.key(), token])
+        return Redactor([self.key(), token, database_password(self.database)])
 
     def redact(self, text: str) -> str:
         """``text`` with the API key cut out, for anything that may reach a user or a log."""

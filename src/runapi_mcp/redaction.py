@@ -14,9 +14,9 @@ import base64
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "Redactor"]
+__all__ = ["MASK", "Redactor", "database_password", "redact_url"]
 
 MASK = "***"
 # Anything shaped like a bearer credential, whoever's it is: never worth showing.
@@ -74,3 +74,31 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._forms)} forms)"
+
+
+def database_password(url: str | None) -> str | None:
+    """The password a database URL carries (in its user part or a ``password`` parameter), decoded; None
+    when it has none."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        found = unquote(parts.password) if parts.password else dict(parse_qsl(parts.query)).get("password")
+    except ValueError:
+        return None
+    return found or None
+
+
+def redact_url(url: str) -> str:
+    """A database URL as it may be shown: its password (user part or ``password`` parameter) as ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:{MASK}@{host}"
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, MASK if k == "password" else v) for k, v in pairs], safe="*") if pairs else parts.query
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "the database URL (not shown: it could not be read to hide its password)"

@@ -9,7 +9,7 @@ import sys
 import anyio
 
 from runapi_mcp.commands.options import add_settings_flags, configured, port
-from runapi_mcp.config import ConfigError
+from runapi_mcp.config import ConfigError, Settings
 
 NAME = "serve"
 HELP = "Serve MCP over stdio (the default command) or HTTP"
@@ -34,6 +34,16 @@ def run(args: argparse.Namespace) -> int:
     settings = configured(args)
     if settings is None:
         return 2
+    from runapi_mcp.tasks.store import StoreError
+
+    try:
+        return _serve(args, settings)
+    except StoreError as exc:  # e.g. no database at RUNAPI_MCP_DATABASE_URL: one line (no password), not a traceback
+        print(f"runapi-mcp: {settings.redact(str(exc))}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     transport = getattr(args, "transport", "stdio")  # plain `runapi-mcp` has no serve flags
     if transport == "stdio":
         from runapi_mcp.app import serve_stdio

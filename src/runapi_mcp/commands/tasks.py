@@ -105,7 +105,7 @@ async def print_history(settings: Settings, status: str | None, limit: int, out:
     async with open_store(settings) as store:
         page = await store.page(status=cast("TaskState | None", status), limit=limit)
     if not page.records:
-        stream.write(f"No tasks{f' with status {status}' if status else ''} in {settings.store_file}\n")
+        stream.write(f"No tasks{f' with status {status}' if status else ''} in {settings.store_location}\n")
         return 0
     stream.write(format_table(page.records) + "\n")
     if page.next_cursor is not None:
@@ -123,4 +123,10 @@ def run(args: argparse.Namespace) -> int:
     settings = configured(args)
     if settings is None:
         return 2
-    return anyio.run(print_history, settings, args.status, args.limit)
+    from runapi_mcp.tasks.store import StoreError
+
+    try:
+        return anyio.run(print_history, settings, args.status, args.limit)
+    except StoreError as exc:  # e.g. no database at RUNAPI_MCP_DATABASE_URL: one line (no password), not a traceback
+        print(f"runapi-mcp: {settings.redact(str(exc))}", file=sys.stderr)
+        return 2

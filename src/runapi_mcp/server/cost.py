@@ -5,16 +5,18 @@ quote is recorded on the task. Without a cap a failed quote only costs the price
 recorded as unknown); with ``RUNAPI_MCP_MAX_SPEND_CENTS`` set, a task whose quote would take today's
 spend (UTC) past the cap is refused, and so is one that cannot be quoted: the cap cannot be checked.
 
-Today's spend is what this server's store recorded (quotes of today's tasks that did not fail), plus
-the quotes of tasks admitted but not yet recorded: two calls at once cannot both slip under the cap.
-With per-user tokens each user has a day of their own: the cap (or the user's own, from
-``RUNAPI_MCP_USER_SPEND_CENTS``) applies to what that user's tasks cost.
+Today's spend is what the task store recorded (quotes of today's tasks that did not fail), plus the
+quotes of tasks admitted but not yet recorded, which the store holds (``TaskStore.hold_spend``): the
+check and the hold are one step in the store, so two calls at once, in this process or in another
+instance sharing the store, cannot both slip under the cap. With per-user tokens each user has a day of
+their own: the cap (or the user's own, from ``RUNAPI_MCP_USER_SPEND_CENTS``) applies to what that user's
+tasks cost.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,13 +27,14 @@ import anyio
 from runapi_mcp.client import RunAPIClient, RunAPIError
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.errors import UserError
-from runapi_mcp.tasks import LOCAL_OWNER, current_owner
+from runapi_mcp.tasks import LOCAL_OWNER, TaskStore, current_owner
 
 log = logging.getLogger("runapi_mcp.server.cost")
 
 MAX_SPEND_VARIABLE = "RUNAPI_MCP_MAX_SPEND_CENTS"
-
-SpentSince = Callable[[float, str | None], Awaitable[int]]  # (since, owner) -> cents
+# How long an admitted task's quote is held while its record is not stored yet (the block of `admit`:
+# confirmation, uploads, the create). Past it, a hold left by an instance that died stops counting.
+HOLD_S = 600.0
 
 
 class SpendLimitError(UserError, ValueError):
@@ -64,19 +67,17 @@ class SpendGuard:
     def __init__(
         self,
         client: RunAPIClient,
-        spent_since: SpentSince,
+        store: TaskStore,
         cap_cents: int | None,
         *,
         user_caps: Mapping[str, int] | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._client = client
-        self._spent_since = spent_since
+        self._store = store
         self._cap_cents = cap_cents
         self._user_caps = dict(user_caps or {})
         self._clock = clock
-        self._lock = anyio.Lock()
-        self._admitted: dict[str, int] = {}  # by owner: quotes let through whose records are not stored yet
 
     @property
     def cap_cents(self) -> int | None:
@@ -86,7 +87,7 @@ class SpendGuard:
 
     async def spent_today(self) -> int:
         """Today's (UTC) spend of the current request's user as this server recorded it, in cents."""
-        return await self._spent_since(start_of_day_utc(self._clock.time()), current_owner.get())
+        return await self._store.spent_cents(start_of_day_utc(self._clock.time()), current_owner.get())
 
     async def quote(self, service: str, action: str, body: Mapping[str, Any]) -> Quote:
         """RunAPI's quote for a create body; a failure is returned (and logged), never raised."""
@@ -119,21 +120,20 @@ class SpendGuard:
                 f"price quote for this task ({quote.problem or 'no reason given'}), so the cap cannot be "
                 "checked. Nothing was uploaded or created. Try again, or unset the cap."
             )
-        owner = current_owner.get()
-        async with self._lock:
-            spent = await self.spent_today() + self._admitted.get(owner, 0)
-            if spent + quote.cents > cap:
-                now = self._clock.time()
-                raise SpendLimitError(
-                    f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {cap} cents per "
-                    f"UTC day; {spent} cents spent today by this server + {quote.cents} cents quoted for this "
-                    f"task = {spent + quote.cents} cents. Nothing was uploaded or created. The day resets at "
-                    f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
-                )
-            self._admitted[owner] = self._admitted.get(owner, 0) + quote.cents
+        now = self._clock.time()
+        hold = await self._store.hold_spend(
+            current_owner.get(), since=start_of_day_utc(now), cents=quote.cents, cap_cents=cap, ttl_s=HOLD_S
+        )
+        if not hold.admitted or hold.hold_id is None:
+            spent = hold.spent_cents
+            raise SpendLimitError(
+                f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {cap} cents per "
+                f"UTC day; {spent} cents spent today by this server + {quote.cents} cents quoted for this "
+                f"task = {spent + quote.cents} cents. Nothing was uploaded or created. The day resets at "
+                f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
+            )
         try:
             yield
         finally:
-            self._admitted[owner] -= quote.cents
-            if not self._admitted[owner]:
-                del self._admitted[owner]
+            with anyio.CancelScope(shield=True):  # a cancelled call still gives its hold back
+                await self._store.release_spend(hold.hold_id)

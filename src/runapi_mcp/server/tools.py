@@ -144,7 +144,7 @@ class ImageTools:
         self.catalog = deps.catalog
         self.spend = SpendGuard(
             deps.manager.client,
-            deps.manager.store.spent_cents,
+            deps.manager.store,
             deps.max_spend_cents,
             user_caps=deps.user_spend_cents,
             clock=deps.manager.clock,

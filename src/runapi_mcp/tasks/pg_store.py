@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
 import psycopg
@@ -37,6 +36,7 @@ import pydantic
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
+from runapi_mcp.redaction import redact_url
 from runapi_mcp.tasks.changes import DEFAULT_BUFFER, ChangeHub, FeedGap, Subscription, TaskChange
 from runapi_mcp.tasks.migrations import (
     CREATE_MIGRATIONS_TABLE,
@@ -70,27 +70,6 @@ _NAME_BYTES = 63  # PostgreSQL's identifier length (channels and application nam
 _NOW = "EXTRACT(EPOCH FROM statement_timestamp())::float8"  # the database's clock, one value per statement
 _FEED_RETRY_S = (0.1, 5.0)  # the listener's first and longest wait before opening its connection again
 _FEED_PING_S = 30.0  # with no notification for this long, the listener checks its connection is alive
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password`` parameter) replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user, _, host = netloc.rpartition("@")
-            netloc = f"{user.partition(':')[0]}:***@{host}"
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
-            safe="*",
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "the database URL"
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _short(name: str) -> str:
