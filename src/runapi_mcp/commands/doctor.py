@@ -48,7 +48,7 @@ from runapi_mcp.commands.install import (
 from runapi_mcp.commands.options import add_settings_flags, settings_overrides
 from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_runapi_config, load_settings
 from runapi_mcp.private import private_dir
-from runapi_mcp.redaction import Redactor
+from runapi_mcp.redaction import Redactor, database_password, redact_url
 from runapi_mcp.wording import count
 
 NAME = "doctor"
@@ -347,6 +347,42 @@ def _store(report: Report, settings: Settings) -> None:
         )
     else:
         report.add("OK", "task store", f"{_tilde(path)}: layout {version}, {count(tasks, 'task')}")
+
+
+async def _database(report: Report, url: str, timeout_s: float) -> None:
+    """The PostgreSQL store: reachable, at this version's layout (or one the server may migrate), writable."""
+    shown = redact_url(url)
+    fix = "start the database, or fix RUNAPI_MCP_DATABASE_URL"
+    from runapi_mcp.tasks.backends import POSTGRES_EXTRA
+    from runapi_mcp.tasks.migrations import SCHEMA_VERSION
+
+    try:
+        from runapi_mcp.tasks.pg_store import probe
+    except ImportError:
+        report.add("FAIL", "task store", f"RUNAPI_MCP_DATABASE_URL is set ({shown}) but psycopg is not installed",
+                   POSTGRES_EXTRA)
+        return
+    found = await probe(url, timeout_s=timeout_s)
+    where = f"PostgreSQL {shown}" + (f" (schema {found.schema})" if found.schema not in (None, "public") else "")
+    if not found.reachable:
+        report.add("FAIL", "task store", f"{where} is not reachable ({found.problem})", fix)
+    elif found.version > SCHEMA_VERSION:
+        report.add("FAIL", "task store", f"{where} has layout {found.version}, newer than this version's "
+                   f"{SCHEMA_VERSION}", "upgrade runapi-mcp, or point RUNAPI_MCP_DATABASE_URL elsewhere")
+    elif found.problem is not None:
+        report.add("FAIL", "task store", f"{where} cannot be used: {found.problem}",
+                   "grant the user INSERT and UPDATE on the store's tables, or use a writable primary")
+    elif found.version < SCHEMA_VERSION and not found.can_migrate:
+        report.add("FAIL", "task store", f"{where} is at layout {found.version}, and this user may not create tables "
+                   f"in schema {found.schema} to bring it to {SCHEMA_VERSION}",
+                   f"GRANT CREATE ON SCHEMA {found.schema} to the user, or migrate it once as its owner")
+    elif found.version == 0:
+        report.add("OK", "task store", f"{where}: no tables yet (made at the first start, layout {SCHEMA_VERSION})")
+    elif found.version < SCHEMA_VERSION:
+        report.add("OK", "task store", f"{where}: layout {found.version}, {count(found.tasks, 'task')} (brought to "
+                   f"layout {SCHEMA_VERSION} at the next start)")
+    else:
+        report.add("OK", "task store", f"{where}: layout {found.version}, {count(found.tasks, 'task')}, writable")
 
 
 def _allowed_dirs(report: Report, settings: Settings) -> None:
@@ -659,7 +695,11 @@ async def diagnose(
             report.add("WARN", "runapi", f"not checked (--offline); base URL {settings.base_url}")
         else:
             await _runapi(report, settings, has_key, request_s)
-        if _home(report, settings):
+        home = _home(report, settings)  # the image library stays there, whichever store keeps the tasks
+        if settings.database is not None:
+            report.secrets.extend(s for s in (database_password(settings.database),) if s)
+            await _database(report, settings.database, request_s)
+        elif home:
             _store(report, settings)
         _allowed_dirs(report, settings)
     has_file_key = runapi_config_has_key(config_file)
