@@ -14,7 +14,7 @@ from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Simulator, SimulatorConfig
 from tests.support import FAST_POLICY, SIM_KEY, TIME_SCALE, Harness, make_settings
 
-pytest_plugins = ["tests.browser"]  # the `browser` fixture (headless Chromium)
+pytest_plugins = ["tests.browser", "tests.postgres"]  # `browser` (headless Chromium); `pg_pools` (PostgreSQL)
 
 # CI runs the same examples every time (a failure there is a regression, never a lucky seed); locally every run
 # draws new ones, which is how the fuzz finds what CI then keeps. Loaded here, before any test module builds its
