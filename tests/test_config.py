@@ -74,6 +74,20 @@ def test_key_is_secret_and_redacted(tmp_path: Path) -> None:
     assert settings.redact("Bearer sk-very-secret-123 failed") == "Bearer *** failed"
 
 
+def test_the_database_url_is_a_secret_postgresql_url(tmp_path: Path) -> None:
+    url = "postgresql://runapi:pa%40ss-w0rd@db.internal:5432/tasks?sslmode=require"
+    settings = load_settings(environ={"RUNAPI_MCP_DATABASE_URL": f"  {url} "}, config_file=tmp_path / "none")
+    assert settings.database == url and "w0rd" not in repr(settings)
+    assert settings.store_location == "postgresql://runapi:***@db.internal:5432/tasks?sslmode=require"
+    assert settings.redact("login as runapi with pa@ss-w0rd, or pa%40ss-w0rd") == "login as runapi with ***, or ***"
+    assert load_settings(environ={"RUNAPI_MCP_DATABASE_URL": " "}, config_file=tmp_path / "none").database is None
+    assert load_settings(environ={}, config_file=tmp_path / "none").store_location.endswith("tasks.sqlite3")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"RUNAPI_MCP_DATABASE_URL": "mysql://u:hunter22@h/db"}, config_file=tmp_path / "none")
+    assert "RUNAPI_MCP_DATABASE_URL" in str(caught.value) and "postgresql://" in str(caught.value)
+    assert "hunter22" not in str(caught.value)
+
+
 @pytest.mark.parametrize("argv", [["--wait-s", "5", "serve"], ["serve", "--wait-s", "5"], ["--wait-s", "5"]])
 def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
     from runapi_mcp.cli import build_parser

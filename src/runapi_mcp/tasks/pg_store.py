@@ -159,9 +159,11 @@ class PostgresTaskStore:
                             "exists (create one, or fix the search_path)"
                         )
                 else:
-                    exists = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-                    if await exists.fetchone() is None:
-                        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+                    async with conn.transaction():  # under the migrations' lock: instances starting together
+                        await _lock_migrations(conn, schema)
+                        exists = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
+                        if await exists.fetchone() is None:
+                            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
                 await migrate(conn, schema, display)
         except psycopg.Error as exc:
             raise StoreError(f"cannot use the task store at {display}: {_reason(exc)}") from exc
@@ -408,8 +410,7 @@ async def migrate(conn: AsyncConnection[Any], schema: str, display: str, target:
     lock on the schema: instances starting together take turns, and each finds the others' steps done."""
     while True:
         async with conn.transaction():
-            lock = f"runapi_mcp.migrate:{schema}"
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock,))
+            await _lock_migrations(conn, schema)
             await conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
             await conn.execute(CREATE_MIGRATIONS_TABLE.format("DOUBLE PRECISION"))
             row = await (await conn.execute(f"SELECT COALESCE(MAX(version), 0) FROM {MIGRATIONS_TABLE}")).fetchone()
@@ -430,6 +431,11 @@ async def migrate(conn: AsyncConnection[Any], schema: str, display: str, target:
                 (migration.version, migration.name),
             )
         log.info("task store %s (schema %s): layout %d (%s)", display, schema, migration.version, migration.name)
+
+
+async def _lock_migrations(conn: AsyncConnection[Any], schema: str) -> None:
+    """Until the transaction ends, this connection alone migrates ``schema``."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"runapi_mcp.migrate:{schema}",))
 
 
 # -- leases -------------------------------------------------------------------------------------------------
@@ -490,6 +496,7 @@ class PostgresChangeFeed:
     def __init__(self, conninfo: str, *, channel: str, display: str, timeout_s: float) -> None:
         self._conninfo = conninfo
         self.channel = channel
+        self.application_name = _short(f"runapi-mcp {channel}")  # how the listener shows in pg_stat_activity
         self._display = display
         self._timeout_s = timeout_s
         self._hub = ChangeHub()
@@ -521,13 +528,12 @@ class PostgresChangeFeed:
 
     async def _listen(self) -> None:
         retry_s, listened = _FEED_RETRY_S[0], False
-        application_name = _short(f"runapi-mcp {self.channel}")
         while True:
             try:
                 async with await AsyncConnection.connect(
                     self._conninfo,
                     autocommit=True,
-                    application_name=application_name,
+                    application_name=self.application_name,
                     connect_timeout=_connect_timeout(self._timeout_s),
                 ) as conn:
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
