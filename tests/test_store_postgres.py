@@ -19,7 +19,7 @@ import pytest
 from mcp.client import Client
 
 from runapi_mcp.app import open_app
-from runapi_mcp.doctor import Report, diagnose
+from runapi_mcp.commands.doctor import Report, diagnose
 from runapi_mcp.redaction import redact_url
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import TaskRecord
