@@ -377,7 +377,7 @@ async def test_leases_split_due_tasks_between_instances(two: tuple[TaskStore, Ta
     # A task written finished ends its lease; letting go of everything frees the rest.
     done = await b.get("task-0005")
     assert done is not None
-    await b.save(done.updated(at=2_000_000.0, status="completed"))
+    await b.save(done.completed([], [], None, at=2_000_000.0))
     assert await b.leases.renew("instance-b", ["task-0004", "task-0005"], ttl_s=60) == {"task-0004"}
     await b.leases.release("instance-b")
     again = await a.leases.claim("instance-a", limit=100, ttl_s=60)
@@ -423,8 +423,8 @@ async def test_every_write_reaches_the_change_feed_of_every_instance(two: tuple[
     async with a.changes.subscribe() as seen_by_a, b.changes.subscribe() as seen_by_b:
         record = _record(1, status="submitting")
         await a.save(record)
-        await a.save(record.updated(at=2_000_000.0, status="pending"))
-        await b.save(record.updated(at=2_000_001.0, status="completed"))
+        await a.save(record.accepted("up-1", at=2_000_000.0))
+        await b.save(record.completed([], [], None, at=2_000_001.0))
         await b.save_state("durations", {})  # not a task record: no change
         await b.save(_record(2, status="failed"))
         expected = [
