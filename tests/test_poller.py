@@ -90,6 +90,8 @@ class Claims:
         self._local = LocalClaims(store)
         self.granted = granted
         self.asked: list[tuple[str, str]] = []
+        self.handed_over: list[TaskRecord] = []  # given to the manager by ``keep`` once ``hand_over`` is set
+        self.hand_over = anyio.Event()
 
     async def take_up(self) -> list[TaskRecord]:
         taken = [r for r in await self._local.take_up() if r.task_id in self.granted]
@@ -102,6 +104,12 @@ class Claims:
 
     async def release(self, task_id: str) -> None:
         self.asked.append(("release", task_id))
+
+    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
+        await self.hand_over.wait()
+        for record in self.handed_over:
+            self.granted.add(record.task_id)
+            take(record)
 
 
 async def test_only_the_tasks_this_process_claims_are_polled(sim: Simulator, home: Path) -> None:
@@ -132,3 +140,22 @@ async def test_only_the_tasks_this_process_claims_are_polled(sim: Simulator, hom
         assert done.status == "completed" and done.images[0].path, done
         await until(lambda: ("release", task_id) in here.asked, "the claim was released")
     assert here.asked == [("take_up", task_id), ("claim", task_id), ("release", task_id)]
+
+
+async def test_a_task_claimed_after_the_start_is_taken_up(sim: Simulator, home: Path) -> None:
+    """What a lease taken over from an instance that stopped looks like to the manager: ``keep`` hands it
+    the task while it runs, and it is polled to the end."""
+    store = MemoryTaskStore()
+    sim.set_task_outcome(None, "completed")
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as first:
+        record = await first.submit(_prepared("taken over"), prompt="taken over")  # not polled: not claimed
+    assert record.upstream_id is not None and record.status == "pending"
+    claims = Claims(store, granted=set())
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, claims) as second:
+        assert claims.asked == []  # nothing taken up at start
+        claims.handed_over = [record]
+        claims.hand_over.set()
+        await until(lambda: ("release", record.task_id) in claims.asked, "polled to the end")
+        done = await second.get(record.task_id)
+    assert done.status == "completed" and done.images[0].path, done
+    assert claims.asked == [("claim", record.task_id), ("release", record.task_id)]

@@ -130,6 +130,7 @@ class TaskManager:
                 if self._durations_memory is not None:
                     await self._durations_memory.load_into(self.durations)
                 await self._resume(tg)
+                tg.start_soon(self._poller.claims.keep, self._poller.take)
                 yield self
             finally:
                 self._poller.tg = self._waker.tg = None

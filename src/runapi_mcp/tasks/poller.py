@@ -45,7 +45,11 @@ _REPORT_POLL_FAILURES_AFTER = 3
 
 
 class TaskClaims(Protocol):
-    """Which tasks this process polls: it runs a task's poll loop only while it holds the task's claim."""
+    """Which tasks this process polls: it runs a task's poll loop only while it holds the task's claim.
+
+    Over the stores' leases (``store.leases``, held by an id of this instance for a while): ``take_up`` and
+    ``claim`` claim due tasks (the latter one task, by id), ``release`` lets one go, and ``keep`` renews
+    what is held and claims, periodically, what other instances let lapse."""
 
     async def take_up(self) -> list[TaskRecord]:
         """The tasks to take up now (at start): claimed for this process. Unfinished ones are polled, and
@@ -60,6 +64,11 @@ class TaskClaims(Protocol):
     async def release(self, task_id: str) -> None:
         """This process stopped polling the task: it ended, or its loop gave up. (A loop stopped by the
         process stopping releases nothing: its claim lapses, or the next start takes it up again.)"""
+        ...
+
+    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
+        """Runs as long as the manager does: keeps this process's claims (a lease renewed before it lapses)
+        and hands ``take`` every unfinished task claimed after the start (one whose holder stopped)."""
         ...
 
 
@@ -77,6 +86,9 @@ class LocalClaims:
 
     async def release(self, task_id: str) -> None:
         return None
+
+    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
+        return None  # nobody else polls these tasks: nothing to renew, nothing to take over
 
 
 @dataclass
@@ -137,6 +149,10 @@ class Poller:
         for tracked in taken:
             self.follow(tracked)
         return taken
+
+    def take(self, record: TaskRecord) -> None:
+        """Hold and follow a task the claims gave this process after the start."""
+        self.follow(self._registry.hold(record))
 
     def follow(self, tracked: Tracked) -> None:
         """Poll the task until it ends, unless a loop here polls it already (or submit is sending its
