@@ -19,7 +19,7 @@ mistakes instead of catching them), and only the commands import it (``demo``, `
 uvicorn is reached through one module of the server (``http/uvicorn_server.py``: it subclasses uvicorn's
 ``Server`` and h11 protocol, so a uvicorn release that moves those internals breaks there and nowhere else)
 and one of the simulator island (``simulator/_server.py``, the island's own host). Jinja2 only through
-``http/templates.py``.
+``http/templating.py``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ SIMULATOR_IMPORTED_BY = ("commands",)
 # Third-party packages reached through one module of the server (and one of the simulator island).
 ONE_DOOR = {
     "uvicorn": ("runapi_mcp.http.uvicorn_server", "runapi_mcp.simulator._server"),
+    "jinja2": ("runapi_mcp.http.templating",),
 }
 
 

@@ -182,6 +182,8 @@ def test_the_packed_bundle_runs_on_its_python_and_is_refused_on_another(
     assert manifest["compatibility"] == {"platforms": [sys.platform], "runtimes": {"python": f">=3.{minor},<3.{minor + 1}"}}
     names = set(build_mcpb.zipfile.ZipFile(bundle).namelist())
     assert {"manifest.json", "LICENSE", manifest["server"]["entry_point"]} <= names
+    # Package data, not modules: the web gallery's templates and the Apps view (pyproject's package-data).
+    assert {"server/lib/runapi_mcp/http/templates/gallery.html", "server/lib/runapi_mcp/server/ui/images.html"} <= names
     assert any(re.search(rf"pydantic_core/_pydantic_core\.cpython-3{minor}", n) for n in names), "compiled for it"
     assert not any("__pycache__" in n or n.startswith("server/lib/bin/") for n in names)
 

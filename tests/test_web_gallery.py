@@ -5,6 +5,7 @@ where one is installed, and with plain HTTP for auth, isolation, caching and the
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import queue
@@ -13,10 +14,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import anyio
 import httpx
@@ -391,7 +393,7 @@ async def test_the_page_escapes_every_text_and_sends_the_security_headers(harnes
     assert answer.status_code == 200
     page = answer.text
     assert "<script>window.__pwned" not in page and 'onerror="window' not in page
-    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&quot;window.__pwned" in page
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;&lt;img src=x onerror=&#34;window.__pwned" in page
     assert made["task_id"] in page
     csp = answer.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "'unsafe-inline'" not in csp
@@ -494,7 +496,7 @@ async def test_each_user_sees_only_their_own(
         async with httpx.AsyncClient(base_url=base) as http:
             as_alice = {"Authorization": f"Bearer {alice_token}"}
             page = await http.get("/gallery", headers=as_alice)
-            assert page.status_code == 200 and "alice&#x27;s private picture" in page.text
+            assert page.status_code == 200 and "alice&#39;s private picture" in page.text
             for path in pictures:
                 assert (await http.get(path, headers=as_alice)).status_code == 200, path
             # Bob, by header or by cookie: nothing of alice's, and her pictures are not found.
@@ -525,7 +527,7 @@ async def test_each_user_sees_only_their_own(
                 )
             assert not result.is_error, text_of(result)
             text = (await http.get("/gallery", headers={"Authorization": f"Bearer {bob_token}"})).text
-            assert "bob&#x27;s edit" in text and "Edited from" in text and "an image at 127.0.0.1" in text
+            assert "bob&#39;s edit" in text and "Edited from" in text and "an image at 127.0.0.1" in text
             assert made["task_id"] not in text and wanted not in text and 'value="imagen-4"' not in text
             # And alice's page shows nothing of bob's.
             text = (await http.get("/gallery", headers=as_alice)).text
@@ -584,10 +586,88 @@ def test_sources_and_hostile_values_are_escaped() -> None:
     )
     page = gallery_page.render_gallery(view, "nonce", thumb_edge=512)
     assert "<script>window" not in page and page.count("<script") == 1
-    assert 'data-prompt="&quot;&gt;&lt;script&gt;' in page
+    assert 'data-prompt="&#34;&gt;&lt;script&gt;' in page
     assert 'href="/gallery?task=%22%3E%3Cscript%3E' in page  # the source's task, URL-encoded
-    assert 'href="https://example.com/&quot;&gt;&lt;script&gt;' in page and 'rel="noopener noreferrer"' in page
-    assert "Edited from" in page and "and 3 more" in page and "1 picture</strong> of task <code>&quot;&gt;" in page
+    assert 'href="https://example.com/&#34;&gt;&lt;script&gt;' in page and 'rel="noopener noreferrer"' in page
+    assert "Edited from" in page and "and 3 more" in page and "1 picture</strong> of task <code>&#34;&gt;" in page
+
+
+HOSTILE = "\"'><script>alert(1)</script><img src=x onerror=alert(2)>"
+PAGES = ("gallery of one task", "gallery filtered", "sign-in", "sign-in link", "problem")
+
+
+def _filled(cls: type[Any], value: str, **fixed: Any) -> Any:
+    """An instance of a page's view dataclass with ``value`` in every text field (``fixed`` aside), in every
+    text of a list and in every view nested in it: a field added later is covered without touching this test.
+    A field of another type takes its default (numbers, flags) or must be given."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if field.name in fixed:
+            values[field.name] = fixed[field.name]
+        elif kind in (str, str | None):
+            values[field.name] = value
+        elif kind == Sequence[str]:
+            values[field.name] = [value]
+        elif dataclasses.is_dataclass(kind):
+            values[field.name] = _filled(kind, value)  # type: ignore[arg-type]
+        else:
+            assert field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING, (
+                f"{cls.__name__}.{field.name} ({kind}): give it in this test"
+            )
+    return cls(**values)
+
+
+def _pages(value: str) -> dict[str, str]:
+    """Every page the gallery renders, with ``value`` in every text it takes."""
+    source = _filled(gallery_page.Source, value)  # in the library: its image and task ids in a link
+    elsewhere = gallery_page.Source(url="https://example.com/" + value)  # an http(s) URL: the routes keep no other
+    tiles = [
+        _filled(gallery_page.Tile, value, created_at=0, price_cents=None, sources=(source, elsewhere)),
+        _filled(gallery_page.Tile, value, created_at=0, price_cents=None, image_id=None),  # no picture
+    ]
+    page: dict[str, Any] = {"tiles": tiles, "next_cursor": value, "first_page": False, "count": 2}
+    one_task = _filled(gallery_page.GalleryView, value, **page)
+    filtered = _filled(gallery_page.GalleryView, value, **page, filters=gallery_page.Filters(q=value, model=value))
+    return {
+        "gallery of one task": gallery_page.render_gallery(one_task, value, thumb_edge=512),
+        "gallery filtered": gallery_page.render_gallery(filtered, value, thumb_edge=512),
+        "sign-in": gallery_page.render_signin(value, value, error=value),
+        "sign-in link": gallery_page.render_signin(value, value, link=_filled(gallery_page.SignInLink, value)),
+        "problem": gallery_page.render_problem(value, value, value),
+    }
+
+
+class _Parsed(HTMLParser):
+    """A page as a browser's parser reads it: its elements with their attributes' names, and its texts
+    (attribute values included, their character references decoded)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, tuple[str, ...]]] = []
+        self.texts: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, tuple(name for name, _ in attrs)))
+        self.texts += [value for _, value in attrs if value]
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_a_script_tag_and_quotes_in_every_user_controlled_field_come_out_escaped(name: str) -> None:
+    """With ``<script>``, an ``onerror`` and both quotes in every text a page takes, the page has the same
+    elements and attributes, in the same order, as with a plain word: the text changed no markup. And the
+    text is on the page whole, as text, for the reader."""
+    page = _pages(HOSTILE)[name]
+    parsed, plain = _Parsed(page), _Parsed(_pages("plain")[name])
+    assert parsed.elements == plain.elements
+    assert any(HOSTILE in text for text in parsed.texts)
+    assert "<script>alert" not in page and "onerror=alert(2)>" not in page
 
 
 async def test_a_thumbnail_is_made_once_and_cached_on_disk(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:

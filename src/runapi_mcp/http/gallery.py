@@ -54,7 +54,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
@@ -63,7 +63,7 @@ from mcp.server.auth.provider import AccessToken, TokenVerifier
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from runapi_mcp.app import open_store
@@ -78,13 +78,14 @@ from runapi_mcp.http.gallery_page import (
     Source,
     Tile,
     content_disposition,
-    render_gallery,
-    render_problem,
-    render_signin,
+    gallery_context,
+    problem_context,
+    signin_context,
 )
 from runapi_mcp.http.hosts import HostCheck, transport_security
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
 from runapi_mcp.http.responses import IMMUTABLE_CACHE, image_headers
+from runapi_mcp.http.templating import templates
 from runapi_mcp.http.uvicorn_server import Serving, bind_socket, serving
 from runapi_mcp.tasks import (
     ImageRecord,
@@ -208,9 +209,7 @@ class Gallery:
     def _refused(self, request: Request, *, error: str | None = None) -> Response:
         """401 with the sign-in page. ``error``: a token just offered was refused (a session the
         cookie may hold is left alone); without it, the cookie itself failed and is cleared."""
-        nonce = secrets.token_urlsafe(16)
-        response = HTMLResponse(render_signin(GALLERY_PATH, nonce, error=error), status_code=401)
-        _page_headers(response, nonce)
+        response = _html(request, "signin.html", signin_context(GALLERY_PATH, _nonce(), error=error), status=401)
         response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         if error is None and COOKIE_NAME in request.cookies:
             _clear_cookie(response, request)  # expired or rotated: drop it rather than send it again
@@ -284,10 +283,7 @@ class Gallery:
             return self._refused(request, error="That token was not accepted.")
         shared = access.subject is None and access.client_id == SHARED_TOKEN_CLIENT_ID
         link = SignInLink(token=token, who=None if shared else owner_of(access), next=target)
-        nonce = secrets.token_urlsafe(16)
-        response = HTMLResponse(render_signin(GALLERY_PATH, nonce, link=link))
-        _page_headers(response, nonce)
-        return response
+        return _html(request, "signin.html", signin_context(GALLERY_PATH, _nonce(), link=link))
 
     # -- the page --------------------------------------------------------------------------------
 
@@ -299,13 +295,10 @@ class Gallery:
         if caller is None:
             return self._refused(request)
         filters = _filters(params.get("q"), params.get("model"), params.get("status"), params.get("task"))
-        nonce = secrets.token_urlsafe(16)
         try:
             records, next_cursor, note = await self._records(caller.owner, filters, params.get("cursor") or None)
         except InvalidCursorError as exc:
-            response: Response = HTMLResponse(render_problem(GALLERY_PATH, nonce, str(exc)), status_code=400)
-            _page_headers(response, nonce)
-            return response
+            return _html(request, "problem.html", problem_context(GALLERY_PATH, _nonce(), str(exc)), status=400)
         if filters.task:
             count = sum(library_pictures(record) for record in records)
         else:
@@ -332,9 +325,7 @@ class Gallery:
             signed_in=caller.signed_in,
             count=count,
         )
-        response = HTMLResponse(render_gallery(view, nonce, thumb_edge=THUMB_EDGE))
-        _page_headers(response, nonce)
-        return response
+        return _html(request, "gallery.html", gallery_context(view, _nonce(), thumb_edge=THUMB_EDGE))
 
     async def _records(
         self, owner: str, filters: Filters, cursor: str | None
@@ -582,6 +573,17 @@ async def _favicon(_: Request) -> Response:
     response.headers.update(_COMMON_HEADERS)
     response.headers["Content-Security-Policy"] = _IMAGE_CSP
     response.headers["Cache-Control"] = "public, max-age=86400"
+    return response
+
+
+def _nonce() -> str:
+    return secrets.token_urlsafe(16)  # per response: the page's CSP allows its own style and script only
+
+
+def _html(request: Request, template: str, context: dict[str, Any], *, status: int = 200) -> Response:
+    """A page from ``templates/`` (escaped: see ``http/templating.py``) with the headers every page gets."""
+    response = templates.TemplateResponse(request, template, context, status_code=status)
+    _page_headers(response, context["nonce"])
     return response
 
 
