@@ -28,6 +28,7 @@ from runapi_mcp.client import RunAPIClient, RunAPIError
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.errors import UserError
 from runapi_mcp.tasks import LOCAL_OWNER, TaskStore, current_owner
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.server.cost")
 
@@ -116,7 +117,7 @@ class SpendGuard:
             return
         if quote.cents is None:
             raise SpendLimitError(
-                f"Refused: {MAX_SPEND_VARIABLE} caps spending at {cap} cents per UTC day, but RunAPI gave no "
+                f"Refused: {MAX_SPEND_VARIABLE} caps spending at {count(cap, 'cent')} per UTC day, but RunAPI gave no "
                 f"price quote for this task ({quote.problem or 'no reason given'}), so the cap cannot be "
                 "checked. Nothing was uploaded or created. Try again, or unset the cap."
             )
@@ -127,9 +128,9 @@ class SpendGuard:
         if not hold.admitted or hold.hold_id is None:
             spent = hold.spent_cents
             raise SpendLimitError(
-                f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {cap} cents per "
-                f"UTC day; {spent} cents spent today by this server + {quote.cents} cents quoted for this "
-                f"task = {spent + quote.cents} cents. Nothing was uploaded or created. The day resets at "
+                f"Refused: this task would pass the daily spend cap. {MAX_SPEND_VARIABLE} is {count(cap, 'cent')} per "
+                f"UTC day; {count(spent, 'cent')} spent today + {count(quote.cents, 'cent')} quoted for this "
+                f"task = {count(spent + quote.cents, 'cent')}. Nothing was uploaded or created. The day resets at "
                 f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
             )
         try:
