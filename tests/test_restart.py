@@ -70,14 +70,17 @@ def test_a_kill_between_the_create_and_its_answer_creates_one_task(sim: Simulato
     env = server_env(sim, home, inputs)
     before = sim.tasks_created
     # RunAPI takes its time to answer the create: the server dies while waiting for it.
-    sim.inject(Fault("slow", delay=1.5, method="POST", path_contains="/gpt_image_2/"))
+    sim.inject(Fault("slow", delay=1.0, method="POST", path_contains="/gpt_image_2/"))
     with _started(RawStdioServer(env)) as first:
         first.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": GENERATE})
-        wait_until(lambda: any(r.method == "POST" for r in sim.requests) or sim.faults == [], "the create sent")
-        time.sleep(0.3)
+        # The fault taken: the create has reached RunAPI, which holds it (the price quote is no create).
+        wait_until(lambda: sim.faults == [], "the create to reach RunAPI")
         first.proc.kill()
         first.proc.wait()
-    time.sleep(1.5)  # the create the dead server sent may still land at RunAPI
+    # The held create ends at RunAPI (this simulator drops it with its connection; RunAPI might create the
+    # task) before the restart sends it again, with the same key.
+    create = "/api/v1/gpt_image_2/"
+    wait_until(lambda: [r for r in sim.requests if r.method == "POST" and create in r.path], "the held create's end")
     records = _records_in(home)
     assert len(records) == 1, records  # recorded before the create was sent
     with _started(RawStdioServer(env)) as second:
