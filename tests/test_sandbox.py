@@ -115,7 +115,7 @@ def _flip_forever(component: Path, inside: Path, outside: Path, stop: threading.
         for target in (inside, outside):
             os.symlink(target, tmp)
             os.replace(tmp, component)
-            time.sleep(0.0001)
+            time.sleep(0.0001)  # the reader runs against this state a while (a race needs real time)
 
 
 @pytest.fixture(params=["swap", "flip"])
