@@ -10,11 +10,13 @@ at the very address it approved, with redirects followed by hand and judged hop 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import pathlib
 import random
 import re
+import ssl
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import aclosing
@@ -163,6 +165,14 @@ class _Attempt:
         self.retry_after = retry_after
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context (httpx's defaults: certifi's CA bundle, SSL_CERT_FILE/SSL_CERT_DIR if set) for every
+    connection pool in the process: building one loads the CA bundle, tens of ms of CPU, and each client has
+    three pools."""
+    return httpx.create_ssl_context()
+
+
 class RunAPIClient:
     """An async client for RunAPI's HTTP API. Use it as ``async with RunAPIClient(key) as client: ...``.
 
@@ -223,10 +233,13 @@ class RunAPIClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             transport=transport,
             follow_redirects=False,
+            verify=_tls_context(),
         )
         # The upload's second step goes to storage, not RunAPI: a bare client, so no header of ours (the key
         # above all) goes with the bytes; the same transport, so tests and proxies see it as they see the rest.
-        self._storage = httpx.AsyncClient(timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False)
+        self._storage = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False, verify=_tls_context()
+        )
         # Downloads connect to the address the policy approved (see _open_pinned). They go straight to a
         # transport of their own rather than through an httpx client, because the client would parse
         # every Location itself (raising on odd ones before the policy can judge them) and keep the image
@@ -242,7 +255,8 @@ class RunAPIClient:
             download_transport
             or transport
             or httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=max_download_connections, max_keepalive_connections=0)
+                verify=_tls_context(),
+                limits=httpx.Limits(max_connections=max_download_connections, max_keepalive_connections=0),
             )
         )
         self._download_headers = {
