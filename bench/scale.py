@@ -40,7 +40,7 @@ from runapi_mcp.app import open_app
 from runapi_mcp.catalog import get_catalog
 from runapi_mcp.config import load_settings
 from runapi_mcp.simulator import SimulatorConfig
-from runapi_mcp.tasks import PollPolicy, TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, PollPolicy, TaskRecord, current_owner
 
 KEY = "sk-bench-scale-0123456789abcdef0123"
 MODEL = "gpt-image-2"
@@ -92,9 +92,11 @@ async def run(args: argparse.Namespace, base_url: str, home: Path) -> dict[str, 
             in_flight -= 1
             found[record.task_id] = done
 
-        async with anyio.create_task_group() as tg:
-            for n in range(args.tasks):
-                tg.start_soon(one, n)
+        # Straight to the manager, as the local user (what the MCP layer sets for a request over stdio).
+        with current_owner.scope(LOCAL_OWNER):
+            async with anyio.create_task_group() as tg:
+                for n in range(args.tasks):
+                    tg.start_soon(one, n)
         wall = time.monotonic() - started
         stored = [await manager.store.get(task_id) for task_id in found]
     return {

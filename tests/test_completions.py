@@ -15,7 +15,7 @@ from runapi_mcp.catalog import get_catalog
 from runapi_mcp.server.completions import Completions
 from runapi_mcp.server.prompts import ImagePrompts
 from runapi_mcp.simulator import Simulator
-from runapi_mcp.tasks import ImageRecord, MemoryTaskStore, TaskRecord, current_owner
+from runapi_mcp.tasks import LOCAL_OWNER, ImageRecord, MemoryTaskStore, TaskRecord, current_owner
 from tests.support import Harness, text_of
 from tests.test_auth_tokens import Issuer, Keys, issuer, keys
 from tests.test_http_users import connect, serving, token_for
@@ -62,9 +62,15 @@ def record(n: int, owner: str = "", *, status: str = "completed", images: int = 
 
 @pytest.fixture
 def as_alice() -> Iterator[None]:
-    token = current_owner.set("alice")
-    yield
-    current_owner.reset(token)
+    with current_owner.scope("alice"):
+        yield
+
+
+@pytest.fixture
+def as_local_user() -> Iterator[None]:
+    """What the MCP layer's owner middleware sets for a request over stdio (these tests call the handlers)."""
+    with current_owner.scope(LOCAL_OWNER):
+        yield
 
 
 # -- models, ratios, resolutions, choices ---------------------------------------------------------------------
@@ -138,7 +144,7 @@ async def test_images_and_ids_are_the_callers_own(as_alice: None) -> None:
     assert (await complete.for_template("runapi://models", "x", "")).values == []
 
 
-async def test_at_most_100_values_with_the_total_and_has_more() -> None:
+async def test_at_most_100_values_with_the_total_and_has_more(as_local_user: None) -> None:
     store = MemoryTaskStore()
     for n in range(150):
         await store.save(record(n))

@@ -16,7 +16,7 @@ from mcp.types import BlobResourceContents, TextResourceContents
 from runapi_mcp.cli import main
 from runapi_mcp.server.mcp_tasks import mcp_status
 from runapi_mcp.server.results import TaskResult
-from runapi_mcp.tasks import TERMINAL, UNFINISHED, ImageRecord, TaskRecord, TaskState
+from runapi_mcp.tasks import LOCAL_OWNER, TERMINAL, UNFINISHED, ImageRecord, TaskRecord, TaskState, current_owner
 from runapi_mcp.tasks.records import STATES
 from tests.support import Harness, text_of
 
@@ -159,14 +159,11 @@ async def test_resources_list_pages_over_tasks_and_images(harness: Harness) -> N
     made = [await harness.call("generate_image", {"prompt": f"picture {n}"}) for n in range(2)]
     images = [m.structured_content["images"][0] for m in made if m.structured_content]
     seeds = await seed(harness, 4)
-    tasks = sorted(
-        [
-            *seeds,
-            *[await harness.app.manager.get(m.structured_content["task_id"]) for m in made if m.structured_content],
-        ],
-        key=lambda r: (r.created_at, r.task_id),
-        reverse=True,
-    )
+    with current_owner.scope(LOCAL_OWNER):  # the client's tasks, read past the MCP layer
+        made_records = [
+            await harness.app.manager.get(m.structured_content["task_id"]) for m in made if m.structured_content
+        ]
+    tasks = sorted([*seeds, *made_records], key=lambda r: (r.created_at, r.task_id), reverse=True)
     harness.app.server.history.resource_page_size = 4
 
     resources: list[Any] = []

@@ -43,7 +43,7 @@ from runapi_mcp.server.mcp_tasks import (
 )
 from runapi_mcp.server.results import CANCELLED_NOTE
 from runapi_mcp.simulator import Simulator
-from runapi_mcp.tasks import TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
 from tests.support import FAST_POLICY, FakeClock, Harness, make_settings, price_quotes, until, upstream_creates
 
 pytestmark = pytest.mark.anyio
@@ -210,7 +210,8 @@ async def test_cancelling_a_running_task_stops_tracking_it_for_good(sim: Simulat
         raw_client(app.server) as client,
     ):
         task_id = (await client.call_as_task("generate_image", {"prompt": "held"}))["task"]["taskId"]
-        upstream = (await app.manager.get(task_id)).upstream_id
+        with current_owner.scope(LOCAL_OWNER):  # the client's task, read past the MCP layer
+            upstream = (await app.manager.get(task_id)).upstream_id
         assert upstream is not None
         await clock.sleeping(1)  # the poll loop, at rest until its first look
         assert await clock.advance(clock.wakes()[0] - clock.monotonic()) == 1

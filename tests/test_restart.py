@@ -18,6 +18,7 @@ from mcp.client import Client
 
 from runapi_mcp.app import open_app
 from runapi_mcp.simulator import Fault, Simulator
+from runapi_mcp.tasks import LOCAL_OWNER, current_owner
 from tests.support import FAST_POLICY, RawStdioServer, make_settings, server_env, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -137,7 +138,7 @@ async def test_a_restart_resumes_a_submitting_task_and_removes_old_partials(
     fresh = images / "live-0.download"
     fresh.write_bytes(b"still coming")
     async with open_app(settings, policy=FAST_POLICY) as app:
-        with anyio.fail_after(20):
+        with anyio.fail_after(20), current_owner.scope(LOCAL_OWNER):  # the client's task, past the MCP layer
             final = await app.manager.wait(task_id, 15)
     assert final.status == "completed" and final.images and final.images[0].path, final
     assert sim.tasks_created - before == 1

@@ -37,7 +37,7 @@ from runapi_mcp.app import App
 from runapi_mcp.server import subscriptions
 from runapi_mcp.server.subscriptions import LiveUpdates
 from runapi_mcp.simulator import Fault, Simulator
-from runapi_mcp.tasks import TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
 from tests.support import Harness, RawStdioServer, server_env, text_of, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -255,7 +255,8 @@ async def test_a_failing_or_stuck_client_costs_only_itself(monkeypatch: pytest.M
         connection.initialized.set()
         connections.append(connection)
         ctx = cast(Any, SimpleNamespace(session=SimpleNamespace(_connection=connection), protocol_version="2025-06-18"))
-        await live.subscribe(ctx, SubscribeRequestParams(uri="runapi://tasks/t1"))
+        with current_owner.scope(LOCAL_OWNER):  # what the MCP layer's owner middleware sets for a request
+            await live.subscribe(ctx, SubscribeRequestParams(uri="runapi://tasks/t1"))
     record = TaskRecord(task_id="t1", idempotency_key="k", model="m", service="s", action="a", route="/r")
     started = time.monotonic()
     await live.task_changed(record)

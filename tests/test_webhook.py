@@ -29,7 +29,7 @@ from runapi_mcp.app import App, open_app
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.http.webhook import CALLBACK_PATH, MAX_CALLBACK_BODY, callback_routes
 from runapi_mcp.simulator import Fault, Simulator
-from runapi_mcp.tasks import PollPolicy, PollSchedule, PollState, TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, PollPolicy, PollSchedule, PollState, TaskRecord, current_owner
 from tests.support import FAST_POLICY, TIME_SCALE, FakeClock, make_settings, text_of, until, upstream_creates
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +50,12 @@ class Webhooked:
         assert not result.is_error, text_of(result)
         data: dict[str, Any] = result.structured_content or {}
         return data
+
+    async def wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+        """The manager's wait for a task, as the local user (whose tasks the client made): the test reaches
+        past the MCP layer, which would otherwise say whose request it is."""
+        with current_owner.scope(LOCAL_OWNER):
+            return await self.app.manager.wait(task_id, timeout_s)
 
     async def record(self, task_id: str) -> TaskRecord:
         record = await self.app.manager.store.get(task_id)
@@ -139,7 +145,7 @@ async def test_each_create_carries_a_callback_url_with_the_tasks_own_token(
             sim.set_task_outcome(data["runapi_task_id"], "completed")
         with anyio.fail_after(10):
             for data in (first, second):
-                await hooked.app.manager.wait(data["task_id"], 10)
+                await hooked.wait(data["task_id"], 10)
 
 
 async def test_a_caller_s_own_callback_url_is_kept_and_the_task_polled_as_usual(
@@ -151,7 +157,7 @@ async def test_a_caller_s_own_callback_url_is_kept_and_the_task_polled_as_usual(
         assert record.callback_token is None
         assert sim.task_request(data["runapi_task_id"])["callback_url"] == "https://hooks.example/theirs"
         with anyio.fail_after(10):
-            done = await hooked.app.manager.wait(data["task_id"], 10)
+            done = await hooked.wait(data["task_id"], 10)
     assert done.status == "completed"  # found by the usual polls (the fallback would take 5 s)
     assert sim.callbacks == []  # the simulator calls loopback URLs only
 
@@ -162,7 +168,7 @@ async def test_a_create_re_sent_after_a_lost_answer_is_the_same_body(sim: Simula
     async with webhooked(sim, home, inputs) as hooked:
         data = await hooked.generate("answer lost", timeout_s=0)
         with anyio.fail_after(20):
-            done = await hooked.app.manager.wait(data["task_id"], 15)
+            done = await hooked.wait(data["task_id"], 15)
     assert done.status == "completed", done
     creates = [r for r in upstream_creates(sim) if r.path.startswith("/api/v1/gpt_image_2/")]
     assert len(creates) >= 4 and all(r.json == creates[0].json for r in creates)
@@ -179,7 +185,7 @@ async def test_a_valid_callback_completes_the_task_at_once_with_one_status_read(
     async with webhooked(sim, home, inputs) as hooked:
         data = await hooked.generate("called back")
         with anyio.fail_after(10):
-            done = await hooked.app.manager.wait(data["task_id"], 10)
+            done = await hooked.wait(data["task_id"], 10)
         upstream = data["runapi_task_id"]
         assert done.status == "completed" and done.images and done.images[0].path, done
         assert Path(done.images[0].path).is_file()
@@ -200,7 +206,7 @@ async def test_a_failed_task_is_reported_by_its_callback(sim: Simulator, home: P
     async with webhooked(sim, home, inputs) as hooked:
         data = await hooked.generate("refused upstream")
         with anyio.fail_after(10):
-            done = await hooked.app.manager.wait(data["task_id"], 10)
+            done = await hooked.wait(data["task_id"], 10)
     assert done.status == "failed" and "content policy" in (done.error or "")
     assert len(status_reads(sim, data["runapi_task_id"])) == 1
     assert [c.task_status for c in sim.callbacks] == ["failed"]
@@ -242,7 +248,7 @@ async def test_wrong_tokens_and_unknown_tasks_are_404_and_change_nothing(
         # The real one still works: released, the simulator calls back and the task completes.
         sim.set_task_outcome(upstream, "completed")
         with anyio.fail_after(10):
-            done = await hooked.app.manager.wait(task_id, 10)
+            done = await hooked.wait(task_id, 10)
     assert done.status == "completed" and len(status_reads(sim, upstream)) == 1
 
 
@@ -251,7 +257,7 @@ async def test_a_lost_callback_is_caught_by_the_fallback_poll(sim: Simulator, ho
     async with webhooked(sim, home, inputs, policy=FAST_POLICY) as hooked:
         data = await hooked.generate("callback lost")
         with anyio.fail_after(15):
-            done = await hooked.app.manager.wait(data["task_id"], 10)
+            done = await hooked.wait(data["task_id"], 10)
     assert done.status == "completed" and done.images and done.images[0].path, done
     assert [c.error for c in sim.callbacks] == ["dropped"]
     reads = status_reads(sim, data["runapi_task_id"])
@@ -270,7 +276,7 @@ async def test_a_late_callback_still_completes_the_task_with_one_read(
     async with webhooked(sim, home, inputs) as hooked:
         data = await hooked.generate("called back late")
         with anyio.fail_after(10):
-            done = await hooked.app.manager.wait(data["task_id"], 10)
+            done = await hooked.wait(data["task_id"], 10)
         await until(lambda: data["task_id"] in hooked.completed, "the listener heard of it")
     upstream = data["runapi_task_id"]
     finished = sim.completed_at(upstream)
@@ -317,7 +323,7 @@ async def test_a_flood_of_valid_callbacks_costs_a_bounded_number_of_status_reads
         assert (await hooked.record(task_id)).status in ("pending", "processing")  # the reads said: running
         sim.set_task_outcome(upstream, "completed")
         with anyio.fail_after(5):  # the completion's callback: the clock stands still, no fallback comes
-            done = await hooked.app.manager.wait(task_id, 3)
+            done = await hooked.wait(task_id, 3)
         assert done.status == "completed"
         # A finished task: acknowledged, and nothing is done: no loop is left to wake, whatever time passes.
         reads = len(status_reads(sim, upstream))
@@ -335,7 +341,7 @@ async def test_a_large_body_is_not_read_past_the_cap(sim: Simulator, home: Path,
         assert answer.status_code == 204
         sim.set_task_outcome(data["runapi_task_id"], "completed")
         with anyio.fail_after(10):
-            assert (await hooked.app.manager.wait(data["task_id"], 10)).status == "completed"
+            assert (await hooked.wait(data["task_id"], 10)).status == "completed"
 
 
 async def test_a_restart_without_webhooks_polls_a_task_created_with_them(
@@ -348,7 +354,7 @@ async def test_a_restart_without_webhooks_polls_a_task_created_with_them(
     async with webhooked(sim, home, inputs, public=False) as plain:
         started = time.monotonic()
         with anyio.fail_after(10):
-            done = await plain.app.manager.wait(data["task_id"], 10)
+            done = await plain.wait(data["task_id"], 10)
         took = time.monotonic() - started
     assert done.status == "completed"
     assert took < SLOW_FALLBACK.callback_fallback_s / 2  # the usual polls found it, not the fallback

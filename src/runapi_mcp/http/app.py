@@ -29,7 +29,7 @@ from typing import Literal
 
 import anyio
 from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend, RequireAuthMiddleware
+from mcp.server.auth.middleware.bearer_auth import BearerAuthBackend, RequireAuthMiddleware
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from mcp.server.auth.settings import AuthSettings
@@ -45,14 +45,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runapi_mcp import __version__
 from runapi_mcp.app import App
-from runapi_mcp.http.auth import owner_of
 from runapi_mcp.http.gallery import GALLERY_PATH, Gallery
 from runapi_mcp.http.hosts import HostCheck, transport_security
 from runapi_mcp.http.limits import BodyBudget, HttpLimits
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
+from runapi_mcp.http.owner import OwnerScope
 from runapi_mcp.http.responses import image_headers
 from runapi_mcp.http.sessions import McpEndpoint, SseStreams, UserSessions
-from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY, OWNER_SCOPE_KEY
+from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY
 from runapi_mcp.tasks import ImageRecord, ImageStore, current_owner
 from runapi_mcp.tasks.images import ImageFileError, inspect_image
 
@@ -97,27 +97,6 @@ class _FileLinkScope:
 
             scope[FILE_LINK_SCOPE_KEY] = link
         await self.app(scope, receive, send)
-
-
-class _OwnerScope:
-    """Puts the authenticated caller's owner id in the scope (where the MCP layer reads it) and in
-    ``current_owner`` for this server's own routes."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        user = scope.get("user")
-        if scope["type"] != "http" or not isinstance(user, AuthenticatedUser):
-            await self.app(scope, receive, send)
-            return
-        owner = owner_of(user.access_token)
-        scope[OWNER_SCOPE_KEY] = owner
-        token = current_owner.set(owner)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            current_owner.reset(token)
 
 
 def build_http_app(
@@ -193,8 +172,8 @@ def build_http_app(
         middleware += [
             Middleware(AuthenticationMiddleware, backend=BearerAuthBackend(verifier)),
             Middleware(AuthContextMiddleware),
-            Middleware(_OwnerScope),
         ]
+    middleware.append(Middleware(OwnerScope, local=verifier is None))
     # After the owner is known: a user's bodies count against their own budget.
     middleware.append(
         Middleware(BodyBudget, process_bytes=limits.body_budget_bytes, user_bytes=limits.user_body_budget_bytes)

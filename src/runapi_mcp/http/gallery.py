@@ -84,6 +84,7 @@ from runapi_mcp.http.gallery_page import (
 )
 from runapi_mcp.http.hosts import HostCheck, transport_security
 from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY
+from runapi_mcp.http.owner import OwnerScope
 from runapi_mcp.http.responses import IMMUTABLE_CACHE, image_headers
 from runapi_mcp.http.templating import templates
 from runapi_mcp.http.uvicorn_server import Serving, bind_socket, serving
@@ -197,7 +198,7 @@ class Gallery:
         """Who is asking, or None (not signed in)."""
         user = request.scope.get("user")
         if isinstance(user, AuthenticatedUser):
-            # A valid Authorization header: the owner http.app's _OwnerScope put in current_owner, taken
+            # A valid Authorization header: the owner http.owner.OwnerScope put in current_owner, taken
             # from the token itself so that it cannot depend on the order of the middleware.
             return _Caller(owner_of(user.access_token), signed_in=False)
         if self.verifier is None:
@@ -609,7 +610,8 @@ def standalone_app(store: TaskStore, images: ImageStore, host: str) -> Starlette
         return RedirectResponse(GALLERY_PATH, status_code=307)
 
     routes: list[BaseRoute] = [Route("/", home, methods=["GET"]), *Gallery(store, images).routes()]
-    return Starlette(routes=routes, middleware=[Middleware(HostCheck, settings=transport_security(host, None))])
+    middleware = [Middleware(HostCheck, settings=transport_security(host, None)), Middleware(OwnerScope, local=True)]
+    return Starlette(routes=routes, middleware=middleware)
 
 
 @dataclass

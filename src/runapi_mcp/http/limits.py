@@ -325,7 +325,7 @@ class BodyBudget:
     is read; the body then arriving is dropped as it comes (uvicorn discards a body once the response is
     complete), so the client reads the answer, and the body deadline bounds how long that may take. A body
     larger than a whole budget can never fit: ``413``, its body dropped the same way. The user is the
-    verified owner (``_OwnerScope``); requests with none share one budget.
+    verified owner (``http.owner.OwnerScope``); requests with none share one budget.
     """
 
     def __init__(self, app: ASGIApp, *, process_bytes: int, user_bytes: int) -> None:

@@ -57,14 +57,15 @@ EVENTS_MAX_COUNT = 256
 REFUSED_RETRY_AFTER_S = 5
 
 Owner = str | None
-"""Whose session: the verified owner id (``""`` for the shared token); None without auth."""
+"""Whose session: the owner id ``http.owner.OwnerScope`` put in the scope (``""`` for the shared token, and
+for every caller without auth); None for a request with no verified caller."""
 
 # The owner of the request opening a session, for the SDK's admission (which sees no ASGI scope).
 _opening_owner: ContextVar[Owner] = ContextVar("runapi_mcp_opening_owner", default=None)
 
 
 def owner_in(scope: Scope) -> Owner:
-    """The owner ``_OwnerScope`` put in the scope (None: no verified user)."""
+    """The owner ``http.owner.OwnerScope`` put in the scope (None: no verified caller)."""
     owner = scope.get(OWNER_SCOPE_KEY)
     return owner if isinstance(owner, str) else None
 

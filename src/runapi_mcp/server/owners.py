@@ -1,9 +1,10 @@
-"""Whose request this is: the owner the HTTP layer found in the caller's token, for every handler.
+"""Whose request this is: the owner every MCP handler runs as, set here for each request.
 
-The transport authenticates the HTTP request and leaves the owner in its ASGI scope under
-:data:`OWNER_SCOPE_KEY`; this middleware puts it in ``current_owner`` for the handler's duration, so
-the manager, the history and the resources all see the same caller. A request with no HTTP behind it
-(stdio, in-process) or without the key is the local user's.
+Over HTTP the transport authenticates the request and leaves its owner in the ASGI scope under
+:data:`OWNER_SCOPE_KEY` (``http.app``); a request with no HTTP behind it (stdio, in-process) is the local
+user's. This middleware, the first of ours, puts that owner in ``current_owner`` for the handler's
+duration, so the manager, the history and the resources all see the same caller. An HTTP request that
+reaches it with no owner in its scope is refused, never served as the local user.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR
 
 from runapi_mcp.tasks import LOCAL_OWNER, TaskPage, TaskState, TaskStore, current_owner
 
@@ -40,24 +43,30 @@ async def owned_page(
     return await store.page(status=status, model=model, limit=limit, cursor=cursor, owner=current_owner.get())
 
 
-def _scope_value(ctx: ServerRequestContext[Any, Any], key: str) -> str | None:
+def _http_scope(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any] | None:
+    """The ASGI scope of the HTTP request this MCP request came in (None: no HTTP behind it)."""
     scope = getattr(ctx.request, "scope", None)
-    value = scope.get(key) if isinstance(scope, dict) else None
-    return value if isinstance(value, str) else None
+    return scope if isinstance(scope, dict) else None
 
 
 def request_owner(ctx: ServerRequestContext[Any, Any]) -> str:
-    return _scope_value(ctx, OWNER_SCOPE_KEY) or LOCAL_OWNER
+    """Whose request ``ctx`` is: over HTTP the owner ``http.app`` verified (an HTTP request without one
+    is refused: it came some way that skipped the check); over stdio or in-process the local user."""
+    scope = _http_scope(ctx)
+    if scope is None:
+        return LOCAL_OWNER
+    owner = scope.get(OWNER_SCOPE_KEY)
+    if not isinstance(owner, str):
+        raise MCPError(code=INTERNAL_ERROR, message="this HTTP request carries no verified owner; it is refused")
+    return owner
 
 
 async def owner_scope(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
     """Middleware: run the request as its owner (and with its way of linking full images)."""
-    owner = current_owner.set(request_owner(ctx))
-    scope = getattr(ctx.request, "scope", None)
-    link = scope.get(FILE_LINK_SCOPE_KEY) if isinstance(scope, dict) else None
-    files = current_file_link.set(link if callable(link) else None)
-    try:
-        return await call_next(ctx)
-    finally:
-        current_file_link.reset(files)
-        current_owner.reset(owner)
+    with current_owner.scope(request_owner(ctx)):
+        link = (_http_scope(ctx) or {}).get(FILE_LINK_SCOPE_KEY)
+        files = current_file_link.set(link if callable(link) else None)
+        try:
+            return await call_next(ctx)
+        finally:
+            current_file_link.reset(files)

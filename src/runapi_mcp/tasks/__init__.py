@@ -5,6 +5,7 @@ from runapi_mcp.tasks.availability import Availability, UpstreamModel
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.images import IMAGE_URI_PREFIX, ImageFileError, ImageStore, Preview
 from runapi_mcp.tasks.manager import TaskManager, UnknownTaskError
+from runapi_mcp.tasks.ownership import MissingOwnerError
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
 from runapi_mcp.tasks.previews import PreviewSkipped, make_previews
 from runapi_mcp.tasks.records import (
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidCursorError",
     "LocalClaims",
     "MemoryTaskStore",
+    "MissingOwnerError",
     "PollPolicy",
     "PollSchedule",
     "PollState",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextvars import ContextVar
 from typing import Any, Literal, TypeGuard, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from runapi_mcp.tasks.ownership import LOCAL_OWNER as LOCAL_OWNER  # where the manager has always found them
+from runapi_mcp.tasks.ownership import current_owner as current_owner
 
 # A task's states: the one definition, everything else (the stores' filters, the tools' enums, the MCP task
 # states, the CLI's and the gallery's choices) is derived from it. RunAPI's own (``client.TaskStatus``, to
@@ -28,14 +30,6 @@ UNFINISHED: frozenset[TaskState] = frozenset(get_args(UnfinishedState))
 def ended(status: TaskState) -> TypeGuard[EndedState]:
     """Whether a task in ``status`` has ended (completed, failed or cancelled)."""
     return status in TERMINAL
-
-
-LOCAL_OWNER = ""  # the owner of every task on a single-user server (stdio, one shared token)
-# Whose request is being served. The MCP layer sets it for each request from the caller's token; the
-# manager stamps it on the tasks it creates and answers "not found" for another owner's task. Set
-# per request (not passed down every call) so that every path to a task, including image references
-# resolved deep in the resolver, sees the same caller.
-current_owner: ContextVar[str] = ContextVar("runapi_mcp_current_owner", default=LOCAL_OWNER)
 
 
 def kind_key(model: str, resolution: str | None) -> str:

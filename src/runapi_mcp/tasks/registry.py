@@ -114,9 +114,12 @@ class TaskRegistry:
 
         RunAPI's answers, image hosts and files are outside our control: a bug they trigger must cost
         one task at most. The exception goes to the log; the task keeps what it had, with the note.
+        It runs as the task's owner: a job a request started, or one a restart, a callback or another
+        instance's lease started with no request behind it, works for whoever the task belongs to.
         """
         try:
-            await fn(*args)
+            with current_owner.scope(tracked.record.owner):
+                await fn(*args)
         except Exception as exc:
             log.exception("task %s: unexpected error while %s", tracked.task_id, doing)
             try:
