@@ -27,11 +27,11 @@ from typing import Any, BinaryIO, Generic, NoReturn, Protocol, Self, TypeVar
 
 import anyio
 from mcp.server.stdio import stdio_server
-from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.message import SessionMessage
 from mcp.types import JSONRPCError, JSONRPCNotification, JSONRPCRequest, JSONRPCResponse, RequestId
 
 from runapi_mcp.server import RunAPIMCPServer
+from runapi_mcp.server.sdk import ReadStream, WriteStream
 
 # How often the stop looks whether everything is answered and written (it waits for at most its cap).
 _SETTLE_POLL_S = 0.002

@@ -52,6 +52,7 @@ from runapi_mcp.http.links import PUBLIC_BASE_SCOPE_KEY, FileLinks
 from runapi_mcp.http.owner import OwnerScope
 from runapi_mcp.http.responses import image_headers
 from runapi_mcp.http.sessions import McpEndpoint, SseStreams, UserSessions
+from runapi_mcp.server import sdk
 from runapi_mcp.server.owners import FILE_LINK_SCOPE_KEY
 from runapi_mcp.tasks import ImageRecord, ImageStore, current_owner
 from runapi_mcp.tasks.images import ImageFileError, inspect_image
@@ -107,7 +108,7 @@ def build_http_app(
     extra_routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
     """The Starlette app serving ``app``'s MCP server over the chosen transports."""
-    lowlevel = app.server._lowlevel_server
+    lowlevel = sdk.lowlevel(app.server)
     security = transport_security(options.host, options.public_url)
     metadata_url: AnyHttpUrl | None = None
     routes: list[BaseRoute] = [Route("/health", _health, methods=["GET"])]

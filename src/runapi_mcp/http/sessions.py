@@ -36,13 +36,13 @@ from mcp.server.streamable_http import (
     StreamableHTTPServerTransport,
     StreamId,
 )
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import JSONRPCMessage, jsonrpc_message_adapter
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runapi_mcp.server.owners import OWNER_SCOPE_KEY
+from runapi_mcp.server.sdk import SessionManagerHooks
 
 # The limits' logger: each of its lines at most once per 10 s (``limits.throttle_logs``), as a user can
 # repeat what they say at will.
@@ -128,7 +128,7 @@ class SessionEvents(EventStore):
         return stream_id
 
 
-class UserSessions(StreamableHTTPSessionManager):
+class UserSessions(SessionManagerHooks):
     """The SDK's streamable-HTTP session manager with a cap on each user's open sessions.
 
     Admission stays the SDK's (under its lock, so concurrent opens are counted one by one); this class
@@ -179,7 +179,7 @@ class UserSessions(StreamableHTTPSessionManager):
         """Whether ``owner`` may open a session now (under the cap, or one of theirs is idle)."""
         return self.open_sessions(owner) < self.per_user or self._idle_victim(owner) is not None
 
-    def _admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
+    def admit_session(self, requestor: AuthorizationContext | None) -> StreamableHTTPServerTransport | None:
         owner = _opening_owner.get()
         mine = self._owned.get(owner, {})
         while len(mine) >= self.per_user:
@@ -190,7 +190,7 @@ class UserSessions(StreamableHTTPSessionManager):
             self._close(victim)
         # One store per session: a Last-Event-ID replay only ever sees this session's events.
         self.event_store = SessionEvents()
-        transport = super()._admit_session(requestor)
+        transport = super().admit_session(requestor)
         if transport is not None and transport.mcp_session_id is not None:
             self._owned.setdefault(owner, {})[transport.mcp_session_id] = transport
             self._owner_of[transport.mcp_session_id] = owner
@@ -209,14 +209,14 @@ class UserSessions(StreamableHTTPSessionManager):
                 self.per_user,
             )
 
-    async def _discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
+    async def discard_session(self, session_id: str, transport: StreamableHTTPServerTransport) -> None:
         owner = self._owner_of.pop(session_id, None)
         mine = self._owned.get(owner)
         if mine is not None:
             mine.pop(session_id, None)
             if not mine:
                 del self._owned[owner]
-        await super()._discard_session(session_id, transport)
+        await super().discard_session(session_id, transport)
 
 
 class McpEndpoint:

@@ -10,16 +10,16 @@ not a boolean, NaN is not a timeout). Values whose rules depend on the model (en
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Annotated, Any
 
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.types import Icon, ToolAnnotations
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from runapi_mcp.catalog import IMAGE_ARRAY_MAX_ITEMS, MAX_PARAMS, PROMPT_MAX_LENGTH, text_problem
 from runapi_mcp.server.icons import tool_icons
+from runapi_mcp.server.sdk import rebuild_arguments
 from runapi_mcp.tasks import STATES, TaskState
 
 MAX_TIMEOUT_S = 3600.0
@@ -145,14 +145,11 @@ CursorArg = Annotated[
 _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, arbitrary_types_allowed=True)
 
 
-class _ArgumentsMetadata(FuncMetadata):
-    """The SDK reads JSON text sent for a non-string argument as the value it spells, because Claude
-    Desktop sends lists and objects as strings. That is kept for a JSON array or object (``images``,
+def _containers_from_text(sent: Mapping[str, Any], parsed: dict[str, Any]) -> dict[str, Any]:
+    """The SDK reads JSON text sent for a non-string argument as the value it spells (``parsed``), because
+    Claude Desktop sends lists and objects as strings. That is kept for a JSON array or object (``images``,
     ``params``); any other text stays text, so ``"true"`` is no boolean and ``"null"`` no absent value."""
-
-    def pre_parse_json(self, data: dict[str, Any]) -> dict[str, Any]:
-        parsed = super().pre_parse_json(data)
-        return {key: value if isinstance(value, list | dict) else data[key] for key, value in parsed.items()}
+    return {key: value if isinstance(value, list | dict) else sent[key] for key, value in parsed.items()}
 
 
 def strict_tool(
@@ -176,13 +173,7 @@ def strict_tool(
         annotations=annotations,
         icons=icons if icons is not None else tool_icons(name),
     )
-    base = tool.fn_metadata.arg_model
-    strict = cast(
-        type[ArgModelBase],
-        type(base.__name__, (base,), {"model_config": {**base.model_config, **_STRICT}, "__module__": __name__}),
-    )
-    fields = {name: getattr(tool.fn_metadata, name) for name in FuncMetadata.model_fields}
-    tool.fn_metadata = _ArgumentsMetadata(**{**fields, "arg_model": strict})
+    strict = rebuild_arguments(tool, _STRICT, _containers_from_text)
     tool.parameters = _lean(strict.model_json_schema(by_alias=True))
     return tool
 

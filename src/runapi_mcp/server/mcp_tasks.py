@@ -75,7 +75,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from runapi_mcp.server.compat import mark_tools, with_capability
 from runapi_mcp.server.owners import owned_page
 from runapi_mcp.server.results import CANCELLED_NOTE
-from runapi_mcp.server.subscriptions import Note, connection_of, send_best_effort
+from runapi_mcp.server.sdk import connection_of
+from runapi_mcp.server.subscriptions import Note, send_best_effort
 from runapi_mcp.server.tools import ImageTools
 from runapi_mcp.tasks import InvalidCursorError, TaskManager, TaskRecord, UnknownTaskError, ended
 from runapi_mcp.tasks.manager import TaskEndedError

@@ -13,7 +13,6 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.shared._stream_protocols import ReadStream, WriteStream
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from mcp.types import (
@@ -31,6 +30,7 @@ from runapi_mcp import __version__
 from runapi_mcp.client import RunAPIError
 from runapi_mcp.errors import UserError
 from runapi_mcp.redaction import Redactor
+from runapi_mcp.server import sdk
 from runapi_mcp.server.apps_ui import AppsUI
 from runapi_mcp.server.arguments import describe_argument_names, describe_invalid_arguments
 from runapi_mcp.server.compat import ProtocolCompat
@@ -40,6 +40,7 @@ from runapi_mcp.server.mcp_tasks import McpTasks
 from runapi_mcp.server.owners import owner_scope
 from runapi_mcp.server.prompts import ImagePrompts, library_sizes
 from runapi_mcp.server.resources import LibraryResources
+from runapi_mcp.server.sdk import ReadStream, WriteStream
 from runapi_mcp.server.subscriptions import LiveUpdates, OwnerScopedBus
 from runapi_mcp.server.tools import ImageTools, ServerDeps
 from runapi_mcp.tasks import IMAGE_URI_PREFIX, InvalidCursorError
@@ -86,7 +87,7 @@ class RunAPIMCPServer(MCPServer[Any]):
             deps.manager,
             self.image_tools,
             finish=self._redacted,
-            has_tool=lambda name: self._tool_manager.get_tool(name) is not None,
+            has_tool=lambda name: sdk.tool(self, name) is not None,
         )
         super().__init__(
             "runapi-mcp",
@@ -104,8 +105,12 @@ class RunAPIMCPServer(MCPServer[Any]):
         self.prompts = ImagePrompts(deps.catalog, library_sizes(deps.manager))
         self.prompts.register(self)
         Completions(self.prompts, deps.manager.store).register(self)
-        self.live.install(self._lowlevel_server)
-        self.tasks.install(self._lowlevel_server)
+        lowlevel = sdk.lowlevel(self)
+        # resources/list pages over tasks and library images: the SDK's own handler lists only fixed
+        # resources, all at once.
+        lowlevel.add_request_handler("resources/list", PaginatedRequestParams, self._list_resources)
+        self.live.install(lowlevel)
+        self.tasks.install(lowlevel)
         # Every change of a task reaches listen streams (2026 era) and resources/subscribe clients (2025 era).
         deps.manager.add_listener(self.live.task_changed)
 
@@ -113,14 +118,14 @@ class RunAPIMCPServer(MCPServer[Any]):
         self, read_stream: ReadStream[SessionMessage | Exception], write_stream: WriteStream[SessionMessage]
     ) -> None:
         """Serve one connection over these streams (``runapi_mcp.stdio`` wraps the SDK's stdio transport's)."""
-        lowlevel = self._lowlevel_server
+        lowlevel = sdk.lowlevel(self)
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         """Run a tool; every failure becomes a ToolError whose text names the field or the reason."""
-        tool = self._tool_manager.get_tool(name)
+        tool = sdk.tool(self, name)
         if tool is not None and isinstance(arguments, dict):
             problem = describe_argument_names(name, arguments, list(tool.parameters.get("properties", {})))
             if problem is not None:
@@ -138,16 +143,16 @@ class RunAPIMCPServer(MCPServer[Any]):
     ) -> GetPromptResult | InputRequiredResult:
         """An unknown prompt is a bad parameter (-32602) naming the prompts there are (the SDK's own refusal
         is a plain error, code 0); a bad argument is refused by the prompt itself, also -32602."""
-        if self._prompt_manager.get_prompt(name) is None:
-            known = ", ".join(p.name for p in self._prompt_manager.list_prompts())
+        if not sdk.has_prompt(self, name):
+            known = ", ".join(sdk.prompt_names(self))
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt {name[:100]!r}; this server has: {known}")
         return await super().get_prompt(name, arguments, context)
 
     def _explain(self, name: str, exc: ToolError) -> str:
         cause = exc.__cause__
-        tool = self._tool_manager.get_tool(name)
+        tool = sdk.tool(self, name)
         if tool is None:
-            known = ", ".join(t.name for t in self._tool_manager.list_tools())
+            known = ", ".join(sdk.tool_names(self))
             return f"Unknown tool {name[:100]!r}; this server has: {known}"
         if isinstance(cause, ValidationError):
             allowed = list(tool.parameters.get("properties", {}))
@@ -185,10 +190,10 @@ class RunAPIMCPServer(MCPServer[Any]):
         mime = image.mime_type if image and image.mime_type else "application/octet-stream"
         return [ReadResourceContents(content=item.content, mime_type=mime, meta=item.meta) for item in result]
 
-    async def _handle_list_resources(
+    async def _list_resources(
         self, ctx: ServerRequestContext[Any], params: PaginatedRequestParams | None
     ) -> ListResourcesResult:
-        """Tasks and library images, paged: the SDK's own handler lists only fixed resources, all at once."""
+        """``resources/list``: tasks and library images, paged."""
         cursor = params.cursor if params is not None else None
         try:
             return await self.history.list_resources(cursor, await self.list_resources())

@@ -24,7 +24,6 @@ import anyio
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
-from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ResourcesListChanged,
@@ -46,6 +45,7 @@ from mcp.types import (
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from runapi_mcp.server.history import TASKS_INDEX_URI, task_uri
+from runapi_mcp.server.sdk import connection_of, default_notification_options
 from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
 
 log = logging.getLogger("runapi_mcp.server")
@@ -65,15 +65,6 @@ class _Client:
 
     uris: set[str] = field(default_factory=set)
     owner: str = LOCAL_OWNER  # whose connection: only that user's tasks are announced to it
-
-
-def connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
-    """The client connection a request came on (None where there is none to notify later)."""
-    # The SDK hands handlers a per-request ServerSession, which sends connection-wide notifications
-    # through its Connection but does not expose it; the Connection is what lives as long as the
-    # client and has the exit stack that runs when it closes.
-    connection = getattr(ctx.session, "_connection", None)
-    return connection if isinstance(connection, Connection) else None
 
 
 Note = tuple[str, dict[str, Any] | None]
@@ -136,18 +127,7 @@ class LiveUpdates:
         from the NotificationOptions its transports never pass, so they are defaulted here."""
         server.add_request_handler("resources/subscribe", SubscribeRequestParams, self.subscribe)
         server.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, self.unsubscribe)
-        build = server.create_initialization_options
-
-        def options(
-            notification_options: NotificationOptions | None = None,
-            experimental_capabilities: dict[str, dict[str, Any]] | None = None,
-            extensions: dict[str, dict[str, Any]] | None = None,
-        ) -> InitializationOptions:
-            chosen = notification_options or NotificationOptions(resources_changed=True)
-            return build(chosen, experimental_capabilities, extensions)
-
-        # Every transport (stdio, SSE, streamable HTTP, in-process) asks the server for these options.
-        server.create_initialization_options = options  # type: ignore[method-assign]
+        default_notification_options(server, NotificationOptions(resources_changed=True))
 
     async def track(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Middleware: know every 2025-era client from its first message on (list_changed goes to all)."""
