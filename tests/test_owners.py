@@ -50,9 +50,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from runapi_mcp.app import App, open_app
 from runapi_mcp.catalog import get_catalog
-from runapi_mcp.http.app import HttpOptions
+from runapi_mcp.http.app import HttpOptions, build_http_app
+from runapi_mcp.http.auth import build_verifier
 from runapi_mcp.http.gallery import standalone_app
-from runapi_mcp.http.serve import RunningServer, http_server
+from runapi_mcp.http.uvicorn_server import serving as uvicorn_serving
+from runapi_mcp.http.webhook import callback_routes
 from runapi_mcp.server import RunAPIMCPServer, sdk
 from runapi_mcp.server.owners import OWNER_SCOPE_KEY, request_owner
 from runapi_mcp.simulator import Simulator
@@ -242,18 +244,15 @@ async def test_every_handler_runs_as_the_local_user_over_stdio_and_in_process(
 @dataclass
 class Served:
     app: App
-    running: RunningServer
+    starlette: Starlette
     base: str
-
-    @property
-    def starlette(self) -> Starlette:
-        return cast(Starlette, self.running.server.config.app)
 
 
 @asynccontextmanager
 async def serving(sim: Simulator, home: Path, inputs: Path, issuer: Issuer | None = None) -> AsyncIterator[Served]:
-    """The HTTP server with every route it can have: webhooks on (a public URL), with JWT auth when
-    ``issuer`` is given (and so the protected-resource metadata), else without auth on loopback."""
+    """The HTTP app with every route it can have, composed as ``http.serve.http_server`` composes it: webhooks
+    on (a public URL), with JWT auth when ``issuer`` is given (and so the protected-resource metadata), else
+    without auth on loopback. Served here to keep the Starlette app at hand (its routes get probes)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -262,11 +261,15 @@ async def serving(sim: Simulator, home: Path, inputs: Path, issuer: Issuer | Non
     }  # fmt: skip
     settings = make_settings(sim, home, inputs, public_url=base, **auth)
     options = HttpOptions(port=0, public_url=settings.public_url, jwt_issuer=settings.jwt_issuer)
-    async with (
-        open_app(settings, policy=FAST_POLICY) as app,
-        http_server(app, options, settings, sock=sock) as running,
-    ):
-        yield Served(app, running, base)
+    verifier = build_verifier(settings)
+    try:
+        async with open_app(settings, policy=FAST_POLICY) as app:
+            starlette = build_http_app(app, options, verifier=verifier, extra_routes=callback_routes(app.manager))
+            async with uvicorn_serving(starlette, sock, failure="could not serve", lifespan=True):
+                yield Served(app, starlette, base)
+    finally:
+        if verifier is not None:
+            await verifier.aclose()
 
 
 def http_connect(base: str, token: str | None, transport: str = "streamable-http") -> Connect:
@@ -369,7 +372,7 @@ async def test_every_route_runs_as_the_local_user_without_auth(sim: Simulator, h
 
 
 async def test_the_standalone_gallery_runs_as_the_local_user(harness: Harness) -> None:
-    app = standalone_app(harness.app.manager.store, harness.app.manager.images, "127.0.0.1", 8765)
+    app = standalone_app(harness.app.manager.store, harness.app.manager.images, "127.0.0.1")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8765") as http:
         seen = await call_every_route(app, http, {})
