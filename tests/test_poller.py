@@ -18,7 +18,7 @@ from runapi_mcp.catalog import PreparedRequest, get_catalog
 from runapi_mcp.client import RunAPIClient
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Simulator
-from runapi_mcp.tasks import ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore
+from runapi_mcp.tasks import LOCAL_OWNER, ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore, current_owner
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
 from tests.support import FAST_POLICY, SIM_KEY, FakeClock
 
@@ -37,8 +37,10 @@ async def manager_on(
         manager = TaskManager(
             client, ImageStore(home / "images"), store, policy=FAST_POLICY, clock=clock, claims=claims
         )
+        # The tests call the manager directly, as the local user (what the MCP layer says for a stdio request).
         async with manager.running():
-            yield manager
+            with current_owner.scope(LOCAL_OWNER):
+                yield manager
 
 
 def status_reads(sim: Simulator, upstream_id: str) -> int:
