@@ -1,6 +1,6 @@
 # runapi-mcp: MCP server for RunAPI image models, over stdio (default) or HTTP.
 #
-#   docker build -t runapi-mcp .
+#   DOCKER_BUILDKIT=1 docker build -t runapi-mcp .          # BuildKit: the default since Docker 23.0
 #   docker run -i --rm -e RUNAPI_API_KEY -v runapi-data:/data runapi-mcp                  # stdio
 #   docker run -d -p 8000:8000 -e RUNAPI_API_KEY -e RUNAPI_MCP_AUTH_TOKEN -v runapi-data:/data \
 #       runapi-mcp serve --transport http --host 0.0.0.0                                  # HTTP: /mcp, /sse
