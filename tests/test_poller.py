@@ -20,7 +20,7 @@ from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER, ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore, current_owner
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
-from tests.support import FAST_POLICY, SIM_KEY, FakeClock
+from tests.support import FAST_POLICY, SIM_KEY, FakeClock, until
 
 pytestmark = pytest.mark.anyio
 
@@ -45,15 +45,6 @@ async def manager_on(
 
 def status_reads(sim: Simulator, upstream_id: str) -> int:
     return sum(1 for r in sim.requests if r.method == "GET" and r.path.endswith("/" + upstream_id))
-
-
-async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:
-    """Real time, bounded: for what crosses the loopback (a status read reaching the simulator)."""
-    with anyio.move_on_after(within):
-        while not condition():
-            await anyio.sleep(0.005)
-        return
-    raise AssertionError(f"not within {within} s: {what}")
 
 
 async def test_a_task_is_looked_at_when_the_schedule_says_and_never_after_a_cancel(
