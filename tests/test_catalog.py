@@ -29,6 +29,7 @@ from runapi_mcp.catalog import (
     MAX_PARAMS,
     OUTPUT_COUNT_MAX,
     PROMPT_MAX_LENGTH,
+    SOFT_DEFAULTS,
     STRING_MAX_LENGTH,
     Catalog,
     CatalogError,
@@ -609,7 +610,7 @@ def test_max_outputs_covers_every_count_a_model_accepts(catalog: Catalog) -> Non
 # -- the contract's rules across fields ------------------------------------------------------------
 
 GPT_25 = ("gpt-image-2.5-flare", "gpt-image-2.5-sunburst")
-TOOL_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}  # what generate_image fills in
+TOOL_DEFAULTS = SOFT_DEFAULTS  # what generate_image fills in
 
 
 @pytest.mark.parametrize("slug", GPT_25)

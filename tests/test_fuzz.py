@@ -41,7 +41,7 @@ from mcp.shared.message import SessionMessage
 from mcp.types import CallToolResult, JSONRPCRequest
 
 from runapi_mcp.app import open_app
-from runapi_mcp.catalog import ALIASES, CatalogError, FieldSpec, RequestKind, get_catalog
+from runapi_mcp.catalog import ALIASES, SOFT_DEFAULTS, CatalogError, FieldSpec, RequestKind, get_catalog
 from runapi_mcp.config import Settings
 from runapi_mcp.redaction import Redactor
 from runapi_mcp.server import RunAPIMCPServer
@@ -66,8 +66,8 @@ FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck
 
 PROMPT = "a red fox in snow"
 CATALOG = get_catalog()
-# The tools' own defaults for GPT Image 2 (sent only where a model takes them): see server/tools.py.
-SOFT_OPTIONS = {"aspect_ratio": "auto", "output_resolution": "1k"}
+# The tools' own defaults for GPT Image 2 (sent only where a model takes them): see catalog/defaults.py.
+SOFT_OPTIONS = SOFT_DEFAULTS
 
 # Every tool's arguments and the JSON type each takes; test_the_fuzzed_schema_is_the_servers keeps
 # this table equal to what the server advertises, so a new argument cannot escape the fuzz.

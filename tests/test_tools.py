@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,16 @@ from mcp.types import BlobResourceContents, TextResourceContents
 from PIL import Image
 
 from runapi_mcp.app import open_app
+from runapi_mcp.catalog import (
+    DEFAULT_MODEL,
+    DEFAULT_UPSCALE_MODEL,
+    SOFT_DEFAULTS,
+    CatalogError,
+    RequestKind,
+    get_catalog,
+)
 from runapi_mcp.errors import UserError
+from runapi_mcp.server.tools import ImageTools, TaskRequest
 from runapi_mcp.simulator import Fault
 from tests.support import (
     FAST_POLICY,
@@ -513,3 +524,64 @@ async def test_counts_read_as_people_write_them(harness: Harness) -> None:
     assert "; 1 image per task" in models and "up to 1 image" not in models
     for text in (text_of(one), text_of(two), both, single, listed, models):
         assert "(s)" not in text.replace("http(s)", "") and "1 images" not in text and "1 tasks" not in text
+
+
+# -- the tools' defaults: one definition (catalog/defaults.py) ----------------------------------------------------
+
+
+async def test_the_tools_publish_the_one_definition_of_their_defaults(harness: Harness) -> None:
+    schemas = {tool.name: tool.input_schema["properties"] for tool in (await harness.client.list_tools()).tools}
+    models = {"generate_image": DEFAULT_MODEL, "edit_image": DEFAULT_MODEL, "upscale_image": DEFAULT_UPSCALE_MODEL}
+    for name, model in models.items():
+        assert schemas[name]["model"]["default"] == model, name
+    for name in ("generate_image", "edit_image"):
+        for field, value in SOFT_DEFAULTS.items():
+            assert schemas[name][field]["default"] == value, (name, field)
+    catalog = get_catalog()
+    kinds: tuple[RequestKind, ...] = ("generate", "edit")
+    for kind in kinds:
+        spec = catalog.resolve(DEFAULT_MODEL, kind)[1]
+        for field, value in SOFT_DEFAULTS.items():  # the default model takes every default: they are its own
+            allowed = spec.fields[field].enum
+            assert allowed is not None and value in allowed, (kind, field, allowed)
+    catalog.resolve(DEFAULT_UPSCALE_MODEL, "upscale")
+
+
+def test_a_call_leaving_the_defaults_out_is_refused_by_no_model_for_them() -> None:
+    """What the signatures fill in is the soft defaults, never the caller's own choice: a default sent as a choice
+    would be refused by every model without that field. Each model of generate_image and edit_image is checked
+    with the signature's defaults (by the catalog: nothing is sent)."""
+    catalog = get_catalog()
+
+    def outcome(kind: RequestKind, slug: str, soft: Mapping[str, object]) -> str | None:
+        count = 1 if kind == "edit" else 0
+        try:
+            catalog.validate(kind, slug, prompt="a fox", image_count=count, soft_options=soft)
+        except CatalogError as exc:
+            return str(exc)
+        return None
+
+    tools: tuple[tuple[Callable[..., object], RequestKind], ...] = (
+        (ImageTools.generate_image, "generate"),
+        (ImageTools.edit_image, "edit"),
+    )
+    for tool, kind in tools:
+        signature = inspect.signature(tool).parameters
+        checked = 0
+        for slug in catalog.model_names:
+            try:
+                catalog.resolve(slug, kind)
+            except CatalogError:
+                continue  # not one of this tool's models
+            images = ["https://example.com/a.png"] if kind == "edit" else None
+            request = TaskRequest.from_arguments(
+                kind, prompt="a fox", model=slug, aspect_ratio=signature["aspect_ratio"].default,
+                output_resolution=signature["output_resolution"].default, params=None, images=images, wait=False,
+                timeout_s=None,
+            )  # fmt: skip
+            assert not request.options and dict(request.soft_options) == dict(SOFT_DEFAULTS), (tool.__name__, slug)
+            # The defaults add no refusal: the call is taken, or refused just as with nothing filled in (a field
+            # the model itself requires, which the caller has to give).
+            assert outcome(kind, slug, request.soft_options) in (None, outcome(kind, slug, {})), (tool.__name__, slug)
+            checked += 1
+        assert checked > 5, f"{tool.__name__}: only {checked} models checked"

@@ -33,11 +33,14 @@ from runapi_mcp.catalog._catalog import (
     is_http_url,
     text_problem,
 )
+from runapi_mcp.catalog.defaults import DEFAULT_MODEL, DEFAULT_UPSCALE_MODEL, SOFT_DEFAULTS
 
 __all__ = [
     "ALIASES",
     "ARRAY_MAX_ITEMS",
     "DECOMPOSE_LAYERS_MAX_OUTPUTS",
+    "DEFAULT_MODEL",
+    "DEFAULT_UPSCALE_MODEL",
     "EDIT_ENDPOINTS",
     "IMAGE_ARRAY_MAX_ITEMS",
     "JSON_SAFE_INTEGER",
@@ -45,6 +48,7 @@ __all__ = [
     "OUTPUT_COUNT_FIELDS",
     "OUTPUT_COUNT_MAX",
     "PROMPT_MAX_LENGTH",
+    "SOFT_DEFAULTS",
     "SPLIT_IMAGES_OUTPUTS",
     "STRING_MAX_LENGTH",
     "ActionSpec",

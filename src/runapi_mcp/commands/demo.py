@@ -13,6 +13,7 @@ import anyio
 from mcp.client import Client
 from mcp.client.stdio import StdioServerParameters
 
+from runapi_mcp.catalog import DEFAULT_MODEL
 from runapi_mcp.tasks.durations import documented_seconds
 
 if TYPE_CHECKING:  # imported when the demo runs: cli imports this module for every command, serve included
@@ -23,7 +24,7 @@ HELP = "Offline demo: simulator + server + MCP client, generates one image"
 
 DEFAULT_PROMPT = "A lighthouse on a cliff at sunset, painted in watercolor, with the words 'runapi-mcp'"
 BAR_WIDTH = 30
-DEMO_MODEL = "gpt-image-2"  # generate_image's default model
+DEMO_MODEL = DEFAULT_MODEL  # the demo calls generate_image without a model
 DURATION_JITTER = 0.1
 
 

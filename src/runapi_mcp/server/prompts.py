@@ -27,7 +27,16 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import INVALID_PARAMS, InputRequiredResult
 from pydantic import Field
 
-from runapi_mcp.catalog import ALIASES, Catalog, CatalogError, ModelSpec, RequestKind, text_problem
+from runapi_mcp.catalog import (
+    ALIASES,
+    DEFAULT_MODEL,
+    DEFAULT_UPSCALE_MODEL,
+    Catalog,
+    CatalogError,
+    ModelSpec,
+    RequestKind,
+    text_problem,
+)
 from runapi_mcp.server.icons import icon_for
 from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager
 
@@ -35,8 +44,6 @@ from runapi_mcp.tasks import IMAGE_URI_PREFIX, TaskManager
 MAX_TEXT_CHARS = 2000
 # An image reference in a prompt is a URI, id, path or URL: a data: URI does not belong in a conversation.
 MAX_IMAGE_REF_CHARS = 4096
-DEFAULT_MODEL = "gpt-image-2"
-DEFAULT_UPSCALER = "topaz-upscale-image"
 DEFAULT_DPI = 300
 
 ArgumentKind = Literal["model", "aspect_ratio", "output_resolution", "image", "choice", "text"]
@@ -261,7 +268,7 @@ class ImagePrompts:
         if prompt == "consistent_character":
             return ModelTarget("edit", DEFAULT_MODEL)
         if prompt == "upscale_for_print":
-            return ModelTarget("upscale", DEFAULT_UPSCALER)
+            return ModelTarget("upscale", DEFAULT_UPSCALE_MODEL)
         return None
 
     def models_for(self, target: ModelTarget) -> list[str]:
@@ -525,7 +532,7 @@ class ImagePrompts:
                 "not a picture of this server's library)"
             ),
         ] = "",
-        model: Annotated[str, _arg(f"The upscale model (default {DEFAULT_UPSCALER})")] = "",
+        model: Annotated[str, _arg(f"The upscale model (default {DEFAULT_UPSCALE_MODEL})")] = "",
     ) -> str:
         """Enlarge a picture enough to print it at a size: upscale_image with the factor the print needs."""
         target = self.target("upscale_for_print", {})

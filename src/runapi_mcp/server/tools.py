@@ -21,7 +21,15 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.types import CallToolResult, InputRequiredResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from runapi_mcp.catalog import Catalog, CatalogError, RequestKind, ValidatedRequest
+from runapi_mcp.catalog import (
+    DEFAULT_MODEL,
+    DEFAULT_UPSCALE_MODEL,
+    SOFT_DEFAULTS,
+    Catalog,
+    CatalogError,
+    RequestKind,
+    ValidatedRequest,
+)
 from runapi_mcp.client import NO_API_KEY_MESSAGE
 from runapi_mcp.errors import UserError
 from runapi_mcp.server.arguments import (
@@ -55,8 +63,6 @@ TICK_S = 1.0  # progress at least this often while waiting (the spec asks for no
 _WRITE = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=True)
 _READ_REMOTE = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=True)
 
-# The tools' defaults for GPT Image 2: sent only where the chosen model takes that value.
-_SOFT_DEFAULTS = {"aspect_ratio": "auto", "output_resolution": "1k"}
 # upscale_image's default factor: sent where the model takes a factor, dropped for one that has none.
 _DEFAULT_FACTOR = 2
 
@@ -117,7 +123,7 @@ class TaskRequest:
         options: dict[str, Any] = {}
         soft: dict[str, Any] = {}
         for name, value in (("aspect_ratio", aspect_ratio), ("output_resolution", output_resolution)):
-            (soft if value == _SOFT_DEFAULTS[name] else options)[name] = value
+            (soft if value == SOFT_DEFAULTS[name] else options)[name] = value
         return cls(kind, prompt, model, options, soft, params, list(images or []), wait, timeout_s, save_as=save_as)
 
 
@@ -169,9 +175,9 @@ class ImageTools:
         self,
         prompt: Annotated[PromptArg, Field(description="Subject, style, any text to render")],
         ctx: Context[Any, Any],
-        model: ModelArg = "gpt-image-2",
-        aspect_ratio: AspectRatioArg = "auto",
-        output_resolution: ResolutionArg = "1k",
+        model: ModelArg = DEFAULT_MODEL,
+        aspect_ratio: AspectRatioArg = SOFT_DEFAULTS["aspect_ratio"],
+        output_resolution: ResolutionArg = SOFT_DEFAULTS["output_resolution"],
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
@@ -190,9 +196,9 @@ class ImageTools:
         prompt: Annotated[PromptArg, Field(description="The change, e.g. 'make the sky purple'")],
         images: ImagesArg,
         ctx: Context[Any, Any],
-        model: ModelArg = "gpt-image-2",
-        aspect_ratio: AspectRatioArg = "auto",
-        output_resolution: ResolutionArg = "1k",
+        model: ModelArg = DEFAULT_MODEL,
+        aspect_ratio: AspectRatioArg = SOFT_DEFAULTS["aspect_ratio"],
+        output_resolution: ResolutionArg = SOFT_DEFAULTS["output_resolution"],
         params: ParamsArg = None,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
@@ -211,7 +217,7 @@ class ImageTools:
         image: ImageArg,
         ctx: Context[Any, Any],
         factor: FactorArg = _DEFAULT_FACTOR,
-        model: ModelArg = "topaz-upscale-image",
+        model: ModelArg = DEFAULT_UPSCALE_MODEL,
         wait: WaitArg = True,
         timeout_s: TimeoutArg = None,
         save_as: SaveAsArg = None,
@@ -235,7 +241,7 @@ class ImageTools:
         elif factor != _DEFAULT_FACTOR:
             raise CatalogError(
                 f"'factor' cannot be chosen for model '{spec.slug}': it takes no upscale factor "
-                f"(leave factor at {_DEFAULT_FACTOR}, or use topaz-upscale-image)",
+                f"(leave factor at {_DEFAULT_FACTOR}, or use {DEFAULT_UPSCALE_MODEL})",
                 field="factor",
             )
         request = TaskRequest(
