@@ -91,14 +91,14 @@ class Claims:
         self.asked += [("take_up", r.task_id) for r in taken]
         return taken
 
-    async def claim(self, record: TaskRecord) -> bool:
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
         self.asked.append(("claim", record.task_id))
-        return record.task_id in self.granted
+        return record if record.task_id in self.granted else None
 
-    async def release(self, task_id: str) -> None:
-        self.asked.append(("release", task_id))
+    async def release(self, record: TaskRecord) -> None:
+        self.asked.append(("release", record.task_id))
 
-    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
+    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
         await self.hand_over.wait()
         for record in self.handed_over:
             self.granted.add(record.task_id)

@@ -28,6 +28,7 @@ from runapi_mcp.tasks import (
     TaskStore,
 )
 from runapi_mcp.tasks.backends import open_task_store
+from runapi_mcp.tasks.claims import LeaseClaims, new_instance_id
 from runapi_mcp.wording import count
 
 
@@ -38,6 +39,7 @@ class App:
     manager: TaskManager
     server: RunAPIMCPServer
     availability: Availability
+    instance_id: str = ""  # this process's id as a lease holder, with a shared store ("" otherwise)
 
 
 class _RedactingFilter(logging.Filter):
@@ -106,10 +108,23 @@ async def open_app(
 async def _wired(
     settings: Settings, policy: PollPolicy | None, store: TaskStore, clock: Clock
 ) -> AsyncIterator[App]:
+    user_agent = f"runapi-mcp/{__version__}"
+    instance_id = ""
+    claims: LeaseClaims | None = None
+    if store.shared:
+        # Several instances share the store: each polls the tasks it holds the lease of. RunAPI sees which
+        # instance sent what (an operator tracing one task's requests; the tests, that none is polled twice).
+        instance_id = new_instance_id()
+        claims = LeaseClaims(store.leases, instance_id, ttl_s=settings.lease_ttl_s)
+        user_agent += f" (instance {instance_id})"
+        logging.getLogger("runapi_mcp").info(
+            "instance %s: polls the tasks it holds a lease on (for %.0f s, renewed) in the shared task store",
+            instance_id, settings.lease_ttl_s,
+        )
     client = RunAPIClient(
         settings.key(),
         settings.base_url,
-        user_agent=f"runapi-mcp/{__version__}",
+        user_agent=user_agent,
         max_connections=settings.max_concurrent_requests * 2,
         redactor=settings.redactor,
         clock=clock,
@@ -131,6 +146,7 @@ async def _wired(
         callback_base=settings.callback_base,
         save_dirs=settings.allowed_dirs,  # save_as copies go where local images may be read from
         clock=clock,
+        claims=claims,
     )
     resolver = ImageResolver(
         client,
@@ -152,7 +168,10 @@ async def _wired(
     )
     async with client, manager.running(), anyio.create_task_group() as tg:
         tg.start_soon(availability.refresh)  # read at start, without holding the start up
-        yield App(settings=settings, client=client, manager=manager, server=server, availability=availability)
+        yield App(
+            settings=settings, client=client, manager=manager, server=server, availability=availability,
+            instance_id=instance_id,
+        )
         tg.cancel_scope.cancel()
 
 

@@ -77,6 +77,14 @@ class Settings(BaseModel):
         "(prefer the environment; unset: SQLite in RUNAPI_MCP_HOME)",
         json_schema_extra={"env": "RUNAPI_MCP_DATABASE_URL"},
     )
+    lease_ttl_s: float = Field(
+        10.0,
+        ge=1,
+        le=600,
+        description="With RUNAPI_MCP_DATABASE_URL: how long an instance's claim on the tasks it polls lasts unless "
+        "renewed (every third of it); the tasks of an instance that stops pass to another after about this long",
+        json_schema_extra={"env": "RUNAPI_MCP_LEASE_TTL_S"},
+    )
     auth_token: SecretStr | None = Field(
         None,
         description="Bearer token every HTTP request must carry (one shared user)",

@@ -447,6 +447,7 @@ class SimulatorApp:
                 request_id=ctx.request_id,
                 query=query,
                 carried_key=carried_key,
+                user_agent=request.headers.get("user-agent", "")[:200],
             )
         )
         return response

@@ -446,6 +446,8 @@ class LoggedRequest:
     ``[key]`` (the log never stores a key)."""
     carried_key: bool = False
     """Whether the query carried a key an ``echo_key`` fault planted (a client followed such a URL)."""
+    user_agent: str = ""
+    """The User-Agent header (which of several server instances sent the request: runapi-mcp names itself)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -130,7 +130,7 @@ class TaskManager:
                 if self._durations_memory is not None:
                     await self._durations_memory.load_into(self.durations)
                 await self._resume(tg)
-                tg.start_soon(self._poller.claims.keep, self._poller.take)
+                tg.start_soon(self._poller.claims.keep, self._take, self._poller.let_go)
                 yield self
             finally:
                 self._poller.tg = self._waker.tg = None
@@ -147,6 +147,17 @@ class TaskManager:
                 tg.start_soon(self._registry.guarded, tracked, "downloading the images", self._fetcher.refetch, tracked)
         if taken:
             log.info("resumed %s from the store", count(len(taken), "task"))
+
+    def _take(self, record: TaskRecord) -> None:
+        """A task the claims gave this process after the start (its holder stopped): taken up as at a start."""
+        tracked = self._registry.hold(record)
+        if tracked.record is not record:
+            self._registry.refresh(tracked, record)  # the store's, newer than what was held here
+        self._poller.follow(tracked)
+        if self._fetcher.wants_refetch(tracked) and self._poller.tg is not None:
+            self._poller.tg.start_soon(
+                self._registry.guarded, tracked, "downloading the images", self._fetcher.refetch, tracked
+            )
 
     def stop_waiting(self) -> None:
         """Shutting down: every wait (now and later) returns at once; tasks stay in the store and resume
@@ -202,6 +213,7 @@ class TaskManager:
             accepted = await self._poller.create_first(tracked)
         except RunAPIError as exc:
             await self._registry.commit(tracked, tracked.record.failed(str(exc), at=self.clock.time()))
+            await self._poller.refused(tracked)
             raise
         # The poll loop takes it from here (and, while it is still "submitting", re-sends the create first).
         self._poller.follow(tracked)

@@ -176,6 +176,10 @@ class PostgresTaskStore:
                 await self._pool.close()
 
     @property
+    def shared(self) -> bool:
+        return True
+
+    @property
     def leases(self) -> PostgresLeases:
         return self._leases
 

@@ -47,28 +47,32 @@ _REPORT_POLL_FAILURES_AFTER = 3
 class TaskClaims(Protocol):
     """Which tasks this process polls: it runs a task's poll loop only while it holds the task's claim.
 
-    Over the stores' leases (``store.leases``, held by an id of this instance for a while): ``take_up`` and
-    ``claim`` claim due tasks (the latter one task, by id), ``release`` lets one go, and ``keep`` renews
-    what is held and claims, periodically, what other instances let lapse."""
+    Over the stores' leases (``store.leases``, held by an id of this instance for a while,
+    ``claims.LeaseClaims``): ``take_up`` and ``claim`` claim due tasks (the latter one task, by id),
+    ``release`` lets one go, and ``keep`` renews what is held and claims, periodically, what other
+    instances let lapse."""
 
     async def take_up(self) -> list[TaskRecord]:
         """The tasks to take up now (at start): claimed for this process. Unfinished ones are polled, and
         completed ones with outputs not in the library are downloaded again."""
         ...
 
-    async def claim(self, record: TaskRecord) -> bool:
-        """Whether this process holds the task's claim, from now if it did not (a task asked for, or called
-        back about, that no loop here polls); False: another process polls it."""
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
+        """The task's record if this process holds its claim, from now if it did not (a new task, one asked
+        for or called back about that no loop here polls): the store's record when claimed just now (newer
+        than one this process read earlier), else ``record``. None: another process polls it."""
         ...
 
-    async def release(self, task_id: str) -> None:
-        """This process stopped polling the task: it ended, or its loop gave up. (A loop stopped by the
-        process stopping releases nothing: its claim lapses, or the next start takes it up again.)"""
+    async def release(self, record: TaskRecord) -> None:
+        """This process stopped polling the task (``record`` as it stands): it ended, or its loop gave up.
+        (A loop stopped by the process stopping releases nothing: its claim lapses, or the next start takes
+        it up again.)"""
         ...
 
-    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
-        """Runs as long as the manager does: keeps this process's claims (a lease renewed before it lapses)
-        and hands ``take`` every unfinished task claimed after the start (one whose holder stopped)."""
+    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
+        """Runs as long as the manager does: keeps this process's claims (a lease renewed before it lapses),
+        hands ``take`` every task claimed after the start (one whose holder stopped), and tells ``lose`` of a
+        claim this process lost (renewed too late: another process may poll the task from now)."""
         ...
 
 
@@ -81,13 +85,13 @@ class LocalClaims:
     async def take_up(self) -> list[TaskRecord]:
         return await self._store.unfinished()
 
-    async def claim(self, record: TaskRecord) -> bool:
-        return True
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
+        return record
 
-    async def release(self, task_id: str) -> None:
+    async def release(self, record: TaskRecord) -> None:
         return None
 
-    async def keep(self, take: Callable[[TaskRecord], None]) -> None:
+    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
         return None  # nobody else polls these tasks: nothing to renew, nothing to take over
 
 
@@ -100,6 +104,8 @@ class _Loop:
     started: float = 0.0  # when the current poll loop began (give-up is measured from here)
     create_sent: float = 0.0  # monotonic time the create was last sent (0: not by this process)
     first_create: bool = False  # submit() is sending the create: the loop starts when it returns
+    claimed: bool = False  # this process holds the task's claim and polls it (or sends its first create)
+    lost: bool = False  # the claim was lost while the loop ran: it stops at its next look
 
 
 def poll_state(record: TaskRecord, clock: Clock) -> PollState:
@@ -150,10 +156,6 @@ class Poller:
             self.follow(tracked)
         return taken
 
-    def take(self, record: TaskRecord) -> None:
-        """Hold and follow a task the claims gave this process after the start."""
-        self.follow(self._registry.hold(record))
-
     def follow(self, tracked: Tracked) -> None:
         """Poll the task until it ends, unless a loop here polls it already (or submit is sending its
         create: the loop starts when that returns). A loop that gave up or stopped runs again."""
@@ -163,6 +165,21 @@ class Poller:
         loop.polling = True
         loop.started = self._clock.monotonic()
         self.tg.start_soon(self._run, tracked, loop)
+
+    def polls(self, task_id: str) -> bool:
+        """Whether this process holds the task's claim and polls it (its changes are written here)."""
+        loop = self._loops.get(task_id)
+        return loop is not None and loop.claimed
+
+    def let_go(self, task_id: str) -> None:
+        """The task's claim was lost (another process may poll it now): its loop stops at its next look."""
+        loop = self._loops.get(task_id)
+        if loop is not None and loop.claimed:
+            loop.claimed, loop.lost = False, True
+            tracked = self._registry.held(task_id)
+            if loop.polling and tracked is not None and not tracked.record.terminal:  # (an end clears the lease)
+                log.warning("task %s: this instance's lease on it lapsed; it stops polling it here", task_id)
+                self._waker.wake_now(task_id)
 
     def polled(self, task_id: str) -> PollState | None:
         """The task's schedule state, if this process has followed it."""
@@ -183,12 +200,24 @@ class Poller:
 
     async def _run(self, tracked: Tracked, loop: _Loop) -> None:
         try:
-            if not await self.claims.claim(tracked.record):
+            if not await self._claim(tracked, loop):
                 return  # another process polls it: its changes reach the store from there
             await self._registry.guarded(tracked, "polling RunAPI", self._poll_until_done, tracked, loop)
-            await self.claims.release(tracked.task_id)
+            if loop.claimed:
+                await self.claims.release(tracked.record)
         finally:
-            loop.polling = False
+            loop.polling = loop.claimed = False
+
+    async def _claim(self, tracked: Tracked, loop: _Loop) -> bool:
+        """Take (or keep) the task's claim; the record becomes the store's when that is newer."""
+        claimed = await self.claims.claim(tracked.record)
+        if claimed is None:
+            return False
+        if claimed is not tracked.record and claimed != tracked.record:
+            # Claimed from the store: another process polled it until now, and what it wrote is the latest.
+            self._registry.refresh(tracked, claimed)
+        loop.claimed, loop.lost = True, False
+        return True
 
     # -- the create ------------------------------------------------------------------------------------
     async def create_first(self, tracked: Tracked) -> bool:
@@ -196,9 +225,20 @@ class Poller:
         loop = self._loop(tracked)
         loop.first_create = True
         try:
+            # Claimed before the create goes out: no other process takes the new task up meanwhile. Were one
+            # to claim it first (in the moment since it was stored), this create and that one's carry the
+            # same key: RunAPI makes the task once.
+            await self._claim(tracked, loop)
             return await self._create(tracked, loop)
         finally:
             loop.first_create = False
+
+    async def refused(self, tracked: Tracked) -> None:
+        """RunAPI refused the first create (the task is failed): its claim is let go."""
+        loop = self._loop(tracked)
+        if loop.claimed and not loop.polling:
+            loop.claimed = False
+            await self.claims.release(tracked.record)
 
     async def _create(self, tracked: Tracked, loop: _Loop) -> bool:
         """Send the create once (the client retries per its policy). True when RunAPI accepted it; False
@@ -252,6 +292,8 @@ class Poller:
             woken = await self._waker.nap(tracked.task_id, wait)
             if tracked.record.terminal:  # cancelled meanwhile: a create RunAPI never confirmed is not re-sent
                 return False
+            if loop.lost:  # another process holds the task now: it sends the create (same key) from there
+                return False
             try:
                 if await self._create(tracked, loop):
                     if woken:  # RunAPI said it ended: read its status now rather than at the fallback pace
@@ -273,6 +315,8 @@ class Poller:
         while not tracked.record.terminal:
             await self._waker.nap(tracked.task_id, self._next_look(tracked, loop, retry_after))
             if tracked.record.terminal:  # cancelled meanwhile: no further look
+                return
+            if loop.lost:  # another process holds the task now: it looks from there
                 return
             retry_after = None
             if self._clock.monotonic() - loop.started > policy.give_up_s:

@@ -93,18 +93,43 @@ class TaskRegistry:
 
     async def commit(self, tracked: Tracked, record: TaskRecord) -> None:
         """``record`` is the task's state from now: stored, then its waiters woken and the listeners told."""
+        self.refresh(tracked, record)
+        await self.store.save(record)
+        await self._changed(tracked, record)
+
+    def refresh(self, tracked: Tracked, record: TaskRecord) -> None:
+        """``record`` is the task's state from now, as read from the store (nothing is written, nobody told)."""
         tracked.record = record
         if record.upstream_id:
             self._aliases[record.upstream_id] = record.task_id
-        await self.store.save(record)
-        event, tracked.changed = tracked.changed, anyio.Event()
-        event.set()
+
+    async def adopt(self, record: TaskRecord) -> None:
+        """``record`` was written by another process sharing the store: a held task takes it, and its
+        waiters and the listeners are told, exactly as of a change made here (nothing is written). A task
+        held here as ended keeps its end (an end is final: a write that raced it is stale)."""
+        tracked = self.held(record.task_id)
+        if tracked is not None:
+            if tracked.record == record or (tracked.record.terminal and not record.terminal):
+                return
+            self.refresh(tracked, record)
+        await self._changed(tracked, record)
+
+    async def _changed(self, tracked: Tracked | None, record: TaskRecord) -> None:
+        if tracked is not None:
+            event, tracked.changed = tracked.changed, anyio.Event()
+            event.set()
         snapshot = record.model_copy(deep=True)
-        for listener in list(self._listeners):
-            try:
-                await listener(snapshot)
-            except Exception:  # a broken listener must not stop polling
-                log.exception("task listener failed")
+        # As the task's owner: a listener may read whose work this is (a change heard from another process
+        # arrives with no request behind it).
+        owner = current_owner.set(record.owner)
+        try:
+            for listener in list(self._listeners):
+                try:
+                    await listener(snapshot)
+                except Exception:  # a broken listener must not stop polling
+                    log.exception("task listener failed")
+        finally:
+            current_owner.reset(owner)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -81,6 +81,10 @@ class SQLiteTaskStore:
         self._changes = ChangeHub()
 
     @property
+    def shared(self) -> bool:
+        return False  # one process owns the file's tasks (another sharing the home only reads: the gallery)
+
+    @property
     def leases(self) -> LocalLeases:
         return self._leases
 

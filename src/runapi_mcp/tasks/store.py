@@ -142,6 +142,12 @@ class TaskStore(Protocol):
         """Drop a hold (its task is recorded with its price, or was never created)."""
 
     @property
+    def shared(self) -> bool:
+        """Whether other server instances use this store too (PostgreSQL): then each task is polled by the
+        instance holding its lease (``claims.LeaseClaims``), and changes made elsewhere are heard on
+        :attr:`changes` (``follower``). False: this process owns every task in it (SQLite, memory)."""
+
+    @property
     def leases(self) -> TaskLeases:
         """Which instance polls which unfinished task (``tasks.leases``)."""
 
@@ -189,6 +195,10 @@ class MemoryTaskStore:
         self._holds: dict[str, tuple[str, int, float]] = {}  # hold id -> (owner, cents, expires at)
         self._leases = LocalLeases(self.unfinished)
         self._changes = ChangeHub()
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     @property
     def leases(self) -> LocalLeases:

@@ -1,0 +1,118 @@
+"""Claims over the store's leases: several server instances on one store, each task polled by one of them.
+
+:class:`LeaseClaims` is the poller's ``TaskClaims`` when the store is shared (PostgreSQL): a task is polled
+by the instance that holds its lease (``store.leases``), under an id of that instance's own
+(:func:`new_instance_id`). The lease lasts ``ttl_s`` (``RUNAPI_MCP_LEASE_TTL_S``) and is renewed every
+third of it, so a renewal may fail twice before the lease lapses. An instance that dies (or hangs, or loses
+its database) stops renewing: its tasks are due at the deadline, and the next periodic claim of another
+instance, at most a third of the TTL later, takes them up, as a restart would. A task still "submitting"
+(its create's answer never came) is created again with its idempotency key, so RunAPI makes it once.
+
+A task whose loop gave up (RunAPI has not finished it for a long while) stays claimed without being polled,
+as on a single instance: a look from a user or a callback polls it again here, and it passes to another
+instance only if this one stops. Released at once: a task that ended, and every claim when the manager
+stops cleanly (another instance takes them up at its next periodic claim).
+
+Leases expire on the database's clock, so they are renewed on real time (``anyio.sleep``), not on the
+manager's injected clock, which a test may hold still.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+import anyio
+
+from runapi_mcp.tasks.leases import TaskLeases
+from runapi_mcp.tasks.records import TaskRecord
+from runapi_mcp.tasks.store import StoreError, needs_taking_up
+
+log = logging.getLogger("runapi_mcp.tasks")
+
+DEFAULT_LEASE_TTL_S = 10.0
+CLAIM_BATCH = 100  # tasks taken up in one claim (at start, and at each periodic claim)
+_RELEASE_DEADLINE_S = 5.0  # the clean stop's release of every claim: a database that does not answer lets them lapse
+
+
+def new_instance_id() -> str:
+    """This process's id as a lease holder: host, process and a random part (a restarted process, or one
+    of several on a host with the same pid in different containers, is a new holder)."""
+    host = socket.gethostname().split(".")[0][:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class LeaseClaims:
+    """``poller.TaskClaims`` over ``leases``, held by ``holder`` for ``ttl_s`` at a time."""
+
+    def __init__(self, leases: TaskLeases, holder: str, *, ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
+        self._leases = leases
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self._held: set[str] = set()  # the tasks this process holds (polled, or idle after giving up)
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
+    async def take_up(self) -> list[TaskRecord]:
+        return self._taken(await self._leases.claim(self.holder, limit=CLAIM_BATCH, ttl_s=self.ttl_s))
+
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
+        task_id = record.task_id
+        if task_id in self._held:
+            if task_id in await self._leases.renew(self.holder, [task_id], ttl_s=self.ttl_s):
+                return record
+            self._held.discard(task_id)  # lapsed: claimed again below if nobody has taken it meanwhile
+        claimed = self._taken(await self._leases.claim(self.holder, limit=1, ttl_s=self.ttl_s, task_ids=[task_id]))
+        return claimed[0] if claimed else None
+
+    async def release(self, record: TaskRecord) -> None:
+        if record.task_id not in self._held:
+            return  # lost meanwhile: not this process's to release
+        if needs_taking_up(record):
+            return  # its loop gave up: held, idle, until asked for again here or this process stops
+        self._held.discard(record.task_id)
+        # The write that ended the task ended its lease too; this covers one that did not reach the store
+        # (another instance then takes the task up and finishes it).
+        await self._leases.release(self.holder, [record.task_id])
+
+    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
+        try:
+            while True:
+                await anyio.sleep(self.ttl_s / 3)
+                try:
+                    await self._renew(lose)
+                    for record in self._taken(
+                        await self._leases.claim(self.holder, limit=CLAIM_BATCH, ttl_s=self.ttl_s)
+                    ):
+                        log.info("task %s: taken over (its holder stopped renewing its lease)", record.task_id)
+                        take(record)
+                except StoreError as exc:  # the database is away: polling goes on, and renewing is tried again
+                    log.warning("could not renew this instance's task leases: %s", exc)
+                except Exception:  # a bug here must not end the manager (the claims lapse, others take them)
+                    log.exception("renewing this instance's task leases failed")
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_DEADLINE_S):
+                try:
+                    await self._leases.release(self.holder)
+                except StoreError as exc:
+                    log.warning("could not release this instance's task leases (they lapse): %s", exc)
+                self._held.clear()
+
+    async def _renew(self, lose: Callable[[str], None]) -> None:
+        if not self._held:
+            return
+        asked = set(self._held)
+        kept = await self._leases.renew(self.holder, asked, ttl_s=self.ttl_s)
+        for task_id in asked - kept:
+            if task_id in self._held:  # not released while the renewal was under way
+                self._held.discard(task_id)
+                lose(task_id)
+
+    def _taken(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        self._held.update(record.task_id for record in records)
+        return records

@@ -1,0 +1,224 @@
+"""Several server instances on one PostgreSQL schema and one shared directory (RUNAPI_MCP_HOME), against the
+simulator: each task is polled by one instance at a time (its lease holder), and an instance that stops, or
+is killed, hands its tasks to another, which finishes them with one create upstream each.
+
+The instances are real servers: in-process apps (``open_app``, each with its own store, pool and instance
+id) or a ``runapi-mcp serve`` subprocess killed with SIGKILL. The simulator logs each request's User-Agent,
+which names the instance that sent it. PostgreSQL as in test_store_postgres.py (tests/postgres.py: skipped
+without a database, required in CI).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from mcp.client import Client
+from psycopg import sql
+
+from runapi_mcp.app import App, open_app
+from runapi_mcp.simulator import Fault, Simulator
+from runapi_mcp.tasks import TaskRecord
+from tests.postgres import database_url, drop_schema, need_postgres, new_schema, schema_url
+from tests.support import FAST_POLICY, RawStdioServer, make_settings, server_env, text_of, until, wait_until
+
+pytestmark = pytest.mark.anyio
+
+# Short leases, so a hand-over takes a second or two: renewed every 0.67 s, lapsed after 2 s without.
+LEASE_TTL_S = 2.0
+
+
+@dataclass
+class Instance:
+    app: App
+    client: Client
+
+    @property
+    def id(self) -> str:
+        return self.app.instance_id
+
+    async def generate(self, prompt: str) -> dict[str, Any]:
+        result = await self.client.call_tool("generate_image", {"prompt": prompt, "wait": False})
+        assert not result.is_error, text_of(result)
+        data: dict[str, Any] = result.structured_content or {}
+        return data
+
+    async def record(self, task_id: str) -> TaskRecord:
+        record = await self.app.manager.store.get(task_id)
+        assert record is not None
+        return record
+
+
+@dataclass
+class Cluster:
+    """Instances on one schema and one home (their shared directory)."""
+
+    sim: Simulator
+    home: Path
+    inputs: Path
+    schema: str
+
+    def settings(self, **overrides: Any) -> Any:
+        return make_settings(
+            self.sim, self.home, self.inputs, database_url=schema_url(self.schema), lease_ttl_s=LEASE_TTL_S,
+            **overrides,
+        )
+
+    @asynccontextmanager
+    async def instance(self, **overrides: Any) -> AsyncIterator[Instance]:
+        async with (
+            open_app(self.settings(**overrides), policy=FAST_POLICY) as app,
+            Client(app.server, mode="legacy") as client,
+        ):
+            assert app.instance_id and app.manager.store.shared
+            yield Instance(app, client)
+
+    def env(self) -> dict[str, str]:
+        """A ``runapi-mcp serve`` subprocess's environment: the same schema, home and lease TTL."""
+        return server_env(
+            self.sim, self.home, self.inputs,
+            RUNAPI_MCP_DATABASE_URL=schema_url(self.schema), RUNAPI_MCP_LEASE_TTL_S=str(LEASE_TTL_S),
+        )
+
+
+@pytest.fixture
+def cluster(sim: Simulator, home: Path, inputs: Path) -> Any:
+    need_postgres()
+    schema = new_schema()
+    with psycopg.connect(database_url(), autocommit=True) as conn:  # an operator's schema, named in the URL
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        yield Cluster(sim, home, inputs, schema)
+    finally:
+        drop_schema(schema)
+
+
+def status_reads(sim: Simulator, upstream_id: str, *, since: float = 0.0) -> list[Any]:
+    return [
+        r for r in sim.requests
+        if r.method == "GET" and r.path.endswith("/" + upstream_id) and r.time >= since
+    ]
+
+
+def pollers(sim: Simulator, upstream_id: str, *, since: float = 0.0) -> list[str]:
+    """The instances that read the task's status (each once, in the order of their first read), by the
+    User-Agent they sent (``runapi-mcp/<version> (instance <id>)``)."""
+    return list(dict.fromkeys(_instance(r.user_agent) for r in status_reads(sim, upstream_id, since=since)))
+
+
+def _instance(user_agent: str) -> str:
+    marker = "(instance "
+    assert marker in user_agent, user_agent  # every request of an instance on a shared store names it
+    return user_agent.split(marker, 1)[1].rstrip(")")
+
+
+async def completed(instance: Instance, task_ids: list[str]) -> list[TaskRecord]:
+    """The tasks once the store has them completed (whichever instance finished them)."""
+    done: dict[str, TaskRecord] = {}
+
+    async def look() -> None:
+        for task_id in task_ids:
+            if task_id not in done:
+                record = await instance.record(task_id)
+                if record.terminal:
+                    done[task_id] = record
+
+    with anyio.fail_after(20):
+        while len(done) < len(task_ids):
+            await look()
+            await anyio.sleep(0.02)
+    return [done[task_id] for task_id in task_ids]
+
+
+# -- leases: one poller per task ---------------------------------------------------------------------------
+
+
+async def test_a_stopped_instances_tasks_are_shared_out_and_each_polled_by_one(cluster: Cluster) -> None:
+    sim = cluster.sim
+    for _ in range(6):
+        sim.set_task_outcome(None, "running")  # RunAPI holds them until the test lets them finish
+    async with AsyncExitStack() as stack:
+        b = await stack.enter_async_context(cluster.instance())
+        c = await stack.enter_async_context(cluster.instance())
+        async with cluster.instance() as a:
+            created = [await a.generate(f"handed over {n}") for n in range(6)]
+            upstream = [data["runapi_task_id"] for data in created]
+            # Each new task is claimed by the instance that made it, from before its create: A polls them all.
+            await until(lambda: all(a.id in pollers(sim, u) for u in upstream), "A polling its tasks")
+            assert all(pollers(sim, u) == [a.id] for u in upstream)
+            creates = len([r for r in sim.requests if r.method == "POST"])
+        stopped = time.monotonic()  # the simulator's clock (it runs in this process); A sends nothing more
+        # A stopped cleanly and let its leases go: B and C take the tasks up at their next periodic claim.
+        await until(
+            lambda: all(pollers(sim, u, since=stopped) for u in upstream), "every task polled again after A stopped"
+        )
+        for u in upstream:
+            sim.set_task_outcome(u, "completed")
+        done = await completed(b, [data["task_id"] for data in created])
+        assert all(r.status == "completed" and r.images[0].path for r in done), done
+        for u in upstream:
+            after = pollers(sim, u, since=stopped)
+            assert len(after) == 1 and after[0] in (b.id, c.id), (u, after)  # one poller, never both
+        # Nothing was created again: the tasks were running upstream, and a take-over only reads.
+        assert len([r for r in sim.requests if r.method == "POST"]) == creates
+        assert sim.tasks_created == 6
+
+
+async def test_an_instance_killed_mid_task_hands_its_tasks_over_each_created_once(cluster: Cluster) -> None:
+    """A ``serve`` subprocess with one task running upstream and one whose create is on its way (RunAPI
+    slow to answer) is killed with SIGKILL. The instance beside it never polled them while it lived; once
+    their leases lapse it takes both up: the running one is polled to the end, the other's create is sent
+    again with its idempotency key (RunAPI replays it), and each is created upstream once."""
+    sim = cluster.sim
+    sim.set_task_outcome(None, "running")
+    generate = {"name": "generate_image", "arguments": {"prompt": "outlive the instance", "wait": False}}
+
+    def run_and_kill() -> tuple[dict[str, Any], str, int]:
+        """In a worker thread (the in-process instance runs on meanwhile)."""
+        with RawStdioServer(cluster.env()) as doomed:
+            doomed.initialize("2025-06-18")
+            answer = doomed.request("tools/call", generate, timeout=60)["result"]
+            assert not answer.get("isError"), answer
+            upstream_id = answer["structuredContent"]["runapi_task_id"]
+            wait_until(lambda: status_reads(sim, upstream_id), "the subprocess polling its task")
+            # The next create takes RunAPI a second to answer: the instance dies while it waits.
+            sim.inject(Fault("slow", delay=1.0, method="POST", path_contains="/gpt_image_2/", times=1))
+            doomed.send({"jsonrpc": "2.0", "id": 99, "method": "tools/call", "params": generate})
+            wait_until(lambda: sim.faults == [], "the slow create reached RunAPI")
+            polled_by = pollers(sim, upstream_id)
+            doomed.proc.kill()
+            doomed.proc.wait()
+            assert len(polled_by) == 1, polled_by
+            return answer["structuredContent"], polled_by[0], doomed.proc.returncode
+
+    async with cluster.instance() as b:
+        running, doomed_id, code = await anyio.to_thread.run_sync(run_and_kill)
+        killed = time.monotonic()
+        assert code == -9 and doomed_id != b.id  # B left the task to its holder while the holder lived
+        records = (await b.app.manager.store.page(limit=10)).records
+        assert len(records) == 2
+        submitting = next(r for r in records if r.task_id != running["task_id"])
+        assert submitting.status == "submitting"  # recorded before its create went out, never answered
+        sim.set_task_outcome(running["runapi_task_id"], "completed")
+        with anyio.fail_after(20):
+            done = [
+                (await b.client.call_tool("get_task", {"task_id": r.task_id, "wait": True, "timeout_s": 15}))
+                for r in records
+            ]
+        for result in done:
+            data = result.structured_content or {}
+            assert data.get("status") == "completed" and Path(data["images"][0]["path"]).is_file(), text_of(result)
+        assert sim.tasks_created == 2  # the re-sent create (same key) was RunAPI's replay, not a second task
+        for record in records:
+            upstream_id = (await b.record(record.task_id)).upstream_id
+            assert upstream_id is not None
+            assert pollers(sim, upstream_id, since=killed) == [b.id]
+        resent = [r for r in sim.requests if r.method == "POST" and r.idempotency_key == submitting.idempotency_key]
+        assert [_instance(r.user_agent) for r in resent] == [doomed_id, b.id]
