@@ -61,6 +61,7 @@ def test_environment_values(tmp_path: Path) -> None:
         ({"RUNAPI_MCP_WAIT_S": "-3"}, "RUNAPI_MCP_WAIT_S"),
         ({"RUNAPI_BASE_URL": "runapi.ai"}, "RUNAPI_BASE_URL"),
         ({"RUNAPI_MCP_LOG_LEVEL": "LOUD"}, "RUNAPI_MCP_LOG_LEVEL"),
+        ({"RUNAPI_MCP_RESOURCE_LINKS": "maybe"}, "RUNAPI_MCP_RESOURCE_LINKS: must be on or off, got 'maybe'"),
     ],
 )
 def test_bad_values_name_the_setting(tmp_path: Path, env: dict[str, str], needle: str) -> None:
@@ -94,6 +95,17 @@ def test_cli_flags_work_before_or_after_serve(argv: list[str]) -> None:
     from runapi_mcp.commands.options import settings_overrides
 
     assert settings_overrides(build_parser().parse_args(argv)) == {"wait_s": 5.0}
+
+
+@pytest.mark.parametrize(("value", "links"), [("on", True), ("off", False), (" OFF ", False), ("true", True), ("0", False)])
+def test_resource_links_is_on_or_off(tmp_path: Path, value: str, links: bool) -> None:
+    assert load_settings(environ={}, config_file=tmp_path / "none").resource_links is True
+    assert load_settings(environ={"RUNAPI_MCP_RESOURCE_LINKS": value}, config_file=tmp_path / "none").resource_links is links
+    from runapi_mcp.cli import build_parser
+    from runapi_mcp.commands.options import settings_overrides
+
+    flags = settings_overrides(build_parser().parse_args(["serve", "--resource-links", value]))
+    assert load_settings(flags, environ={}, config_file=tmp_path / "none").resource_links is links
 
 
 @pytest.mark.parametrize(

@@ -181,6 +181,8 @@ def test_the_settings_page_lists_every_setting_with_its_flag() -> None:
     )
     readme = {_code(cells[0]) for cells in _section_table(README, "## Settings")}
     assert readme <= settings.keys(), f"README settings table names no setting: {sorted(readme - settings.keys())}"
+    said = re.search(r"all (\d+) are in \[docs/settings\.md\]", README.read_text("utf-8"))
+    assert said and int(said.group(1)) == len(settings), f"README: 'all N are in docs/settings.md' should say {len(settings)}"
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:

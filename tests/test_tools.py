@@ -25,6 +25,7 @@ from runapi_mcp.catalog import (
     RequestKind,
     get_catalog,
 )
+from runapi_mcp.config import load_settings
 from runapi_mcp.errors import UserError
 from runapi_mcp.server.tools import ImageTools, TaskRequest
 from runapi_mcp.simulator import Fault
@@ -585,3 +586,35 @@ def test_a_call_leaving_the_defaults_out_is_refused_by_no_model_for_them() -> No
             assert outcome(kind, slug, request.soft_options) in (None, outcome(kind, slug, {})), (tool.__name__, slug)
             checked += 1
         assert checked > 5, f"{tool.__name__}: only {checked} models checked"
+
+
+@pytest.mark.parametrize("links", ["on", "off"])
+async def test_resource_links_can_be_left_out(sim: Any, home: Path, inputs: Path, links: str) -> None:
+    # RUNAPI_MCP_RESOURCE_LINKS=off is for clients (LangChain's MCP adapters) that turn a resource_link into
+    # an image URL no model provider can fetch: every result then lacks them, and says the same otherwise.
+    settings = load_settings(
+        {"api_key": SIM_KEY, "base_url": sim.base_url, "home": str(home), "allowed_dirs": str(inputs), "wait_s": 20},
+        environ={"RUNAPI_MCP_RESOURCE_LINKS": links},
+        config_file=home / "no-config.json",
+    )
+    async with open_app(settings, policy=FAST_POLICY) as app, Client(app.server, mode="legacy") as client:
+        made = await client.call_tool(
+            "generate_image",
+            {"prompt": "two foxes", "model": "gpt-4o-image", "aspect_ratio": "1:1", "params": {"output_count": 2}},
+        )
+        data = made.structured_content
+        fetched = await client.call_tool("get_task", {"task_id": data["task_id"]})
+    for result in (made, fetched):
+        assert not result.is_error, text_of(result)
+        images = result.structured_content["images"]
+        assert images and all(image["path"] for image in images)
+        kinds = [block.type for block in result.content]
+        links_sent = [block.uri for block in result.content if block.type == "resource_link"]
+        if links == "on":
+            assert kinds == ["text", *["image", "resource_link"] * len(images)]
+            assert links_sent == [image["uri"] for image in images]
+        else:
+            assert kinds == ["text", *["image"] * len(images)] and not links_sent
+        for image in images:  # the text still names each picture's URI and file, either way
+            assert f"- {image['uri']}: " in text_of(result) and f"saved to {image['path']}" in text_of(result)
+    assert fetched.structured_content["images"] == data["images"]

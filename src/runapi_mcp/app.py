@@ -163,7 +163,7 @@ async def _wired(
         ServerDeps(manager=manager, resolver=resolver, catalog=catalog, wait_s=settings.wait_s,
                    has_key=client.has_key, max_spend_cents=settings.max_spend_cents,
                    user_spend_cents=settings.user_caps, confirm_above_cents=settings.confirm_above_cents,
-                   availability=availability),
+                   availability=availability, resource_links=settings.resource_links),
         settings.redactor,
     )
     async with client, manager.running(), anyio.create_task_group() as tg:

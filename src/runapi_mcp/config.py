@@ -29,6 +29,11 @@ CALLBACK_PATH = "/callbacks/runapi"
 """Where ``http.webhook`` serves RunAPI's completion callbacks; ``Settings.callback_base`` is the public URL + this."""
 
 
+# How an on/off setting may be written (pydantic's own bool parsing would also take "t" or "y").
+_ON = ("on", "true", "yes", "1")
+_OFF = ("off", "false", "no", "0")
+
+
 class ConfigError(ValueError):
     """A setting has a value the server cannot use; the message names the setting."""
 
@@ -69,6 +74,12 @@ class Settings(BaseModel):
         None,
         description="Ask the user (elicitation) before a task quoted above this many cents (unset: never ask)",
         json_schema_extra={"env": "RUNAPI_MCP_CONFIRM_ABOVE_CENTS"},
+    )
+    resource_links: bool = Field(
+        True,
+        description="on: each saved image also comes as a resource_link block in tool results; off: left out "
+        "(the text still names its runapi:// URI and file path)",
+        json_schema_extra={"env": "RUNAPI_MCP_RESOURCE_LINKS"},
     )
     # -- shared deployments (HTTP transports) ------------------------------------------------------
     database_url: SecretStr | None = Field(
@@ -201,6 +212,19 @@ class Settings(BaseModel):
                 raise ValueError(f"must be a whole number of cents, 0 or more, got {value.strip()[:40]!r}") from None
         if isinstance(value, int) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"must be a whole number of cents, 0 or more, got {value}")
+        return value
+
+    @field_validator("resource_links", mode="before")
+    @classmethod
+    def _check_switch(cls, value: object) -> object:
+        # Text from the environment or a flag: on or off (and the usual spellings of each), nothing else.
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _ON:
+                return True
+            if word in _OFF:
+                return False
+            raise ValueError(f"must be on or off, got {value.strip()[:40]!r}")
         return value
 
     @field_validator("public_url", "jwt_issuer", "jwt_jwks_url")

@@ -197,8 +197,14 @@ def tool_result(
     *,
     waited_out: bool = False,
     progress: float | None = None,
+    resource_links: bool = True,
 ) -> CallToolResult:
-    """Text, then per image its preview and a link to the full file (older clients: see ``compat``)."""
+    """Text, then per image its preview and a link to the full file (older clients: see ``compat``).
+
+    Without ``resource_links`` (RUNAPI_MCP_RESOURCE_LINKS=off) the links are left out: LangChain's MCP
+    adapters turn each one into an image URL (runapi://...) that no model provider can fetch, failing the
+    whole model call. The text names each image's URI and path either way, and the structured result is
+    the same."""
     # The structured result first: its signed links are the ones the text shows (made once, so the two
     # never differ across a second boundary).
     structured = task_result(record, progress, waited_out=waited_out)
@@ -210,7 +216,7 @@ def tool_result(
             content.append(
                 ImageContent(type="image", data=base64.b64encode(preview.data).decode(), mime_type=preview.mime_type)
             )
-        if image.path:
+        if image.path and resource_links:
             content.append(
                 ResourceLink(
                     type="resource_link",

@@ -87,6 +87,7 @@ class ServerDeps:
     user_spend_cents: Mapping[str, int] = field(default_factory=dict)  # per-user caps (per-user tokens)
     confirm_above_cents: int | None = None  # RUNAPI_MCP_CONFIRM_ABOVE_CENTS: ask the user above it; None: never
     availability: Availability | None = None  # RunAPI's model statuses; None: every model taken as callable
+    resource_links: bool = True  # RUNAPI_MCP_RESOURCE_LINKS: a resource_link block per saved image in results
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,9 @@ class ImageTools:
     async def result(self, record: TaskRecord, *, waited_out: bool = False) -> CallToolResult:
         previews = await make_previews(self.manager.images, record, PREVIEW_MAX_EDGE, PREVIEW_BUDGET_BYTES)
         progress = None if record.terminal else self.manager.estimated_progress(record)
-        return tool_result(record, previews, waited_out=waited_out, progress=progress)
+        return tool_result(
+            record, previews, waited_out=waited_out, progress=progress, resource_links=self.deps.resource_links
+        )
 
     def _timeout(self, timeout_s: float | None) -> float:
         return self.deps.wait_s if timeout_s is None else float(timeout_s)
