@@ -21,13 +21,18 @@ import anyio
 import psycopg
 import pytest
 from mcp.client import Client
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp.types import EmptyResult, ResourceUpdatedNotification, SubscribeRequest, SubscribeRequestParams
 from psycopg import sql
 
 from runapi_mcp.app import App, open_app
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Fault, Simulator
-from runapi_mcp.tasks import TaskRecord
+from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
+from runapi_mcp.tasks.pg_store import PostgresChangeFeed
 from tests.postgres import database_url, drop_schema, need_postgres, new_schema, schema_url
-from tests.support import FAST_POLICY, RawStdioServer, make_settings, server_env, text_of, until, wait_until
+from tests.support import FAST_POLICY, FakeClock, RawStdioServer, make_settings, server_env, text_of, until, wait_until
+from tests.test_mcp_tasks import raw_client
 
 pytestmark = pytest.mark.anyio
 
@@ -51,9 +56,15 @@ class Instance:
         return data
 
     async def record(self, task_id: str) -> TaskRecord:
+        """The task as the store has it."""
         record = await self.app.manager.store.get(task_id)
         assert record is not None
         return record
+
+    async def held(self, task_id: str) -> TaskRecord:
+        """The task as this instance's manager has it (as the local user, whose tasks these are)."""
+        with current_owner.scope(LOCAL_OWNER):
+            return await self.app.manager.get(task_id)
 
 
 @dataclass
@@ -72,9 +83,9 @@ class Cluster:
         )
 
     @asynccontextmanager
-    async def instance(self, **overrides: Any) -> AsyncIterator[Instance]:
+    async def instance(self, clock: Clock = SYSTEM_CLOCK, **overrides: Any) -> AsyncIterator[Instance]:
         async with (
-            open_app(self.settings(**overrides), policy=FAST_POLICY) as app,
+            open_app(self.settings(**overrides), policy=FAST_POLICY, clock=clock) as app,
             Client(app.server, mode="legacy") as client,
         ):
             assert app.instance_id and app.manager.store.shared
@@ -222,3 +233,118 @@ async def test_an_instance_killed_mid_task_hands_its_tasks_over_each_created_onc
             assert pollers(sim, upstream_id, since=killed) == [b.id]
         resent = [r for r in sim.requests if r.method == "POST" and r.idempotency_key == submitting.idempotency_key]
         assert [_instance(r.user_agent) for r in resent] == [doomed_id, b.id]
+
+
+# -- the change feed: what happens on one instance is heard on every other -----------------------------------
+
+
+async def test_a_task_finishing_on_one_instance_is_heard_on_another(cluster: Cluster) -> None:
+    """B holds a task A polls (a call on B waits on it) and never polls it; when it completes on A, B's waiting
+    get_task and tasks/result answer, B's resource subscriber and listen stream hear of it: all through the
+    change feed (B's held record is read from the store only when a change is announced)."""
+    sim = cluster.sim
+    sim.set_task_outcome(None, "running")
+    async with cluster.instance() as a, cluster.instance() as b:
+        data = await a.generate("heard elsewhere")
+        task_id, upstream = data["task_id"], data["runapi_task_id"]
+        uri = f"runapi://tasks/{task_id}"
+        updates: list[str] = []
+
+        async def note(message: Any) -> None:
+            if isinstance(message, ResourceUpdatedNotification) and message.params.uri == uri:
+                updates.append(str(message.params.uri))
+
+        answers: dict[str, Any] = {}
+        async with (
+            Client(b.app.server, mode="legacy", message_handler=note) as watcher,
+            Client(b.app.server, mode="2026-07-28") as modern,
+            raw_client(b.app.server) as tasks_client,
+            anyio.create_task_group() as tg,
+        ):
+
+            async def wait_on_b() -> None:
+                args = {"task_id": task_id, "wait": True, "timeout_s": 20}
+                answers["get_task"] = await b.client.call_tool("get_task", args)
+
+            async def result_on_b() -> None:
+                answers["tasks/result"] = await tasks_client.request("tasks/result", {"taskId": task_id})
+
+            tg.start_soon(wait_on_b)
+            await until(lambda: b.app.manager.stats(task_id) != {}, "B holding the task (its call waiting)")
+            tg.start_soon(result_on_b)
+            await watcher.session.send_request(SubscribeRequest(params=SubscribeRequestParams(uri=uri)), EmptyResult)
+            async with modern.listen(resource_subscriptions=[uri]) as listen:
+                sim.set_task_outcome(upstream, "completed")
+                with anyio.fail_after(20):
+                    async for event in listen:
+                        if isinstance(event, ResourceUpdated) and event.uri == uri and (
+                            await b.held(task_id)
+                        ).status == "completed":
+                            break
+            with anyio.fail_after(20):
+                while len(answers) < 2:
+                    await anyio.sleep(0.01)
+            await until(lambda: bool(updates), "B's resource subscriber told")
+        got = answers["get_task"].structured_content or {}
+        assert got.get("status") == "completed" and Path(got["images"][0]["path"]).is_file(), got
+        assert answers["tasks/result"]["structuredContent"]["status"] == "completed"
+        assert pollers(sim, upstream) == [a.id]  # B never polled it: it heard
+
+
+async def test_a_cancel_on_one_instance_ends_the_polling_on_another(cluster: Cluster) -> None:
+    """A task A polls, cancelled through B: A hears of it, its poll loop ends without another look, and what
+    RunAPI reports later changes nothing (A runs on a clock the test moves)."""
+    sim = cluster.sim
+    sim.set_task_outcome(None, "running")
+    clock = FakeClock()
+    async with cluster.instance(clock=clock) as a, cluster.instance() as b:
+        data = await a.generate("cancelled elsewhere")
+        task_id, upstream = data["task_id"], data["runapi_task_id"]
+        await clock.sleeping(1)  # A's poll loop asleep until its next look
+        async with raw_client(b.app.server) as tasks_client:
+            cancelled = await tasks_client.request("tasks/cancel", {"taskId": task_id})
+        assert cancelled["status"] == "cancelled"
+        await until(lambda: not clock.wakes(), "A's poll loop ended")  # woken by the feed, not by its clock
+        assert (await a.held(task_id)).status == "cancelled"
+        reads = len(status_reads(sim, upstream))
+        sim.set_task_outcome(upstream, "completed")
+        assert await clock.advance(FAST_POLICY.give_up_s * 2) == 0  # nothing sleeps: no poll loop runs
+        assert len(status_reads(sim, upstream)) == reads
+        assert (await b.record(task_id)).status == "cancelled"
+        assert pollers(sim, upstream) in ([], [a.id])
+
+
+async def test_a_change_missed_while_the_feed_was_down_is_read_when_it_is_back(cluster: Cluster) -> None:
+    """The feed's connection drops (every instance's listener is cut off): once it listens again, B reads
+    the tasks it holds again, and a change it never heard of (written here with no notification, as if it
+    had been sent while B was away) reaches its waiters and listeners. A, which polls the task, runs on a
+    clock the test holds still: it writes nothing over that change."""
+    sim = cluster.sim
+    sim.set_task_outcome(None, "running")
+    clock = FakeClock()
+    async with cluster.instance(clock=clock) as a, cluster.instance() as b:
+        data = await a.generate("missed")
+        task_id = data["task_id"]
+        await clock.sleeping(1)  # A's poll loop asleep until the test moves its clock
+        held = await b.held(task_id)  # B holds it from now: it reads the store only when told to
+        told: list[TaskRecord] = []
+
+        async def listener(record: TaskRecord) -> None:
+            told.append(record)
+
+        b.app.manager.add_listener(listener)
+        changed = held.noted("written while the feed was down", at=held.updated_at + 1)
+        with psycopg.connect(schema_url(cluster.schema), autocommit=True) as conn:
+            conn.execute(  # the record alone: no NOTIFY goes with it
+                sql.SQL("UPDATE {}.tasks SET record = %s WHERE task_id = %s").format(sql.Identifier(cluster.schema)),
+                (changed.model_dump_json(), task_id),
+            )
+            feed = a.app.manager.store.changes
+            assert isinstance(feed, PostgresChangeFeed)
+            cut = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                (feed.application_name,),
+            ).fetchall()
+            assert len(cut) == 2  # A's listener and B's
+        await until(lambda: any(r.error == changed.error for r in told), "B reading the task again")
+        assert (await b.held(task_id)).error == changed.error

@@ -5,15 +5,21 @@ after the write (one process owns all their tasks); the PostgreSQL store publish
 write's own transaction, and its listener hands what arrives, from every instance, to the same in-process
 :class:`ChangeHub`. A subscriber that may have missed changes (the listener's connection dropped, or the
 subscriber fell behind its buffer) receives a :class:`FeedGap` instead: it should re-read what it follows.
+
+Each change names the feed it was made through (``origin``: one per store object, so one per process): a
+process hears its own writes too, and tells them apart from other instances' by that. A change may also be
+only *announced*, with no write (:meth:`ChangeFeed.announce`): RunAPI's callback about a task reached an
+instance that does not poll it (``called_back``), and the one that does should read its status now.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
 import anyio
@@ -27,14 +33,23 @@ _STATES: frozenset[str] = frozenset({"submitting", "cancelled", *get_args(TaskSt
 
 @dataclass(frozen=True)
 class TaskChange:
-    """A task record was written: its server id and its status after the write."""
+    """A task record was written: its server id and its status after the write. ``origin``: the feed of the
+    process that wrote it (not compared: the same change, whoever made it); ``called_back``: no write, but
+    RunAPI's callback about the task reached ``origin`` (its poller should read the status now)."""
 
     task_id: str
     status: TaskState
+    origin: str | None = field(default=None, compare=False)
+    called_back: bool = False
 
     def payload(self) -> str:
         """The change as the text a ``NOTIFY`` carries."""
-        return json.dumps({"task_id": self.task_id, "status": self.status}, separators=(",", ":"))
+        data: dict[str, Any] = {"task_id": self.task_id, "status": self.status}
+        if self.origin is not None:
+            data["origin"] = self.origin
+        if self.called_back:
+            data["called_back"] = True
+        return json.dumps(data, separators=(",", ":"))
 
     @staticmethod
     def from_payload(text: str) -> TaskChange | None:
@@ -45,10 +60,12 @@ class TaskChange:
             return None
         if not isinstance(data, dict):
             return None
-        task_id, status = data.get("task_id"), data.get("status")
+        task_id, status, origin = data.get("task_id"), data.get("status"), data.get("origin")
         if not isinstance(task_id, str) or status not in _STATES:
             return None
-        return TaskChange(task_id, status)
+        return TaskChange(
+            task_id, status, origin if isinstance(origin, str) else None, data.get("called_back") is True
+        )
 
 
 @dataclass(frozen=True)
@@ -93,9 +110,23 @@ class Subscription:
 class ChangeFeed(Protocol):
     """Where a store's changes are followed (``store.changes``)."""
 
+    @property
+    def origin(self) -> str:
+        """This feed's id, carried by every change made through it (``TaskChange.origin``)."""
+        ...
+
     def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> AbstractAsyncContextManager[Subscription]:
         """Receive every change committed from the moment the block is entered until it ends."""
         ...
+
+    async def announce(self, change: TaskChange) -> None:
+        """Send every subscriber (of every process sharing the store) ``change``, which no write made, with
+        this feed's origin."""
+        ...
+
+
+def new_origin() -> str:
+    return secrets.token_hex(8)
 
 
 class ChangeHub:
@@ -103,6 +134,11 @@ class ChangeHub:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscription] = []
+        self._origin = new_origin()
+
+    @property
+    def origin(self) -> str:
+        return self._origin
 
     @property
     def subscribers(self) -> int:
@@ -121,3 +157,10 @@ class ChangeHub:
     def publish(self, change: Change) -> None:
         for subscription in list(self._subscribers):
             subscription.deliver(change)
+
+    def stamped(self, task_id: str, status: TaskState) -> TaskChange:
+        """The change of a write made here (this hub's origin)."""
+        return TaskChange(task_id, status, self._origin)
+
+    async def announce(self, change: TaskChange) -> None:
+        self.publish(TaskChange(change.task_id, change.status, self._origin, change.called_back))

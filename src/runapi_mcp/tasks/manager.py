@@ -6,6 +6,8 @@
   tasks this process polls is its ``TaskClaims``. When to poll is ``schedule.PollSchedule``'s business.
 - ``fetcher``: a finished task's pictures, downloaded under their own limiter and copied to ``save_as``.
 - ``waker``: completion callbacks (webhooks) that wake a task's poll loop for one status read.
+- ``follower`` (with a store other instances share): their changes, heard on the store's change feed and
+  told here as a change made here is; ``claims.LeaseClaims`` decides which tasks this instance polls.
 
 Whatever RunAPI, an image host or a file does, the worst outcome is that one task reports an error: every
 loop the manager starts runs under a guard that turns an unexpected exception into that task's error, so
@@ -27,8 +29,10 @@ import anyio
 from runapi_mcp.catalog import PreparedRequest
 from runapi_mcp.client import RunAPIClient, RunAPIError
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock, wait_for_event
+from runapi_mcp.tasks.changes import TaskChange
 from runapi_mcp.tasks.durations import DurationMemory, DurationModel
 from runapi_mcp.tasks.fetcher import OutputFetcher
+from runapi_mcp.tasks.follower import ChangeFollower
 from runapi_mcp.tasks.images import ImageStore
 from runapi_mcp.tasks.poller import LocalClaims, Poller, TaskClaims
 from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord, current_owner, new_task_id
@@ -94,6 +98,12 @@ class TaskManager:
             claims if claims is not None else LocalClaims(self.store),
             max_concurrent_requests=max_concurrent_requests, learned=self.save_durations,
         )
+        # Other instances' changes, told here (a store only this process uses has none).
+        self._follower = (
+            ChangeFollower(self.store, self._registry, self._poller, self._waker, self._called_back)
+            if self.store.shared
+            else None
+        )
         # Set when the process is shutting down: every wait returns what it has at once, so a tool call
         # still waiting gets its answer (the task id, "still running") before the connection closes.
         self._stopping = False
@@ -127,6 +137,8 @@ class TaskManager:
         async with anyio.create_task_group() as tg:
             self._poller.tg = self._waker.tg = tg
             try:
+                if self._follower is not None:
+                    await tg.start(self._follower.run)  # followed from before the take-up: nothing is missed
                 if self._durations_memory is not None:
                     await self._durations_memory.load_into(self.durations)
                 await self._resume(tg)
@@ -327,10 +339,22 @@ class TaskManager:
         if record.terminal:
             return True  # found done already (a poll, an earlier callback): RunAPI may stop calling
         tracked = self._registry.hold(record)
-        self._poller.follow(tracked)  # a loop that gave up (or never started) runs again
+        self._called_back(tracked)
+        if self._follower is not None and not self._poller.polls(tracked.task_id):
+            # Another instance may poll it (the callback URL is the deployment's, not this instance's): the one
+            # that does hears of the callback on the feed and reads the status now.
+            await self.store.changes.announce(TaskChange(tracked.task_id, tracked.record.status, called_back=True))
+        return True
+
+    def _called_back(self, tracked: Tracked) -> None:
+        """A valid callback for the task, received here or by another instance: its poll loop reads the
+        status now (one that gave up, or never started, runs again; where another instance holds the
+        task, the loop does not start and that instance reads it)."""
+        if tracked.record.terminal:
+            return
+        self._poller.follow(tracked)
         self._poller.called_back(tracked.task_id)
         self._waker.called_back(tracked.task_id)
-        return True
 
     # -- internals -----------------------------------------------------------------------------------------
     async def _lookup(self, task_id: str) -> Tracked:

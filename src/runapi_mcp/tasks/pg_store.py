@@ -25,8 +25,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, LiteralString
 
@@ -37,7 +37,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from runapi_mcp.redaction import redact_url
-from runapi_mcp.tasks.changes import DEFAULT_BUFFER, ChangeHub, FeedGap, Subscription, TaskChange
+from runapi_mcp.tasks.changes import DEFAULT_BUFFER, ChangeHub, FeedGap, Subscription, TaskChange, new_origin
 from runapi_mcp.tasks.migrations import (
     CREATE_MIGRATIONS_TABLE,
     MIGRATIONS,
@@ -96,6 +96,7 @@ class PostgresTaskStore:
             channel=_short(f"{_CHANNEL}:{schema}"),
             display=display,
             timeout_s=pool.timeout,
+            announce_with=self._connection,
         )
 
     # -- opening -------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class PostgresTaskStore:
             " RETURNING 1)"
             " SELECT pg_notify(%s, %s) FROM saved"
         )
-        change = TaskChange(record.task_id, record.status)
+        change = TaskChange(record.task_id, record.status, self._changes.origin)
         async with self._connection() as conn:
             await conn.execute(query, (*row, self._changes.channel, change.payload()))
 
@@ -497,9 +498,19 @@ class PostgresChangeFeed:
     sends every subscriber a :class:`FeedGap`: what changed in between was not seen.
     """
 
-    def __init__(self, conninfo: str, *, channel: str, display: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        channel: str,
+        display: str,
+        timeout_s: float,
+        announce_with: Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]],
+    ) -> None:
         self._conninfo = conninfo
         self.channel = channel
+        self._origin = new_origin()  # carried by this process's writes and announcements
+        self._announce_with = announce_with  # a connection of the store's pool
         self.application_name = _short(f"runapi-mcp {channel}")  # how the listener shows in pg_stat_activity
         self._display = display
         self._timeout_s = timeout_s
@@ -507,6 +518,16 @@ class PostgresChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._problem = "not connected yet"
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    async def announce(self, change: TaskChange) -> None:
+        """``NOTIFY`` ``change`` (no write made it) to every instance's listener, this one's included."""
+        stamped = TaskChange(change.task_id, change.status, self._origin, change.called_back)
+        async with self._announce_with() as conn:
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, stamped.payload()))
 
     @asynccontextmanager
     async def subscribe(self, *, buffer: int = DEFAULT_BUFFER) -> AsyncIterator[Subscription]:

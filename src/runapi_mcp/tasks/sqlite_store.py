@@ -31,7 +31,7 @@ import anyio
 import pydantic
 
 from runapi_mcp.private import private_dir, private_file, tighten
-from runapi_mcp.tasks.changes import ChangeHub, TaskChange
+from runapi_mcp.tasks.changes import ChangeHub
 from runapi_mcp.tasks.leases import LocalLeases
 from runapi_mcp.tasks.migrations import (
     CREATE_MIGRATIONS_TABLE,
@@ -129,7 +129,7 @@ class SQLiteTaskStore:
         await self._run(write)
         if not needs_taking_up(record):
             self._leases.finished(record.task_id)
-        self._changes.publish(TaskChange(record.task_id, record.status))
+        self._changes.publish(self._changes.stamped(record.task_id, record.status))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         def read() -> list[TaskRecord]:

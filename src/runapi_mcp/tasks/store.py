@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runapi_mcp.errors import UserError
-from runapi_mcp.tasks.changes import ChangeFeed, ChangeHub, TaskChange
+from runapi_mcp.tasks.changes import ChangeFeed, ChangeHub
 from runapi_mcp.tasks.leases import LocalLeases, TaskLeases
 from runapi_mcp.tasks.records import UNFINISHED, ImageRecord, TaskRecord, TaskState
 
@@ -212,7 +212,7 @@ class MemoryTaskStore:
         self._records[record.task_id] = record.model_copy(deep=True)
         if not needs_taking_up(record):
             self._leases.finished(record.task_id)
-        self._changes.publish(TaskChange(record.task_id, record.status))
+        self._changes.publish(self._changes.stamped(record.task_id, record.status))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         record = self._records.get(task_id)
