@@ -21,12 +21,16 @@ import anyio
 import psycopg
 import pytest
 from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp.types import EmptyResult, ResourceUpdatedNotification, SubscribeRequest, SubscribeRequestParams
 from psycopg import sql
 
 from runapi_mcp.app import App, open_app
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
+from runapi_mcp.http.app import HttpOptions
+from runapi_mcp.http.serve import http_server
+from runapi_mcp.http.uvicorn_server import bind_socket
 from runapi_mcp.simulator import Fault, Simulator
 from runapi_mcp.tasks import LOCAL_OWNER, TaskRecord, current_owner
 from runapi_mcp.tasks.pg_store import PostgresChangeFeed
@@ -90,6 +94,20 @@ class Cluster:
         ):
             assert app.instance_id and app.manager.store.shared
             yield Instance(app, client)
+
+    @asynccontextmanager
+    async def served(self, **overrides: Any) -> AsyncIterator[tuple[Instance, str]]:
+        """An instance served over HTTP on loopback (``serve --transport http``, as deployed), and its base
+        URL; its public URL is that address unless ``public_url`` names another (a load balancer's)."""
+        sock = bind_socket("127.0.0.1", 0)
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        settings = self.settings(public_url=overrides.pop("public_url", base), **overrides)
+        async with (
+            open_app(settings, policy=FAST_POLICY) as app,
+            http_server(app, HttpOptions(port=0, public_url=settings.public_url), settings, sock=sock),
+            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as client,
+        ):
+            yield Instance(app, client), base
 
     def env(self) -> dict[str, str]:
         """A ``runapi-mcp serve`` subprocess's environment: the same schema, home and lease TTL."""
@@ -348,3 +366,26 @@ async def test_a_change_missed_while_the_feed_was_down_is_read_when_it_is_back(c
             assert len(cut) == 2  # A's listener and B's
         await until(lambda: any(r.error == changed.error for r in told), "B reading the task again")
         assert (await b.held(task_id)).error == changed.error
+
+
+# -- webhooks: RunAPI's callback may reach any instance ----------------------------------------------------
+
+
+async def test_a_callback_reaching_another_instance_completes_the_call_waiting_here(cluster: Cluster) -> None:
+    """A task polled by A, whose callback URL is the deployment's (here B's address, as a load balancer might
+    route it): RunAPI calls B back when the task ends; B does not poll it, and passes the news on the feed;
+    A reads the status at once and the call waiting on A completes. A's clock stands still: its poll loop
+    reads nothing of its own accord, so the one status read is the callback's."""
+    sim = cluster.sim
+    clock = FakeClock()
+    async with cluster.served() as (b, b_base), cluster.instance(clock=clock, public_url=b_base) as a:
+        data = await a.generate("called back elsewhere")
+        task_id, upstream = data["task_id"], data["runapi_task_id"]
+        with anyio.fail_after(20):
+            done = await a.client.call_tool("get_task", {"task_id": task_id, "wait": True, "timeout_s": 20})
+        got = done.structured_content or {}
+        assert got.get("status") == "completed" and Path(got["images"][0]["path"]).is_file(), text_of(done)
+        [callback] = sim.callbacks
+        assert callback.url.startswith(f"{b_base}/callbacks/runapi/{task_id}?token=") and callback.status == 204
+        assert pollers(sim, upstream) == [a.id] and len(status_reads(sim, upstream)) == 1
+        assert (await b.record(task_id)).status == "completed"
