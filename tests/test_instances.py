@@ -10,6 +10,7 @@ without a database, required in CI).
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,17 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
+import httpx2
 import psycopg
 import pytest
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.subscriptions import ResourceUpdated
-from mcp.types import EmptyResult, ResourceUpdatedNotification, SubscribeRequest, SubscribeRequestParams
+from mcp.types import (
+    BlobResourceContents,
+    EmptyResult,
+    ResourceUpdatedNotification,
+    SubscribeRequest,
+    SubscribeRequestParams,
+)
 from psycopg import sql
 
 from runapi_mcp.app import App, open_app
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.http.app import HttpOptions
+from runapi_mcp.http.links import FileLinks
 from runapi_mcp.http.serve import http_server
 from runapi_mcp.http.uvicorn_server import bind_socket
 from runapi_mcp.simulator import Fault, Simulator
@@ -102,10 +112,13 @@ class Cluster:
         sock = bind_socket("127.0.0.1", 0)
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = self.settings(public_url=overrides.pop("public_url", base), **overrides)
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with (
             open_app(settings, policy=FAST_POLICY) as app,
             http_server(app, HttpOptions(port=0, public_url=settings.public_url), settings, sock=sock),
-            Client(streamable_http_client(f"{base}/mcp"), mode="legacy") as client,
+            httpx2.AsyncClient(headers=headers, timeout=30, trust_env=False) as http,
+            Client(streamable_http_client(f"{base}/mcp", http_client=http), mode="legacy") as client,
         ):
             yield Instance(app, client), base
 
@@ -389,3 +402,38 @@ async def test_a_callback_reaching_another_instance_completes_the_call_waiting_h
         assert callback.url.startswith(f"{b_base}/callbacks/runapi/{task_id}?token=") and callback.status == 204
         assert pollers(sim, upstream) == [a.id] and len(status_reads(sim, upstream)) == 1
         assert (await b.record(task_id)).status == "completed"
+
+
+# -- the shared directory: any instance serves any picture ------------------------------------------------
+
+TOKEN = "instances-shared-token-8f3e1c"
+
+
+async def test_a_picture_made_on_one_instance_is_served_by_another(cluster: Cluster) -> None:
+    """A and B share the image library (one RUNAPI_MCP_HOME) and the database, and need a bearer token. A
+    picture made on A, whose links name the deployment's address (here B's), is served by B: through the
+    signed link A made (the links' key is kept in the store, the same for every instance), its resource URI
+    and B's gallery. A link signed with another key is refused there."""
+    async with (
+        cluster.served(auth_token=TOKEN) as (b, b_base),
+        cluster.served(auth_token=TOKEN, public_url=b_base) as (a, _),
+    ):
+        made = await a.client.call_tool("generate_image", {"prompt": "made on A", "wait": True})
+        data = made.structured_content or {}
+        assert data.get("status") == "completed", text_of(made)
+        image = data["images"][0]
+        image_id, link = image["uri"].removeprefix("runapi://images/"), image["download_url"]
+        assert link.startswith(f"{b_base}/files/{image_id}?exp=") and "&sig=" in link
+        on_disk = Path(image["path"]).read_bytes()
+        async with httpx.AsyncClient(timeout=30, trust_env=False) as browser:  # no token: the link is the proof
+            served = await browser.get(link)
+            assert served.status_code == 200 and served.content == on_disk
+            forged = FileLinks().url(f"{b_base}/files", LOCAL_OWNER, image_id)  # a key of another process's own
+            assert (await browser.get(forged)).status_code == 401
+            gallery = await browser.get(f"{b_base}/gallery", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert gallery.status_code == 200 and image_id in gallery.text
+            thumb = await browser.get(f"{b_base}/gallery/thumbs/{image_id}", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert thumb.status_code == 200 and thumb.headers["content-type"].startswith("image/")
+        read = await b.client.read_resource(f"runapi://images/{image_id}")
+        [contents] = read.contents
+        assert isinstance(contents, BlobResourceContents) and base64.b64decode(contents.blob) == on_disk

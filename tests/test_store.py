@@ -4,6 +4,7 @@ no database answers; required in CI)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -168,6 +169,22 @@ async def test_state_values_round_trip(store: TaskStore) -> None:
     assert await store.load_state("durations") is None
     await store.save_state("durations", {"gpt-image-2@1k": [12.0, 1.5]})
     assert await store.load_state("durations") == {"gpt-image-2@1k": [12.0, 1.5]}
+
+
+async def test_a_state_default_is_kept_once_by_instances_racing_for_it(two: tuple[TaskStore, TaskStore]) -> None:
+    """What instances must share, made once (the signing key of image links): of several keeping a value of
+    their own at once, all get the first one's, and later ones too."""
+    a, b = two
+    kept: list[Any] = []
+
+    async def keep(store: TaskStore, n: int) -> None:
+        kept.append(await store.setdefault_state("secret", {"made_by": n}))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(8):
+            tg.start_soon(keep, (a, b)[n % 2], n)
+    assert len({json.dumps(value) for value in kept}) == 1, kept
+    assert await a.setdefault_state("secret", {"made_by": "late"}) == kept[0] == await b.load_state("secret")
 
 
 async def test_the_store_outlives_its_process_and_takes_concurrent_writes(durable: Durable) -> None:

@@ -106,8 +106,10 @@ def build_http_app(
     *,
     verifier: TokenVerifier | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    links: FileLinks | None = None,
 ) -> Starlette:
-    """The Starlette app serving ``app``'s MCP server over the chosen transports."""
+    """The Starlette app serving ``app``'s MCP server over the chosen transports; ``links`` signs and checks
+    the full-image links (``links.shared_file_links``; default: a key of this process's own)."""
     lowlevel = sdk.lowlevel(app.server)
     security = transport_security(options.host, options.public_url)
     metadata_url: AnyHttpUrl | None = None
@@ -150,7 +152,7 @@ def build_http_app(
         streams = SseStreams(handle_sse, limits.max_sessions_per_user)
         routes.append(Route(SSE_PATH, guarded(streams), methods=["GET"]))
         routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
-    links = FileLinks()
+    links = links or FileLinks()
     files = _Files(app, links, guarded)
     routes.append(Route(FILES_PATH + "/{image_id}", files, methods=["GET", "HEAD"]))
     # Not guarded(): a browser carries the token in a cookie that only the gallery reads (see gallery.py).

@@ -22,6 +22,7 @@ from runapi_mcp.config import ConfigError, Settings, is_loopback_host
 from runapi_mcp.http.app import HttpOptions, build_http_app, describe
 from runapi_mcp.http.auth import build_verifier
 from runapi_mcp.http.limits import ConnectionGuard, HttpLimits, connection_cap, raise_fd_limit, throttle_logs
+from runapi_mcp.http.links import shared_file_links
 from runapi_mcp.http.uvicorn_server import Serving, bind_socket, serving
 from runapi_mcp.http.webhook import callback_routes
 
@@ -72,10 +73,12 @@ async def http_server(
     ``options.port`` are bound (port 0: any free port, see ``RunningServer.port``).
     """
     check_exposure(settings, options)
+    # Instances sharing a store share the links' key: a link one made opens on any other.
+    links = await shared_file_links(app.manager.store)
     guard = connection_guard(settings)
     verifier = build_verifier(settings)
     extra = callback_routes(app.manager) if settings.public_url else []
-    starlette: Starlette = build_http_app(app, options, verifier=verifier, extra_routes=extra)
+    starlette: Starlette = build_http_app(app, options, verifier=verifier, extra_routes=extra, links=links)
     if sock is None:
         sock = bind_socket(options.host, options.port)
     failure = f"could not serve HTTP on {options.host}:{sock.getsockname()[1]}"

@@ -320,6 +320,16 @@ class PostgresTaskStore:
         async with self._connection() as conn:
             await conn.execute(query, (key, text))
 
+    async def setdefault_state(self, key: str, value: Any) -> Any:
+        text = json.dumps(value, separators=(",", ":"))
+        # Two statements (autocommit: each its own snapshot). Of instances inserting at once, one insert wins
+        # and the others wait for it to commit, then do nothing; the read after sees the winner's value.
+        insert = self._sql("INSERT INTO {s}.state (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING")
+        async with self._connection() as conn:
+            await conn.execute(insert, (key, text))
+            row = await (await conn.execute(self._sql("SELECT value FROM {s}.state WHERE key = %s"), (key,))).fetchone()
+        return json.loads(row[0]) if row else value
+
     async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
         # The owner's lock first, for the rest of the transaction: another instance holding for the same owner
         # waits here, then reads the spend with this hold in it (read committed: each statement sees what

@@ -273,6 +273,17 @@ class SQLiteTaskStore:
 
         await self._run(write)
 
+    async def setdefault_state(self, key: str, value: Any) -> Any:
+        text = json.dumps(value, separators=(",", ":"))
+
+        def write() -> Any:
+            with self._transaction() as db:
+                db.execute("INSERT OR IGNORE INTO state (key, value) VALUES (?, ?)", (key, text))
+                row = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            return json.loads(row[0])
+
+        return await self._run(write)
+
     async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
         def check() -> SpendHold:
             now = time.time()

@@ -133,6 +133,10 @@ class TaskStore(Protocol):
     async def save_state(self, key: str, value: Any) -> None:
         """Keep a small JSON value under ``key``."""
 
+    async def setdefault_state(self, key: str, value: Any) -> Any:
+        """The value kept under ``key``, ``value`` kept there first when there is none: in one step, so
+        instances starting together all get the first one's (a secret they must share, made once)."""
+
     async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
         """In one step no other instance can interleave with: what ``owner``'s tasks created since ``since``
         cost (:meth:`spent_cents`) plus ``owner``'s live holds; when ``cents`` more stays within
@@ -282,6 +286,11 @@ class MemoryTaskStore:
 
     async def save_state(self, key: str, value: Any) -> None:
         self._state[key] = json.loads(json.dumps(value))
+
+    async def setdefault_state(self, key: str, value: Any) -> Any:
+        if key not in self._state:
+            await self.save_state(key, value)
+        return await self.load_state(key)
 
     async def hold_spend(self, owner: str, *, since: float, cents: int, cap_cents: int, ttl_s: float) -> SpendHold:
         # No await in here: nothing else on the event loop runs between the check and the hold.
