@@ -274,3 +274,17 @@ def test_vscode_jsonc_is_read() -> None:
         '{\n  // mine\n  "servers": {"a": {"command": "x", "args": ["//not a comment", "/*nor*/",],},},\n  /* end */\n}'
     )
     assert jsonc_loads(text) == {"servers": {"a": {"command": "x", "args": ["//not a comment", "/*nor*/"]}}}
+
+
+def test_an_entry_into_uvs_cache_warns(home: Path) -> None:
+    """What `uvx runapi-mcp install` wrote before it wrote uvx entries: a path uv may clean away."""
+    cached = home / ".cache/uv/archive-v0/3cQ9fX2kLm1/bin/runapi-mcp"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("#!/bin/sh\n")
+    cursor = config_path("cursor")
+    cursor.parent.mkdir()
+    cursor.write_text(json.dumps({"mcpServers": {"runapi": {"command": str(cached), "args": ["serve"]}}}))
+    checks = doctor({"home": str(home / "d")}, {}, offline=True).checks
+    check = next(c for c in checks if c.name.startswith("cursor") and "[user]" in c.name)
+    assert check.status == "WARN" and "uv's cache" in check.detail, check
+    assert "rerun runapi-mcp install" in check.fix

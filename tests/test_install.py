@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -40,8 +41,10 @@ from runapi_mcp.commands.install import (
     config_path,
     hermes_servers,
     hermes_updated,
+    in_uv_cache,
     install,
     server_launch,
+    uvx_source,
 )
 from tests.support import wait_until
 
@@ -84,7 +87,10 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("HOME", str(path))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    for var in ("XDG_CONFIG_HOME", "APPDATA", "LOCALAPPDATA", "CLAUDE_CONFIG_DIR", "HERMES_HOME", KEY_VAR):
+    for var in (
+        "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "APPDATA", "LOCALAPPDATA", "CLAUDE_CONFIG_DIR", "HERMES_HOME",
+        "UV_CACHE_DIR", "UV", KEY_VAR,
+    ):
         monkeypatch.delenv(var, raising=False)
     yield path
 
@@ -134,6 +140,128 @@ def test_the_command_is_this_install_by_absolute_path() -> None:
     assert launch.args[-1] == "serve"
     probe = subprocess.run([launch.command, *launch.args[:-1], "--version"], capture_output=True, text=True, timeout=30)
     assert probe.returncode == 0 and __version__ in probe.stdout
+
+
+# -- run from uvx: uv's cache is no place for the entry's command ---------------------------------------------
+
+
+def test_uv_cache_is_found_where_uv_keeps_it(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env_bin = Path("archive-v0/3cQ9fX2kLm1/bin/runapi-mcp")  # uvx's environment: <cache>/archive-v0/<id>/
+
+    def cached(path: Path, system: str = "linux", **environ: str) -> bool:
+        return in_uv_cache(path, system=system, home=home, environ=environ)
+
+    assert cached(home / ".cache/uv" / env_bin)
+    assert cached(home / "Library/Caches/uv" / env_bin, "darwin")  # where uv before 0.5 kept it on macOS
+    assert cached(home / ".cache/uv" / env_bin, "darwin")
+    assert cached(tmp_path / "xdg/uv" / env_bin, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert cached(tmp_path / "local/uv/cache" / env_bin, "win32", LOCALAPPDATA=str(tmp_path / "local"))
+    assert cached(tmp_path / "mine/builds-v0/.tmpX/bin/runapi-mcp", UV_CACHE_DIR=str(tmp_path / "mine"))
+    # A cache uv was pointed at with --cache-dir (or --no-cache's temporary one): tagged by uv at its root.
+    elsewhere = tmp_path / "elsewhere"
+    assert not cached(elsewhere / env_bin)
+    elsewhere.mkdir()
+    (elsewhere / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n")
+    assert cached(elsewhere / env_bin)
+    # Reached through a link, it is still the cache.
+    target = home / ".cache/uv" / env_bin
+    target.parent.mkdir(parents=True)
+    target.touch()
+    (tmp_path / "linked").symlink_to(target)
+    assert cached(tmp_path / "linked")
+    # Places that stay: `uv tool install`'s environments, pipx's, a venv.
+    assert not cached(home / ".local/share/uv/tools/runapi-mcp/bin/runapi-mcp")
+    assert not cached(home / ".local/pipx/venvs/runapi-mcp/bin/runapi-mcp")
+    assert not cached(Path("/opt/runapi/bin/runapi-mcp"))
+
+
+def test_uvx_installs_again_from_where_this_install_came_from() -> None:
+    # PEP 610's direct_url.json, as installers write it; none for an install from a package index.
+    assert uvx_source(None) is None and uvx_source("not json") is None and uvx_source("[]") is None
+    local = '{"url": "file:///home/me/src/runapi%20mcp", "dir_info": {"editable": true}}'
+    assert uvx_source(local) == "/home/me/src/runapi mcp"
+    git = '{"url": "https://github.com/me/runapi-mcp.git", "vcs_info": {"vcs": "git", "commit_id": "4f1c2a9"}}'
+    assert uvx_source(git) == "git+https://github.com/me/runapi-mcp.git@4f1c2a9"
+    wheel = '{"url": "https://example.org/runapi_mcp-0.1.0-py3-none-any.whl", "archive_info": {}}'
+    assert uvx_source(wheel) == "https://example.org/runapi_mcp-0.1.0-py3-none-any.whl"
+
+
+UVX_INSTALL = "import sys\nfrom runapi_mcp.cli import main\nsys.exit(main())\n"
+
+
+@pytest.mark.timeout(60)
+def test_an_install_run_from_uvx_writes_a_uvx_entry(home: Path, tmp_path: Path) -> None:
+    """`uvx runapi-mcp install claude-desktop`: the install runs from uv's cache, laid out as uv lays it out
+    (a venv at ~/.cache/uv/archive-v0/<id>/, the package's dist-info in it); the entry starts uvx."""
+    env_dir = home / ".cache/uv/archive-v0/3cQ9fX2kLm1"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True, timeout=60)
+    site = Path(
+        subprocess.run(
+            [str(env_dir / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout.strip()
+    )
+    # The code and its dependencies from this checkout; the package's metadata as uv installs it from PyPI.
+    (site / "this_checkout.pth").write_text(f"{ROOT / 'src'}\n{sysconfig.get_path('purelib')}\n")
+    dist_info = site / f"runapi_mcp-{__version__}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: runapi-mcp\nVersion: {__version__}\n")
+    (dist_info / "INSTALLER").write_text("uv\n")
+    script = env_dir / "bin/runapi-mcp"
+    script.write_text(f"#!{env_dir / 'bin/python'}\n{UVX_INSTALL}")
+    script.chmod(0o755)
+    uvx = tmp_path / "bin/uvx"
+    uvx.write_text("#!/bin/sh\n")
+    uvx.chmod(0o755)
+    config = home / "claude_desktop_config.json"
+    env = {"HOME": str(home), "PATH": f"{env_dir / 'bin'}{os.pathsep}{tmp_path / 'bin'}"}  # uvx puts its env first
+
+    def run() -> subprocess.CompletedProcess[str]:
+        argv = [str(script), "install", "claude-desktop", "--config", str(config)]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+
+    done = run()
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(config.read_text())["mcpServers"]["runapi"]
+    assert entry == {"command": str(uvx), "args": [f"runapi-mcp@{__version__}", "serve"]}
+    assert "uv's cache" in done.stdout and f"pinned to {__version__}" in done.stdout, done.stdout
+    assert f"(command {uvx})" in done.stdout
+    # Installed from a checkout (uvx --from PATH): uvx builds it from there again.
+    (dist_info / "direct_url.json").write_text(json.dumps({"url": (tmp_path / "src").as_uri(), "dir_info": {}}))
+    done = run()
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(config.read_text())["mcpServers"]["runapi"]
+    assert entry == {"command": str(uvx), "args": ["--from", str(tmp_path / "src"), "runapi-mcp", "serve"]}
+    assert "archive-v0" not in config.read_text() and f"builds it again from {tmp_path / 'src'}" in done.stdout
+
+
+def test_an_entry_for_a_cached_command_goes_through_uvx(home: Path, tmp_path: Path) -> None:
+    cached = Launch(str(tmp_path / "uv-cache/archive-v0/3cQ9fX2kLm1/bin/runapi-mcp"), ("serve",))
+    environ = {**os.environ, "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
+    outcome = install(Options(client="cursor", launch=cached, environ=environ, print_only=True))
+    assert outcome.snippet is not None
+    entry = json.loads(outcome.snippet)["mcpServers"]["runapi"]
+    assert entry["command"] == "uvx" and entry["args"][-1] == "serve" and "archive-v0" not in outcome.snippet
+    assert any("not found on PATH" in m and "--command" in m for m in outcome.messages), outcome.messages
+    # The same launch outside the cache is written as it is.
+    outcome = install(Options(client="cursor", launch=cached, environ=dict(os.environ), print_only=True))
+    assert outcome.snippet is not None and json.loads(outcome.snippet)["mcpServers"]["runapi"]["command"] == cached.command
+
+
+def test_command_sets_the_entrys_command_line(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = config_path("cursor")
+    assert main(["install", "cursor", "--command", "uvx --from '/src/runapi mcp' runapi-mcp serve"]) == 0
+    entry = servers_in("cursor", path)["runapi"]
+    assert entry == {"command": "uvx", "args": ["--from", "/src/runapi mcp", "runapi-mcp", "serve"]}
+    assert main(["install", "cursor", "--command", "/opt/runapi/bin/runapi-mcp"]) == 0
+    assert servers_in("cursor", path)["runapi"] == {"command": "/opt/runapi/bin/runapi-mcp", "args": []}
+    before = path.read_text()
+    capsys.readouterr()
+    for bad in ("", "uvx 'runapi-mcp"):
+        assert main(["install", "cursor", "--command", bad]) == 2
+        assert "--command" in capsys.readouterr().err
+    assert path.read_text() == before
 
 
 # -- JSON clients ---------------------------------------------------------------------------------------------

@@ -38,12 +38,13 @@ from runapi_mcp.commands.install import (
     YamlDuplicateKeyError,
     YamlShapeError,
     YamlSyntaxError,
+    client_launch,
     config_path,
     dotenv_has,
     hermes_home,
     hermes_servers,
+    in_uv_cache,
     runapi_config_has_key,
-    server_launch,
 )
 from runapi_mcp.commands.options import add_settings_flags, settings_overrides
 from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_runapi_config, load_settings
@@ -110,8 +111,10 @@ def _python(report: Report) -> None:
         f"{version} at {sys.executable}; runapi-mcp {__version__}",
         "" if status == "OK" else "use Python 3.11 or newer",
     )
-    launch = server_launch()
-    report.add("OK", "command", f"clients start this install with: {' '.join([launch.command, *launch.args])}")
+    launch, via_uvx = client_launch()
+    shown = " ".join([launch.command, *launch.args])
+    report.add("OK", "command", f"clients start this install with: {shown}" + (" (through uvx: this install runs "
+               "from uv's cache, which uv may clean)" if via_uvx else ""))
 
 
 def _key_source(overrides: Mapping[str, Any], environ: Mapping[str, str], config_file: Path) -> tuple[str, str] | None:
@@ -494,6 +497,12 @@ def _check_command(entry: Mapping[str, Any]) -> tuple[Status, str, str]:
     if Path(command).is_absolute():
         if not Path(command).is_file():
             return "FAIL", f"its command {command} does not exist", "rerun runapi-mcp install for this client"
+        if in_uv_cache(command):
+            return (
+                "WARN",
+                f"its command {command} is in uv's cache, which uv may clean at any time",
+                "rerun runapi-mcp install for this client (from uvx, it writes an entry that starts it through uvx)",
+            )
         return "OK", f"starts {shown}", ""
     if shutil.which(command) is None:
         return "FAIL", f"its command {command} is not on PATH", "use an absolute path (runapi-mcp install writes one)"

@@ -22,6 +22,10 @@ the second time. A linked file is edited where the link leads; the file keeps it
 read-only files, hard links and anything but a regular file are refused; concurrent installs take turns
 (see "files" below).
 
+The entry starts this install by absolute path; one that runs from uv's cache (``uvx runapi-mcp install``),
+which uv may clean at any time, is started through ``uvx`` at its version instead; ``--command`` sets the
+command line outright.
+
 The key is not written into a file unless asked: ``--api-key-env`` makes the entry refer to the
 ``RUNAPI_API_KEY`` variable in the client's own syntax where it has one, and ``--api-key-from-env`` copies
 the current value into the file (with a warning) for clients that have none.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import io
 import json
 import os
@@ -52,6 +57,8 @@ from datetime import datetime
 from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Literal, TextIO
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -198,6 +205,137 @@ def server_launch() -> Launch:
         return Launch(os.path.abspath(on_path), ("serve",))
     # Not resolved: a venv's python is a symlink to the base interpreter, which would lose the venv.
     return Launch(os.path.abspath(sys.executable), ("-m", "runapi_mcp", "serve"))
+
+
+def command_launch(text: str) -> Launch:
+    """``--command``: the whole command line the entry runs, split as a shell would split it."""
+    try:
+        words = shlex.split(text, posix=os.name != "nt")
+    except ValueError as exc:
+        raise UsageError(f"--command: cannot split {text!r} ({exc})") from None
+    if os.name == "nt":  # non-POSIX splitting keeps backslashes in paths, and the quotes: drop those
+        words = [w[1:-1] if len(w) >= 2 and w[0] == w[-1] == '"' else w for w in words]
+    if not words or not words[0]:
+        raise UsageError("--command: give the command line the client runs, e.g. --command 'uvx runapi-mcp serve'")
+    return Launch(words[0], tuple(words[1:]))
+
+
+# -- uv's cache: what the entry must not point into ---------------------------------------------------------
+#
+# ``uvx runapi-mcp`` runs from an environment uv keeps in its cache, at ``<cache>/archive-v0/<id>/``
+# (``<cache>/environments-v2/...`` links to it). ``uv cache clean`` or ``prune`` removes it, and the next
+# uvx run may make another under a new id: an entry naming that path breaks later. Such an entry starts
+# the server through uvx instead.
+
+PACKAGE = "runapi-mcp"
+_UV_ARCHIVE = "archive-v0"
+
+
+def uv_cache_dirs(
+    *, system: str = sys.platform, home: Path | None = None, environ: Mapping[str, str] = os.environ
+) -> list[Path]:
+    """Where uv keeps its cache: ``$UV_CACHE_DIR``, else the platform's default (``$XDG_CACHE_HOME/uv`` or
+    ``~/.cache/uv``, on macOS too, where older uv used ``~/Library/Caches/uv``; ``%LOCALAPPDATA%\\uv\\cache``)."""
+    home = home or Path.home()
+    dirs: list[Path] = []
+    if environ.get("UV_CACHE_DIR"):
+        dirs.append(Path(environ["UV_CACHE_DIR"]).expanduser())
+    if system == "win32":
+        if environ.get("LOCALAPPDATA"):
+            dirs.append(Path(environ["LOCALAPPDATA"]) / "uv" / "cache")
+        return dirs
+    xdg = environ.get("XDG_CACHE_HOME", "")
+    dirs.append((Path(xdg) if os.path.isabs(xdg) else home / ".cache") / "uv")
+    if system == "darwin":
+        dirs.append(home / "Library" / "Caches" / "uv")
+    return dirs
+
+
+def in_uv_cache(
+    path: str | Path, *, system: str = sys.platform, home: Path | None = None, environ: Mapping[str, str] = os.environ
+) -> bool:
+    """Whether ``path`` lies in uv's cache: under one of :func:`uv_cache_dirs`, or in an ``archive-v0``
+    directory of a cache elsewhere (``uv --cache-dir``, ``--no-cache``'s temporary one), whose root uv tags
+    with ``CACHEDIR.TAG``."""
+    here = {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+    roots: set[Path] = set()
+    for cache in uv_cache_dirs(system=system, home=home, environ=environ):
+        roots |= {Path(os.path.abspath(cache)), Path(os.path.realpath(cache))}
+    for found in here:
+        if any(root == found or root in found.parents for root in roots):
+            return True
+        for parent in found.parents:
+            if parent.name == _UV_ARCHIVE and (
+                (parent.parent / "CACHEDIR.TAG").is_file() or "uv" in parent.parent.parts
+            ):
+                return True
+    return False
+
+
+def uvx_source(direct_url: str | None) -> str | None:
+    """What ``uvx --from`` takes to install this package again, from its PEP 610 ``direct_url.json``: the
+    local directory or file, or the VCS URL at its commit. None without one: it came from a package index."""
+    try:
+        data = json.loads(direct_url) if direct_url else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("url"), str) or not data["url"]:
+        return None
+    url: str = data["url"]
+    vcs = data.get("vcs_info")
+    if isinstance(vcs, dict) and isinstance(vcs.get("vcs"), str):
+        commit = vcs.get("commit_id")
+        return f"{vcs['vcs']}+{url}" + (f"@{commit}" if isinstance(commit, str) and commit else "")
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return url2pathname(parts.path)
+    return url
+
+
+def installed_from() -> tuple[str, str | None]:
+    """This install's version, and where it came from (see :func:`uvx_source`)."""
+    try:
+        dist = importlib.metadata.distribution(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        from runapi_mcp import __version__
+
+        return __version__, None
+    return dist.version, uvx_source(dist.read_text("direct_url.json"))
+
+
+def find_uvx(environ: Mapping[str, str] = os.environ) -> str:
+    """``uvx`` by absolute path where it can be found (GUI clients do not see the shell's PATH), else ``uvx``."""
+    exe = "uvx.exe" if os.name == "nt" else "uvx"
+    uv = environ.get("UV", "")  # uv sets UV, in what it runs, to its own executable; uvx sits beside it
+    if os.path.isabs(uv):
+        beside = Path(uv).with_name(exe)
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return os.path.abspath(beside)
+    found = shutil.which("uvx", path=environ.get("PATH"))
+    return os.path.abspath(found) if found else "uvx"
+
+
+def uvx_launch(uvx: str, version: str, source: str | None) -> Launch:
+    """The entry that starts this server through ``uvx``: this version from the package index, pinned
+    (``name@version``, the form every uvx takes) so that an upgrade is a choice; or from ``source``."""
+    if source:
+        return Launch(uvx, ("--from", source, PACKAGE, "serve"))
+    return Launch(uvx, (f"{PACKAGE}@{version}", "serve"))
+
+
+def uvx_note(launch: Launch, version: str, source: str | None) -> str:
+    line = shlex.join([launch.command, *launch.args])
+    note = (
+        f"this runapi-mcp runs from uv's cache, which uv may clean at any time: the entry starts it through "
+        f"uvx instead ({line})"
+    )
+    if source:
+        note += f"; uvx builds it again from {source}, where this one was installed from"
+    else:
+        note += f", pinned to {version}: to upgrade, run `uvx {PACKAGE}@latest install <client>`"
+    if not os.path.isabs(launch.command):
+        note += "; uvx was not found on PATH, and a GUI app may not find it either: --command takes its absolute path"
+    return note
 
 
 # -- the key -----------------------------------------------------------------------------------------------
@@ -1276,7 +1414,8 @@ class Options:
     print_only: bool = False
     config: Path | None = None
     trust: str = "ask"  # Hermes only: "ask" before each paid call, or "full" ("untrusted" is the old name of "ask")
-    launch: Launch | None = None
+    launch: Launch | None = None  # this install's own command (server_launch() when None)
+    command: str | None = None  # --command: the command line the entry runs instead
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     claude_cli: str | None = None  # the `claude` executable (found on PATH when None)
     run: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None
@@ -1293,12 +1432,14 @@ def install(options: Options) -> Outcome:
     if not _NAME.fullmatch(options.name):
         raise UsageError(f"--name must be a letter then letters, digits, '_' or '-' (at most 64), got {options.name!r}")
     client = CLIENT_INFO[options.client]
-    launch = options.launch or server_launch()
+    launch, launch_note = entry_launch(options)
     hermes_dir = hermes_home(environ=options.environ)
     key = plan_key(client, options.key_mode, options.environ, hermes_dir)
     path = options.config.expanduser() if options.config else config_path(options.client, environ=options.environ)
     outcome = Outcome(path=path)
     outcome.messages += [f"warning: {w}" for w in key.warnings]
+    if launch_note:
+        outcome.messages.append(f"note: {launch_note}")
     if client.name == "hermes":
         _install_hermes(options, client, launch, key, path, hermes_dir, outcome)
     elif client.name == "claude-code" and options.config is None and not key.secret and _claude_cli(options):
@@ -1315,6 +1456,27 @@ def install(options: Options) -> Outcome:
     if outcome.changed:
         outcome.messages.append(client.restart)
     return outcome
+
+
+def entry_launch(options: Options) -> tuple[Launch, str | None]:
+    """The command the entry runs, and what to say about it: ``--command`` as given; else this install's
+    own, unless that lies in uv's cache (a ``uvx`` run), which the entry replaces with a uvx launch."""
+    if options.command is not None:
+        return command_launch(options.command), None
+    return client_launch(options.launch, environ=options.environ)
+
+
+def client_launch(
+    launch: Launch | None = None, *, environ: Mapping[str, str] = os.environ
+) -> tuple[Launch, str | None]:
+    """``launch`` (this install's own when None), unless it lies in uv's cache: then a launch through uvx,
+    and the note saying so."""
+    launch = launch or server_launch()
+    if not in_uv_cache(launch.command, environ=environ):
+        return launch, None
+    version, source = installed_from()
+    uvx = uvx_launch(find_uvx(environ), version, source)
+    return uvx, uvx_note(uvx, version, source)
 
 
 def _claude_cli(options: Options) -> str | None:
@@ -1553,6 +1715,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print", dest="print_only", action="store_true", help="Print the entry; write nothing")
     parser.add_argument("--config", type=Path, help="The config file to edit instead of the client's default")
     parser.add_argument(
+        "--command",
+        dest="entry_command",  # "command" is the subcommand's name (cli.py)
+        metavar="COMMAND_LINE",
+        help="The command line the entry runs instead of this install's own (split like a shell would), "
+        "e.g. 'uvx runapi-mcp serve' or '/opt/runapi/bin/runapi-mcp serve'",
+    )
+    parser.add_argument(
         "--name", default=DEFAULT_NAME, help=f"The server's name in the config (default {DEFAULT_NAME})"
     )
     parser.add_argument(
@@ -1574,6 +1743,7 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | No
         print_only=args.print_only,
         config=args.config,
         trust=args.trust,
+        command=args.entry_command,
     )
     try:
         outcome = install(options)
