@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import inspect
 import io
 import itertools
 import json
@@ -303,11 +304,16 @@ def wait_until(
 async def until(
     condition: Callable[[], object], what: str, within: float = WAIT_S, *, every: float = LOOK_EVERY_S
 ) -> None:
-    """``wait_until`` for async tests: the event loop runs meanwhile."""
+    """``wait_until`` for async tests: the event loop runs meanwhile. ``condition`` may be async (a look
+    that reads a store)."""
     with anyio.move_on_after(within):
-        while not condition():
+        while True:
+            held = condition()
+            if inspect.isawaitable(held):
+                held = await held
+            if held:
+                return
             await anyio.sleep(every)
-        return
     raise AssertionError(f"not within {within:g} s: {what}")
 
 

@@ -172,10 +172,11 @@ async def completed(instance: Instance, task_ids: list[str]) -> list[TaskRecord]
                 if record.terminal:
                     done[task_id] = record
 
-    with anyio.fail_after(20):
-        while len(done) < len(task_ids):
-            await look()
-            await anyio.sleep(0.02)
+    async def all_done() -> bool:
+        await look()
+        return len(done) == len(task_ids)
+
+    await until(all_done, "every task completed in the store", 20, every=0.02)
     return [done[task_id] for task_id in task_ids]
 
 
@@ -312,9 +313,7 @@ async def test_a_task_finishing_on_one_instance_is_heard_on_another(cluster: Clu
                             await b.held(task_id)
                         ).status == "completed":
                             break
-            with anyio.fail_after(20):
-                while len(answers) < 2:
-                    await anyio.sleep(0.01)
+            await until(lambda: len(answers) == 2, "both waiting calls answered", 20)
             await until(lambda: bool(updates), "B's resource subscriber told")
         got = answers["get_task"].structured_content or {}
         assert got.get("status") == "completed" and Path(got["images"][0]["path"]).is_file(), got

@@ -44,6 +44,7 @@ from pydantic import ConfigDict, ValidationError
 import runapi_mcp
 from runapi_mcp.http.sessions import SessionEvents
 from runapi_mcp.server import sdk
+from tests.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -237,9 +238,7 @@ async def test_8_session_admission_and_discard() -> None:
             assert not seen.discarded
             ended = await http.delete("/mcp", headers={**_HEADERS, MCP_SESSION_ID_HEADER: session_id})
             assert ended.status_code == 200, ended.text
-            with anyio.fail_after(5):
-                while session_id not in seen.discarded:
-                    await anyio.sleep(0.01)
+            await until(lambda: session_id in seen.discarded, "the ended session discarded", 5)
 
 
 # -- 9: a tool's argument model -----------------------------------------------------------------------------------

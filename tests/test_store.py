@@ -21,6 +21,7 @@ from runapi_mcp.tasks.changes import ChangeHub, FeedGap, TaskChange
 from runapi_mcp.tasks.migrations import MIGRATIONS
 from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore, StoreError
 from tests.postgres import need_postgres, pg_stores
+from tests.support import until
 
 pytestmark = pytest.mark.anyio
 
@@ -361,10 +362,12 @@ async def test_what_the_gallery_asks_models_pictures_and_outputs_by_url(store: T
 async def _claim_until(store: TaskStore, holder: str, want: int, ttl_s: float = 60) -> list[str]:
     """Claim for ``holder`` until it has taken ``want`` tasks (a lease may be a moment from its deadline)."""
     taken: list[str] = []
-    with anyio.fail_after(10):
-        while len(taken) < want:
-            taken += [r.task_id for r in await store.leases.claim(holder, limit=want - len(taken), ttl_s=ttl_s)]
-            await anyio.sleep(0.01)
+
+    async def enough() -> bool:
+        taken.extend(r.task_id for r in await store.leases.claim(holder, limit=want - len(taken), ttl_s=ttl_s))
+        return len(taken) >= want
+
+    await until(enough, f"{want} tasks claimed by {holder}")
     return taken
 
 
@@ -429,9 +432,12 @@ async def test_spend_holds_keep_an_owner_under_the_cap(store: TaskStore) -> None
     assert not since_task_2.admitted and since_task_2.spent_cents == 3  # task 1 is older: only the hold counts
     await store.release_spend(first.hold_id)
     assert (await store.hold_spend("", since=0, cents=6, cap_cents=10, ttl_s=0.05)).admitted
-    with anyio.fail_after(10):  # a hold nobody released (its instance died) stops counting at its deadline
-        while not (await store.hold_spend("", since=0, cents=6, cap_cents=10, ttl_s=60)).admitted:
-            await anyio.sleep(0.02)
+
+    async def admitted() -> bool:
+        return (await store.hold_spend("", since=0, cents=6, cap_cents=10, ttl_s=60)).admitted
+
+    # A hold nobody released (its instance died) stops counting at its deadline.
+    await until(admitted, "the unreleased hold to stop counting", every=0.02)
     assert await store.spent_cents(since=0, owner="") == 4  # holds are not spending
 
 
