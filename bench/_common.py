@@ -35,6 +35,10 @@ def _simulator_process(config: SimulatorConfig, conn: Connection) -> None:
                 log = [(r.method, r.path, r.time) for r in sim.requests]
                 sim.clear_log()
                 conn.send(log)
+            elif command == "take_requests":
+                requests = [(r.method, r.path, r.time, r.user_agent) for r in sim.requests]
+                sim.clear_log()
+                conn.send(requests)
             elif command == "counts":
                 creates = sum(
                     1 for r in sim.requests
@@ -93,6 +97,10 @@ class RemoteSimulator:
     def take_log(self) -> list[tuple[str, str, float]]:
         """The requests answered since the last call (method, path, arrival time)."""
         return cast(list[tuple[str, str, float]], self._ask("take_log"))
+
+    def take_requests(self) -> list[tuple[str, str, float, str]]:
+        """``take_log`` with each request's User-Agent (which of several server instances sent it)."""
+        return cast(list[tuple[str, str, float, str]], self._ask("take_requests"))
 
     def counts(self) -> dict[str, int]:
         """Upstream requests so far: ``creates`` (task-creating POSTs, not uploads or price quotes), ``tasks``
