@@ -17,7 +17,9 @@ WORKDIR /build
 # Only what the wheel is built from (the readme and licence files pyproject names), so edits elsewhere keep the cache.
 COPY pyproject.toml README.md LICENSE ./
 COPY src/ src/
-RUN pip wheel --wheel-dir /wheels .
+# With the postgres extra (psycopg and its pool; libpq comes in psycopg's binary wheel): one image serves one
+# instance on SQLite and several instances on one PostgreSQL database (docs/deployment.md).
+RUN pip wheel --wheel-dir /wheels ".[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,9 +28,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The wheels are bind-mounted from the builder, not copied: they never become a layer of this image.
-# --no-index: exactly the builder's wheels, no second resolution against PyPI.
+# --no-index: exactly the builder's wheels (the project's, its dependencies' and the postgres extra's), no
+# second resolution against PyPI.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels runapi-mcp
+    pip install --no-index --find-links=/wheels /wheels/*.whl
 
 # A fixed unprivileged uid/gid (not 1000, which is the first user on most hosts), numeric below so
 # runAsNonRoot-style checks can see it is not root. /data is created and owned before VOLUME, so a new
