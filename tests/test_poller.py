@@ -20,6 +20,7 @@ from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER, ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore, current_owner
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
+from runapi_mcp.tasks.store import StoreError
 from tests.support import FAST_POLICY, SIM_KEY, FakeClock, until
 
 pytestmark = pytest.mark.anyio
@@ -152,3 +153,27 @@ async def test_a_task_claimed_after_the_start_is_taken_up(sim: Simulator, home: 
         done = await second.get(record.task_id)
     assert done.status == "completed" and done.images[0].path, done
     assert claims.asked == [("claim", record.task_id), ("release", record.task_id)]
+
+
+class AwayClaims(Claims):
+    """Claims over a shared store that is away: every claim fails with the store's error."""
+
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
+        self.asked.append(("claim", record.task_id))
+        raise StoreError("the task store at postgresql://db failed: connection refused")
+
+
+async def test_claims_that_fail_cost_the_polling_for_now_never_the_manager(sim: Simulator, home: Path) -> None:
+    """A store that cannot be reached when a task is claimed: the new task is still created (it is stored,
+    and its caller is answered), it is not polled for now, and the manager runs on for every other call."""
+    store = MemoryTaskStore()
+    sim.set_task_outcome(None, "running")
+    away = AwayClaims(store, granted=set())
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, away) as manager:
+        record = await manager.submit(_prepared("store away"), prompt="store away")
+        assert record.status == "pending" and record.upstream_id is not None
+        await until(lambda: away.asked.count(("claim", record.task_id)) == 2, "the poll loop's claim tried")
+        assert (await manager.get(record.task_id)).status == "pending"  # the manager still answers
+        second = await manager.submit(_prepared("and again"), prompt="and again")
+        assert second.upstream_id is not None and sim.tasks_created == 2
+        assert manager.stats(record.task_id)["polls"] == 0

@@ -35,7 +35,7 @@ from runapi_mcp.tasks.fetcher import OutputFetcher
 from runapi_mcp.tasks.records import TaskRecord
 from runapi_mcp.tasks.registry import TaskRegistry, Tracked
 from runapi_mcp.tasks.schedule import PollSchedule, PollState
-from runapi_mcp.tasks.store import TaskStore
+from runapi_mcp.tasks.store import StoreError, TaskStore
 from runapi_mcp.tasks.waker import CompletionWaker, hide_callback_token
 
 log = logging.getLogger("runapi_mcp.tasks")
@@ -205,6 +205,10 @@ class Poller:
             await self._registry.guarded(tracked, "polling RunAPI", self._poll_until_done, tracked, loop)
             if loop.claimed:
                 await self.claims.release(tracked.record)
+        except Exception as exc:
+            # The claim could not be taken or let go (a shared store that is away): not polled here for now. A
+            # claim not renewed lapses, and a later look here, or another instance's claim, takes the task up.
+            _claims_failed(tracked, exc)
         finally:
             loop.polling = loop.claimed = False
 
@@ -227,8 +231,12 @@ class Poller:
         try:
             # Claimed before the create goes out: no other process takes the new task up meanwhile. Were one
             # to claim it first (in the moment since it was stored), this create and that one's carry the
-            # same key: RunAPI makes the task once.
-            await self._claim(tracked, loop)
+            # same key: RunAPI makes the task once. The create goes out even if the claim fails: the task is
+            # stored, and the caller is answered for it.
+            try:
+                await self._claim(tracked, loop)
+            except Exception as exc:
+                _claims_failed(tracked, exc)
             return await self._create(tracked, loop)
         finally:
             loop.first_create = False
@@ -238,7 +246,10 @@ class Poller:
         loop = self._loop(tracked)
         if loop.claimed and not loop.polling:
             loop.claimed = False
-            await self.claims.release(tracked.record)
+            try:
+                await self.claims.release(tracked.record)
+            except Exception as exc:  # the caller is told of the refusal, not of this
+                _claims_failed(tracked, exc)
 
     async def _create(self, tracked: Tracked, loop: _Loop) -> bool:
         """Send the create once (the client retries per its policy). True when RunAPI accepted it; False
@@ -395,6 +406,13 @@ class Poller:
 
     async def _note(self, tracked: Tracked, note: str | None) -> None:
         await self._registry.commit(tracked, tracked.record.noted(note, at=self._clock.time()))
+
+
+def _claims_failed(tracked: Tracked, exc: Exception) -> None:
+    if isinstance(exc, StoreError):
+        log.warning("task %s: could not claim or release it in the task store: %s", tracked.task_id, exc)
+    else:
+        log.error("task %s: claiming or releasing it failed", tracked.task_id, exc_info=exc)
 
 
 def _unconfirmed(exc: RunAPIError) -> bool:
