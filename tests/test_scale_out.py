@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
+import httpx
 import psycopg
 import pytest
 from mcp.client import Client
@@ -241,7 +242,14 @@ async def test_a_webhook_to_one_instance_completes_calls_waiting_on_the_others(
             with anyio.fail_after(CALL_S):
                 await waiter.waiting.wait()
             sim.set_task_outcome(upstream_id, "completed")
+        # The picture's signed link opens through the balancer whichever instance it reaches (one key for all).
+        link = (made[0].structured_content or {})["images"][0]["download_url"]
+        async with httpx.AsyncClient(timeout=CALL_S) as http:
+            opened = [await http.get(link) for _ in cluster.instances]
 
+    assert [answer.status_code for answer in opened] == [200] * 3, [answer.text[:200] for answer in opened]
+    assert len({answer.content for answer in opened}) == 1
+    assert {r.backend for r in cluster.proxy.routed if r.path.startswith("/files/")} == {0, 1, 2}
     [callback] = sim.callbacks
     assert callback.status == 204, callback
     [routed] = [r for r in cluster.proxy.routed if r.path.startswith("/callbacks/")]
