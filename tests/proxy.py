@@ -12,6 +12,10 @@ It does what a deployment's balancer does for MCP (docs/deployment.md), and no m
 - Responses stream through as they arrive (SSE), and a stream cut by a dying instance is cut for the client
   too, not ended cleanly.
 
+The legacy HTTP+SSE transport (``/sse``, ``/messages/``) names its session in a query string the proxy does not
+learn: it is round-robined like any stateless request, so tests through the proxy speak streamable HTTP
+(docs/haproxy.cfg routes legacy SSE by client address instead).
+
 Every request is logged with the instance it went to (``routed``), and ``steer`` can send the stateless
 requests a test chooses to an instance of its choice (RunAPI's webhook to a given instance, say).
 
