@@ -13,8 +13,11 @@ as on a single instance: a look from a user or a callback polls it again here, a
 instance only if this one stops. Released at once: a task that ended, and every claim when the manager
 stops cleanly (another instance takes them up at its next periodic claim).
 
-Leases expire on the database's clock, so they are renewed on real time (``anyio.sleep``), not on the
-manager's injected clock, which a test may hold still.
+Leases expire on the database's clock, so they are renewed on real time (``timer``: the system's clock), not
+on the manager's injected clock, which a test may hold still. When renewing fails (the database is away, or
+unreachable from here only) for a whole TTL, every lease has lapsed on the database's clock: this process
+lets every task go (their loops stop at their next look) rather than poll on while another instance, which
+can reach the database, takes them over; its periodic claim takes them up again when the database is back.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Callable
 
 import anyio
 
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.tasks.leases import TaskLeases
 from runapi_mcp.tasks.records import TaskRecord
 from runapi_mcp.tasks.store import StoreError, needs_taking_up
@@ -48,10 +52,13 @@ def new_instance_id() -> str:
 class LeaseClaims:
     """``poller.TaskClaims`` over ``leases``, held by ``holder`` for ``ttl_s`` at a time."""
 
-    def __init__(self, leases: TaskLeases, holder: str, *, ttl_s: float = DEFAULT_LEASE_TTL_S) -> None:
+    def __init__(
+        self, leases: TaskLeases, holder: str, *, ttl_s: float = DEFAULT_LEASE_TTL_S, timer: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._leases = leases
         self.holder = holder
         self.ttl_s = ttl_s
+        self._timer = timer  # real time, as the database's (see the module's docstring)
         self._held: set[str] = set()  # the tasks this process holds (polled, or idle after giving up)
 
     @property
@@ -81,11 +88,14 @@ class LeaseClaims:
         await self._leases.release(self.holder, [record.task_id])
 
     async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
+        renewed = self._timer.monotonic()  # when the last renewal that went through was sent
         try:
             while True:
-                await anyio.sleep(self.ttl_s / 3)
+                await self._timer.sleep(self.ttl_s / 3)
                 try:
+                    sent = self._timer.monotonic()
                     await self._renew(lose)
+                    renewed = sent
                     for record in self._taken(
                         await self._leases.claim(self.holder, limit=CLAIM_BATCH, ttl_s=self.ttl_s)
                     ):
@@ -95,6 +105,8 @@ class LeaseClaims:
                     log.warning("could not renew this instance's task leases: %s", exc)
                 except Exception:  # a bug here must not end the manager (the claims lapse, others take them)
                     log.exception("renewing this instance's task leases failed")
+                if self._held and self._timer.monotonic() - renewed >= self.ttl_s:
+                    self._lapsed(lose)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_RELEASE_DEADLINE_S):
                 try:
@@ -112,6 +124,17 @@ class LeaseClaims:
             if task_id in self._held:  # not released while the renewal was under way
                 self._held.discard(task_id)
                 lose(task_id)
+
+    def _lapsed(self, lose: Callable[[str], None]) -> None:
+        """No renewal went through for a whole TTL: every lease held here has run out, and another instance
+        may have claimed the task (or will): none is polled here any more."""
+        lapsed, self._held = self._held, set()
+        log.warning(
+            "this instance's task leases lapsed (not renewed for %.0f s): it stops polling %d task(s) until it "
+            "can claim them again", self.ttl_s, len(lapsed),
+        )
+        for task_id in lapsed:
+            lose(task_id)
 
     def _taken(self, records: list[TaskRecord]) -> list[TaskRecord]:
         self._held.update(record.task_id for record in records)
