@@ -63,9 +63,10 @@ class SwitchedLeases:
     async def renew(self, holder: str, task_ids: Collection[str], *, ttl_s: float) -> set[str]:
         self._check()
         kept = await self._leases.renew(holder, task_ids, ttl_s=ttl_s)
-        if self.hold_renewals is not None:
+        held, self.hold_renewals = self.hold_renewals, None  # the next renewal only
+        if held is not None:
             self.renewing.set()
-            await self.hold_renewals.wait()
+            await held.wait()
         return kept
 
     async def release(self, holder: str, task_ids: Collection[str] | None = None) -> None:
@@ -73,12 +74,12 @@ class SwitchedLeases:
         await self._leases.release(holder, task_ids)
 
 
-async def _setup(clock: FakeClock, n: int = 1) -> tuple[SwitchedLeases, LeaseClaims, list[TaskRecord]]:
+async def _setup(clock: FakeClock, n: int = 1, *, db: FakeClock | None = None) -> tuple[SwitchedLeases, LeaseClaims, list[TaskRecord]]:
     store = MemoryTaskStore()
     records = [_record(i) for i in range(n)]
     for record in records:
         await store.save(record)
-    leases = SwitchedLeases(LocalLeases(store.unfinished, clock=clock.monotonic))
+    leases = SwitchedLeases(LocalLeases(store.unfinished, clock=(db or clock).monotonic))
     claims = LeaseClaims(leases, "here", ttl_s=TTL_S, timer=clock)
     return leases, claims, records
 
@@ -109,4 +110,29 @@ async def test_leases_not_renewed_for_a_whole_ttl_are_let_go_and_claimed_again_w
         await clock.sleeping(1)
         assert taken == [records[0].task_id] and claims.held == {records[0].task_id}
         assert lost == [records[0].task_id]  # lost once, taken back once
+        tg.cancel_scope.cancel()
+
+
+async def test_a_task_claimed_again_while_a_renewal_was_under_way_is_kept() -> None:
+    """The lease lapsed; the periodic renewal finds it gone, but before its answer is acted on a look here
+    claims the task again: the new claim stands (the loop it starts polls on), it is not lost to the stale
+    renewal's answer."""
+    timer, db = FakeClock(), FakeClock()
+    leases, claims, records = await _setup(timer, db=db)
+    task = records[0]
+    await claims.take_up()
+    lost: list[str] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claims.keep, lambda r: None, lost.append)
+        await timer.sleeping(1)
+        await db.advance(TTL_S + 1)  # the lease ran out on the database's clock
+        leases.hold_renewals = anyio.Event()
+        held = leases.hold_renewals
+        tg.start_soon(timer.advance, TTL_S / 3)
+        await leases.renewing.wait()  # the periodic renewal was answered: nothing kept
+        assert await claims.claim(task) == task  # a look here claims it again meanwhile
+        held.set()
+        await timer.sleeping(1)
+        assert lost == [] and claims.held == {task.task_id}
+        assert await leases.renew("here", [task.task_id], ttl_s=TTL_S) == {task.task_id}
         tg.cancel_scope.cancel()

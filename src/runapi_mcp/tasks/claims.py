@@ -22,6 +22,7 @@ can reach the database, takes them over; its periodic claim takes them up again 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import secrets
@@ -59,7 +60,10 @@ class LeaseClaims:
         self.holder = holder
         self.ttl_s = ttl_s
         self._timer = timer  # real time, as the database's (see the module's docstring)
-        self._held: set[str] = set()  # the tasks this process holds (polled, or idle after giving up)
+        # The tasks this process holds (polled, or idle after giving up), each with the number of the claim
+        # that took it: a renewal's answer about an earlier claim must not cost a later one.
+        self._held: dict[str, int] = {}
+        self._claims = itertools.count()
 
     @property
     def held(self) -> frozenset[str]:
@@ -73,7 +77,7 @@ class LeaseClaims:
         if task_id in self._held:
             if task_id in await self._leases.renew(self.holder, [task_id], ttl_s=self.ttl_s):
                 return record
-            self._held.discard(task_id)  # lapsed: claimed again below if nobody has taken it meanwhile
+            self._held.pop(task_id, None)  # lapsed: claimed again below if nobody has taken it meanwhile
         claimed = self._taken(await self._leases.claim(self.holder, limit=1, ttl_s=self.ttl_s, task_ids=[task_id]))
         return claimed[0] if claimed else None
 
@@ -82,7 +86,7 @@ class LeaseClaims:
             return  # lost meanwhile: not this process's to release
         if needs_taking_up(record):
             return  # its loop gave up: held, idle, until asked for again here or this process stops
-        self._held.discard(record.task_id)
+        self._held.pop(record.task_id, None)
         # The write that ended the task ended its lease too; this covers one that did not reach the store
         # (another instance then takes the task up and finishes it).
         await self._leases.release(self.holder, [record.task_id])
@@ -118,17 +122,19 @@ class LeaseClaims:
     async def _renew(self, lose: Callable[[str], None]) -> None:
         if not self._held:
             return
-        asked = set(self._held)
+        asked = dict(self._held)
         kept = await self._leases.renew(self.holder, asked, ttl_s=self.ttl_s)
-        for task_id in asked - kept:
-            if task_id in self._held:  # not released while the renewal was under way
-                self._held.discard(task_id)
+        for task_id, claim in asked.items():
+            # Neither released nor claimed again (a look here, after the lease ran out) while the renewal
+            # was under way: that claim's lease is this renewal's business no more.
+            if task_id not in kept and self._held.get(task_id) == claim:
+                del self._held[task_id]
                 lose(task_id)
 
     def _lapsed(self, lose: Callable[[str], None]) -> None:
         """No renewal went through for a whole TTL: every lease held here has run out, and another instance
         may have claimed the task (or will): none is polled here any more."""
-        lapsed, self._held = self._held, set()
+        lapsed, self._held = self._held, {}
         log.warning(
             "this instance's task leases lapsed (not renewed for %.0f s): it stops polling %d task(s) until it "
             "can claim them again", self.ttl_s, len(lapsed),
@@ -137,5 +143,6 @@ class LeaseClaims:
             lose(task_id)
 
     def _taken(self, records: list[TaskRecord]) -> list[TaskRecord]:
-        self._held.update(record.task_id for record in records)
+        for record in records:
+            self._held[record.task_id] = next(self._claims)
         return records
