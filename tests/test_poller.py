@@ -19,6 +19,7 @@ from runapi_mcp.client import RunAPIClient
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER, ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore, current_owner
+from runapi_mcp.tasks.changes import FeedGap
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
 from runapi_mcp.tasks.store import StoreError
 from tests.support import FAST_POLICY, SIM_KEY, FakeClock, until
@@ -177,3 +178,51 @@ async def test_claims_that_fail_cost_the_polling_for_now_never_the_manager(sim: 
         second = await manager.submit(_prepared("and again"), prompt="and again")
         assert second.upstream_id is not None and sim.tasks_created == 2
         assert manager.stats(record.task_id)["polls"] == 0
+
+
+class SharedMemoryStore(MemoryTaskStore):
+    """A memory store the manager takes for one other processes share (it follows its change feed), whose
+    reads of the tasks in ``unreadable`` fail as a database's would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreadable: set[str] = set()
+
+    @property
+    def shared(self) -> bool:
+        return True
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        if task_id in self.unreadable:
+            raise StoreError("the task store at postgresql://db failed: canceling statement due to statement timeout")
+        return await super().get(task_id)
+
+
+async def test_a_gap_in_the_change_feed_reads_every_held_task_again_even_when_one_read_fails(
+    sim: Simulator, home: Path
+) -> None:
+    """After a gap in the feed the follower reads again every unfinished task held here: one that cannot be
+    read (a statement timeout) costs that task's re-read, not the others', whose missed changes still reach
+    the listeners."""
+    store = SharedMemoryStore()
+    sim.set_task_outcome(None, "running")
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as first:
+        one = await first.submit(_prepared("one"), prompt="one")
+        two = await first.submit(_prepared("two"), prompt="two")
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as manager:
+        for record in (one, two):  # held here, polled elsewhere (not claimed)
+            assert (await manager.get(record.task_id)).status == "pending"
+        told: list[TaskRecord] = []
+
+        async def listener(record: TaskRecord) -> None:
+            told.append(record)
+
+        manager.add_listener(listener)
+        # Another instance's writes, whose notifications were lost (made here they carry this feed's origin,
+        # which the follower passes over: only the gap brings them in).
+        for record in (one, two):
+            await store.save(record.progressed("processing", 0.5, at=record.updated_at + 1))
+        store.unreadable = {one.task_id}
+        store.changes.publish(FeedGap("the change feed's database connection dropped and was opened again"))
+        await until(lambda: [r.task_id for r in told] == [two.task_id], "the second task read again")
+        assert (await manager.get(two.task_id)).progress == 0.5

@@ -68,7 +68,10 @@ class ChangeFollower:
             held = [t.task_id for t in self._registry.all() if not t.record.terminal]
             log.info("task change feed: %s; reading the %d unfinished tasks held here again", change.reason, len(held))
             for task_id in held:
-                await self._reload(task_id, None)
+                try:
+                    await self._reload(task_id, None)
+                except StoreError as exc:  # one read that fails must not leave the others' changes unread
+                    log.warning("task %s: could not read it again after a gap in the change feed: %s", task_id, exc)
             return
         if change.origin == self._store.changes.origin:
             return  # made here, and told then
