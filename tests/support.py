@@ -24,13 +24,14 @@ from typing import Any, cast
 import anyio
 import anyio.lowlevel
 import httpx
+import pytest
 from mcp.client import Client
 from PIL import Image
 
 from runapi_mcp.app import App
 from runapi_mcp.config import Settings, load_settings
 from runapi_mcp.simulator import Simulator
-from runapi_mcp.tasks import PollPolicy
+from runapi_mcp.tasks import PollPolicy, TaskRecord, TaskStore
 
 SIM_KEY = "sk-test-5f2a9c1e7b3d4a60b8e1c2d3f4a5b6c7"
 # Tasks take 0.3-0.6 s here; the poll policy is scaled to match so the suite stays fast.
@@ -213,6 +214,30 @@ class RawStdioServer:
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.close()
+
+
+@dataclass
+class PausedWrite:
+    """``saved`` is set once the record is written; the call writing it waits for ``resume``."""
+
+    saved: anyio.Event
+    resume: anyio.Event
+
+
+def pause_after_writing(monkeypatch: pytest.MonkeyPatch, store: TaskStore, prompt: str) -> PausedWrite:
+    """Stop the call that first writes the record of a task with ``prompt`` right after that write, before
+    what it does next (the create upstream), until ``resume``: an ordering set by events, not by timing."""
+    paused = PausedWrite(anyio.Event(), anyio.Event())
+    save = store.save
+
+    async def save_then_pause(record: TaskRecord, **options: Any) -> None:
+        await save(record, **options)
+        if record.prompt == prompt and not paused.saved.is_set():
+            paused.saved.set()
+            await paused.resume.wait()
+
+    monkeypatch.setattr(store, "save", save_then_pause)
+    return paused
 
 
 class FakeClock:

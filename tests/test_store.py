@@ -441,6 +441,22 @@ async def test_spend_holds_keep_an_owner_under_the_cap(store: TaskStore) -> None
     assert await store.spent_cents(since=0, owner="") == 4  # holds are not spending
 
 
+async def test_the_write_recording_an_admitted_task_drops_its_hold(two: tuple[TaskStore, TaskStore]) -> None:
+    # The hold's quote turns into the record's price in one write: another instance's check right after it
+    # counts the task once. (Dropped after the write, both counted: a call the cap allows was refused.)
+    a, b = two
+    held = await a.hold_spend("", since=0, cents=3, cap_cents=6, ttl_s=60)
+    assert held.admitted and held.hold_id
+    await a.save(_record(1, status="submitting", price_cents=3), release_hold=held.hold_id)
+    second = await b.hold_spend("", since=0, cents=3, cap_cents=6, ttl_s=60)
+    assert second.admitted and second.spent_cents == 3 and second.hold_id
+    await a.release_spend(held.hold_id)  # the guard's own release after the write: the hold is gone already
+    refused = await b.hold_spend("", since=0, cents=1, cap_cents=6, ttl_s=60)
+    assert not refused.admitted and refused.spent_cents == 3 + 3  # the record and the second hold
+    await b.save(_record(2, status="submitting", price_cents=3))  # a write naming no hold leaves the holds be
+    assert (await a.hold_spend("", since=0, cents=0, cap_cents=100, ttl_s=60)).spent_cents == 3 + 3 + 3
+
+
 async def test_every_write_reaches_the_change_feed_of_every_instance(two: tuple[TaskStore, TaskStore]) -> None:
     a, b = two
     async with a.changes.subscribe() as seen_by_a, b.changes.subscribe() as seen_by_b:

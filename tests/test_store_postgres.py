@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,15 @@ from runapi_mcp.tasks.migrations import SCHEMA_VERSION
 from runapi_mcp.tasks.pg_store import PostgresTaskStore, migrate
 from runapi_mcp.tasks.store import StoreError
 from tests.postgres import database_url, need_postgres, pg_stores, pools_of, schema_url
-from tests.support import FAST_POLICY, Harness, make_settings, text_of, upstream_creates
+from tests.support import (
+    FAST_POLICY,
+    WAIT_S,
+    Harness,
+    make_settings,
+    pause_after_writing,
+    text_of,
+    upstream_creates,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -250,18 +260,16 @@ def test_the_doctor_names_an_unreachable_database_without_its_password(tmp_path:
 # -- end to end ----------------------------------------------------------------------------------------------
 
 
-async def test_two_servers_on_one_database_share_the_daily_cap(
-    sim: Simulator, tmp_path: Path, pg_pools: Any
-) -> None:
-    """Two instances (each its own home, one database), a cap of two pictures a day: three calls at once on
-    each, through real MCP clients, get two tasks created upstream in all."""
+@asynccontextmanager
+async def two_capped_servers(sim: Simulator, tmp_path: Path, pg_pools: Any) -> AsyncIterator[list[Harness]]:
+    """Two instances (each its own home, one database schema, made and dropped here), each with a real MCP
+    client, a cap of two pictures a day."""
     need_postgres()
     from tests.postgres import drop_schema, new_schema
 
     schema = new_schema()
     async with pools_of(pg_pools)[0].connection() as conn:  # an operator's schema, named in the URL's search_path
         await conn.execute(f'CREATE SCHEMA "{schema}"'.encode())
-    results: list[Any] = []
     try:
         homes = [tmp_path / side for side in "ab"]
         inputs = tmp_path / "inputs"
@@ -279,22 +287,57 @@ async def test_two_servers_on_one_database_share_the_daily_cap(
             Client(app_b.server, mode="legacy") as client_b,
         ):
             assert isinstance(app_a.manager.store, PostgresTaskStore)
-            harnesses = [Harness(app=app_a, client=client_a, sim=sim), Harness(app=app_b, client=client_b, sim=sim)]
             sim.clear_log()
-
-            async def call(harness: Harness, n: int) -> None:
-                results.append(await harness.call("generate_image", {"prompt": f"racer {n}", "wait": False}))
-
-            async with anyio.create_task_group() as tg:
-                for n in range(6):
-                    tg.start_soon(call, harnesses[n % 2], n)
-            accepted = [r for r in results if not r.is_error]
-            assert len(accepted) == 2 and len(upstream_creates(sim)) == 2, [text_of(r) for r in results]
-            assert all("RUNAPI_MCP_MAX_SPEND_CENTS" in text_of(r) for r in results if r.is_error)
-            # Each server sees the other's task: one store.
-            task_ids = {r.structured_content["task_id"] for r in accepted}
-            for harness in harnesses:
-                for task_id in task_ids:
-                    assert await harness.app.manager.store.get(task_id) is not None
+            yield [Harness(app=app_a, client=client_a, sim=sim), Harness(app=app_b, client=client_b, sim=sim)]
     finally:
         drop_schema(schema)
+
+
+async def test_two_servers_on_one_database_share_the_daily_cap(
+    sim: Simulator, tmp_path: Path, pg_pools: Any
+) -> None:
+    """A cap of two pictures a day: three calls at once on each instance, through real MCP clients, get two
+    tasks created upstream in all."""
+    results: list[Any] = []
+    async with two_capped_servers(sim, tmp_path, pg_pools) as harnesses:
+
+        async def call(harness: Harness, n: int) -> None:
+            results.append(await harness.call("generate_image", {"prompt": f"racer {n}", "wait": False}))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(6):
+                tg.start_soon(call, harnesses[n % 2], n)
+        accepted = [r for r in results if not r.is_error]
+        assert len(accepted) == 2 and len(upstream_creates(sim)) == 2, [text_of(r) for r in results]
+        assert all("RUNAPI_MCP_MAX_SPEND_CENTS" in text_of(r) for r in results if r.is_error)
+        # Each server sees the other's task: one store.
+        task_ids = {r.structured_content["task_id"] for r in accepted}
+        for harness in harnesses:
+            for task_id in task_ids:
+                assert await harness.app.manager.store.get(task_id) is not None
+
+
+async def test_a_task_being_created_on_one_server_counts_once_on_the_other(
+    sim: Simulator, tmp_path: Path, pg_pools: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving that made the test above fail under load (one call admitted, "6 cents spent"): a call
+    on the first instance stops between writing its task's record and sending the create. The other instance
+    counts that task once (its hold went with the write), so it admits one more call, then refuses."""
+    first: list[Any] = []
+    async with two_capped_servers(sim, tmp_path, pg_pools) as (a, b):
+        paused = pause_after_writing(monkeypatch, a.app.manager.store, "first")
+
+        async def call_first() -> None:
+            first.append(await a.call("generate_image", {"prompt": "first", "wait": False}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call_first)
+            with anyio.fail_after(WAIT_S):
+                await paused.saved.wait()
+            assert upstream_creates(sim) == []  # the first call is inside its create, nothing sent yet
+            second = await b.call("generate_image", {"prompt": "second", "wait": False})
+            third = await b.call("generate_image", {"prompt": "third", "wait": False})
+            paused.resume.set()
+        assert not second.is_error, text_of(second)
+        assert third.is_error and f"{2 * GPT_1K_CENTS} cents spent today" in text_of(third), text_of(third)
+        assert not first[0].is_error and len(upstream_creates(sim)) == 2, text_of(first[0])

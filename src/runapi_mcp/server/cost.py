@@ -33,8 +33,8 @@ from runapi_mcp.wording import count
 log = logging.getLogger("runapi_mcp.server.cost")
 
 MAX_SPEND_VARIABLE = "RUNAPI_MCP_MAX_SPEND_CENTS"
-# How long an admitted task's quote is held while its record is not stored yet (the block of `admit`:
-# confirmation, uploads, the create). Past it, a hold left by an instance that died stops counting.
+# How long an admitted task's quote is held while its record is not stored yet (the block of `admit` up to
+# the record's write: confirmation, uploads). Past it, a hold left by an instance that died stops counting.
 HOLD_S = 600.0
 
 
@@ -107,13 +107,17 @@ class SpendGuard:
         return Quote(answer.reservation_amount_cents)
 
     @asynccontextmanager
-    async def admit(self, quote: Quote) -> AsyncIterator[None]:
-        """Let one task through, or raise :class:`SpendLimitError`. Hold the block until the task's
-        record (with its price) is in the store, or the create has failed: until then its quote counts
-        as spent, so a second call at the same time sees it."""
+    async def admit(self, quote: Quote) -> AsyncIterator[str | None]:
+        """Let one task through, or raise :class:`SpendLimitError`. The block gets the id of the hold
+        that keeps its quote counted as spent (None: no cap), so a second call at the same time sees it.
+        The task's record must be written with it (``TaskManager.submit(spend_hold=...)``): the write
+        drops the hold in the transaction that makes the recorded price count. (Dropped after the write, the
+        quote would count twice meanwhile, the price and the hold: while the create went out, another call
+        the cap still allows would be refused.) A block that ends with no record (unconfirmed, an upload
+        failed) gives the hold back."""
         cap = self.cap_cents
         if cap is None:
-            yield
+            yield None
             return
         if quote.cents is None:
             raise SpendLimitError(
@@ -134,7 +138,7 @@ class SpendGuard:
                 f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
             )
         try:
-            yield
+            yield hold.hold_id
         finally:
             with anyio.CancelScope(shield=True):  # a cancelled call still gives its hold back
                 await self._store.release_spend(hold.hold_id)

@@ -318,7 +318,7 @@ class ImageTools:
         known = resolver.known_urls(plan) if plan is not None else []
         priced = dict(validated.with_images(known).body) if known is not None else dict(validated.body)
         quote = await self.spend.quote(validated.action.service, validated.action.endpoint, priced)
-        async with self.spend.admit(quote):
+        async with self.spend.admit(quote) as hold:
             # Above RUNAPI_MCP_CONFIRM_ABOVE_CENTS the user says yes first. Inside the cap's block: a task the
             # cap refuses is never asked about, and the budget the user is asked to spend stays reserved.
             question = await self.confirm.check(ctx, validated, quote.cents)
@@ -326,7 +326,11 @@ class ImageTools:
                 return question  # 2026 era: the client asks and calls again with the answer
             urls = await resolver.upload(plan) if plan is not None else []
             record = await self.manager.submit(
-                validated.with_images(urls), prompt=request.prompt, price_cents=quote.cents, save_as=save_as
+                validated.with_images(urls),
+                prompt=request.prompt,
+                price_cents=quote.cents,
+                save_as=save_as,
+                spend_hold=hold,
             )
         if not request.wait or record.terminal:
             return await self.result(record)

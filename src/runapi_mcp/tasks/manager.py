@@ -190,6 +190,7 @@ class TaskManager:
         prompt: str | None,
         price_cents: int | None = None,
         save_as: str | None = None,
+        spend_hold: str | None = None,
     ) -> TaskRecord:
         """Record the task, then create it upstream (one idempotency key for every try) and start polling.
 
@@ -197,7 +198,8 @@ class TaskManager:
         "submitting" under the server's id and the create is re-sent with the same key until RunAPI
         answers (it never runs or bills a key twice). A definite refusal (bad request, no credits, bad
         key) marks the task failed and is raised. ``save_as`` (absolute, checked by the caller) is where
-        copies of the pictures are written once they are in the library (``tasks.saving``).
+        copies of the pictures are written once they are in the library (``tasks.saving``). ``spend_hold``:
+        the daily cap's hold that admitted the task, dropped as its record (with ``price_cents``) is written.
         """
         now = self.clock.time()
         record = TaskRecord(
@@ -219,7 +221,7 @@ class TaskManager:
             updated_at=now,
             history=[StatusChange(status="submitting", at=now)],
         )
-        await self.store.save(record)
+        await self.store.save(record, release_hold=spend_hold)
         tracked = self._registry.hold(record)
         try:
             accepted = await self._poller.create_first(tracked)

@@ -189,7 +189,7 @@ class PostgresTaskStore:
         return self._changes
 
     # -- the TaskStore protocol ----------------------------------------------------------------------
-    async def save(self, record: TaskRecord) -> None:
+    async def save(self, record: TaskRecord, *, release_hold: str | None = None) -> None:
         unfinished = needs_taking_up(record)
         row = (
             record.task_id,
@@ -208,7 +208,12 @@ class PostgresTaskStore:
             output_urls(record),
         )
         # One statement: the write and its NOTIFY commit together (a rolled-back write announces nothing). A
-        # finished task's lease ends with the write.
+        # finished task's lease ends with the write, and the spend hold that admitted the task with its price
+        # (TaskStore.save): hold_spend's one statement sees both sums before the commit or both after.
+        released: LiteralString = ""
+        hold: tuple[str, ...] = ()
+        if release_hold is not None:
+            released, hold = ", released AS (DELETE FROM {s}.spend_holds WHERE hold_id = %s)", (release_hold,)
         query = self._sql(
             "WITH saved AS ("
             " INSERT INTO {s}.tasks AS t (task_id, upstream_id, status, model, created_at, updated_at, price_cents,"
@@ -222,12 +227,11 @@ class PostgresTaskStore:
             " output_urls = EXCLUDED.output_urls,"
             " lease_holder = CASE WHEN EXCLUDED.unfinished THEN t.lease_holder END,"
             " lease_until = CASE WHEN EXCLUDED.unfinished THEN t.lease_until END"
-            " RETURNING 1)"
-            " SELECT pg_notify(%s, %s) FROM saved"
+            " RETURNING 1)" + released + " SELECT pg_notify(%s, %s) FROM saved"
         )
         change = TaskChange(record.task_id, record.status, self._changes.origin)
         async with self._connection() as conn:
-            await conn.execute(query, (*row, self._changes.channel, change.payload()))
+            await conn.execute(query, (*row, *hold, self._changes.channel, change.payload()))
 
     async def get(self, task_id: str) -> TaskRecord | None:
         query = self._sql(

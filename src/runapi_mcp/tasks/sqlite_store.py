@@ -103,7 +103,7 @@ class SQLiteTaskStore:
         await self._run(self._db.close)
 
     # -- the TaskStore protocol ----------------------------------------------------------------------
-    async def save(self, record: TaskRecord) -> None:
+    async def save(self, record: TaskRecord, *, release_hold: str | None = None) -> None:
         row = (
             record.task_id,
             record.upstream_id,
@@ -125,6 +125,8 @@ class SQLiteTaskStore:
                     " price_cents, cost_cents, unfinished, owner, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
+                if release_hold is not None:  # one transaction: the price replaces the hold (TaskStore.save)
+                    db.execute("DELETE FROM spend_holds WHERE hold_id = ?", (release_hold,))
 
         await self._run(write)
         if not needs_taking_up(record):

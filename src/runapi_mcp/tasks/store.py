@@ -83,8 +83,10 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 class TaskStore(Protocol):
     """Task records by the server's task id (and by RunAPI's id once known)."""
 
-    async def save(self, record: TaskRecord) -> None:
-        """Insert or replace the record (keyed by ``task_id``)."""
+    async def save(self, record: TaskRecord, *, release_hold: str | None = None) -> None:
+        """Insert or replace the record (keyed by ``task_id``). ``release_hold``: the spend hold that admitted
+        this task (:meth:`hold_spend`), dropped in the same transaction, so its price starts counting as the
+        hold stops: a :meth:`hold_spend` in between counts it once, never twice nor not at all."""
 
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record whose server id or RunAPI id is ``task_id``."""
@@ -143,7 +145,8 @@ class TaskStore(Protocol):
         ``cap_cents``, hold ``cents`` for ``ttl_s`` seconds (until :meth:`release_spend`) and admit."""
 
     async def release_spend(self, hold_id: str) -> None:
-        """Drop a hold (its task is recorded with its price, or was never created)."""
+        """Drop a hold (its task was never recorded; one recorded with ``save(release_hold=...)`` dropped it
+        already, and dropping it again does nothing)."""
 
     @property
     def shared(self) -> bool:
@@ -212,8 +215,10 @@ class MemoryTaskStore:
     def changes(self) -> ChangeHub:
         return self._changes
 
-    async def save(self, record: TaskRecord) -> None:
+    async def save(self, record: TaskRecord, *, release_hold: str | None = None) -> None:
         self._records[record.task_id] = record.model_copy(deep=True)
+        if release_hold is not None:  # no await since the write: no hold_spend sees both
+            self._holds.pop(release_hold, None)
         if not needs_taking_up(record):
             self._leases.finished(record.task_id)
         self._changes.publish(self._changes.stamped(record.task_id, record.status))
