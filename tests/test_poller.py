@@ -226,3 +226,40 @@ async def test_a_gap_in_the_change_feed_reads_every_held_task_again_even_when_on
         store.changes.publish(FeedGap("the change feed's database connection dropped and was opened again"))
         await until(lambda: [r.task_id for r in told] == [two.task_id], "the second task read again")
         assert (await manager.get(two.task_id)).progress == 0.5
+
+
+class Retaken(Claims):
+    """Every claim granted; ``keep`` tells the manager its claim on each task handed over was lost and, in
+    the same breath, that it was claimed again (a renewal that came too late, then the periodic claim)."""
+
+    async def claim(self, record: TaskRecord) -> TaskRecord | None:
+        self.asked.append(("claim", record.task_id))
+        return record
+
+    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
+        await self.hand_over.wait()
+        for record in self.handed_over:
+            lose(record.task_id)
+            take(record)
+
+
+async def test_a_task_lost_and_claimed_again_before_its_loop_stopped_is_polled_on(sim: Simulator, home: Path) -> None:
+    """A claim lost, then taken again before the task's loop saw the loss: the old loop stops, and a new one
+    polls the task on (held here, it is polled by nobody else)."""
+    store = MemoryTaskStore()
+    sim.set_task_outcome(None, "running")
+    clock = FakeClock()
+    claims = Retaken(store, granted=set())
+    async with manager_on(sim, home, store, clock, claims) as manager:
+        record = await manager.submit(_prepared("retaken"), prompt="retaken")
+        upstream = record.upstream_id
+        assert upstream is not None
+        await clock.sleeping(1)  # its loop, asleep until its next look
+        assert claims.asked == [("claim", record.task_id)] * 2  # the create's, the loop's
+        claims.handed_over = [record]
+        claims.hand_over.set()
+        await until(lambda: claims.asked.count(("claim", record.task_id)) == 3, "a new loop claimed the task")
+        await clock.sleeping(1)
+        reads = status_reads(sim, upstream)
+        assert await clock.advance(FAST_POLICY.coarse_max_s * 2) > 0
+        await until(lambda: status_reads(sim, upstream) > reads, "the task polled on")

@@ -106,6 +106,7 @@ class _Loop:
     first_create: bool = False  # submit() is sending the create: the loop starts when it returns
     claimed: bool = False  # this process holds the task's claim and polls it (or sends its first create)
     lost: bool = False  # the claim was lost while the loop ran: it stops at its next look
+    again: bool = False  # followed again while it was stopping for a lost claim: a new loop runs once it ends
 
 
 def poll_state(record: TaskRecord, clock: Clock) -> PollState:
@@ -160,7 +161,12 @@ class Poller:
         """Poll the task until it ends, unless a loop here polls it already (or submit is sending its
         create: the loop starts when that returns). A loop that gave up or stopped runs again."""
         loop = self._loop(tracked)
-        if tracked.record.terminal or loop.polling or loop.first_create or self.tg is None:
+        if tracked.record.terminal or self.tg is None:
+            return
+        if loop.polling or loop.first_create:
+            # A loop that lost its claim stops at its next look, whatever happens meanwhile: asked for again
+            # (the claim taken back, a look, a callback), the task gets a loop of its own once it has.
+            loop.again = loop.again or loop.lost
             return
         loop.polling = True
         loop.started = self._clock.monotonic()
@@ -211,6 +217,9 @@ class Poller:
             _claims_failed(tracked, exc)
         finally:
             loop.polling = loop.claimed = False
+            if loop.again:
+                loop.again = False
+                self.follow(tracked)
 
     async def _claim(self, tracked: Tracked, loop: _Loop) -> bool:
         """Take (or keep) the task's claim; the record becomes the store's when that is newer."""
