@@ -12,7 +12,8 @@
 Whatever RunAPI, an image host or a file does, the worst outcome is that one task reports an error: every
 loop the manager starts runs under a guard that turns an unexpected exception into that task's error, so
 the task group (and every other task, waiter and the process) lives on. Every time read and every wait goes
-through the one injected clock.
+through the one injected clock, but for the renewal of leases (``claims.LeaseClaims``: they lapse on the
+database's clock, so they are renewed on real time).
 """
 
 from __future__ import annotations
