@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from runapi_mcp.config import ConfigError, Settings, load_settings, settings_from_environment
@@ -39,6 +40,22 @@ def configured(args: argparse.Namespace) -> Settings | None:
 
     configure_logging(settings)
     return settings
+
+
+def run_configured(args: argparse.Namespace, body: Callable[[Settings], int]) -> int:
+    """``body`` run with the settings ``args`` make (:func:`configured`); 2 after saying why on a bad setting,
+    or when the task store cannot be used (e.g. no database at RUNAPI_MCP_DATABASE_URL: one line, without its
+    password, not a traceback)."""
+    settings = configured(args)
+    if settings is None:
+        return 2
+    from runapi_mcp.tasks.store import StoreError
+
+    try:
+        return body(settings)
+    except StoreError as exc:
+        print(f"runapi-mcp: {settings.redact(str(exc))}", file=sys.stderr)
+        return 2
 
 
 def port(text: str) -> int:

@@ -8,7 +8,7 @@ import sys
 
 import anyio
 
-from runapi_mcp.commands.options import add_settings_flags, configured, port
+from runapi_mcp.commands.options import add_settings_flags, port, run_configured
 from runapi_mcp.config import ConfigError, Settings
 
 NAME = "serve"
@@ -31,16 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until the client closes stdin or a signal stops the server: 0; 2 on a bad setting."""
-    settings = configured(args)
-    if settings is None:
-        return 2
-    from runapi_mcp.tasks.store import StoreError
-
-    try:
-        return _serve(args, settings)
-    except StoreError as exc:  # e.g. no database at RUNAPI_MCP_DATABASE_URL: one line (no password), not a traceback
-        print(f"runapi-mcp: {settings.redact(str(exc))}", file=sys.stderr)
-        return 2
+    return run_configured(args, lambda settings: _serve(args, settings))
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO, cast
 
 import anyio
 
-from runapi_mcp.commands.options import add_settings_flags, configured, positive_int
+from runapi_mcp.commands.options import add_settings_flags, positive_int, run_configured
 from runapi_mcp.tasks.records import STATES
 from runapi_mcp.wording import count
 
@@ -120,13 +120,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = configured(args)
-    if settings is None:
-        return 2
-    from runapi_mcp.tasks.store import StoreError
-
-    try:
-        return anyio.run(print_history, settings, args.status, args.limit)
-    except StoreError as exc:  # e.g. no database at RUNAPI_MCP_DATABASE_URL: one line (no password), not a traceback
-        print(f"runapi-mcp: {settings.redact(str(exc))}", file=sys.stderr)
-        return 2
+    return run_configured(args, lambda settings: anyio.run(print_history, settings, args.status, args.limit))
