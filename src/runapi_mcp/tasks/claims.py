@@ -35,6 +35,7 @@ from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.tasks.leases import TaskLeases
 from runapi_mcp.tasks.records import TaskRecord
 from runapi_mcp.tasks.store import StoreError, needs_taking_up
+from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.tasks")
 
@@ -136,8 +137,8 @@ class LeaseClaims:
         may have claimed the task (or will): none is polled here any more."""
         lapsed, self._held = self._held, {}
         log.warning(
-            "this instance's task leases lapsed (not renewed for %.0f s): it stops polling %d task(s) until it "
-            "can claim them again", self.ttl_s, len(lapsed),
+            "this instance's task leases lapsed (not renewed for %.0f s): it stops polling %s until it can "
+            "claim them again", self.ttl_s, count(len(lapsed), "task"),
         )
         for task_id in lapsed:
             lose(task_id)
