@@ -8,6 +8,7 @@ skipped, saying why, where none answers; required in CI).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from runapi_mcp.app import open_app
 from runapi_mcp.commands.doctor import Report, diagnose
 from runapi_mcp.redaction import redact_url
 from runapi_mcp.simulator import Simulator
-from runapi_mcp.tasks import TaskRecord
+from runapi_mcp.tasks import TaskRecord, pg_store
 from runapi_mcp.tasks.changes import FeedGap, TaskChange
 from runapi_mcp.tasks.migrations import SCHEMA_VERSION
 from runapi_mcp.tasks.pg_store import PostgresTaskStore, migrate
@@ -122,6 +123,33 @@ async def test_the_listener_comes_back_after_its_connection_drops(pg_pools: Any)
             assert isinstance(gap, FeedGap) and "opened again" in gap.reason
             await b.save(_record(2))
             assert await changes.receive() == TaskChange("task-0002", "processing")
+
+
+async def test_a_listener_whose_database_stops_answering_listens_again(
+    pg_pools: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener's backend stops answering without closing its connection (a hung server, a peer gone
+    behind a NAT): its liveness check times out and it opens another connection, with a gap for the
+    subscribers, instead of waiting on the dead one (the kernel's retransmissions: a quarter of an hour)."""
+    if os.name != "posix" or os.geteuid() != 0 or "127.0.0.1" not in database_url():
+        pytest.skip("stops the listener's backend with SIGSTOP: needs root and a local server")
+    monkeypatch.setattr(pg_store, "_FEED_PING_S", 0.2)
+    monkeypatch.setattr(pg_store, "_FEED_PING_TIMEOUT_S", 0.5)
+    async with pg_stores(pg_pools, 2) as (a, b), a.changes.subscribe() as changes:
+        async with pools_of(pg_pools)[1].connection() as admin:
+            found = await admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (a.changes.application_name,)
+            )
+            [(pid,)] = await found.fetchall()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with anyio.fail_after(10):
+                assert isinstance(await changes.receive(), FeedGap)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await b.save(_record(1))
+        with anyio.fail_after(10):
+            assert await changes.receive() == TaskChange("task-0001", "processing")
 
 
 async def test_a_write_that_fails_announces_nothing(pg_pools: Any) -> None:

@@ -70,6 +70,7 @@ _NAME_BYTES = 63  # PostgreSQL's identifier length (channels and application nam
 _NOW = "EXTRACT(EPOCH FROM statement_timestamp())::float8"  # the database's clock, one value per statement
 _FEED_RETRY_S = (0.1, 5.0)  # the listener's first and longest wait before opening its connection again
 _FEED_PING_S = 30.0  # with no notification for this long, the listener checks its connection is alive
+_FEED_PING_TIMEOUT_S = 10.0  # a liveness check unanswered for this long: the connection is taken for dead
 
 
 def _short(name: str) -> str:
@@ -598,8 +599,16 @@ class PostgresChangeFeed:
                 change = TaskChange.from_payload(notify.payload)
                 if change is not None:
                     self._hub.publish(change)
-            # Nothing for a while: a connection lost without a word (a dead peer, a cut network) shows here.
-            await conn.execute("SELECT 1")
+            # Nothing for a while: a connection lost without a word (a dead peer, a cut network) shows here, and
+            # within a bound one that stops answering (a hung server, a peer gone behind a NAT), which the
+            # kernel would otherwise wait on for its retransmissions (a quarter of an hour), hearing nothing.
+            try:
+                with anyio.fail_after(_FEED_PING_TIMEOUT_S):
+                    await conn.execute("SELECT 1")
+            except TimeoutError:
+                raise psycopg.OperationalError(
+                    f"the database did not answer a liveness check within {_FEED_PING_TIMEOUT_S:g} s"
+                ) from None
 
 
 # -- the doctor's look ----------------------------------------------------------------------------------------
