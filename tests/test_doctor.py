@@ -14,7 +14,10 @@ import pytest
 
 from runapi_mcp.cli import main
 from runapi_mcp.commands.doctor import Report, diagnose, jsonc_loads
-from runapi_mcp.commands.install import KEY_VAR, Options, config_path, install, server_launch
+from runapi_mcp.commands.install import install
+from runapi_mcp.commands.install.clients import KEY_VAR, config_path
+from runapi_mcp.commands.install.launch import server_launch
+from runapi_mcp.commands.install.request import Options
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import TaskRecord
 from runapi_mcp.tasks.sqlite_store import SCHEMA_VERSION, SQLiteTaskStore

@@ -27,25 +27,14 @@ import pytest
 
 from runapi_mcp import __version__
 from runapi_mcp.cli import main
-from runapi_mcp.commands import install as install_module
-from runapi_mcp.commands.install import (
-    CONFIRM_VAR,
-    KEY_VAR,
-    MAX_CONFIG_BYTES,
-    InstallError,
-    KeyPlan,
-    Launch,
-    Options,
-    Outcome,
-    YamlDuplicateKeyError,
-    config_path,
-    hermes_servers,
-    hermes_updated,
-    in_uv_cache,
-    install,
-    server_launch,
-    uvx_source,
-)
+from runapi_mcp.commands.install import files as install_files
+from runapi_mcp.commands.install import install
+from runapi_mcp.commands.install.clients import CONFIRM_VAR, KEY_VAR, InstallError, config_path
+from runapi_mcp.commands.install.files import MAX_CONFIG_BYTES
+from runapi_mcp.commands.install.hermes_yaml import YamlDuplicateKeyError, hermes_servers, hermes_updated
+from runapi_mcp.commands.install.keys import KeyPlan
+from runapi_mcp.commands.install.launch import Launch, in_uv_cache, server_launch, uvx_source
+from runapi_mcp.commands.install.request import Options, Outcome
 from tests.support import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -903,7 +892,7 @@ def test_eight_installs_in_threads_keep_every_entry(
 ) -> None:
     """The same in one process, on Hermes' YAML; and where a directory cannot be locked (NFS emulates flock with
     fcntl locks, which a directory opened for reading cannot take), with a lock file in it instead."""
-    real_try_lock = install_module._try_lock
+    real_try_lock = install_files._try_lock
 
     def no_directory_locks(fd: int) -> bool:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -911,7 +900,7 @@ def test_eight_installs_in_threads_keep_every_entry(
         return real_try_lock(fd)
 
     if lock_file:
-        monkeypatch.setattr(install_module, "_try_lock", no_directory_locks)
+        monkeypatch.setattr(install_files, "_try_lock", no_directory_locks)
     path = config_path("hermes")
     seed("hermes", path)
     names = [f"t{i}" for i in range(8)]
@@ -936,7 +925,7 @@ def test_eight_installs_in_threads_keep_every_entry(
 
 
 def test_an_install_that_cannot_get_the_lock_gives_up_saying_so(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(install_module, "LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(install_files, "LOCK_TIMEOUT_S", 0.2)
     path = config_path("cursor")
     seed("cursor", path)
     fd = os.open(path.parent, os.O_RDONLY)

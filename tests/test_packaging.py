@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from runapi_mcp import __version__
-from runapi_mcp.commands.install import KEY_VAR
+from runapi_mcp.commands.install.clients import KEY_VAR
 from runapi_mcp.config import load_settings, settings_from_environment
 from tests.support import Harness
 

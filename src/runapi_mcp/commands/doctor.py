@@ -28,24 +28,24 @@ from typing import Any, Literal, TextIO
 import anyio
 
 from runapi_mcp import __version__
-from runapi_mcp.commands.install import (
+from runapi_mcp.commands.install.clients import (
     CLIENT_INFO,
     CLIENTS,
     CONFIRM_VAR,
     DEFAULT_NAME,
     KEY_VAR,
     STALE_TRUST,
+    config_path,
+    hermes_home,
+)
+from runapi_mcp.commands.install.hermes_yaml import (
     YamlDuplicateKeyError,
     YamlShapeError,
     YamlSyntaxError,
-    client_launch,
-    config_path,
-    dotenv_has,
-    hermes_home,
     hermes_servers,
-    in_uv_cache,
-    runapi_config_has_key,
 )
+from runapi_mcp.commands.install.keys import dotenv_has, runapi_config_has_key
+from runapi_mcp.commands.install.launch import client_launch, in_uv_cache
 from runapi_mcp.commands.options import add_settings_flags, settings_overrides
 from runapi_mcp.config import RUNAPI_CONFIG_FILE, ConfigError, Settings, _read_runapi_config, load_settings
 from runapi_mcp.private import private_dir
