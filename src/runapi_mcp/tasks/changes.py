@@ -85,12 +85,18 @@ class Subscription:
         self._buffer = max(1, buffer)
         self._queue: deque[Change] = deque()
         self._arrived = anyio.Event()
+        self._gap_queued = False  # a FeedGap waits in the queue
 
     def deliver(self, change: Change) -> None:
-        """Queue ``change`` (never blocks the publisher: past the buffer, the backlog becomes one gap)."""
+        """Queue ``change`` (never blocks the publisher: past the buffer, the backlog becomes one gap). A gap
+        arriving while another waits in the queue is dropped: the re-read the waiting one brings starts after
+        both, so it sees what either missed (a burst of gaps during a re-read costs one more, not one each)."""
+        if isinstance(change, FeedGap) and self._gap_queued:
+            return
         if len(self._queue) >= self._buffer:
             self._queue.clear()
             change = FeedGap(f"this subscriber fell more than {self._buffer} changes behind")
+        self._gap_queued = self._gap_queued or isinstance(change, FeedGap)
         self._queue.append(change)
         self._arrived.set()
 
@@ -98,7 +104,10 @@ class Subscription:
         while not self._queue:
             await self._arrived.wait()
             self._arrived = anyio.Event()
-        return self._queue.popleft()
+        change = self._queue.popleft()
+        if isinstance(change, FeedGap):
+            self._gap_queued = False
+        return change
 
     def __aiter__(self) -> Subscription:
         return self

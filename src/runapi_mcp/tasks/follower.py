@@ -11,7 +11,8 @@ this process made itself (the feed's origin) was told when it was made, and is p
 A task this process polls is written here only, so the feed has nothing new about it, except a cancel made
 on another instance (the poll loop ends, as after a cancel made here) and RunAPI's callback landing on
 another instance (``TaskChange.called_back``: the loop reads the status now). When the feed may have missed
-changes (``FeedGap``: its connection dropped), every unfinished task held here is read again.
+changes (``FeedGap``: its connection dropped), every unfinished task held here is read again, in one store
+call (``TaskStore.get_many``); gaps arriving meanwhile wait as one (``Subscription``): one more re-read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from anyio.abc import TaskStatus
 
 from runapi_mcp.tasks.changes import FeedGap, TaskChange
 from runapi_mcp.tasks.poller import Poller
-from runapi_mcp.tasks.records import TaskState
+from runapi_mcp.tasks.records import TaskRecord, TaskState
 from runapi_mcp.tasks.registry import TaskRegistry, Tracked
 from runapi_mcp.tasks.store import StoreError, TaskStore
 from runapi_mcp.tasks.waker import CompletionWaker
@@ -65,13 +66,7 @@ class ChangeFollower:
 
     async def handle(self, change: TaskChange | FeedGap) -> None:
         if isinstance(change, FeedGap):
-            held = [t.task_id for t in self._registry.all() if not t.record.terminal]
-            log.info("task change feed: %s; reading the %d unfinished tasks held here again", change.reason, len(held))
-            for task_id in held:
-                try:
-                    await self._reload(task_id, None)
-                except StoreError as exc:  # one read that fails must not leave the others' changes unread
-                    log.warning("task %s: could not read it again after a gap in the change feed: %s", task_id, exc)
+            await self._reread(change)
             return
         if change.origin == self._store.changes.origin:
             return  # made here, and told then
@@ -82,6 +77,31 @@ class ChangeFollower:
             return
         await self._reload(change.task_id, change.status)
 
+    async def _reread(self, gap: FeedGap) -> None:
+        """Read again every unfinished task held here, at once (one store call: gaps come under load, and may
+        come again soon), and adopt each (one this process polls: only a cancel made elsewhere is news)."""
+        wanted = [t.task_id for t in self._registry.all() if not t.record.terminal]
+        log.info("task change feed: %s; reading the %d unfinished tasks held here again", gap.reason, len(wanted))
+        if not wanted:
+            return
+        try:
+            # A record that cannot be decoded is left out (and logged) by the store: it costs only itself.
+            records = await self._store.get_many(wanted)
+        except StoreError as exc:
+            # The batch failed as a whole (a statement timeout, a pool that timed out): read each on its own,
+            # so that one read that fails does not leave the others' changes unread.
+            log.warning("could not read the %d tasks held here again at once: %s", len(wanted), exc)
+            for task_id in wanted:
+                try:
+                    await self._reload(task_id, None)
+                except StoreError as each:
+                    log.warning("task %s: could not read it again after a gap in the change feed: %s", task_id, each)
+            return
+        for task_id in wanted:
+            record = records.get(task_id)
+            if record is not None:
+                await self._adopt(task_id, record, None)
+
     async def _reload(self, task_id: str, status: TaskState | None) -> None:
         """Read the task the change (``status``; None: a gap, it may be anything) is about, and adopt it."""
         if self._poller.polls(task_id) and status not in (None, "cancelled"):
@@ -89,6 +109,10 @@ class ChangeFollower:
         record = await self._store.get(task_id)
         if record is None or record.task_id != task_id:
             return
+        await self._adopt(task_id, record, status)
+
+    async def _adopt(self, task_id: str, record: TaskRecord, status: TaskState | None) -> None:
+        """Hand ``record``, just read, to the registry (or, for a task polled here, to its loop)."""
         tracked = self._registry.held(task_id)
         if tracked is None or not self._poller.polls(task_id):  # (claimed here meanwhile: written here from now)
             await self._registry.adopt(record)

@@ -241,6 +241,13 @@ class PostgresTaskStore:
         found = await self._records(query, (task_id, task_id, task_id))
         return found[0] if found else None
 
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        wanted = sorted(set(task_ids))
+        if not wanted:
+            return {}
+        found = await self._records(self._sql("SELECT record FROM {s}.tasks WHERE task_id = ANY(%s)"), (wanted,))
+        return {r.task_id: r for r in found}
+
     async def page(
         self,
         *,

@@ -66,6 +66,7 @@ PICTURES_SQL = "(SELECT COUNT(*) FROM json_each(record, '$.images') WHERE json_e
 # store.prompt_holds in SQL (casefold: Python's own, registered on the connection; SQLite's lower() is ASCII only).
 PROMPT_HOLDS_SQL = "instr(casefold(json_extract(record, '$.prompt')), ?) > 0"
 _URLS_PER_QUERY = 500  # well under SQLite's bound on a statement's parameters
+_IDS_PER_QUERY = 500  # (get_many) likewise
 
 
 class SQLiteTaskStore:
@@ -142,6 +143,19 @@ class SQLiteTaskStore:
 
         found = await self._run(read)
         return found[0] if found else None
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        wanted = sorted(set(task_ids))
+
+        def read() -> dict[str, TaskRecord]:
+            found: dict[str, TaskRecord] = {}
+            for start in range(0, len(wanted), _IDS_PER_QUERY):  # chunked: SQLite caps a statement's parameters
+                chunk = wanted[start : start + _IDS_PER_QUERY]
+                sql = f"SELECT record FROM tasks WHERE task_id IN ({', '.join('?' * len(chunk))})"
+                found.update((r.task_id, r) for r in self._records(sql, tuple(chunk)))
+            return found
+
+        return await self._run(read) if wanted else {}
 
     async def page(
         self,

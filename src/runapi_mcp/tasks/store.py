@@ -91,6 +91,11 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None:
         """The record whose server id or RunAPI id is ``task_id``."""
 
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        """The records whose server ids are among ``task_ids``, by server id, read at once (one query, or one
+        per few hundred ids on SQLite): what a change feed's gap reads again. An id with no record, or whose
+        record cannot be decoded (logged, as :meth:`page` skips it), is absent."""
+
     async def page(
         self,
         *,
@@ -228,6 +233,9 @@ class MemoryTaskStore:
         if record is None:
             record = next((r for r in self._records.values() if r.upstream_id == task_id), None)
         return record.model_copy(deep=True) if record else None
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        return {i: self._records[i].model_copy(deep=True) for i in set(task_ids) if i in self._records}
 
     async def page(
         self,
