@@ -7,7 +7,7 @@ ten minutes" is proved by moving the clock ten minutes, not by waiting.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from runapi_mcp.client import RunAPIClient
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER, ImageStore, MemoryTaskStore, TaskManager, TaskRecord, TaskStore, current_owner
-from runapi_mcp.tasks.changes import FeedGap
+from runapi_mcp.tasks.changes import FeedGap, TaskChange
 from runapi_mcp.tasks.poller import LocalClaims, TaskClaims
 from runapi_mcp.tasks.store import StoreError
 from tests.support import FAST_POLICY, SIM_KEY, FakeClock, until
@@ -181,36 +181,68 @@ async def test_claims_that_fail_cost_the_polling_for_now_never_the_manager(sim: 
 
 
 class SharedMemoryStore(MemoryTaskStore):
-    """A memory store the manager takes for one other processes share (it follows its change feed), whose
-    reads of the tasks in ``unreadable`` fail as a database's would."""
+    """A memory store the manager takes for one other processes share (it follows its change feed), read as
+    a database would be: the records of the tasks in ``undecodable`` cannot be decoded (a read leaves them
+    out, as the SQL stores do), a read including a task in ``timing_out`` fails as a whole (a statement
+    timeout). Each read's ids are kept in ``reads``; a batch read waits for ``gate`` while it is set."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.unreadable: set[str] = set()
+        self.undecodable: set[str] = set()
+        self.timing_out: set[str] = set()
+        self.reads: list[tuple[str, ...]] = []
+        self.gate: anyio.Event | None = None
+        self.reading = anyio.Event()  # set once a batch read waits at the gate
 
     @property
     def shared(self) -> bool:
         return True
 
-    async def get(self, task_id: str) -> TaskRecord | None:
-        if task_id in self.unreadable:
+    def _read(self, task_ids: Collection[str]) -> None:
+        self.reads.append(tuple(sorted(task_ids)))
+        if self.timing_out.intersection(task_ids):
             raise StoreError("the task store at postgresql://db failed: canceling statement due to statement timeout")
-        return await super().get(task_id)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        self._read([task_id])
+        return None if task_id in self.undecodable else await super().get(task_id)
+
+    async def get_many(self, task_ids: Collection[str]) -> dict[str, TaskRecord]:
+        self._read(task_ids)
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.reading.set()
+            await gate.wait()
+        found = await super().get_many(task_ids)
+        return {task_id: record for task_id, record in found.items() if task_id not in self.undecodable}
 
 
-async def test_a_gap_in_the_change_feed_reads_every_held_task_again_even_when_one_read_fails(
-    sim: Simulator, home: Path
-) -> None:
-    """After a gap in the feed the follower reads again every unfinished task held here: one that cannot be
-    read (a statement timeout) costs that task's re-read, not the others', whose missed changes still reach
-    the listeners."""
-    store = SharedMemoryStore()
+async def held_elsewhere(sim: Simulator, home: Path, store: SharedMemoryStore, prompts: list[str]) -> list[TaskRecord]:
+    """Tasks submitted by a manager now gone, polled by another instance (never claimed here)."""
     sim.set_task_outcome(None, "running")
     async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as first:
-        one = await first.submit(_prepared("one"), prompt="one")
-        two = await first.submit(_prepared("two"), prompt="two")
+        return [await first.submit(_prepared(prompt), prompt=prompt) for prompt in prompts]
+
+
+async def changed_elsewhere(store: SharedMemoryStore, records: list[TaskRecord], progress: float) -> None:
+    """Another instance's writes, whose notifications were lost (made here they carry this feed's origin,
+    which the follower passes over: only a gap brings them in)."""
+    for record in records:
+        await store.save(record.progressed("processing", progress, at=record.updated_at + progress))
+
+
+async def test_a_gap_in_the_change_feed_reads_every_held_task_again_at_once_even_when_one_cannot_be_read(
+    sim: Simulator, home: Path
+) -> None:
+    """After a gap in the feed the follower reads again every unfinished task held here, in one store call:
+    a record that cannot be decoded costs that task's re-read, not the others', whose missed changes still
+    reach the listeners; a batch read that fails as a whole is made again one task at a time, where one
+    that fails (a statement timeout) costs that task only."""
+    store = SharedMemoryStore()
+    tasks = await held_elsewhere(sim, home, store, ["one", "two", "three"])
+    one, two, three = (record.task_id for record in tasks)
     async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as manager:
-        for record in (one, two):  # held here, polled elsewhere (not claimed)
+        for record in tasks:  # held here, polled elsewhere (not claimed)
             assert (await manager.get(record.task_id)).status == "pending"
         told: list[TaskRecord] = []
 
@@ -218,48 +250,52 @@ async def test_a_gap_in_the_change_feed_reads_every_held_task_again_even_when_on
             told.append(record)
 
         manager.add_listener(listener)
-        # Another instance's writes, whose notifications were lost (made here they carry this feed's origin,
-        # which the follower passes over: only the gap brings them in).
-        for record in (one, two):
-            await store.save(record.progressed("processing", 0.5, at=record.updated_at + 1))
-        store.unreadable = {one.task_id}
+        await changed_elsewhere(store, tasks, 0.5)
+        store.undecodable, store.reads = {one}, []
         store.changes.publish(FeedGap("the change feed's database connection dropped and was opened again"))
-        await until(lambda: [r.task_id for r in told] == [two.task_id], "the second task read again")
-        assert (await manager.get(two.task_id)).progress == 0.5
+        await until(lambda: {r.task_id for r in told} == {two, three}, "the other two tasks read again")
+        assert store.reads == [tuple(sorted((one, two, three)))]  # one batched read, no read of each
+        assert (await manager.get(two)).progress == 0.5 and (await manager.get(one)).progress is None
+
+        await changed_elsewhere(store, tasks, 0.7)
+        told.clear()
+        store.undecodable, store.timing_out, store.reads = set(), {two}, []
+        store.changes.publish(FeedGap("the change feed's database connection dropped and was opened again"))
+        await until(lambda: {r.task_id for r in told} == {one, three}, "the tasks that can be read, read again")
+        assert sorted(store.reads) == sorted([tuple(sorted((one, two, three))), (one,), (two,), (three,)])
+        assert (await manager.get(one)).progress == 0.7 and (await manager.get(two)).progress == 0.5
 
 
-class Retaken(Claims):
-    """Every claim granted; ``keep`` tells the manager its claim on each task handed over was lost and, in
-    the same breath, that it was claimed again (a renewal that came too late, then the periodic claim)."""
+async def test_gaps_arriving_while_a_re_read_runs_cost_one_more_re_read_not_one_each(
+    sim: Simulator, home: Path
+) -> None:
+    """A burst of gaps during a re-read (a feed that keeps dropping under load) is followed by one more
+    re-read, which sees what any of them missed: the re-reads never pile up behind each other."""
+    store = SharedMemoryStore()
+    *tasks, last = await held_elsewhere(sim, home, store, ["one", "two", "not held"])
+    async with manager_on(sim, home, store, SYSTEM_CLOCK, Claims(store, granted=set())) as manager:
+        for record in tasks:
+            assert (await manager.get(record.task_id)).status == "pending"
+        told: list[str] = []
 
-    async def claim(self, record: TaskRecord) -> TaskRecord | None:
-        self.asked.append(("claim", record.task_id))
-        return record
+        async def listener(record: TaskRecord) -> None:
+            told.append(record.task_id)
 
-    async def keep(self, take: Callable[[TaskRecord], None], lose: Callable[[str], None]) -> None:
-        await self.hand_over.wait()
-        for record in self.handed_over:
-            lose(record.task_id)
-            take(record)
-
-
-async def test_a_task_lost_and_claimed_again_before_its_loop_stopped_is_polled_on(sim: Simulator, home: Path) -> None:
-    """A claim lost, then taken again before the task's loop saw the loss: the old loop stops, and a new one
-    polls the task on (held here, it is polled by nobody else)."""
-    store = MemoryTaskStore()
-    sim.set_task_outcome(None, "running")
-    clock = FakeClock()
-    claims = Retaken(store, granted=set())
-    async with manager_on(sim, home, store, clock, claims) as manager:
-        record = await manager.submit(_prepared("retaken"), prompt="retaken")
-        upstream = record.upstream_id
-        assert upstream is not None
-        await clock.sleeping(1)  # its loop, asleep until its next look
-        assert claims.asked == [("claim", record.task_id)] * 2  # the create's, the loop's
-        claims.handed_over = [record]
-        claims.hand_over.set()
-        await until(lambda: claims.asked.count(("claim", record.task_id)) == 3, "a new loop claimed the task")
-        await clock.sleeping(1)
-        reads = status_reads(sim, upstream)
-        assert await clock.advance(FAST_POLICY.coarse_max_s * 2) > 0
-        await until(lambda: status_reads(sim, upstream) > reads, "the task polled on")
+        manager.add_listener(listener)
+        batch = tuple(sorted(r.task_id for r in tasks))
+        gate = store.gate = anyio.Event()
+        store.reads = []
+        store.changes.publish(FeedGap("the change feed's database connection dropped and was opened again"))
+        with anyio.fail_after(10):
+            await store.reading.wait()  # the re-read has begun, and waits
+        for n in range(5):
+            store.changes.publish(FeedGap(f"the subscriber fell behind again ({n})"))
+        await changed_elsewhere(store, tasks, 0.5)  # what the burst hid
+        # Then a change another instance made to a task not held here: once it is told, the follower has
+        # followed every gap before it.
+        store.changes.publish(TaskChange(last.task_id, "pending", origin="another instance"))
+        gate.set()
+        await until(lambda: last.task_id in told, "the change after the burst followed")
+        assert store.reads == [batch, batch, (last.task_id,)]  # the re-read under way, one more, and the change
+        for record in tasks:
+            assert (await manager.get(record.task_id)).progress == 0.5

@@ -135,6 +135,11 @@ async def test_get_by_either_id_pages_filters_and_cursors(store: TaskStore) -> N
     await store.save(_record(30, model="flux-kontext-pro"))
     assert (await store.get("task-0007")) == (await store.get("up-7"))
     assert await store.get("nope") is None
+    # A batch by server id, in one read: an unknown id (or a RunAPI id) is absent; 600 ids take SQLite's chunks.
+    many = await store.get_many([f"task-{n:04d}" for n in range(600)] + ["task-0030", "up-7", "nope"])
+    assert sorted(many) == [f"task-{n:04d}" for n in (*range(25), 30)]
+    assert many["task-0007"] == await store.get("task-0007") and many["task-0030"].model == "flux-kontext-pro"
+    assert await store.get_many([]) == {}
     first = await store.page(limit=10)
     assert [r.task_id for r in first.records] == [f"task-{n:04d}" for n in (30, *range(24, 15, -1))]
     assert first.next_cursor
@@ -237,6 +242,7 @@ async def test_a_newer_layout_or_a_broken_row_is_handled(durable: Durable, caplo
         durable.execute("UPDATE tasks SET record = '{not json' WHERE task_id = 'task-0001'")
         page = await store.page()
         assert [r.task_id for r in page.records] == ["task-0002"]  # the bad row is skipped, not fatal
+        assert list(await store.get_many(["task-0001", "task-0002"])) == ["task-0002"]
         assert "unreadable task record" in caplog.text
     finally:
         await store.close()
@@ -489,3 +495,21 @@ async def test_a_subscriber_that_falls_behind_is_told_it_missed_changes() -> Non
     assert hub.subscribers == 0
     assert TaskChange.from_payload(TaskChange("t", "completed").payload()) == TaskChange("t", "completed")
     assert TaskChange.from_payload('{"task_id": "t", "status": "exploded"}') is None
+
+
+async def test_a_gap_waiting_for_its_subscriber_stands_for_the_gaps_after_it() -> None:
+    """The re-read a waiting gap brings starts after any later gap arrived, so a later one is dropped: a burst
+    of gaps during a re-read costs one more, not one each. The changes between them are all delivered."""
+    hub = ChangeHub()
+    async with hub.subscribe() as subscription:
+        hub.publish(FeedGap("first"))
+        hub.publish(TaskChange("task-1", "pending"))
+        hub.publish(FeedGap("second"))
+        hub.publish(TaskChange("task-2", "pending"))
+        assert [await subscription.receive() for _ in range(3)] == [
+            FeedGap("first"), TaskChange("task-1", "pending"), TaskChange("task-2", "pending")
+        ]
+        hub.publish(FeedGap("third"))  # after the first was received: its re-read may have missed this
+        hub.publish(FeedGap("fourth"))
+        hub.publish(TaskChange("task-3", "pending"))
+        assert [await subscription.receive() for _ in range(2)] == [FeedGap("third"), TaskChange("task-3", "pending")]
