@@ -37,6 +37,7 @@ from runapi_mcp.app import open_app
 from runapi_mcp.client import DEFAULT_RETRY_POLICY
 from runapi_mcp.simulator import PLANTED_STRINGS, Fault, FaultBody, FaultWhere, ImageHost, Simulator
 from runapi_mcp.tasks import fetcher as fetcher_module
+from tests.postgres import database_url, schema_url
 from tests.support import (
     FAST_POLICY,
     SIM_KEY,
@@ -591,6 +592,60 @@ async def test_an_echoed_key_appears_nowhere(harness: Harness, home: Path, caplo
     _assert_no_key("\n".join(lines), "the log")
     # Nor was the key sent anywhere in a URL: downloads never carry one back out.
     assert not any(r.carried_key for r in harness.sim.requests), "a download URL carried the key"
+
+
+async def test_an_echoed_key_reaches_no_row_of_a_postgresql_store(
+    sim: Simulator, home: Path, inputs: Path, pg_schema_sync: str
+) -> None:
+    """With several instances the task store is a database, not a file in the home: the key RunAPI echoes back
+    (in an error message, a failure's reason, an output URL) must reach no row of it either."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:  # an operator's schema, named in the URL
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(pg_schema_sync)))
+    settings = make_settings(sim, home, inputs, database_url=schema_url(pg_schema_sync))
+    async with open_app(settings, policy=FAST_POLICY) as app, Client(app.server, mode="legacy") as client:
+        harness = Harness(app=app, client=client, sim=sim)
+        harness.sim.inject(Fault("echo_key", where="message", method="POST", path_contains="/gpt_image_2"))
+        refused = await _call(harness, "generate_image", {"prompt": "echo in the message"})
+        assert refused.is_error and "API key" in text_of(refused), text_of(refused)
+        harness.sim.inject(
+            Fault("echo_key", where="request_id", method="GET", path_contains="/gpt_image_2", times=None)
+        )
+        failing, _ = await _create(harness, Fault("echo_key", where="error"))
+        marked, _ = await _create(harness, Fault("echo_key", where="image_url"))
+        waited = await _wait_all(harness, [failing, marked])
+        assert waited[failing].is_error, text_of(waited[failing])
+        assert _data(waited[marked])["status"] == "completed", text_of(waited[marked])
+        for n, result in enumerate([refused, *waited.values()]):
+            _assert_no_key(result.model_dump_json(), f"tool result {n}")
+    rows = _every_row(pg_schema_sync)
+    assert any(failing in row for row in rows) and any(marked in row for row in rows), "the tasks were not stored"
+    _assert_no_key("\n".join(rows), f"the PostgreSQL schema {pg_schema_sync}")
+    # The echo did reach the store, masked: the failed task's reason keeps RunAPI's words, the key as ***.
+    assert any(failing in row and "***" in row for row in rows), "the echoed reason was not stored"
+
+
+def _every_row(schema: str) -> list[str]:
+    """Every row of every table in ``schema``, as JSON text."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(database_url(), autocommit=True) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
+            )
+        ]
+        rows: list[str] = []
+        for table in tables:
+            query = sql.SQL("SELECT row_to_json(t)::text FROM {}.{} AS t").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
+            rows += [str(text) for (text,) in conn.execute(query)]
+    return rows
 
 
 # -- 8. hostile image URLs and redirects -------------------------------------------------------------
