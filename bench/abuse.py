@@ -329,50 +329,12 @@ async def sessions_attack(server: Server, issuer: Issuer, count: int) -> Session
 
 
 # -- 2. slow headers ---------------------------------------------------------------------------------------
-SLOW_HEADERS = r"""
-import asyncio, json, sys, time
-port, count = int(sys.argv[1]), int(sys.argv[2])
-seen = {"connections": 0, "closed_by_server": 0, "408": 0, "503": 0, "connect_failed": 0}
-stop = asyncio.Event()
-async def one():
-    while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            seen["connect_failed"] += 1
-            await asyncio.sleep(0.1)
-            continue
-        seen["connections"] += 1
-        if seen["connections"] == count:
-            print("ready", flush=True)
-        try:
-            writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            line = 0
-            while not stop.is_set():
-                try:
-                    data = await asyncio.wait_for(reader.read(4096), 1.0)
-                except asyncio.TimeoutError:
-                    writer.write(b"X-Slow-%d: 1\r\n" % line)
-                    line += 1
-                    continue
-                for code in ("408", "503"):
-                    seen[code] += data.startswith(b"HTTP/1.1 " + code.encode())
-                seen["closed_by_server"] += 1
-                break
-        except OSError:
-            seen["closed_by_server"] += 1
-        writer.close()
-async def main():
-    asyncio.get_running_loop().add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() == "" and stop.set())
-    await asyncio.gather(*(one() for _ in range(count)))
-    print(json.dumps(seen), flush=True)
-asyncio.run(main())
-"""
+SLOW_HEADERS = Path(__file__).with_name("slow_headers.py")  # the clients, a script of their own
 
 
 async def slow_headers_attack(server: Server, issuer: Issuer, count: int) -> tuple[dict[str, int], list[Outcome]]:
     attack = subprocess.Popen(  # noqa: ASYNC220 - started once; its pipes are read off the event loop
-        [sys.executable, "-c", SLOW_HEADERS, str(server.port), str(count)],
+        [sys.executable, str(SLOW_HEADERS), str(server.port), str(count)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -318,56 +318,21 @@ async def tool_call(base: str, token: str, tool: str, arguments: dict[str, Any],
             await anyio.sleep(0.5)  # a client's pause before reconnecting to a server (a subprocess) under attack
 
 
-# Clients sending a request's headers one line a second, reconnecting when the server closes them. Says
-# "ready" once each has connected; stops at the end of stdin and prints what it saw.
-SLOW_HEADERS = r"""
-import asyncio, json, sys, time
-port, count = int(sys.argv[1]), int(sys.argv[2])
-seen = {"connections": 0, "closed_by_server": 0, "408": 0, "503": 0}
-stop = asyncio.Event()
-async def one():
-    while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        seen["connections"] += 1
-        if seen["connections"] == count:
-            print("ready", flush=True)
-        try:
-            writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-            line = 0
-            while not stop.is_set():
-                try:
-                    data = await asyncio.wait_for(reader.read(4096), 1.0)
-                except asyncio.TimeoutError:
-                    writer.write(b"X-Slow-%d: 1\r\n" % line)
-                    line += 1
-                    continue
-                for code in ("408", "503"):
-                    seen[code] += data.startswith(b"HTTP/1.1 " + code.encode())
-                seen["closed_by_server"] += 1
-                break
-        except OSError:
-            seen["closed_by_server"] += 1
-        writer.close()
-        await asyncio.sleep(0.25)  # then again (bench/abuse.py reconnects at once)
-async def main():
-    loop = asyncio.get_running_loop()
-    loop.add_reader(sys.stdin.fileno(), lambda: sys.stdin.read() == "" and stop.set())
-    await asyncio.gather(*(one() for _ in range(count)))
-    print(json.dumps(seen), flush=True)
-asyncio.run(main())
-"""
+# Clients sending a request's headers one line a second, reconnecting when the server closes them (the script
+# bench/abuse.py runs too).
+SLOW_HEADERS = Path(__file__).resolve().parents[1] / "bench" / "slow_headers.py"
 
 
 async def slow_headers(pid: int, base: str, token: str) -> dict[str, Any]:
     """400 slow-header clients (more than the server's descriptors), reconnecting whenever closed, while
     another client makes a call. (The header deadline itself: ``test_incomplete_requests_and_idle_...``.)"""
     port = base.rsplit(":", 1)[1]
+    # Each client waits 0.25 s before reconnecting (bench/abuse.py's reconnect at once).
     attack = subprocess.Popen(
-        [sys.executable, "-c", SLOW_HEADERS, port, "400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(SLOW_HEADERS), port, "400", "0.25"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert attack.stdin is not None and attack.stdout is not None
     figures: dict[str, Any] = {"took": [], "fds": []}
