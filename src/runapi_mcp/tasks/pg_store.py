@@ -32,7 +32,6 @@ from typing import Any, LiteralString
 
 import anyio
 import psycopg
-import pydantic
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
@@ -54,10 +53,11 @@ from runapi_mcp.tasks.store import (
     StoreError,
     TaskPage,
     decode_cursor,
-    encode_cursor,
     library_pictures,
     needs_taking_up,
     new_hold_id,
+    page_of,
+    parse_records,
 )
 
 __all__ = ["PostgresChangeFeed", "PostgresLeases", "PostgresTaskStore", "Probe", "probe", "redact_url"]
@@ -262,13 +262,10 @@ class PostgresTaskStore:
             created_at, task_id = decode_cursor(cursor)
             where.append(sql.SQL("(created_at, task_id) < (%s, %s)"))
             args += [created_at, task_id]
-        size = max(1, limit)
         query = sql.SQL("SELECT record FROM {}.tasks{} ORDER BY created_at DESC, task_id DESC LIMIT %s").format(
             sql.Identifier(self.schema), _where(where)
         )
-        records = await self._records(query, (*args, size + 1))
-        chosen = records[:size]
-        return TaskPage(chosen, encode_cursor(chosen[-1]) if len(records) > size else None)
+        return page_of(await self._records(query, (*args, max(1, limit) + 1)), limit)
 
     async def unfinished(self) -> list[TaskRecord]:
         return await self._records(self._sql("SELECT record FROM {s}.tasks WHERE unfinished ORDER BY created_at DESC"))
@@ -407,13 +404,7 @@ class PostgresTaskStore:
     async def _records(self, query: sql.Composed, args: tuple[Any, ...] = ()) -> list[TaskRecord]:
         async with self._connection() as conn:
             rows = await (await conn.execute(query, args)).fetchall()
-        records: list[TaskRecord] = []
-        for (text,) in rows:
-            try:
-                records.append(TaskRecord.model_validate_json(text))
-            except pydantic.ValidationError as exc:  # one bad row must not hide the others
-                log.warning("skipping an unreadable task record in %s: %s", self.display, exc.errors()[:1])
-        return records
+        return parse_records((text for (text,) in rows), self.display)
 
 
 def _where(conditions: list[sql.Composable]) -> sql.Composable:

@@ -47,9 +47,10 @@ from runapi_mcp.tasks.store import (
     StoreError,
     TaskPage,
     decode_cursor,
-    encode_cursor,
     needs_taking_up,
     new_hold_id,
+    page_of,
+    parse_records,
 )
 
 __all__ = ["PICTURES_SQL", "PROMPT_HOLDS_SQL", "SCHEMA_VERSION", "SPEND_SQL", "SQLiteTaskStore", "StoreError"]
@@ -181,14 +182,12 @@ class SQLiteTaskStore:
             created_at, task_id = decode_cursor(cursor)
             where.append("(created_at, task_id) < (?, ?)")
             args += [created_at, task_id]
-        size = max(1, limit)
         sql = "SELECT record FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, task_id DESC LIMIT ?"
-        records = await self._run(lambda: self._records(sql, (*args, size + 1)))
-        chosen = records[:size]
-        return TaskPage(chosen, encode_cursor(chosen[-1]) if len(records) > size else None)
+        records = await self._run(lambda: self._records(sql, (*args, max(1, limit) + 1)))
+        return page_of(records, limit)
 
     async def unfinished(self) -> list[TaskRecord]:
         return await self._run(
@@ -356,13 +355,7 @@ class SQLiteTaskStore:
     def _records(self, sql: str, args: tuple[Any, ...]) -> list[TaskRecord]:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        records: list[TaskRecord] = []
-        for (text,) in rows:
-            try:
-                records.append(TaskRecord.model_validate_json(text))
-            except pydantic.ValidationError as exc:  # one bad row must not hide the others
-                log.warning("skipping an unreadable task record in %s: %s", self.path, exc.errors()[:1])
-        return records
+        return parse_records((text for (text,) in rows), self.path)
 
 
 def _casefold(text: object) -> str | None:

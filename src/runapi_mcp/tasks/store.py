@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import pydantic
+
 from runapi_mcp.errors import UserError
 from runapi_mcp.tasks.changes import ChangeFeed, ChangeHub
 from runapi_mcp.tasks.leases import LocalLeases, TaskLeases
 from runapi_mcp.tasks.records import UNFINISHED, ImageRecord, TaskRecord, TaskState
+
+log = logging.getLogger("runapi_mcp.tasks")
 
 # TaskRecord.spend_cents in SQL (SQLite and PostgreSQL alike): RunAPI's reported cost, else the quote of a task
 # that did not fail.
@@ -198,6 +203,25 @@ def newest_first(records: Iterable[TaskRecord]) -> list[TaskRecord]:
     return sorted(records, key=lambda r: (r.created_at, r.task_id), reverse=True)
 
 
+def page_of(records: list[TaskRecord], limit: int) -> TaskPage:
+    """The first ``max(1, limit)`` of ``records`` (newest first: a page, and one more when more follow) and
+    the cursor to the rest."""
+    size = max(1, limit)
+    chosen = records[:size]
+    return TaskPage(chosen, encode_cursor(chosen[-1]) if len(records) > size else None)
+
+
+def parse_records(texts: Iterable[str], where: object) -> list[TaskRecord]:
+    """The records stored as ``texts`` (JSON) in the store at ``where``, leaving out any that do not parse."""
+    records: list[TaskRecord] = []
+    for text in texts:
+        try:
+            records.append(TaskRecord.model_validate_json(text))
+        except pydantic.ValidationError as exc:  # one bad row must not hide the others
+            log.warning("skipping an unreadable task record in %s: %s", where, exc.errors()[:1])
+    return records
+
+
 class MemoryTaskStore:
     """A process-local store: tasks are forgotten on exit (tests, and servers that want no disk)."""
 
@@ -250,9 +274,8 @@ class MemoryTaskStore:
         if cursor is not None:
             after = decode_cursor(cursor)
             records = [r for r in records if (r.created_at, r.task_id) < after]
-        chosen = records[: max(1, limit)]
-        more = len(records) > len(chosen)
-        return TaskPage([r.model_copy(deep=True) for r in chosen], encode_cursor(chosen[-1]) if more else None)
+        page = page_of(records, limit)
+        return TaskPage([r.model_copy(deep=True) for r in page.records], page.next_cursor)
 
     async def unfinished(self) -> list[TaskRecord]:
         return [r.model_copy(deep=True) for r in newest_first(self._records.values()) if needs_taking_up(r)]
