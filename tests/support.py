@@ -240,6 +240,29 @@ def pause_after_writing(monkeypatch: pytest.MonkeyPatch, store: TaskStore, promp
     return paused
 
 
+async def calls_around_a_paused_write(
+    monkeypatch: pytest.MonkeyPatch, sim: Simulator, first: Harness, other: Harness
+) -> tuple[Any, Any, Any]:
+    """A call on ``first`` (prompt "first", not waiting) stops between writing its task's record and sending
+    the create (:func:`pause_after_writing`); meanwhile ``other`` makes two more ("second", "third"); then
+    the first goes on. The three results, in that order."""
+    paused = pause_after_writing(monkeypatch, first.app.manager.store, "first")
+    results: list[Any] = []
+
+    async def call_first() -> None:
+        results.append(await first.call("generate_image", {"prompt": "first", "wait": False}))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(call_first)
+        with anyio.fail_after(WAIT_S):
+            await paused.saved.wait()
+        assert upstream_creates(sim) == []  # the first call is inside its create, nothing sent yet
+        second = await other.call("generate_image", {"prompt": "second", "wait": False})
+        third = await other.call("generate_image", {"prompt": "third", "wait": False})
+        paused.resume.set()
+    return results[0], second, third
+
+
 class FakeClock:
     """A clock the test moves by hand (a ``runapi_mcp.clock.Clock``): ``sleep`` returns once ``advance`` has
     moved time to its end, so a test proves "nothing happened for 5 s" by advancing 5 s, not by waiting.

@@ -24,10 +24,9 @@ from runapi_mcp.server.cost import start_of_day_utc
 from runapi_mcp.simulator import Fault, Simulator
 from tests.support import (
     FAST_POLICY,
-    WAIT_S,
     Harness,
+    calls_around_a_paused_write,
     make_settings,
-    pause_after_writing,
     png_file,
     price_quotes,
     sent_anything,
@@ -255,23 +254,10 @@ async def test_a_task_being_created_counts_once_against_the_cap(
     its quote counts once there (the record's price; the hold that admitted it went with the write), so a
     second call is admitted and a third refused with two pictures' worth spent."""
     async with capped(sim, home, inputs, 2 * GPT_1K_CENTS) as harness:
-        paused = pause_after_writing(monkeypatch, harness.app.manager.store, "first")
-        first: list[Any] = []
-
-        async def call_first() -> None:
-            first.append(await harness.call("generate_image", {"prompt": "first", "wait": False}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call_first)
-            with anyio.fail_after(WAIT_S):
-                await paused.saved.wait()
-            assert upstream_creates(sim) == []  # the first call is inside its create, nothing sent yet
-            second = await harness.call("generate_image", {"prompt": "second", "wait": False})
-            third = await harness.call("generate_image", {"prompt": "third", "wait": False})
-            paused.resume.set()
+        first, second, third = await calls_around_a_paused_write(monkeypatch, sim, harness, harness)
     assert not second.is_error, text_of(second)
     assert third.is_error and f"{2 * GPT_1K_CENTS} cents spent today" in text_of(third), text_of(third)
-    assert not first[0].is_error and len(upstream_creates(sim)) == 2, text_of(first[0])
+    assert not first.is_error and len(upstream_creates(sim)) == 2, text_of(first)
 
 
 async def test_with_a_cap_a_task_that_cannot_be_quoted_is_refused(sim: Simulator, home: Path, inputs: Path) -> None:

@@ -33,10 +33,9 @@ from runapi_mcp.tasks.store import StoreError
 from tests.postgres import database_url, need_postgres, pg_stores, pools_of, schema_url
 from tests.support import (
     FAST_POLICY,
-    WAIT_S,
     Harness,
+    calls_around_a_paused_write,
     make_settings,
-    pause_after_writing,
     text_of,
     upstream_creates,
 )
@@ -351,21 +350,8 @@ async def test_a_task_being_created_on_one_server_counts_once_on_the_other(
     """The interleaving that made the test above fail under load (one call admitted, "6 cents spent"): a call
     on the first instance stops between writing its task's record and sending the create. The other instance
     counts that task once (its hold went with the write), so it admits one more call, then refuses."""
-    first: list[Any] = []
     async with two_capped_servers(sim, tmp_path, pg_pools) as (a, b):
-        paused = pause_after_writing(monkeypatch, a.app.manager.store, "first")
-
-        async def call_first() -> None:
-            first.append(await a.call("generate_image", {"prompt": "first", "wait": False}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call_first)
-            with anyio.fail_after(WAIT_S):
-                await paused.saved.wait()
-            assert upstream_creates(sim) == []  # the first call is inside its create, nothing sent yet
-            second = await b.call("generate_image", {"prompt": "second", "wait": False})
-            third = await b.call("generate_image", {"prompt": "third", "wait": False})
-            paused.resume.set()
+        first, second, third = await calls_around_a_paused_write(monkeypatch, sim, a, b)
         assert not second.is_error, text_of(second)
         assert third.is_error and f"{2 * GPT_1K_CENTS} cents spent today" in text_of(third), text_of(third)
-        assert not first[0].is_error and len(upstream_creates(sim)) == 2, text_of(first[0])
+        assert not first.is_error and len(upstream_creates(sim)) == 2, text_of(first)
