@@ -167,17 +167,7 @@ class SQLiteTaskStore:
         cursor: str | None = None,
         owner: str | None = None,
     ) -> TaskPage:
-        where: list[str] = []
-        args: list[Any] = []
-        if owner is not None:
-            where.append("owner = ?")
-            args.append(owner)
-        if status is not None:
-            where.append("status = ?")
-            args.append(status)
-        if model is not None:
-            where.append("model = ?")
-            args.append(model)
+        where, args = _filters(owner=owner, status=status, model=model)
         if cursor is not None:
             created_at, task_id = decode_cursor(cursor)
             where.append("(created_at, task_id) < (?, ?)")
@@ -225,12 +215,7 @@ class SQLiteTaskStore:
         owner: str | None = None,
         text: str | None = None,
     ) -> int:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("owner", owner), ("status", status), ("model", model)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        where, args = _filters(owner=owner, status=status, model=model)
         if text:
             where.append(PROMPT_HOLDS_SQL)
             args.append(text.casefold())
@@ -356,6 +341,17 @@ class SQLiteTaskStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         return parse_records((text for (text,) in rows), self.path)
+
+
+def _filters(**columns: str | None) -> tuple[list[str], list[Any]]:
+    """``column = ?`` for each column given a value, and the values (the filters of page and count_pictures)."""
+    where: list[str] = []
+    args: list[Any] = []
+    for column, value in columns.items():
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    return where, args
 
 
 def _casefold(text: object) -> str | None:
