@@ -260,6 +260,46 @@ async def test_a_task_being_created_counts_once_against_the_cap(
     assert not first.is_error and len(upstream_creates(sim)) == 2, text_of(first)
 
 
+async def test_the_cap_gives_a_hold_back_only_when_no_record_took_it(
+    sim: Simulator, home: Path, inputs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved task's hold goes with its record's write: the guard makes no second trip to the store to
+    release it. A call whose upload fails writes no record, and the guard gives its hold back."""
+    local = png_file(inputs / "to-edit.png")
+    async with capped(sim, home, inputs, 1000) as harness:
+        store = harness.app.manager.store
+        calls: list[str] = []
+        hold_spend, save, release_spend = store.hold_spend, store.save, store.release_spend
+
+        async def recording_hold_spend(owner: str, **options: Any) -> Any:
+            calls.append("hold_spend")
+            return await hold_spend(owner, **options)
+
+        async def recording_save(record: Any, **options: Any) -> None:
+            if options.get("release_hold"):  # the poller's own writes (progress, outputs) are not the cap's
+                calls.append("save+release")
+            await save(record, **options)
+
+        async def recording_release_spend(hold_id: str) -> None:
+            calls.append("release_spend")
+            await release_spend(hold_id)
+
+        monkeypatch.setattr(store, "hold_spend", recording_hold_spend)
+        monkeypatch.setattr(store, "save", recording_save)
+        monkeypatch.setattr(store, "release_spend", recording_release_spend)
+
+        saved = await harness.call("generate_image", {"prompt": "saved", "wait": False})
+        assert not saved.is_error, text_of(saved)
+        assert calls[:2] == ["hold_spend", "save+release"] and "release_spend" not in calls, calls
+
+        calls.clear()
+        sim.inject(Fault(kind="status", status=400, method="POST", path_contains="/api/v1/files"))
+        failed = await harness.call("edit_image", {"prompt": "upload fails", "images": [str(local)], "wait": False})
+        assert failed.is_error, text_of(failed)
+        assert len(upstream_creates(sim)) == 1, text_of(failed)  # the saved task's only
+        assert calls == ["hold_spend", "release_spend"], calls
+
+
 async def test_with_a_cap_a_task_that_cannot_be_quoted_is_refused(sim: Simulator, home: Path, inputs: Path) -> None:
     async with capped(sim, home, inputs, 1000) as harness:
         sim.inject(Fault(kind="status", status=422, method="POST", path_contains="/api/v1/price_quotes"))

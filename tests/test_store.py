@@ -456,7 +456,7 @@ async def test_the_write_recording_an_admitted_task_drops_its_hold(two: tuple[Ta
     await a.save(_record(1, status="submitting", price_cents=3), release_hold=held.hold_id)
     second = await b.hold_spend("", since=0, cents=3, cap_cents=6, ttl_s=60)
     assert second.admitted and second.spent_cents == 3 and second.hold_id
-    await a.release_spend(held.hold_id)  # the guard's own release after the write: the hold is gone already
+    await a.release_spend(held.hold_id)  # a release after the write (the guard skips it now) is a no-op
     refused = await b.hold_spend("", since=0, cents=1, cap_cents=6, ttl_s=60)
     assert not refused.admitted and refused.spent_cents == 3 + 3  # the record and the second hold
     await b.save(_record(2, status="submitting", price_cents=3))  # a write naming no hold leaves the holds be

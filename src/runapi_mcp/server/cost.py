@@ -27,7 +27,7 @@ import anyio
 from runapi_mcp.client import RunAPIClient, RunAPIError
 from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.errors import UserError
-from runapi_mcp.tasks import LOCAL_OWNER, TaskStore, current_owner
+from runapi_mcp.tasks import LOCAL_OWNER, HeldSpend, TaskStore, current_owner
 from runapi_mcp.wording import count
 
 log = logging.getLogger("runapi_mcp.server.cost")
@@ -107,14 +107,15 @@ class SpendGuard:
         return Quote(answer.reservation_amount_cents)
 
     @asynccontextmanager
-    async def admit(self, quote: Quote) -> AsyncIterator[str | None]:
-        """Let one task through, or raise :class:`SpendLimitError`. The block gets the id of the hold
-        that keeps its quote counted as spent (None: no cap), so a second call at the same time sees it.
+    async def admit(self, quote: Quote) -> AsyncIterator[HeldSpend | None]:
+        """Let one task through, or raise :class:`SpendLimitError`. The block gets the hold that keeps its
+        quote counted as spent (None: no cap), so a second call at the same time sees it.
         The task's record must be written with it (``TaskManager.submit(spend_hold=...)``): the write
         drops the hold in the transaction that makes the recorded price count. (Dropped after the write, the
         quote would count twice meanwhile, the price and the hold: while the create went out, another call
-        the cap still allows would be refused.) A block that ends with no record (unconfirmed, an upload
-        failed) gives the hold back."""
+        the cap still allows would be refused.) A block that ends with no record written with the hold
+        (unconfirmed, an upload failed, the write failed) gives the hold back; after a write that dropped it
+        (``HeldSpend.recorded``) there is nothing to give back, and no round trip to the store is made."""
         cap = self.cap_cents
         if cap is None:
             yield None
@@ -137,8 +138,10 @@ class SpendGuard:
                 f"task = {count(spent + quote.cents, 'cent')}. Nothing was uploaded or created. The day resets at "
                 f"00:00 UTC (in {_until_tomorrow(now)}), or raise the cap."
             )
+        held = HeldSpend(hold.hold_id)
         try:
-            yield hold.hold_id
+            yield held
         finally:
-            with anyio.CancelScope(shield=True):  # a cancelled call still gives its hold back
-                await self._store.release_spend(hold.hold_id)
+            if not held.recorded:
+                with anyio.CancelScope(shield=True):  # a cancelled call still gives its hold back
+                    await self._store.release_spend(held.hold_id)

@@ -23,7 +23,7 @@ from runapi_mcp.tasks.records import (
 from runapi_mcp.tasks.references import ImageReferenceError, ImageResolver
 from runapi_mcp.tasks.sandbox import SandboxError
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule, PollState
-from runapi_mcp.tasks.store import InvalidCursorError, MemoryTaskStore, TaskPage, TaskStore
+from runapi_mcp.tasks.store import HeldSpend, InvalidCursorError, MemoryTaskStore, TaskPage, TaskStore
 
 __all__ = [
     "IMAGE_URI_PREFIX",
@@ -34,6 +34,7 @@ __all__ = [
     "Availability",
     "DurationMemory",
     "DurationModel",
+    "HeldSpend",
     "ImageFileError",
     "ImageRecord",
     "ImageReferenceError",

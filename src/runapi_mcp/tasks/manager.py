@@ -39,7 +39,7 @@ from runapi_mcp.tasks.poller import LocalClaims, Poller, TaskClaims
 from runapi_mcp.tasks.records import ImageRecord, StatusChange, TaskRecord, current_owner, new_task_id
 from runapi_mcp.tasks.registry import Listener, TaskRegistry, Tracked, UnknownTaskError
 from runapi_mcp.tasks.schedule import PollPolicy, PollSchedule
-from runapi_mcp.tasks.store import MemoryTaskStore, TaskStore
+from runapi_mcp.tasks.store import HeldSpend, MemoryTaskStore, TaskStore
 from runapi_mcp.tasks.waker import CompletionWaker
 from runapi_mcp.wording import count
 
@@ -191,7 +191,7 @@ class TaskManager:
         prompt: str | None,
         price_cents: int | None = None,
         save_as: str | None = None,
-        spend_hold: str | None = None,
+        spend_hold: HeldSpend | None = None,
     ) -> TaskRecord:
         """Record the task, then create it upstream (one idempotency key for every try) and start polling.
 
@@ -200,7 +200,8 @@ class TaskManager:
         answers (it never runs or bills a key twice). A definite refusal (bad request, no credits, bad
         key) marks the task failed and is raised. ``save_as`` (absolute, checked by the caller) is where
         copies of the pictures are written once they are in the library (``tasks.saving``). ``spend_hold``:
-        the daily cap's hold that admitted the task, dropped as its record (with ``price_cents``) is written.
+        the daily cap's hold that admitted the task, dropped as its record (with ``price_cents``) is written,
+        and marked ``recorded`` once that write succeeded (the guard's release is then skipped).
         """
         now = self.clock.time()
         record = TaskRecord(
@@ -222,7 +223,9 @@ class TaskManager:
             updated_at=now,
             history=[StatusChange(status="submitting", at=now)],
         )
-        await self.store.save(record, release_hold=spend_hold)
+        await self.store.save(record, release_hold=spend_hold.hold_id if spend_hold is not None else None)
+        if spend_hold is not None:
+            spend_hold.recorded = True
         tracked = self._registry.hold(record)
         try:
             accepted = await self._poller.create_first(tracked)

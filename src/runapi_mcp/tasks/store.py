@@ -57,6 +57,16 @@ class SpendHold:
     hold_id: str | None = None
 
 
+@dataclass
+class HeldSpend:
+    """A live spend hold as the daily cap's guard hands it to the block it admits. ``recorded`` turns true once
+    a record's write dropped it (``TaskManager.submit(spend_hold=...)``): the guard then has nothing to give
+    back, and skips the release (a database round trip per capped task)."""
+
+    hold_id: str
+    recorded: bool = False
+
+
 def new_hold_id() -> str:
     return f"hold-{uuid.uuid4().hex}"
 
