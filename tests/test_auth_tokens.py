@@ -35,7 +35,7 @@ from runapi_mcp.http.auth import BearerVerifier, JWTSettings, build_verifier, ow
 from runapi_mcp.http.serve import http_server
 from runapi_mcp.simulator import Simulator
 from runapi_mcp.tasks import LOCAL_OWNER
-from tests.support import FAST_POLICY, free_port, make_settings
+from tests.support import FAST_POLICY, FakeClock, free_port, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -166,19 +166,10 @@ def no_unexpected_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     assert not errors, [r.getMessage() for r in errors]
 
 
-class Clock:
-    """A monotonic clock the test moves by hand (the verifier's cache and rate limit read it)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    """Moved by hand: the verifier's key cache and fetch rate limit read its monotonic time."""
+    return FakeClock()
 
 
 @pytest.fixture
@@ -189,7 +180,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def verifier_for(
-    issuer: Issuer, http: httpx.AsyncClient, clock: Clock, *, discover: bool = False, **settings: Any
+    issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, *, discover: bool = False, **settings: Any
 ) -> BearerVerifier:
     jwt_settings = JWTSettings(
         issuer=issuer.url, audience=AUDIENCE, jwks_url=None if discover else issuer.url + JWKS_PATH, **settings
@@ -198,7 +189,7 @@ def verifier_for(
 
 
 @pytest.fixture
-def verifier(issuer: Issuer, http: httpx.AsyncClient, clock: Clock) -> BearerVerifier:
+def verifier(issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock) -> BearerVerifier:
     return verifier_for(issuer, http, clock)
 
 
@@ -228,14 +219,14 @@ async def test_valid_ec_token_and_scp_list(verifier: BearerVerifier, issuer: Iss
 
 
 async def test_token_without_kid_uses_the_only_fitting_key(
-    issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys
+    issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys
 ) -> None:
     issuer.serve_keys(rsa_jwk(keys.rsa, None), ec_jwk(keys.ec, "e1"))
     verifier = verifier_for(issuer, http, clock)
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url), kid=None)) is not None
     # Two RSA keys: which one is ambiguous, so none is tried.
     issuer.serve_keys(rsa_jwk(keys.rsa, "k1"), rsa_jwk(keys.other_rsa, "k2"))
-    clock.now += 601
+    await clock.advance(601)
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url), kid=None)) is None
 
 
@@ -316,7 +307,7 @@ async def test_hs256_with_the_public_key_as_secret_refused(
 
 
 async def test_algorithm_must_fit_the_key_and_the_settings(
-    issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys, caplog: pytest.LogCaptureFixture
+    issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Keys that do not name their algorithm: only their type says which signatures they may verify.
     issuer.serve_keys(rsa_jwk(keys.rsa, "k1"), {k: v for k, v in ec_jwk(keys.ec, "e1").items() if k != "alg"})
@@ -356,28 +347,28 @@ def test_jwt_settings_refuse_symmetric_and_none_algorithms() -> None:
 
 
 async def test_key_set_cached_and_refetched_after_ten_minutes(
-    verifier: BearerVerifier, issuer: Issuer, clock: Clock, keys: Keys
+    verifier: BearerVerifier, issuer: Issuer, clock: FakeClock, keys: Keys
 ) -> None:
     token = mint(keys.rsa, claims(issuer.url))
     for _ in range(3):
         assert await verifier.verify_token(token) is not None
     assert issuer.count(JWKS_PATH) == 1
-    clock.now += 601
+    await clock.advance(601)
     assert await verifier.verify_token(token) is not None
     assert issuer.count(JWKS_PATH) == 2
 
 
 async def test_unknown_kid_refetches_once_then_is_rate_limited(
-    verifier: BearerVerifier, issuer: Issuer, clock: Clock, keys: Keys
+    verifier: BearerVerifier, issuer: Issuer, clock: FakeClock, keys: Keys
 ) -> None:
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url))) is not None
     assert issuer.count(JWKS_PATH) == 1
-    clock.now += 31
+    await clock.advance(31)
     for n in range(20):
         forged = mint(keys.other_rsa, claims(issuer.url), kid=f"forged-{n}")
         assert await verifier.verify_token(forged) is None
     assert issuer.count(JWKS_PATH) == 2  # one refetch, then the limit holds
-    clock.now += 31
+    await clock.advance(31)
     assert await verifier.verify_token(mint(keys.other_rsa, claims(issuer.url), kid="forged-x")) is None
     assert issuer.count(JWKS_PATH) == 3
     # The known key kept working throughout.
@@ -385,7 +376,7 @@ async def test_unknown_kid_refetches_once_then_is_rate_limited(
 
 
 async def test_rotated_key_accepted_after_refetch(
-    verifier: BearerVerifier, issuer: Issuer, clock: Clock, keys: Keys
+    verifier: BearerVerifier, issuer: Issuer, clock: FakeClock, keys: Keys
 ) -> None:
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url))) is not None
     issuer.serve_keys(rsa_jwk(keys.rsa, "k1"), rsa_jwk(keys.other_rsa, "k2"))
@@ -393,7 +384,7 @@ async def test_rotated_key_accepted_after_refetch(
     # Within 30 s of the last fetch the new kid is not looked for yet...
     assert await verifier.verify_token(rotated) is None
     assert issuer.count(JWKS_PATH) == 1
-    clock.now += 31
+    await clock.advance(31)
     # ...after that it is, once.
     access = await verifier.verify_token(rotated)
     assert access is not None and access.subject == "carol"
@@ -416,7 +407,7 @@ async def test_concurrent_verifications_share_one_fetch(verifier: BearerVerifier
 
 
 async def test_jwks_server_down_refuses_without_raising(
-    http: httpx.AsyncClient, clock: Clock, keys: Keys, caplog: pytest.LogCaptureFixture
+    http: httpx.AsyncClient, clock: FakeClock, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     down = f"http://127.0.0.1:{free_port()}"
     verifier = BearerVerifier(
@@ -426,14 +417,14 @@ async def test_jwks_server_down_refuses_without_raising(
     with caplog.at_level(logging.DEBUG, logger="runapi_mcp.http.auth"):
         for _ in range(3):
             assert await verifier.verify_token(token) is None
-            clock.now += 6  # past the failure backoff: each attempt reaches for the issuer again
+            await clock.advance(6)  # past the failure backoff: each attempt reaches for the issuer again
     warnings = [r for r in caplog.records if r.name == "runapi_mcp.http.auth" and r.levelno == logging.WARNING]
     assert len(warnings) == 1  # once per failure streak
     assert token not in caplog.text
 
 
 async def test_issuer_recovers_after_outage(
-    verifier: BearerVerifier, issuer: Issuer, clock: Clock, keys: Keys, caplog: pytest.LogCaptureFixture
+    verifier: BearerVerifier, issuer: Issuer, clock: FakeClock, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = mint(keys.rsa, claims(issuer.url))
     issuer.serve_json(JWKS_PATH, {"error": "unavailable"}, status=503)
@@ -442,7 +433,7 @@ async def test_issuer_recovers_after_outage(
         assert await verifier.verify_token(token) is None  # within the backoff: not asked again
         assert issuer.count(JWKS_PATH) == 1
         issuer.serve_keys(rsa_jwk(keys.rsa, "k1"))
-        clock.now += 6
+        await clock.advance(6)
         assert await verifier.verify_token(token) is not None
     ours = [r.levelno for r in caplog.records if r.name == "runapi_mcp.http.auth" and r.levelno >= logging.INFO]
     assert ours == [logging.WARNING, logging.INFO]
@@ -463,11 +454,11 @@ async def test_bad_jwks_documents_refuse(verifier: BearerVerifier, issuer: Issue
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url))) is None
 
 
-async def test_jwks_over_1_mib_refused(verifier: BearerVerifier, issuer: Issuer, clock: Clock, keys: Keys) -> None:
+async def test_jwks_over_1_mib_refused(verifier: BearerVerifier, issuer: Issuer, clock: FakeClock, keys: Keys) -> None:
     issuer.serve_json(JWKS_PATH, {"keys": [rsa_jwk(keys.rsa, "k1")], "pad": "x" * (1024 * 1024)})
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url))) is None
     issuer.serve_keys(rsa_jwk(keys.rsa, "k1"))
-    clock.now += 6  # past the failure backoff
+    await clock.advance(6)  # past the failure backoff
     assert await verifier.verify_token(mint(keys.rsa, claims(issuer.url))) is not None
 
 
@@ -490,7 +481,7 @@ async def test_unusable_keys_skipped(verifier: BearerVerifier, issuer: Issuer, k
 
 
 async def test_jwks_uri_discovered_from_openid_configuration(
-    issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys
+    issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys
 ) -> None:
     issuer.serve_json(OPENID_PATH, {"issuer": issuer.url, "jwks_uri": issuer.url + JWKS_PATH})
     verifier = verifier_for(issuer, http, clock, discover=True)
@@ -500,12 +491,12 @@ async def test_jwks_uri_discovered_from_openid_configuration(
     # OAuth metadata first (absent here), then OpenID's; both looked up once.
     assert issuer.count("/.well-known/oauth-authorization-server") == 1
     assert (issuer.count(OPENID_PATH), issuer.count(JWKS_PATH)) == (1, 1)
-    clock.now += 601
+    await clock.advance(601)
     assert await verifier.verify_token(token) is not None
     assert (issuer.count(OPENID_PATH), issuer.count(JWKS_PATH)) == (1, 2)
 
 
-async def test_oauth_metadata_preferred(issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys) -> None:
+async def test_oauth_metadata_preferred(issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys) -> None:
     issuer.serve_json(
         "/.well-known/oauth-authorization-server", {"issuer": issuer.url, "jwks_uri": issuer.url + "/oauth-keys"}
     )
@@ -516,7 +507,7 @@ async def test_oauth_metadata_preferred(issuer: Issuer, http: httpx.AsyncClient,
 
 
 async def test_metadata_for_another_issuer_ignored(
-    issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys
+    issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys
 ) -> None:
     issuer.serve_json(OPENID_PATH, {"issuer": "https://evil.test", "jwks_uri": issuer.url + JWKS_PATH})
     verifier = verifier_for(issuer, http, clock, discover=True)
@@ -542,7 +533,7 @@ async def test_static_token() -> None:
         BearerVerifier()
 
 
-async def test_static_and_jwt_together(issuer: Issuer, http: httpx.AsyncClient, clock: Clock, keys: Keys) -> None:
+async def test_static_and_jwt_together(issuer: Issuer, http: httpx.AsyncClient, clock: FakeClock, keys: Keys) -> None:
     verifier = BearerVerifier(
         static_token="shared",
         jwt=JWTSettings(issuer=issuer.url, audience=AUDIENCE, jwks_url=issuer.url + JWKS_PATH),

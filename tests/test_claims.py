@@ -79,7 +79,7 @@ async def _setup(clock: FakeClock, n: int = 1, *, db: FakeClock | None = None) -
     records = [_record(i) for i in range(n)]
     for record in records:
         await store.save(record)
-    leases = SwitchedLeases(LocalLeases(store.unfinished, clock=(db or clock).monotonic))
+    leases = SwitchedLeases(LocalLeases(store.unfinished, clock=db or clock))
     claims = LeaseClaims(leases, "here", ttl_s=TTL_S, timer=clock)
     return leases, claims, records
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from runapi_mcp.http.links import FileLinks
+from tests.support import FakeClock
 
 
 def _params(url: str) -> tuple[str, str]:
@@ -12,9 +15,10 @@ def _params(url: str) -> tuple[str, str]:
     return query["exp"][0], query["sig"][0]
 
 
-def test_a_link_opens_its_image_for_its_owner_until_it_expires() -> None:
-    now = [1_000_000.0]
-    links = FileLinks(ttl_s=60, clock=lambda: now[0])
+@pytest.mark.anyio
+async def test_a_link_opens_its_image_for_its_owner_until_it_expires() -> None:
+    clock = FakeClock(wall=1_000_000.0)
+    links = FileLinks(ttl_s=60, clock=clock)
     url = links.url("https://h/files", "alice", "img-1")
     exp, sig = _params(url)
     assert url.startswith("https://h/files/img-1?exp=")
@@ -25,7 +29,7 @@ def test_a_link_opens_its_image_for_its_owner_until_it_expires() -> None:
     assert not links.check("alice", "img-1", exp, sig[:-1] + ("A" if sig[-1] != "A" else "B"))
     assert not links.check("alice", "img-1", None, sig) and not links.check("alice", "img-1", exp, None)
     assert not links.check("alice", "img-1", "-1", sig) and not links.check("alice", "img-1", "1e9", sig)
-    now[0] += 61
+    await clock.advance(61)
     assert not links.check("alice", "img-1", exp, sig)
 
 

@@ -152,7 +152,7 @@ def build_http_app(
         streams = SseStreams(handle_sse, limits.max_sessions_per_user)
         routes.append(Route(SSE_PATH, guarded(streams), methods=["GET"]))
         routes.append(Mount(MESSAGES_PATH, app=guarded(sse.handle_post_message)))
-    links = links or FileLinks()
+    links = links or FileLinks(clock=app.manager.clock)
     files = _Files(app, links, guarded)
     routes.append(Route(FILES_PATH + "/{image_id}", files, methods=["GET", "HEAD"]))
     # Not guarded(): a browser carries the token in a cookie that only the gallery reads (see gallery.py).

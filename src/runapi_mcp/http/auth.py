@@ -18,8 +18,7 @@ import hmac
 import json
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -30,6 +29,7 @@ import jwt
 from mcp.server.auth.provider import AccessToken
 
 from runapi_mcp.catalog import is_http_url
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.config import ConfigError, Settings
 from runapi_mcp.tasks import LOCAL_OWNER
 
@@ -144,7 +144,7 @@ class BearerVerifier:
         static_token: str | None = None,
         jwt: JWTSettings | None = None,
         http: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if static_token is None and jwt is None:
             raise ValueError("a BearerVerifier needs a static token, JWT settings, or both")
@@ -244,7 +244,7 @@ class BearerVerifier:
                 # Another verification fetched while this one waited: share its outcome.
                 return self._fresh_keys()
             if self._last_fetch_at is not None:
-                since = self._clock() - self._last_fetch_at
+                since = self._clock.monotonic() - self._last_fetch_at
                 if self._failing and since < FAILURE_BACKOFF_S:
                     return self._fresh_keys()
                 if refresh and since < REFETCH_MIN_S:
@@ -254,7 +254,7 @@ class BearerVerifier:
             except _FetchError as exc:
                 # The backoff counts from here, the fetch's end: an issuer that hangs until the timeout
                 # (longer than the backoff) must not have every request wait for a fetch of its own.
-                self._last_fetch_at = self._clock()
+                self._last_fetch_at = self._clock.monotonic()
                 self._fetches += 1
                 if self._jwt is not None and self._jwt.jwks_url is None:
                     self._jwks_uri = None  # discover again next time: the issuer may have moved its keys
@@ -265,17 +265,17 @@ class BearerVerifier:
                 self._failing = True
                 return self._fresh_keys()
             # Counted once the fetch has an outcome: if it is cancelled, a waiter fetches in its stead.
-            self._last_fetch_at = self._clock()
+            self._last_fetch_at = self._clock.monotonic()
             self._fetches += 1
             if self._failing:
                 log.info("JWT signing keys available again (%d keys)", len(keys))
             self._failing = False
-            self._keys = _KeySet(keys, self._clock())
+            self._keys = _KeySet(keys, self._clock.monotonic())
             return self._keys
 
     def _fresh_keys(self) -> _KeySet | None:
         keys = self._keys
-        if keys is None or self._clock() - keys.fetched_at >= KEYS_TTL_S:
+        if keys is None or self._clock.monotonic() - keys.fetched_at >= KEYS_TTL_S:
             return None
         return keys
 
@@ -459,8 +459,9 @@ def owner_of(token: AccessToken) -> str:
     raise ValueError("the token has no subject to own tasks")
 
 
-def build_verifier(settings: Settings) -> BearerVerifier | None:
-    """The verifier the settings ask for, or ``None`` when they ask for no authentication.
+def build_verifier(settings: Settings, *, clock: Clock = SYSTEM_CLOCK) -> BearerVerifier | None:
+    """The verifier the settings ask for, or ``None`` when they ask for no authentication; it reads the time
+    (its key cache, its fetch rate limit) on ``clock``.
 
     Raises :class:`ConfigError` naming the setting when the JWT settings are incomplete.
     """
@@ -484,4 +485,4 @@ def build_verifier(settings: Settings) -> BearerVerifier | None:
         raise ConfigError("RUNAPI_MCP_JWT_ISSUER must be set for RUNAPI_MCP_JWT_AUDIENCE or RUNAPI_MCP_JWT_JWKS_URL")
     if static is None and jwt_settings is None:
         return None
-    return BearerVerifier(static_token=static, jwt=jwt_settings)
+    return BearerVerifier(static_token=static, jwt=jwt_settings, clock=clock)

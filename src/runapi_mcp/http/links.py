@@ -18,10 +18,9 @@ import base64
 import hashlib
 import hmac
 import secrets
-import time
-from collections.abc import Callable
 from urllib.parse import quote
 
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.tasks import TaskStore
 
 LINK_TTL_S = 24 * 3600
@@ -36,9 +35,7 @@ _SHARED_KEY_STATE = "http.file_link_key"  # in the store's state: the key, base6
 class FileLinks:
     """Makes and checks signed image links."""
 
-    def __init__(
-        self, *, key: bytes | None = None, ttl_s: float = LINK_TTL_S, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, *, key: bytes | None = None, ttl_s: float = LINK_TTL_S, clock: Clock = SYSTEM_CLOCK) -> None:
         """``key``: the signing key (None: one of this process's own, made now)."""
         self._key = key if key is not None else secrets.token_bytes(_KEY_BYTES)
         self._ttl_s = ttl_s
@@ -46,14 +43,14 @@ class FileLinks:
 
     def url(self, files_url: str, owner: str, image_id: str) -> str:
         """The signed link to ``image_id`` under ``files_url`` (``https://host/files``)."""
-        expires = int(self._clock() + self._ttl_s)
+        expires = int(self._clock.time() + self._ttl_s)
         return f"{files_url}/{quote(image_id, safe='')}?exp={expires}&sig={self._sign(owner, image_id, expires)}"
 
     def check(self, owner: str, image_id: str, exp: str | None, sig: str | None) -> bool:
         """Whether ``sig`` is this process's signature of ``owner``/``image_id``/``exp`` and not expired."""
         if not exp or not sig or not exp.isdigit() or len(exp) > 12 or len(sig) > 64:
             return False
-        if int(exp) < self._clock():
+        if int(exp) < self._clock.time():
             return False
         return hmac.compare_digest(sig, self._sign(owner, image_id, int(exp)))
 
@@ -63,11 +60,11 @@ class FileLinks:
         return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
 
 
-async def shared_file_links(store: TaskStore) -> FileLinks:
+async def shared_file_links(store: TaskStore, clock: Clock = SYSTEM_CLOCK) -> FileLinks:
     """The links of a server on ``store``: signed with the key every instance sharing it uses, when it is
     shared; else with a key of this process's own."""
     if not store.shared:
-        return FileLinks()
+        return FileLinks(clock=clock)
     made = base64.b64encode(secrets.token_bytes(_KEY_BYTES)).decode("ascii")
     kept = await store.setdefault_state(_SHARED_KEY_STATE, made)
     try:
@@ -77,4 +74,4 @@ async def shared_file_links(store: TaskStore) -> FileLinks:
     if len(key) < _KEY_BYTES:  # not one this code wrote: replaced, which ends the links signed with it
         key = base64.b64decode(made)
         await store.save_state(_SHARED_KEY_STATE, made)
-    return FileLinks(key=key)
+    return FileLinks(key=key, clock=clock)

@@ -74,9 +74,9 @@ async def http_server(
     """
     check_exposure(settings, options)
     # Instances sharing a store share the links' key: a link one made opens on any other.
-    links = await shared_file_links(app.manager.store)
+    links = await shared_file_links(app.manager.store, app.manager.clock)
     guard = connection_guard(settings)
-    verifier = build_verifier(settings)
+    verifier = build_verifier(settings, clock=app.manager.clock)
     extra = callback_routes(app.manager) if settings.public_url else []
     starlette: Starlette = build_http_app(app, options, verifier=verifier, extra_routes=extra, links=links)
     if sock is None:

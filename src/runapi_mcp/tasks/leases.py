@@ -13,10 +13,10 @@ several instances runs unchanged on them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
+from runapi_mcp.clock import SYSTEM_CLOCK, Clock
 from runapi_mcp.tasks.records import TaskRecord
 
 
@@ -38,13 +38,14 @@ class TaskLeases(Protocol):
 
 
 class LocalLeases:
-    """:class:`TaskLeases` in this process's memory, over a store's unfinished tasks."""
+    """:class:`TaskLeases` in this process's memory, over a store's unfinished tasks. Leases run out on
+    ``clock``'s monotonic time: the system's by default, as a database's would (a test passes its own)."""
 
     def __init__(
         self,
         unfinished: Callable[[], Awaitable[list[TaskRecord]]],
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._unfinished = unfinished
         self._clock = clock
@@ -59,13 +60,13 @@ class LocalLeases:
             for record in sorted(await self._unfinished(), key=lambda r: (r.created_at, r.task_id))
             if (wanted is None or record.task_id in wanted) and self._free(record.task_id)
         ][: max(0, limit)]
-        deadline = self._clock() + ttl_s
+        deadline = self._clock.monotonic() + ttl_s
         for record in due:
             self._held[record.task_id] = (holder, deadline)
         return due
 
     async def renew(self, holder: str, task_ids: Collection[str], *, ttl_s: float) -> set[str]:
-        now = self._clock()
+        now = self._clock.monotonic()
         kept = {
             task_id
             for task_id in task_ids
@@ -87,4 +88,4 @@ class LocalLeases:
 
     def _free(self, task_id: str) -> bool:
         lease = self._held.get(task_id)
-        return lease is None or lease[1] <= self._clock()
+        return lease is None or lease[1] <= self._clock.monotonic()
