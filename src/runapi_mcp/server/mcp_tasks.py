@@ -39,7 +39,6 @@ call to the model as is.
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -186,7 +185,7 @@ class TaskCore:
 
     def message(self, record: TaskRecord) -> str:
         """What a person reads about the task's state (VS Code shows a failed task by this alone)."""
-        elapsed = max(0.0, (record.completed_at or time.time()) - record.created_at)
+        elapsed = max(0.0, (record.completed_at or self.manager.clock.time()) - record.created_at)
         if record.status == "completed":
             text = f"Completed in {elapsed:.0f}s: {count(len(record.images), 'image')}; tasks/result returns them"
             return f"{text}. Note: {record.error}" if record.error else text
@@ -207,7 +206,7 @@ class TaskCore:
         """Half the time the task is still expected to take (a quarter of its usual length once overdue),
         within bounds: the client looks again about when something may have happened."""
         mean, _ = self.manager.durations.estimate(record.kind_key, record.model, record.resolution)
-        remaining = mean - max(0.0, time.time() - record.created_at)
+        remaining = mean - max(0.0, self.manager.clock.time() - record.created_at)
         seconds = max(remaining, mean * 0.25) / 2
         return int(min(MAX_POLL_MS, max(MIN_POLL_MS, seconds * 1000)))
 

@@ -10,7 +10,6 @@ RunAPIError) and never builds an error result itself. A new tool is a new method
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -352,14 +351,14 @@ class ImageTools:
 
     async def wait_for(self, ctx: Context[Any, Any], record: TaskRecord, timeout_s: float) -> CallToolResult:
         """Wait for a task with progress notifications; a result either way (done, failed, still running)."""
-        started = time.monotonic()
+        started = self.manager.clock.monotonic()
         progress = ProgressReporter(ctx, record.task_id)
 
         async def report(current: TaskRecord) -> None:
             note = ""
             if current.progress is not None and not current.terminal:
                 note = f" ({current.progress * 100:.0f}% by the model)"
-            message = f"{current.status}{note}, {time.monotonic() - started:.0f}s elapsed"
+            message = f"{current.status}{note}, {self.manager.clock.monotonic() - started:.0f}s elapsed"
             await progress.report(self.manager.estimated_progress(current), message, done=current.terminal)
 
         await report(record)
